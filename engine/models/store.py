@@ -1,0 +1,140 @@
+"""The model store: verified files plus a manifest per model version, installed atomically.
+
+Layout under ``paths.models_dir()``::
+
+    <name>/<version>/manifest.json   what the version is and the sha256 of every file
+    <name>/<version>/<files>
+    <name>/current                   the version in use (replaced atomically)
+
+A version directory only appears by ``os.rename`` of a fully verified staging directory, so a
+crash or kill at any moment leaves either the old state or the new one, never a half model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import paths
+from engine.errors import IntegrityError, ModelNotFoundError
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the version directory
+    sha256: str
+    size: int
+
+
+@dataclass
+class Manifest:
+    name: str
+    version: str
+    source: str
+    format: str
+    files: list[FileEntry]
+    primary: str  # the file a backend loads
+    quant: str = "unknown"
+    architecture: str = "unknown"
+    size: int = 0
+    context_length: int = 0
+    license: str | None = None
+    source_sha256: str | None = None  # hash of what was fetched (e.g. the wheel), for provenance
+    installed_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["files"] = [FileEntry(**f) for f in data["files"]]
+        return cls(**data)
+
+    @property
+    def directory(self) -> Path:
+        return paths.models_dir() / self.name / self.version
+
+    @property
+    def primary_path(self) -> Path:
+        return self.directory / self.primary
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so readers see the old content or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Staging:
+    """A private directory on the store's file system that becomes a model version on commit."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(dir=paths.tmp_dir(), prefix="stage-"))
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Verify every file, write the manifest, rename into place and make it current."""
+        for entry in manifest.files:
+            actual = sha256_file(self.dir / entry.path)
+            if actual != entry.sha256:
+                raise IntegrityError(f"{entry.path}: sha256 {actual} does not match the source's {entry.sha256}")
+        write_atomic(self.dir / "manifest.json", json.dumps(manifest.to_dict(), indent=2))
+        target = paths.models_dir() / manifest.name / manifest.version
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # same version already installed and verified: keep it
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            os.rename(self.dir, target)
+        write_atomic(target.parent / "current", manifest.version)
+        return manifest
+
+
+def get(name: str) -> Manifest | None:
+    """The current version of an installed model, or None."""
+    current = paths.models_dir() / name / "current"
+    try:
+        version = current.read_text().strip()
+        data = json.loads((current.parent / version / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return Manifest.from_dict(data)
+
+
+def installed() -> list[Manifest]:
+    root = paths.models_dir()
+    found = [get(d.name) for d in sorted(root.iterdir()) if d.is_dir()]
+    return [m for m in found if m is not None]
+
+
+def require(name: str) -> Manifest:
+    manifest = get(name)
+    if manifest is None:
+        raise ModelNotFoundError(f"unknown model '{name}': it is not installed (see `autoglm models list`)")
+    return manifest

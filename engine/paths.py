@@ -1,0 +1,36 @@
+"""Where the engine keeps its data: one root so a user can move or wipe it in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def home() -> Path:
+    """The data root: ``AUTOGLM_HOME`` if set, else the platform's user data dir."""
+    env = os.environ.get("AUTOGLM_HOME")
+    root = Path(env).expanduser() if env else Path(platformdirs.user_data_dir("autoglm", appauthor=False))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def models_dir() -> Path:
+    path = home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Probe results and kernel self-test verdicts; safe to delete."""
+    path = home() / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tmp_dir() -> Path:
+    """Staging area on the same file system as the store, so installs can rename atomically."""
+    path = home() / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,178 @@
+"""Model + device + user overrides -> a Plan, every choice with a one-line reason.
+
+``make_plan`` is a pure function of its inputs, so recorded device profiles (a Raspberry Pi 5,
+a 6 GB GPU desktop, an old CPU without AVX2) test it without that hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import InvalidArgumentError
+from engine.hardware import DeviceFacts
+from engine.models.gguf_info import ModelFacts
+from engine.selftest import Verdict
+
+GiB = 1 << 30
+MiB = 1 << 20
+DEFAULT_CTX = 4096
+SMALL_BOARD_CTX = 2048
+VRAM_RESERVE = 512 * MiB  # driver, CUDA context and compute buffers
+RAM_HEADROOM = 0.8  # leave the OS and the app a fifth of what is free
+
+
+@dataclass
+class Overrides:
+    threads: int | None = None
+    ctx: int | None = None
+    gpu_layers: int | None = None
+    batch: int | None = None
+    safe: bool = False  # force the most conservative kernels (GUI "restart in safe mode")
+
+    def validate(self) -> None:
+        for name in ("threads", "ctx", "batch"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidArgumentError(f"--{name} must be at least 1, got {value}")
+        if self.gpu_layers is not None and self.gpu_layers < -1:
+            raise InvalidArgumentError(f"--gpu-layers must be -1 (all) or more, got {self.gpu_layers}")
+        if self.ctx is not None and self.ctx < 64:
+            raise InvalidArgumentError(f"--ctx must be at least 64 tokens, got {self.ctx}")
+
+
+@dataclass
+class Plan:
+    backend: str
+    model_path: str
+    threads: int
+    threads_batch: int
+    gpu_layers: int
+    n_ctx: int
+    n_batch: int
+    n_ubatch: int
+    use_extra_bufts: bool
+    flash_attn: bool
+    use_mmap: bool
+    kernels: str
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _fmt_gib(n: int) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def _threads(device: DeviceFacts, ov: Overrides) -> tuple[int, str]:
+    if ov.threads:
+        return ov.threads, "set by the user"
+    cpu = device.cpu
+    if device.is_arm and cpu.big_cores < cpu.logical_cores:
+        return cpu.big_cores, (f"{cpu.big_cores} big cores of {cpu.logical_cores}: a thread on a little core "
+                               "stalls every step of the big ones")
+    if cpu.physical_cores < cpu.logical_cores:
+        return cpu.physical_cores, (f"{cpu.physical_cores} physical cores; SMT siblings share the vector "
+                                    "units and slow llama.cpp down")
+    return cpu.physical_cores, f"one per core ({cpu.physical_cores})"
+
+
+def _kernels(device: DeviceFacts, model: ModelFacts) -> tuple[str, str]:
+    has = device.has
+    if device.is_arm:
+        feats = [f for f in ("neon", "dotprod", "i8mm", "sve") if has(f)]
+        path = "ARM " + "+".join(feats or ["generic"])
+        if model.quant != "Q4_0" and has("dotprod"):
+            return path, f"{path}; Q4_0 would use llama.cpp's repacked ARM kernels (this model is {model.quant})"
+        return path, f"{path} kernels"
+    if has("avx512"):
+        path = "AVX-512" + (" VNNI" if has("avx512_vnni") else "") + (" + AMX" if has("amx") else "")
+    elif has("avx2"):
+        path = "AVX2" + (" VNNI" if has("avx_vnni") else "")
+    else:
+        return "SSE (no AVX2)", ("no AVX2: llama.cpp falls back to slow SSE kernels; prefer small Q4_0 models, "
+                                 "and a wheel built with -DGGML_NATIVE=OFF so it never uses AVX2")
+    note = "; Q4_0 prefills about 2x faster than Q4_1 on such CPUs" if model.quant == "Q4_1" else ""
+    return path, f"{path} kernels{note}"
+
+
+def _extra_bufts(device: DeviceFacts, verdict: Verdict | None, ov: Overrides) -> tuple[bool, str]:
+    amx = "AMX present" if device.has("amx") else "no AMX"
+    if ov.safe:
+        return False, f"safe mode: plain CPU buffers, no AMX/repacked weights ({amx})"
+    if verdict is None:
+        return False, f"extra buffer types (AMX/repack) not self-tested yet, so off ({amx})"
+    if verdict.ok:
+        return True, f"extra buffer types (AMX/repack) passed a crash-isolated self-test ({amx})"
+    return False, (f"extra buffer types (AMX/repack) {verdict.summary()} in a crash-isolated self-test; "
+                   f"falling back to use_extra_bufts=False ({amx})")
+
+
+def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Overrides) -> tuple[int, str]:
+    total_layers = model.n_layers + 1  # + the output layer, which llama.cpp offloads last
+    if ov.gpu_layers is not None:
+        n = total_layers if ov.gpu_layers == -1 else min(ov.gpu_layers, total_layers)
+        if n and not device.llama_gpu_offload:
+            return 0, "GPU layers requested, but this llama-cpp-python build has no GPU offload"
+        return n, "set by the user"
+    if ov.safe:
+        return 0, "safe mode: CPU only"
+    if not device.gpus:
+        return 0, "no GPU found"
+    gpu = max(device.gpus, key=lambda g: g.memory_free)
+    if not device.llama_gpu_offload:
+        return 0, (f"{gpu.name} found, but this llama-cpp-python build is CPU-only "
+                   "(reinstall with CMAKE_ARGS=-DGGML_CUDA=on, -DGGML_VULKAN=on or -DGGML_METAL=on)")
+    budget = gpu.memory_free - VRAM_RESERVE - model.kv_bytes_per_token() * n_ctx
+    per_layer = model.size / total_layers
+    n = max(0, min(total_layers, int(budget // per_layer))) if per_layer else 0
+    if n == total_layers:
+        return n, f"all {n} layers fit in {_fmt_gib(gpu.memory_free)} free on {gpu.name}"
+    if n == 0:
+        return 0, f"{gpu.name} has {_fmt_gib(gpu.memory_free)} free: not enough for one layer plus the KV cache"
+    return n, (f"{n} of {total_layers} layers fit in {_fmt_gib(gpu.memory_free)} free on {gpu.name} "
+               f"(after {_fmt_gib(VRAM_RESERVE)} reserve and the KV cache); the rest run on the CPU")
+
+
+def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int, str]:
+    if ov.ctx:
+        if ov.ctx > model.context_length:
+            return ov.ctx, f"set by the user (beyond the {model.context_length} the model was trained for)"
+        return ov.ctx, "set by the user"
+    want = SMALL_BOARD_CTX if device.ram_total < 8 * GiB else DEFAULT_CTX
+    ctx = min(want, model.context_length)
+    budget = device.ram_available * RAM_HEADROOM - model.size
+    while ctx > 512 and model.kv_bytes_per_token() * ctx > budget:
+        ctx //= 2
+    kv = model.kv_bytes_per_token() * ctx
+    why = f"{ctx} tokens (KV cache {kv / MiB:.0f} MiB; model trained for {model.context_length})"
+    if ctx < min(want, model.context_length):
+        why += f", reduced to fit {_fmt_gib(device.ram_available)} of free RAM"
+    return ctx, why
+
+
+def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = None,
+              overrides: Overrides | None = None) -> Plan:
+    """Choose how to run ``model`` on ``device``; pure, so it is tested with recorded profiles."""
+    ov = overrides or Overrides()
+    ov.validate()
+    reasons: dict[str, str] = {"backend": f"GGUF {model.quant} model: llama.cpp"}
+    threads, reasons["threads"] = _threads(device, ov)
+    n_ctx, reasons["n_ctx"] = _context(device, model, ov)
+    gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, n_ctx, ov)
+    extra, reasons["use_extra_bufts"] = _extra_bufts(device, verdict, ov)
+    kernels, reasons["kernels"] = _kernels(device, model)
+    n_batch = min(ov.batch or 512, n_ctx)
+    reasons["n_batch"] = ("set by the user" if ov.batch else
+                          f"{n_batch}-token prefill chunks: large enough for matrix kernels, bounded memory")
+    flash = gpu_layers > model.n_layers
+    reasons["flash_attn"] = "on: the whole model is on the GPU" if flash else "off: CPU attention is faster without it"
+    mmap = model.size < device.ram_available * RAM_HEADROOM
+    reasons["use_mmap"] = ("on: the file maps into memory and loads instantly" if mmap else
+                           f"off: {_fmt_gib(model.size)} model exceeds free RAM; reading it avoids page thrash")
+    return Plan(
+        backend="llamacpp", model_path=model.path, threads=threads, threads_batch=threads,
+        gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
+        flash_attn=flash, use_mmap=mmap, kernels=kernels, reasons=reasons,
+    )

@@ -1,0 +1,124 @@
+"""Crash-isolated self-tests of native kernel paths that may kill the process that runs them.
+
+llama.cpp's extra buffer types (AMX tiles, repacked weight layouts) segfault on some CPUs and
+builds although the OS reports the features. We try such a path once in a child process on a
+tiny decode; the verdict is cached per (CPU, flags, llama.cpp version, weight type: repacking is
+chosen per tensor type), and a path that crashed is never used in-process. The child is ``python -m engine.selftest MODEL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine import paths
+from engine.hardware import DeviceFacts
+
+EXTRA_BUFTS = "extra_bufts"
+TIMEOUT_S = 180
+
+
+@dataclass
+class Verdict:
+    config: str
+    ok: bool
+    outcome: str  # "passed", "crashed", "failed", "timeout"
+    detail: str
+    model: str
+    tested_at: float
+
+    def summary(self) -> str:
+        return f"{self.outcome}" + (f" ({self.detail})" if self.detail else "")
+
+
+def cache_key(device: DeviceFacts, config: str) -> str:
+    flags = hashlib.sha256(" ".join(device.cpu.flags).encode()).hexdigest()[:12]
+    return f"{config}|{device.cpu.model}|{flags}|llama_cpp {device.llama_cpp_version}"
+
+
+def _cache_path() -> Path:
+    return paths.cache_dir() / "kernel-selftest.json"
+
+
+def _load_cache() -> dict[str, dict]:
+    try:
+        return json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_verdict(device: DeviceFacts, config: str) -> Verdict | None:
+    entry = _load_cache().get(cache_key(device, config))
+    return Verdict(**entry) if entry else None
+
+
+def _store(device: DeviceFacts, verdict: Verdict) -> None:
+    from engine.models.store import write_atomic
+
+    cache = _load_cache()
+    cache[cache_key(device, verdict.config)] = asdict(verdict)
+    write_atomic(_cache_path(), json.dumps(cache, indent=2))
+
+
+def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT_S) -> Verdict:
+    """Run one probe child and classify how it ended; never raises for a native crash."""
+    started = time.time()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return Verdict(config, False, "timeout", f"no answer in {timeout:.0f}s", model, started)
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return Verdict(config, False, "crashed", f"child killed by {name}", model, started)
+    if proc.returncode != 0 or "SELFTEST OK" not in proc.stdout:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return Verdict(config, False, "failed", f"exit {proc.returncode}: {tail}", model, started)
+    return Verdict(config, True, "passed", "", model, started)
+
+
+def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[str] | None = None,
+          refresh: bool = False) -> Verdict:
+    """The cached verdict for llama.cpp's extra-buffer path, testing it first if needed.
+
+    ``argv`` replaces the probe child (tests use a child that kills itself with SIGSEGV).
+    Only clear outcomes (passed, crashed) are cached; a failure for another reason is retried
+    next time but still keeps the path off for this run.
+    """
+    config = f"{EXTRA_BUFTS}:{quant}"
+    if not refresh and argv is None:
+        cached = cached_verdict(device, config)
+        if cached is not None:
+            return cached
+    argv = argv or [sys.executable, "-m", "engine.selftest", str(model_path)]
+    verdict = run_child(argv, config, Path(model_path).name)
+    if verdict.outcome in ("passed", "crashed"):
+        _store(device, verdict)
+    return verdict
+
+
+def _probe(model_path: str) -> None:
+    """Child side: load with extra buffers on and decode a few tokens."""
+    from engine.backends.llamacpp import load_llama
+
+    llm = load_llama(model_path, n_ctx=128, n_threads=os.cpu_count() or 1, use_extra_bufts=True)
+    tokens = llm.tokenize(b"The capital of France is", add_bos=True)
+    out = []
+    for tok in llm.generate(tokens, temp=0.0):
+        out.append(tok)
+        if len(out) >= 4:
+            break
+    print("SELFTEST OK", len(out), flush=True)
+
+
+if __name__ == "__main__":
+    _probe(sys.argv[1])

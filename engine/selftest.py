@@ -3,7 +3,8 @@
 llama.cpp's extra buffer types (AMX tiles, repacked weight layouts) segfault on some CPUs and
 builds although the OS reports the features. We try such a path once in a child process on a
 tiny decode; the verdict is cached per (CPU, flags, llama.cpp version, weight type: repacking is
-chosen per tensor type), and a path that crashed is never used in-process. The child is ``python -m engine.selftest MODEL``.
+chosen per tensor type), and a path that crashed is never used in-process.
+The child is ``python -m engine.selftest MODEL``.
 """
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ class LlamaBackend:
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        # llama.cpp may pad the context it allocates; llama-cpp-python's token buffer has the size asked for.
+        return min(self.llm.n_ctx(), len(self.llm.input_ids))
 
     def token_text(self, token_id: int) -> str:
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")

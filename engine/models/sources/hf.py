@@ -104,8 +104,11 @@ def select(files: list[RemoteFile], selector: str | None, device: hardware.Devic
     return chosen, reason
 
 
-def pull(ref: str, progress: object = None) -> Manifest:
-    """Download (resumably), verify and install a GGUF from a Hub repo."""
+def pull(ref: str) -> Manifest:
+    """Download (resumably), verify and install a GGUF from a Hub repo.
+
+    Progress shows as huggingface_hub's own tqdm bar (bytes, rate, ETA); it takes no callback yet.
+    """
     from huggingface_hub import hf_hub_download
 
     repo, revision, selector = parse_ref(ref)

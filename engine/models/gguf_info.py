@@ -46,28 +46,42 @@ class ModelFacts:
         return data
 
 
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _load_cache() -> dict[str, Any]:
+    try:
+        return json.loads((paths.cache_dir() / "gguf-facts.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(path: str | Path, result: ModelFacts) -> None:
+    """Cache ``result`` as the facts of ``path`` (a file just validated elsewhere and moved here)."""
+    from engine.models.store import write_atomic
+
+    path = Path(path)
+    prefix = f"{path.resolve()}|"
+    cache = {k: v for k, v in _load_cache().items() if not k.startswith(prefix)}
+    cache[_cache_key(path)] = {**asdict(result), "path": str(path)}
+    write_atomic(paths.cache_dir() / "gguf-facts.json", json.dumps(cache))
+
+
 def facts(path: str | Path) -> ModelFacts:
     """``read_gguf`` with a cache keyed on (path, size, mtime): parsing a GGUF's vocabulary takes
     seconds, and a model file that changed on disk gets a different key and is read again."""
     path = Path(path)
     try:
-        st = path.stat()
+        key = _cache_key(path)
     except OSError:
         return read_gguf(path)
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = paths.cache_dir() / "gguf-facts.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return ModelFacts(**cache[key])
+    cached = _load_cache().get(key)
+    if cached is not None:
+        return ModelFacts(**cached)
     result = read_gguf(path)
-    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path.resolve()}|")}
-    cache[key] = asdict(result)
-    from engine.models.store import write_atomic
-
-    write_atomic(cache_file, json.dumps(cache))
+    remember(path, result)
     return result
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from engine.errors import InvalidArgumentError, SourceError
 from engine.models import store
-from engine.models.gguf_info import read_gguf
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
 
 TARGETS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
@@ -43,11 +42,6 @@ def quantize(name: str, target: str) -> Manifest:
         filename = src.primary.rsplit(".", 2)[0] + f".{target}.gguf"
         out = stage.dir / filename
         quantize_file(src.primary_path, out, target)
-        facts = read_gguf(out)
-        manifest = Manifest(
-            name=out_name, version=src.version, source=f"quantize:{src.name}@{src.version}:{target}", format="gguf",
-            files=[FileEntry(filename, sha256_file(out), out.stat().st_size)], primary=filename,
-            quant=facts.quant, architecture=facts.architecture, size=out.stat().st_size,
-            context_length=facts.context_length, license=facts.license,
-        )
-        return stage.commit(manifest)
+        return install_gguf(stage, name=out_name, version=src.version,
+                            source=f"quantize:{src.name}@{src.version}:{target}",
+                            files=[FileEntry(filename, sha256_file(out), out.stat().st_size)])

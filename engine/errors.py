@@ -46,3 +46,13 @@ class InvalidArgumentError(AutoGLMError):
 
 class BackendError(AutoGLMError):
     """The native backend failed to load or run a model."""
+
+
+class CancelledError(AutoGLMError):
+    """The user cancelled a long operation; nothing was installed or changed."""
+
+    exit_code = 130
+
+
+class StorageError(AutoGLMError):
+    """The store's disk refused a write (full, read-only, no permission)."""

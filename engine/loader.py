@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from engine import hardware, selftest
 from engine.models import ResolvedModel, resolve
-from engine.models.sources.pypi import Progress
+from engine.models.progress import Progress
 from engine.planner import Overrides, Plan, make_plan
 
 if TYPE_CHECKING:

@@ -82,8 +82,11 @@ def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT
             name = f"signal {-proc.returncode}"
         return Verdict(config, False, "crashed", f"child killed by {name}", model, started)
     if proc.returncode != 0 or "SELFTEST OK" not in proc.stdout:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return Verdict(config, False, "failed", f"exit {proc.returncode}: {tail}", model, started)
+        lines = proc.stderr.strip().splitlines() or ["no output"]
+        # llama.cpp's own reason, when it logged one, says more than the Python exception after it
+        why = next((ln.split("error loading model:")[-1].strip() for ln in reversed(lines)
+                    if "error loading model:" in ln), lines[-1])
+        return Verdict(config, False, "failed", f"exit {proc.returncode}: {why[:200]}", model, started)
     return Verdict(config, True, "passed", "", model, started)
 
 
@@ -107,11 +110,19 @@ def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[st
     return verdict
 
 
-def _probe(model_path: str) -> None:
-    """Child side: load with extra buffers on and decode a few tokens."""
+def load_check(model_path: str | Path) -> Verdict:
+    """Does llama.cpp load this file and decode with it? Asked in a child before a model is
+    installed, so a file that parses but crashes the loader never becomes a model version."""
+    argv = [sys.executable, "-m", "engine.selftest", "--safe", str(model_path)]
+    return run_child(argv, "load", Path(model_path).name)
+
+
+def _probe(model_path: str, extra_bufts: bool) -> None:
+    """Child side: load and decode a few tokens (extra buffers on unless asked for the safe path)."""
     from engine.backends.llamacpp import load_llama
 
-    llm = load_llama(model_path, n_ctx=128, n_threads=os.cpu_count() or 1, use_extra_bufts=True)
+    llm = load_llama(model_path, n_ctx=128, n_threads=os.cpu_count() or 1, use_extra_bufts=extra_bufts,
+                     verbose=True)  # llama.cpp's log on stderr carries its reason for refusing a file
     tokens = llm.tokenize(b"The capital of France is", add_bos=True)
     out = []
     for tok in llm.generate(tokens, temp=0.0):
@@ -122,4 +133,4 @@ def _probe(model_path: str) -> None:
 
 
 if __name__ == "__main__":
-    _probe(sys.argv[1])
+    _probe(sys.argv[-1], extra_bufts="--safe" not in sys.argv[1:-1])

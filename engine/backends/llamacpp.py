@@ -61,7 +61,7 @@ class _CountingLlama(Llama):
 
 def load_llama(path: str, *, n_ctx: int, n_threads: int, use_extra_bufts: bool, n_threads_batch: int | None = None,
                n_gpu_layers: int = 0, n_batch: int = 512, n_ubatch: int = 512, flash_attn: bool = False,
-               use_mmap: bool = True) -> _CountingLlama:
+               use_mmap: bool = True, verbose: bool = False) -> _CountingLlama:
     """Load a GGUF file; raises BackendError (not a bare ValueError) when llama.cpp refuses it."""
     try:
         with _model_param_overrides(use_extra_bufts=use_extra_bufts):
@@ -69,7 +69,7 @@ def load_llama(path: str, *, n_ctx: int, n_threads: int, use_extra_bufts: bool, 
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
                 n_threads_batch=n_threads_batch or n_threads, n_gpu_layers=n_gpu_layers,
                 n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, use_mmap=use_mmap,
-                verbose=False,
+                verbose=verbose,
             )
     except ValueError as exc:
         raise BackendError(f"llama.cpp could not load {path}: {exc}") from None

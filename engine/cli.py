@@ -30,7 +30,8 @@ def _progress_bar() -> Callable[[str, int, int], None]:
                 bar.close()
             state["label"] = label
             bar = state["bar"] = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                                      desc=label if len(label) <= 40 else f"…{label[-39:]}", file=sys.stderr)
+                                      desc=label if len(label) <= 40 else f"…{label[-39:]}", file=sys.stderr,
+                                      disable=None)  # no bar when stderr is not a terminal (logs, pipes)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

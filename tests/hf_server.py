@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +38,7 @@ class Repo:
 class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)  # file -> bytes sent before the connection drops (once)
     corrupt: set[str] = field(default_factory=set)  # files served with one byte flipped
+    delay: dict[str, float] = field(default_factory=dict)  # file -> seconds to wait before each 64 KiB chunk
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     bytes_sent: dict[str, int] = field(default_factory=dict)
 
@@ -146,6 +148,8 @@ class HubServer:
             fh.seek(start)
             pos = start
             while chunk := fh.read(1 << 16):
+                if name in self.faults.delay:
+                    time.sleep(self.faults.delay[name])
                 if name in self.faults.corrupt and pos <= size // 2 < pos + len(chunk):
                     i = size // 2 - pos
                     chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1:]

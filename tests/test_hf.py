@@ -1,6 +1,11 @@
 """The hf: source with the real huggingface_hub client against a Hub-compatible server on loopback."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -85,7 +90,7 @@ def test_a_corrupted_byte_is_rejected_and_nothing_registered(home, hub):
     hub.faults.corrupt.add("SmolLM2-135M-Instruct-Q4_1.gguf")
     before = snapshot(home / "models")
     out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q4_1", env=env(hub))
-    assert out.returncode == 1 and "do not match the Hub's sha256" in out.stderr
+    assert out.returncode == 1 and "do not match the source's sha256" in out.stderr
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert snapshot(home / "models") == before
 
@@ -103,3 +108,75 @@ def test_404_and_401_have_clear_messages(home, hub):
     assert snapshot(home / "models") == before
     ok = run_cli("models", "pull", "hf:test-org/private-GGUF:Q4_0", env=env(hub, HF_TOKEN="good-token"))
     assert ok.returncode == 0, ok.stderr
+
+
+def _ranges_since(hub, start: int, name: str) -> list[str | None]:
+    return [r for m, p, r in hub.faults.requests[start:] if m == "GET" and p.endswith(name)]
+
+
+def test_killed_pull_resumes_without_downloading_again(home, hub):
+    """SIGKILL mid-file: nothing is listed, and the next pull asks only for the missing tail."""
+    name = "SmolLM2-135M-Instruct-Q4_1.gguf"
+    hub.repos["test-org/Kill-GGUF"] = Repo({name: hub.repos["test-org/SmolLM2-GGUF"].files[name]})
+    size = hub.repos["test-org/Kill-GGUF"].files[name].stat().st_size
+    hub.faults.delay[name] = 0.01  # about 15 s for the whole file
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "models", "pull", "hf:test-org/Kill-GGUF:Q4_1"],
+                            env={**os.environ, **env(hub)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while hub.faults.bytes_sent.get(name, 0) < size // 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "the pull ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first_run = hub.faults.bytes_sent[name]
+    assert "kill-gguf" not in run_cli("models", "list").stdout
+    assert not (home / "models" / "kill-gguf-q4_1" / "current").exists()
+
+    del hub.faults.delay[name]
+    start = len(hub.faults.requests)
+    out = run_cli("models", "pull", "hf:test-org/Kill-GGUF:Q4_1", env=env(hub))
+    assert out.returncode == 0, out.stderr
+    (resumed,) = _ranges_since(hub, start, name)
+    assert resumed is not None
+    offset = int(resumed.removeprefix("bytes=").rstrip("-"))
+    assert size // 3 < offset <= first_run  # what reached the disk before the kill is kept
+    assert hub.faults.bytes_sent[name] - first_run == size - offset  # and only the rest is sent again
+    assert "kill-gguf-q4_1" in run_cli("models", "list").stdout
+    assert run_cli("models", "verify", "kill-gguf-q4_1").returncode == 0
+    assert not list((home / "tmp").glob("stage-*"))  # the killed pull's staging dir was swept
+
+
+def test_progress_callback_and_cancel_then_resume(home, hub, monkeypatch):
+    """The API the GUI uses: byte progress per file, cancel installs nothing, a later pull resumes."""
+    import threading
+
+    from huggingface_hub import constants
+
+    from engine.errors import CancelledError
+    from engine.models import pull, store
+
+    # what HF_ENDPOINT does when huggingface_hub is imported, for this already-imported process
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    name = "SmolLM2-135M-Instruct-Q4_0.gguf"
+    hub.repos["test-org/Cancel-GGUF"] = Repo({name: hub.repos["test-org/SmolLM2-GGUF"].files[name]})
+    size = hub.repos["test-org/Cancel-GGUF"].files[name].stat().st_size
+    cancel, reports = threading.Event(), []
+
+    def progress(label: str, done: int, total: int) -> None:
+        reports.append((label, done, total))
+        if done >= size // 4:
+            cancel.set()
+
+    with pytest.raises(CancelledError, match="nothing was installed"):
+        pull("hf:test-org/Cancel-GGUF:Q4_0", progress=progress, cancel=cancel)
+    assert store.get("cancel-gguf-q4_0") is None
+    assert reports[0][0] == name and all(total == size for _, _, total in reports)
+    assert [d for _, d, _ in reports] == sorted(d for _, d, _ in reports)
+    stopped_at = reports[-1][1]
+
+    start, reports[:] = len(hub.faults.requests), []
+    manifest = pull("hf:test-org/Cancel-GGUF:Q4_0", progress=lambda *r: reports.append(r))
+    assert manifest.name == "cancel-gguf-q4_0" and reports[-1][1:] == (size, size)
+    (resumed,) = _ranges_since(hub, start, name)
+    assert resumed == f"bytes={stopped_at}-"

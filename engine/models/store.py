@@ -90,11 +90,25 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _sweep_stale_stages() -> None:
+    """Remove staging dirs left by killed processes (their owner pid is gone)."""
+    for stage in paths.tmp_dir().glob("stage-*"):
+        try:
+            pid = int((stage / ".owner").read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # being created right now, or not ours to judge
+
+
 class Staging:
     """A private directory on the store's file system that becomes a model version on commit."""
 
     def __init__(self) -> None:
+        _sweep_stale_stages()
         self.dir = Path(tempfile.mkdtemp(dir=paths.tmp_dir(), prefix="stage-"))
+        (self.dir / ".owner").write_text(str(os.getpid()))
 
     def __enter__(self) -> Staging:
         return self
@@ -109,6 +123,7 @@ class Staging:
             if actual != entry.sha256:
                 raise IntegrityError(f"{entry.path}: sha256 {actual} does not match the source's {entry.sha256}")
         write_atomic(self.dir / "manifest.json", json.dumps(manifest.to_dict(), indent=2))
+        (self.dir / ".owner").unlink(missing_ok=True)
         target = paths.models_dir() / manifest.name / manifest.version
         target.parent.mkdir(parents=True, exist_ok=True)
         previous = get(manifest.name)
@@ -116,6 +131,7 @@ class Staging:
             shutil.rmtree(self.dir, ignore_errors=True)
             manifest = Manifest.from_dict(json.loads((target / "manifest.json").read_text()))
         else:
+            os.chmod(self.dir, 0o755)  # mkdtemp's 0700 would hide the model from other users of a shared store
             os.rename(self.dir, target)
         write_atomic(target.parent / "current", manifest.version)
         keep = {manifest.version, previous.version if previous else manifest.version}

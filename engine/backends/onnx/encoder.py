@@ -1,0 +1,170 @@
+"""Run a converted encoder stage by stage with onnxruntime, letting the caller stop or shrink
+the batch between layers (early exit, token pruning) without knowing how heads work.
+
+Session settings matter for chained small graphs: with onnxruntime's default spinning threads,
+per-layer sessions on 2 cores ran 4-19x slower than one session (each idle pool spins against the
+next one's work); turning spinning off brings the chain to within a few percent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.backends.onnx.convert import ENCODER_FILE
+from engine.errors import InvalidArgumentError, InvalidModelError
+
+BATCH = 32
+
+
+@dataclass
+class Tokenized:
+    ids: list[np.ndarray]  # one int64 array per text, [CLS] ... [SEP], truncated to max_length
+    truncated: int  # how many texts were cut
+
+
+@dataclass
+class Step:
+    """What the caller wants after a layer: rows (items) to drop, tokens to drop in the rest."""
+
+    drop_rows: np.ndarray | None = None  # bool [B]
+    keep_tokens: np.ndarray | None = None  # bool [B', T] over the remaining rows
+
+
+# called after each layer with (layer index, hidden [B,T,H], mask [B,T], importance [B,T], rows [B])
+Visitor = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], Step | None]
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+class Encoder:
+    def __init__(self, directory: Path, precision: str = "int8", threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        try:
+            self.settings = json.loads((directory / ENCODER_FILE).read_text())
+        except (OSError, ValueError):
+            raise InvalidModelError(f"{directory} is not a converted encoder (no {ENCODER_FILE})") from None
+        if precision not in self.settings["precisions"]:
+            raise InvalidArgumentError(f"precision '{precision}' not available; choose {self.settings['precisions']}")
+        self.precision = precision
+        self.max_length = int(self.settings["max_length"])
+        self.layers_count = int(self.settings["layers"])
+        self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        if threads is None:
+            from engine.hardware import probe
+
+            threads = probe().cpu.big_cores or os.cpu_count() or 1
+        opts = session_options(threads)
+        root = directory / precision
+
+        def load(name: str):
+            return ort.InferenceSession(str(root / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+
+        self.embed_session = load("embed")
+        self.layer_sessions = [load(f"layer_{i:02d}") for i in range(self.layers_count)]
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        return Tokenized(ids, sum(1 for e in encodings if e.overflowing))
+
+    @staticmethod
+    def pad(ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        length = max(len(x) for x in ids)
+        out = np.zeros((len(ids), length), dtype=np.int64)
+        mask = np.zeros((len(ids), length), dtype=np.float32)
+        for i, x in enumerate(ids):
+            out[i, : len(x)] = x
+            mask[i, : len(x)] = 1.0
+        return out, mask
+
+    def pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.settings["pooling"] == "cls":
+            pooled = hidden[:, 0]
+        else:
+            pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
+        if self.settings["normalize"]:
+            pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return pooled.astype(np.float32)
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, visit: Visitor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All layers unless ``visit`` drops every row; returns (last hidden, mask) of rows still running."""
+        hidden = self.embed_session.run(None, {"input_ids": ids})[0]
+        rows = np.arange(len(ids))
+        for i, session in enumerate(self.layer_sessions):
+            hidden, importance = session.run(None, {"hidden": hidden, "mask": mask})
+            step = visit(i, hidden, mask, importance, rows) if visit else None
+            if step is None:
+                continue
+            if step.drop_rows is not None and step.drop_rows.any():
+                keep = ~step.drop_rows
+                hidden, mask, rows, importance = hidden[keep], mask[keep], rows[keep], importance[keep]
+                if step.keep_tokens is not None:
+                    step.keep_tokens = step.keep_tokens[keep]
+                if not len(rows):
+                    break
+            if step.keep_tokens is not None:
+                hidden, mask = compact(hidden, mask, step.keep_tokens)
+        return hidden, mask
+
+    def layer_features(self, texts: list[str], batch: int = BATCH) -> tuple[np.ndarray, int]:
+        """Pooled features after every layer, exact: [layers, N, H]; and how many texts were cut."""
+        tok = self.tokenize(texts)
+        out = np.zeros((self.layers_count, len(texts), int(self.settings["hidden"])), dtype=np.float32)
+        for idx in batches(tok.ids, batch):
+            ids, mask = self.pad([tok.ids[i] for i in idx])
+
+            def visit(i: int, hidden: np.ndarray, m: np.ndarray, _imp: np.ndarray, rows: np.ndarray,
+                      idx: np.ndarray = idx) -> None:
+                out[i, idx[rows]] = self.pool(hidden, m)
+
+            self.run(ids, mask, visit)
+        return out, tok.truncated
+
+    def embed(self, texts: list[str], batch: int = BATCH) -> tuple[np.ndarray, int]:
+        """Sentence embeddings (the model's pooling and normalization), exact; and texts cut."""
+        tok = self.tokenize(texts)
+        out = np.zeros((len(texts), int(self.settings["hidden"])), dtype=np.float32)
+        for idx in batches(tok.ids, batch):
+            ids, mask = self.pad([tok.ids[i] for i in idx])
+            hidden, m = self.run(ids, mask)
+            out[idx] = self.pool(hidden, m)
+        return out, tok.truncated
+
+
+def batches(ids: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Indices grouped by similar length, so padding wastes little compute."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    return [order[i: i + size] for i in range(0, len(order), size)]
+
+
+def compact(hidden: np.ndarray, mask: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop tokens per row and re-pad to the longest remaining row (positions are already baked in)."""
+    keep = keep & (mask > 0)
+    length = int(keep.sum(1).max())
+    if length == hidden.shape[1]:
+        return hidden, mask
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :length]  # kept tokens first, in their order
+    hidden = np.take_along_axis(hidden, order[..., None], axis=1)
+    mask = np.take_along_axis(keep, order, axis=1).astype(np.float32)
+    return np.ascontiguousarray(hidden), mask

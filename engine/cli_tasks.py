@@ -1,0 +1,141 @@
+"""The encoder commands: ``embed``, ``classify``, ``classify train`` and ``models convert``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import InvalidArgumentError
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    if args.file:
+        try:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"cannot read {args.file}: {getattr(exc, 'strerror', None) or exc}") from None
+        texts = [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise InvalidArgumentError(f"{args.file} has no texts (one per line)")
+        return texts
+    if not args.text:
+        raise InvalidArgumentError("give a text, or --file with one text per line")
+    return [args.text]
+
+
+def _note_truncated(count: int, total: int, max_length: int) -> None:
+    if count:
+        print(f"note: {count} of {total} text(s) were longer than {max_length} tokens and were truncated",
+              file=sys.stderr)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from engine.tasks.embed import open_encoder
+
+    texts = _texts(args)
+    _, encoder = open_encoder(args.model, args.precision)
+    vectors, truncated = encoder.embed(texts)
+    _note_truncated(truncated, len(texts), encoder.max_length)
+    for text, vec in zip(texts, vectors, strict=True):
+        print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vec]}))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from engine.tasks.classify import open_classifier, parse_labels, zero_shot
+    from engine.tasks.embed import open_encoder
+
+    texts = _texts(args)
+    if args.labels:
+        enc_manifest, encoder = open_encoder(args.encoder, args.precision or "int8")
+        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
+    elif args.model:
+        clf, encoder = open_classifier(args.model, args.precision)
+    else:
+        raise InvalidArgumentError("give --model NAME (a trained classifier) or --labels a,b,c (zero-shot)")
+    started = time.perf_counter()
+    predictions, truncated = clf.classify(encoder, texts, exact=args.exact)
+    elapsed = time.perf_counter() - started
+    _note_truncated(truncated, len(texts), encoder.max_length)
+    for p in predictions:
+        if args.json:
+            print(json.dumps({"text": p.text, "label": p.label, "confidence": round(p.confidence, 4),
+                              "exit_layer": p.exit_layer}))
+        else:
+            print(f"{p.label}\t{p.confidence:.3f}\tlayer {p.exit_layer}/{len(clf.heads)}\t{p.text[:70]}")
+    if len(texts) > 1:
+        print(f"{len(texts)} texts in {elapsed:.2f}s ({len(texts) / elapsed:.1f}/s)", file=sys.stderr)
+    return 0
+
+
+def cmd_classify_train(args: argparse.Namespace) -> int:
+    from engine.tasks.classify import load_examples, parse_labels, train, zero_shot
+    from engine.tasks.embed import open_encoder
+
+    if bool(args.examples) == bool(args.labels):
+        raise InvalidArgumentError("give --examples FILE (text,label rows) or --labels a,b,c (zero-shot), not both")
+    texts, labels = load_examples(args.examples) if args.examples else ([], [])
+    enc_manifest, encoder = open_encoder(args.encoder, args.precision)
+    if args.labels:
+        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
+    else:
+        clf = train(encoder, enc_manifest, texts, labels, budget=args.budget)
+    manifest = clf.install(args.name)
+    if args.examples:
+        report = clf.report
+        _note_truncated(report["truncated"], len(texts), encoder.max_length)
+        rule = report["chosen"]
+        full = report["rules"].get("full", {})
+        exit_info = report["rules"].get(rule["kind"], {})
+        print(f"trained {manifest.name} on {len(texts)} examples, {len(clf.labels)} labels, in "
+              f"{report['train_seconds']:.1f}s; held-out accuracy {full.get('accuracy', 0):.1f}% exact, "
+              f"{exit_info.get('accuracy', full.get('accuracy', 0)):.1f}% with {rule['kind']} exit "
+              f"(threshold {rule['threshold']}, mean exit layer {exit_info.get('mean_exit', len(clf.heads)):.2f}"
+              f"/{len(clf.heads)}), token pruning {clf.prune_alpha or 'off'}")
+    else:
+        print(f"saved zero-shot classifier {manifest.name} ({', '.join(clf.labels)})")
+    return 0
+
+
+def cmd_models_convert(args: argparse.Namespace) -> int:
+    from engine.backends.onnx.convert import convert
+
+    manifest = convert(args.name)
+    print(f"installed {manifest.name} {manifest.version} (ONNX encoder, fp32 + int8, {manifest.size / 1e6:.0f} MB)")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="sentence embeddings as JSON lines")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--file", help="one text per line")
+    p.add_argument("--model", "-m", help="converted encoder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("classify", help="label texts (`classify train` makes a classifier)")
+    p.add_argument("text", nargs="?")
+    p.add_argument("--file", help="one text per line")
+    p.add_argument("--model", "-m", help="a trained or saved classifier")
+    p.add_argument("--labels", help="zero-shot: a,b,c or a=description,b=description")
+    p.add_argument("--encoder", help="encoder for --labels (default: all-MiniLM-L6-v2)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--exact", action="store_true", help="full model: no early exit, no token pruning")
+    p.add_argument("--precision", choices=["int8", "fp32"], help="encoder precision (default: the classifier's)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("classify-train", help=argparse.SUPPRESS)
+    p.add_argument("--examples", help="CSV (text,label header) or JSONL")
+    p.add_argument("--labels", help="zero-shot classifier from label names instead")
+    p.add_argument("--encoder", help="converted encoder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--budget", type=float, default=1.0, help="accuracy points early exit may cost (default 1)")
+    p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    p.set_defaults(func=cmd_classify_train)
+
+    p = models.add_parser("convert", help="Hugging Face BERT folder -> ONNX encoder (fp32 + int8)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_models_convert)

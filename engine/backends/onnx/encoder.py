@@ -40,7 +40,7 @@ class Step:
 Visitor = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], Step | None]
 
 
-def session_options(threads: int):
+def session_options(threads: int, spinning: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -48,13 +48,14 @@ def session_options(threads: int):
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     return opts
 
 
 class Encoder:
-    def __init__(self, directory: Path, precision: str = "int8", threads: int | None = None) -> None:
+    def __init__(self, directory: Path, precision: str = "int8", threads: int | None = None,
+                 spinning: bool = False) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -74,7 +75,7 @@ class Encoder:
             from engine.hardware import probe
 
             threads = probe().cpu.big_cores or os.cpu_count() or 1
-        opts = session_options(threads)
+        opts = session_options(threads, spinning)
         root = directory / precision
 
         def load(name: str):

@@ -278,6 +278,13 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.server.serve import ServeSettings, serve
+
+    keys = ("host", "port", "model", "parallel", "ctx", "threads", "api_key", "max_queue", "cors_origins")
+    return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
+
+
 def _model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--model", "-m", help="installed model name, pypi:<package>, or a .gguf path (default: SmolLM2)")
     p.add_argument("--threads", "-t", type=int, help="CPU threads (default: planned)")
@@ -338,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", help="a specific installed version (see `models info NAME`)")
     p.set_defaults(func=cmd_models_rollback)
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1; others need an API key)")
+    p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one and prints it)")
+    p.add_argument("--model", "-m", help="model name or source (default: SmolLM2)")
+    p.add_argument("--parallel", type=int, help="sequences decoded together (default 4)")
+    p.add_argument("--ctx", type=int, help="context tokens per sequence (default 2048)")
+    p.add_argument("--threads", "-t", type=int)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set AUTOGLM_API_KEY)")
+    p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
+    p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
+    p.add_argument("--config", help="TOML file with any of these settings (flags win)")
+    p.set_defaults(func=cmd_serve)
+
     from engine.cli_tasks import add_parsers
 
     add_parsers(sub, models)

@@ -1,0 +1,1 @@
+"""Headless mode: the OpenAI-compatible HTTP server (``autoglm serve``)."""

@@ -1,0 +1,41 @@
+"""Prometheus metrics for the server, in a private registry (prometheus_client)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, scheduler: Any) -> None:
+        self.registry = CollectorRegistry()
+        self.scheduler = scheduler
+        self.requests = Counter("autoglm_requests", "HTTP requests by path and status", ["path", "status"],
+                                registry=self.registry)
+        self.ttft = Histogram("autoglm_time_to_first_token_seconds", "time to first token", buckets=_BUCKETS,
+                              registry=self.registry)
+        self.latency = Histogram("autoglm_request_latency_seconds", "whole generation time", buckets=_BUCKETS,
+                                 registry=self.registry)
+        Gauge("autoglm_queue_depth", "requests waiting for a slot", registry=self.registry).set_function(
+            lambda: scheduler.queue_depth)
+        Gauge("autoglm_active_sequences", "sequences being generated", registry=self.registry).set_function(
+            lambda: scheduler.active)
+        Gauge("autoglm_tokens_generated", "tokens generated since start", registry=self.registry).set_function(
+            lambda: scheduler.stats["tokens_generated"])
+        self._last = (time.monotonic(), 0)
+        Gauge("autoglm_tokens_per_second", "generation rate since the previous scrape",
+              registry=self.registry).set_function(self._rate)
+
+    def _rate(self) -> float:
+        now, total = time.monotonic(), self.scheduler.stats["tokens_generated"]
+        then, before = self._last
+        self._last = (now, total)
+        return (total - before) / (now - then) if now > then else 0.0
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,112 @@
+"""``autoglm serve``: settings (flags over a TOML file over defaults), bind safety, uvicorn.
+
+Binding anything but loopback without an API key is refused: an edge board on a shared network
+must not hand out its model to anyone who finds the port. ``--port 0`` takes a free port and
+prints it, which is how the desktop app finds its child server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InvalidArgumentError
+
+
+@dataclass
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str | None = None
+    parallel: int = 4
+    ctx: int = 2048  # per sequence
+    threads: int | None = None
+    api_key: str | None = None
+    max_queue: int = 64
+    max_body_bytes: int = 1 << 20
+    cors_origins: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, config: str | None, overrides: dict[str, Any]) -> ServeSettings:
+        values: dict[str, Any] = {}
+        if config:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            try:
+                data = tomllib.loads(Path(config).read_text())
+            except OSError as exc:
+                raise InvalidArgumentError(f"cannot read {config}: {exc.strerror}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidArgumentError(f"{config} is not valid TOML: {exc}") from None
+            data = data.get("serve", data)
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise InvalidArgumentError(f"{config}: unknown setting(s) {', '.join(unknown)} "
+                                           f"(known: {', '.join(sorted(known))})")
+            values.update({k.replace("-", "_"): v for k, v in data.items()})
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.api_key = settings.api_key or os.environ.get("AUTOGLM_API_KEY") or None
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InvalidArgumentError(f"port must be 0-65535, got {self.port}")
+        if not 1 <= self.parallel <= 64:
+            raise InvalidArgumentError(f"--parallel must be 1-64, got {self.parallel}")
+        if self.ctx < 64:
+            raise InvalidArgumentError(f"--ctx must be at least 64, got {self.ctx}")
+        if not _is_loopback(self.host) and not self.api_key:
+            raise InvalidArgumentError(f"refusing to listen on {self.host} without an API key: pass --api-key "
+                                       "or set AUTOGLM_API_KEY (loopback needs none)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: ServeSettings) -> int:
+    import uvicorn
+
+    from engine import loader
+    from engine.planner import Overrides
+    from engine.scheduler import Scheduler
+    from engine.server.app import ServerConfig, create_app
+
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, ctx=256))
+    backend = loader.load(prepared)
+    scheduler = Scheduler(backend, settings.parallel, settings.ctx, settings.max_queue, settings.threads)
+    name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
+    app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
+          flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        scheduler.close()
+    print("server stopped", file=sys.stderr)
+    return 0

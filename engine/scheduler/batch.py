@@ -27,6 +27,7 @@ from engine.errors import BackendError, ContextOverflowError, InvalidArgumentErr
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
 MIN_CHUNK, MAX_CHUNK = 32, 512
+KV_UNIFIED = False
 
 
 class QueueFullError(Exception):
@@ -96,7 +97,7 @@ class Scheduler:
         cparams.n_ctx = parallel * ctx_per_seq
         cparams.n_batch = cparams.n_ubatch = MAX_CHUNK
         cparams.n_seq_max = parallel
-        cparams.kv_unified = True
+        cparams.kv_unified = KV_UNIFIED
         cparams.n_threads = cparams.n_threads_batch = threads or backend.plan.threads
         self.ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not self.ctx:

@@ -99,6 +99,7 @@ def serve(settings: ServeSettings) -> int:
     scheduler = Scheduler(backend, settings.parallel, settings.ctx, settings.max_queue, settings.threads)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins))
+    sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",

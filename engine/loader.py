@@ -42,3 +42,18 @@ def load(prepared: Prepared) -> LlamaBackend:
     from engine.backends.llamacpp import LlamaBackend
 
     return LlamaBackend(prepared.plan)
+
+
+def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None, max_queue: int = 64,
+                   threads: int | None = None):
+    """The model behind the continuous-batching scheduler. The scheduler owns the real context;
+    llama-cpp-python's own one is kept tiny since it only serves tokenizing."""
+    import dataclasses
+
+    from engine.backends.llamacpp import LlamaBackend
+    from engine.scheduler.batch import Scheduler
+    from engine.scheduler.session import ScheduledBackend
+
+    backend = LlamaBackend(dataclasses.replace(prepared.plan, n_ctx=64))
+    scheduler = Scheduler(backend, parallel, ctx_per_seq or prepared.plan.n_ctx, max_queue, threads)
+    return ScheduledBackend(backend, scheduler)

@@ -90,3 +90,19 @@ def test_templates_run_sandboxed():
     assert render("{{ messages[0].content }}", [{"role": "user", "content": "hi"}]) == "hi"
     with pytest.raises(BackendError):
         render("{{ ''.__class__.__mro__[1].__subclasses__() }}", [])
+
+
+def test_cli_chat_runs_on_the_scheduler_and_reuses_the_prefix(default_model):
+    """`autoglm chat` goes through the server's continuous-batching scheduler; turn two computes
+    only what the KV cache does not already hold."""
+    import re
+
+    from tests.conftest import run_cli
+
+    out = run_cli("chat", "--temperature", "0", "--max-tokens", "20", stdin="Hi, my name is Bob.\nWhat is my name?\n")
+    assert out.returncode == 0, out.stderr
+    turns = [tuple(map(int, m)) for m in re.findall(r"(\d+)/(\d+) prompt tokens evaluated", out.stderr)]
+    assert len(turns) == 2
+    (first_eval, first_total), (second_eval, second_total) = turns
+    assert first_eval == first_total and second_total > first_total
+    assert second_eval < second_total - first_total + 10  # the first turn's tokens came from the cache

@@ -240,6 +240,8 @@ class Scheduler:
             if text:
                 req.put(Event(text=text))
         req.stats.finish_reason = reason
+        if req.first_token_at is not None:
+            req.stats.decode_s = time.perf_counter() - req.first_token_at
         req.put(Event(done=True, finish_reason=reason, error=error))
         llama_cpp.llama_sampler_free(slot.sampler)
         if slot.fresh:

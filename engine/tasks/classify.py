@@ -108,6 +108,7 @@ class Classifier:
                    ExitRule(**meta["rule"]), meta["prune_alpha"], meta["report"])
 
     def install(self, name: str) -> Manifest:
+        store.check_name(name)
         with Staging() as stage:
             entries = self.save(stage.dir)
             kind = "trained" if self.heads[0] is not None else "zero-shot"

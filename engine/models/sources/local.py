@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.errors import InvalidModelError, ModelNotFoundError
 from engine.models.progress import Progress, check_cancel
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
+from engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, install_gguf, sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf", ".pt")
 SKIP_DIRS = {".git", ".cache", "__pycache__"}
@@ -77,7 +77,7 @@ def import_path(path: str | Path, *, name: str | None = None, link: bool = False
     src = Path(path).expanduser()
     if not src.exists():
         raise ModelNotFoundError(f"{src}: no such file or folder")
-    name = name or default_name(src)
+    name = check_name(name) if name else default_name(src)
     how = "link" if link else "copy"
     with Staging() as stage:
         if src.is_file() and src.suffix == ".gguf":

@@ -281,7 +281,7 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import ServeSettings, serve
 
-    keys = ("host", "port", "model", "parallel", "ctx", "threads", "api_key", "max_queue", "cors_origins")
+    keys = ("host", "port", "model", "parallel", "ctx", "threads", "safe", "api_key", "max_queue", "cors_origins")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -352,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, help="sequences decoded together (default 4)")
     p.add_argument("--ctx", type=int, help="context tokens per sequence (default 2048)")
     p.add_argument("--threads", "-t", type=int)
+    p.add_argument("--safe", action="store_true", default=None, help="most conservative kernels, CPU only")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set AUTOGLM_API_KEY)")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")

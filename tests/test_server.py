@@ -193,7 +193,7 @@ def test_config_file_and_its_errors(default_model, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown setting(s) nonsense" in out.stderr
     good = tmp_path / "serve.toml"
-    good.write_text("[serve]\nparallel = 2\nctx = 512\n")
+    good.write_text("[serve]\nparallel = 2\nctx = 512\nsafe = true\n")
     with server("--config", str(good)) as (url, banner):
         assert "2 parallel x 512 tokens" in banner and httpx.get(url + "/health").status_code == 200
 

@@ -1,0 +1,168 @@
+"""The engine as a child process, and the HTTP client the GUI talks to it with.
+
+A native crash in llama.cpp or onnxruntime kills only the child (``autoglm serve --port 0`` on
+127.0.0.1 with a key made for this launch); the window reads how it ended (signal or exit code
+and the last lines of its log) and can start it again, in safe mode if asked. Nothing here
+imports Qt, so it is tested on its own and reused by any front end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import paths
+
+LOG_TAIL = 12
+
+
+class EngineError(Exception):
+    """The engine child is not running, or answered with an error (message is for the user)."""
+
+
+@dataclass
+class EngineOptions:
+    model: str | None = None
+    safe: bool = False
+    threads: int | None = None
+    ctx: int | None = None
+    parallel: int = 2
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel)]
+        for flag, value in (("--model", self.model), ("--threads", self.threads), ("--ctx", self.ctx)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args + (["--safe"] if self.safe else []) + self.extra
+
+
+class EngineProcess:
+    def __init__(self, options: EngineOptions | None = None, log_path: Path | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.log_path = log_path or paths.cache_dir() / "engine.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.key = ""
+
+    def start(self, timeout: float = 300) -> str:
+        """Start the child and wait for its banner; returns the base URL."""
+        self.stop()
+        self.key = secrets.token_urlsafe(24)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("w")
+        self.proc = subprocess.Popen(self.options.argv(), stdout=subprocess.PIPE, stderr=log, text=True,
+                                     env={**os.environ, "AUTOGLM_API_KEY": self.key})
+        log.close()
+        banner: list[str] = []
+        reader = threading.Thread(target=lambda: banner.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if not banner or " on http" not in banner[0]:
+            description = self.describe_exit() if self.proc.poll() is not None else "it did not start in time"
+            self.stop()
+            raise EngineError(f"the engine did not start: {description}")
+        self.url = banner[0].split(" on ")[1].split()[0]
+        return self.url
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return []
+
+    def describe_exit(self) -> str:
+        """How the child ended, in words a user can act on."""
+        if self.proc is None:
+            return "the engine was not started"
+        code = self.proc.poll()
+        if code is None:
+            return "the engine is running"
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        tail = [ln for ln in self.log_tail() if ln.strip()]
+        return how + (f"; last log line: {tail[-1]}" if tail else "")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def client(self) -> EngineClient:
+        return EngineClient(self.url, self.key, self)
+
+
+class EngineClient:
+    """Blocking calls, meant for worker threads; errors become EngineError with a readable message."""
+
+    def __init__(self, url: str, key: str, process: EngineProcess | None = None) -> None:
+        self.url, self.key, self.process = url, key, process
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 600):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.key}", "Content-Type": "application/json"})
+        try:
+            return urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {exc.code}"
+            raise EngineError(message) from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            why = self.process.describe_exit() if self.process and not self.process.alive else str(exc)
+            raise EngineError(f"the engine is not answering ({why})") from None
+
+    def get(self, path: str) -> Any:
+        with self._request("GET", path) as resp:
+            return json.loads(resp.read())
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        with self._request("POST", path, body) as resp:
+            return json.loads(resp.read())
+
+    def chat_stream(self, messages: list[dict[str, str]], cancel: threading.Event | None = None,
+                    **params: Any) -> Iterator[str]:
+        """Text pieces of a streamed reply; setting ``cancel`` closes the connection, which
+        cancels the generation in the engine."""
+        body = {"model": "default", "messages": messages, "stream": True, **params}
+        with self._request("POST", "/v1/chat/completions", body) as resp:
+            for raw in resp:
+                if cancel is not None and cancel.is_set():
+                    return
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                delta = json.loads(line[6:])["choices"][0].get("delta", {})
+                if delta.get("content"):
+                    yield delta["content"]
+
+

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from engine import __version__
-from engine.errors import AutoGLMError
+from engine.errors import AutoGLMError, InvalidArgumentError
 
 GiB = 1 << 30
 
@@ -278,6 +278,15 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    try:
+        from app.main_window import run
+    except ImportError as exc:
+        raise InvalidArgumentError(f"the desktop window needs PySide6: pip install 'open-autoglm[gui]' ({exc})") \
+            from None
+    return run()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import ServeSettings, serve
 
@@ -345,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", help="a specific installed version (see `models info NAME`)")
     p.set_defaults(func=cmd_models_rollback)
+    p = sub.add_parser("gui", help="the desktop window (needs the [gui] extra)")
+    p.set_defaults(func=cmd_gui)
+
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
     p.add_argument("--host", help="address to bind (default 127.0.0.1; others need an API key)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one and prints it)")

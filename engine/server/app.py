@@ -266,6 +266,14 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "created": 0,
                                             "owned_by": "local"}]}
 
+    @app.get("/autoglm/models")
+    async def installed_models() -> dict[str, Any]:
+        """The store, for the desktop app's models view (not part of the OpenAI API)."""
+        from engine.models import installed
+
+        keys = ("name", "version", "format", "quant", "size", "source")
+        return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)]}
+
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         text = render(template, [m.model_dump() for m in body.messages], bos, eos)

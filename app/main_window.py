@@ -1,0 +1,122 @@
+"""The main window: views in tabs, a banner when the engine child dies, engine start off the UI thread."""
+
+from __future__ import annotations
+
+import threading
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
+
+from app.conversations import ConversationStore
+from app.engine_process import EngineClient, EngineError, EngineProcess
+from app.views.chat import ChatView
+from app.views.models import ModelsView
+
+
+class _Started(QObject):
+    ok = Signal()
+    failed = Signal(str)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, engine: EngineProcess, store: ConversationStore) -> None:
+        super().__init__()
+        self.setWindowTitle("Open-AutoGLM")
+        self.resize(1100, 720)
+        self.engine, self.store = engine, store
+        self._client: EngineClient | None = None
+        self.started = _Started()
+        self.started.ok.connect(self._on_started)
+        self.started.failed.connect(self._on_crash)
+
+        self.banner = QFrame(objectName="banner")
+        self.banner.setStyleSheet("#banner { background: #fde2e1; border: 1px solid #e0a0a0; }")
+        self.banner_text = QLabel(wordWrap=True)
+        self.restart_btn = QPushButton("Restart in safe mode")
+        self.restart_btn.clicked.connect(self.restart_safe)
+        row = QHBoxLayout(self.banner)
+        row.addWidget(self.banner_text, 1)
+        row.addWidget(self.restart_btn)
+        self.banner.hide()
+
+        self.chat = ChatView(store, self.client)
+        self.models = ModelsView(self.client)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.models, "Models")
+        self.tabs.currentChanged.connect(self._tab_changed)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.tabs, 1)
+        self.setCentralWidget(central)
+        self.watch = QTimer(self, interval=500, timeout=self._check_engine)
+        self.start_engine()
+
+    def _tab_changed(self, index: int) -> None:
+        if self.tabs.widget(index) is self.models:
+            self.models.refresh()
+
+    def client(self) -> EngineClient | None:
+        return self._client if self.engine.alive else None
+
+    def start_engine(self) -> None:
+        """Model loading takes seconds: it runs on a thread, the window stays live meanwhile."""
+        self._client = None
+        self.statusBar().showMessage("starting the engine…")
+
+        def work() -> None:
+            try:
+                self.engine.start()
+                self.started.ok.emit()
+            except EngineError as exc:
+                self.started.failed.emit(str(exc))
+
+        threading.Thread(target=work, name="engine-start", daemon=True).start()
+
+    def _on_started(self) -> None:
+        self._client = self.engine.client()
+        self.banner.hide()
+        mode = " (safe mode)" if self.engine.options.safe else ""
+        self.statusBar().showMessage(f"engine ready at {self.engine.url}{mode}")
+        self.models.refresh()
+        self.watch.start()
+
+    def _check_engine(self) -> None:
+        if self._client is not None and not self.engine.alive:
+            self._on_crash(f"The engine stopped: {self.engine.describe_exit()}")
+
+    def _on_crash(self, message: str) -> None:
+        self._client = None
+        self.watch.stop()
+        tail = "\n".join(self.engine.log_tail(4))
+        self.banner_text.setText(message + (f"\n{tail}" if tail else ""))
+        self.banner.show()
+        self.statusBar().showMessage("the engine is not running")
+
+    def restart_safe(self) -> None:
+        self.engine.options.safe = True
+        self.banner.hide()
+        self.start_engine()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.watch.stop()
+        self.chat.stop()
+        self.engine.stop()
+        super().closeEvent(event)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``autoglm gui``."""
+    import sys
+
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    store = ConversationStore()
+    window = MainWindow(EngineProcess(), store)
+    window.show()
+    try:
+        return app.exec()
+    finally:
+        store.close()

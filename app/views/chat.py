@@ -1,0 +1,278 @@
+"""Chat view: conversations on the left, the transcript (Markdown) and the composer on the right.
+
+Replies stream from the engine child on a worker thread; pieces reach the UI through queued Qt
+signals and the transcript is re-rendered at most every 50 ms, so typing and resizing stay smooth.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QInputDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.conversations import ConversationStore
+from app.engine_process import EngineClient, EngineError
+
+RENDER_EVERY_MS = 50
+
+
+class _Bridge(QObject):
+    piece = Signal(str)
+    done = Signal(str)  # the stats line
+    failed = Signal(str)
+
+
+class ChatView(QWidget):
+    reply_finished = Signal()
+
+    def __init__(self, store: ConversationStore, client: Callable[[], EngineClient | None]) -> None:
+        super().__init__()
+        self.store, self.client = store, client
+        self.conversation_id: int | None = None
+        self.reply = ""  # the reply being streamed
+        self.streaming = False
+        self.cancel = threading.Event()
+        self.started = 0.0
+        self.first_at: float | None = None
+        self.pieces = 0
+        self.bridge = _Bridge()
+        self.bridge.piece.connect(self._on_piece)
+        self.bridge.done.connect(self._on_done)
+        self.bridge.failed.connect(self._on_failed)
+        self.render_timer = QTimer(self, interval=RENDER_EVERY_MS, timeout=self._render_if_dirty)
+        self.dirty = False
+
+        self.search = QLineEdit(placeholderText="Search conversations")
+        self.search.textChanged.connect(self.refresh_list)
+        self.list = QListWidget()
+        self.list.currentItemChanged.connect(self._on_select)
+        new_btn, rename_btn, delete_btn = QPushButton("New"), QPushButton("Rename"), QPushButton("Delete")
+        new_btn.clicked.connect(self.new_conversation)
+        rename_btn.clicked.connect(self._rename)
+        delete_btn.clicked.connect(self._delete)
+        left = QVBoxLayout()
+        left.addWidget(self.search)
+        left.addWidget(self.list)
+        row = QHBoxLayout()
+        for b in (new_btn, rename_btn, delete_btn):
+            row.addWidget(b)
+        left.addLayout(row)
+
+        self.system = QLineEdit(placeholderText="System prompt (optional)")
+        self.system.editingFinished.connect(self._save_system)
+        self.transcript = QTextBrowser(openExternalLinks=True)
+        self.input = QPlainTextEdit(placeholderText="Message (Ctrl+Enter to send)")
+        self.input.setMaximumHeight(110)
+        self.send_btn, self.stop_btn = QPushButton("Send"), QPushButton("Stop")
+        self.regen_btn, self.edit_btn, self.copy_btn = QPushButton("Regenerate"), QPushButton("Edit last"), \
+            QPushButton("Copy reply")
+        self.send_btn.clicked.connect(self.send)
+        self.stop_btn.clicked.connect(self.stop)
+        self.regen_btn.clicked.connect(self.regenerate)
+        self.edit_btn.clicked.connect(self.edit_last)
+        self.copy_btn.clicked.connect(self.copy_reply)
+        self.stop_btn.setEnabled(False)
+        right = QVBoxLayout()
+        right.addWidget(self.system)
+        right.addWidget(self.transcript, 1)
+        right.addWidget(self.input)
+        buttons = QHBoxLayout()
+        for b in (self.send_btn, self.stop_btn, self.regen_btn, self.edit_btn, self.copy_btn):
+            buttons.addWidget(b)
+        right.addLayout(buttons)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        lw, rw = QWidget(), QWidget()
+        lw.setLayout(left)
+        rw.setLayout(right)
+        split.addWidget(lw)
+        split.addWidget(rw)
+        split.setSizes([220, 700])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(split)
+        self.refresh_list()
+
+    # --- conversations ------------------------------------------------------------------------
+    def refresh_list(self) -> None:
+        self.list.blockSignals(True)
+        self.list.clear()
+        for conv in self.store.list(self.search.text()):
+            item = QListWidgetItem(conv.title)
+            item.setData(Qt.ItemDataRole.UserRole, conv.id)
+            self.list.addItem(item)
+            if conv.id == self.conversation_id:
+                self.list.setCurrentItem(item)
+        self.list.blockSignals(False)
+
+    def new_conversation(self) -> None:
+        conv = self.store.new(system=self.system.text())
+        self.open(conv.id)
+
+    def open(self, conversation_id: int) -> None:
+        self.conversation_id = conversation_id
+        conv = self.store.get(conversation_id)
+        self.system.setText(conv.system if conv else "")
+        self.refresh_list()
+        self.render()
+
+    def _on_select(self, item: QListWidgetItem | None) -> None:
+        if item is not None and not self.streaming:
+            self.open(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    def _rename(self) -> None:
+        if self.conversation_id is None:
+            return
+        conv = self.store.get(self.conversation_id)
+        title, ok = QInputDialog.getText(self, "Rename", "Title:", text=conv.title if conv else "")
+        if ok and title.strip():
+            self.store.update(self.conversation_id, title=title.strip())
+            self.refresh_list()
+
+    def _delete(self) -> None:
+        if self.conversation_id is not None and not self.streaming:
+            self.store.delete(self.conversation_id)
+            self.conversation_id = None
+            self.refresh_list()
+            self.render()
+
+    def _save_system(self) -> None:
+        if self.conversation_id is not None:
+            self.store.update(self.conversation_id, system=self.system.text())
+
+    # --- messages -----------------------------------------------------------------------------
+    def render(self) -> None:
+        parts = []
+        if self.conversation_id is not None:
+            for m in self.store.messages(self.conversation_id):
+                who = "**You**" if m.role == "user" else "**Assistant**"
+                parts.append(f"{who}\n\n{m.content}" + (f"\n\n*{m.stats}*" if m.stats else ""))
+        if self.streaming:
+            parts.append(f"**Assistant**\n\n{self.reply or '…'}")
+        self.transcript.setMarkdown("\n\n---\n\n".join(parts))
+        bar = self.transcript.verticalScrollBar()
+        bar.setValue(bar.maximum())
+        self.dirty = False
+
+    def _render_if_dirty(self) -> None:
+        if self.dirty:
+            self.render()
+
+    def send(self) -> None:
+        text = self.input.toPlainText().strip()
+        if not text or self.streaming:
+            return
+        if self.conversation_id is None:
+            self.new_conversation()
+        assert self.conversation_id is not None
+        if not self.store.messages(self.conversation_id):
+            self.store.update(self.conversation_id, title=text[:40])
+        self.store.add(self.conversation_id, "user", text)  # committed before the reply starts
+        self.input.clear()
+        self._start_reply()
+
+    def regenerate(self) -> None:
+        if self.streaming or self.conversation_id is None:
+            return
+        msgs = self.store.messages(self.conversation_id)
+        if msgs and msgs[-1].role == "assistant":
+            self.store.truncate_after(self.conversation_id, msgs[-1].id)
+            self._start_reply()
+
+    def edit_last(self) -> None:
+        """Put the last user message back in the composer and drop it (and its reply)."""
+        if self.streaming or self.conversation_id is None:
+            return
+        users = [m for m in self.store.messages(self.conversation_id) if m.role == "user"]
+        if users:
+            self.store.truncate_after(self.conversation_id, users[-1].id)
+            self.input.setPlainText(users[-1].content)
+            self.render()
+
+    def copy_reply(self) -> None:
+        if self.conversation_id is None:
+            return
+        replies = [m for m in self.store.messages(self.conversation_id) if m.role == "assistant"]
+        if replies:
+            QGuiApplication.clipboard().setText(replies[-1].content)
+
+    def _start_reply(self) -> None:
+        client = self.client()
+        if client is None:
+            self._on_failed("the engine is not running")
+            return
+        assert self.conversation_id is not None
+        messages = [{"role": m.role, "content": m.content} for m in self.store.messages(self.conversation_id)]
+        if self.system.text().strip():
+            messages.insert(0, {"role": "system", "content": self.system.text().strip()})
+        self.streaming, self.reply, self.pieces, self.first_at = True, "", 0, None
+        self.cancel = threading.Event()
+        self.started = time.perf_counter()
+        self._set_busy(True)
+        self.render_timer.start()
+        self.render()
+        cancel, bridge = self.cancel, self.bridge
+
+        def work() -> None:
+            try:
+                for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024):
+                    bridge.piece.emit(piece)
+                bridge.done.emit("")
+            except EngineError as exc:
+                bridge.failed.emit(str(exc))
+
+        threading.Thread(target=work, name="chat-stream", daemon=True).start()
+
+    def _on_piece(self, piece: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.reply += piece
+        self.pieces += 1
+        self.dirty = True
+
+    def _finish(self, stats: str | None) -> None:
+        if self.conversation_id is not None and self.reply:
+            self.store.add(self.conversation_id, "assistant", self.reply, stats)
+        self.streaming = False
+        self.render_timer.stop()
+        self._set_busy(False)
+        self.refresh_list()
+        self.render()
+        self.reply_finished.emit()
+
+    def _on_done(self, _unused: str) -> None:
+        end = time.perf_counter()
+        ttft = ((self.first_at or end) - self.started) * 1000
+        rate = (self.pieces - 1) / (end - self.first_at) if self.first_at and end > self.first_at else 0.0
+        stopped = " · stopped" if self.cancel.is_set() else ""
+        self._finish(f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}")
+
+    def _on_failed(self, message: str) -> None:
+        self.reply = self.reply or ""
+        self._finish(None)
+        self.transcript.append(f"\n⚠ {message}")
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+    def _set_busy(self, busy: bool) -> None:
+        self.send_btn.setEnabled(not busy)
+        self.stop_btn.setEnabled(busy)
+        for b in (self.regen_btn, self.edit_btn):
+            b.setEnabled(not busy)

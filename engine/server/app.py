@@ -82,6 +82,18 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str]
 
 
+class Example(BaseModel):
+    text: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+
+
+class TrainRequest(BaseModel):
+    name: str
+    examples: list[Example] | None = None
+    labels: dict[str, str | None] | None = None  # zero-shot: label -> description
+    budget: float = Field(default=1.0, ge=0, le=100)
+
+
 class ClassifyRequest(BaseModel):
     model: str | None = None  # a stored classifier
     input: str | list[str]
@@ -320,6 +332,31 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
         return {"object": "list", "truncated": truncated,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer}
                          for i, p in enumerate(preds)]}
+
+    @app.post("/autoglm/classifiers")
+    async def train_classifier(body: TrainRequest):
+        """Train (examples) or save (zero-shot labels) a classifier into the store, for the desktop app."""
+        from engine.tasks.classify import train, zero_shot
+        from engine.tasks.embed import open_encoder
+
+        if bool(body.examples) == bool(body.labels):
+            return error(400, "give examples or labels, not both")
+
+        def work():
+            manifest, encoder = open_encoder(None)
+            if body.labels:
+                clf = zero_shot(encoder, manifest, body.labels)
+            else:
+                texts = [e.text for e in body.examples or []]
+                labels = [e.label for e in body.examples or []]
+                if len(set(labels)) < 2:
+                    raise InvalidArgumentError("the examples need at least two labels")
+                clf = train(encoder, manifest, texts, labels, budget=body.budget)
+            installed = clf.install(body.name)
+            return {"name": installed.name, "version": installed.version, "labels": clf.labels,
+                    "report": clf.report}
+
+        return await asyncio.to_thread(work)
 
     @app.get("/metrics")
     async def prometheus() -> PlainTextResponse:

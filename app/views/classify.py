@@ -1,0 +1,222 @@
+"""Classify view: pick, define (zero-shot labels) or train (examples file) a classifier, classify
+typed text or a file, see label, confidence and exit layer per text, export CSV. Work runs on a
+thread; ``exact`` runs the full model so the early-exit gain is visible."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.engine_process import EngineClient, EngineError
+
+ZERO_SHOT = "(zero-shot: the labels below)"
+
+
+class _Bridge(QObject):
+    results = Signal(list, float)
+    trained = Signal(str)
+    failed = Signal(str)
+
+
+class ClassifyView(QWidget):
+    done = Signal()
+
+    def __init__(self, client: Callable[[], EngineClient | None]) -> None:
+        super().__init__()
+        self.client = client
+        self.bridge = _Bridge()
+        self.bridge.results.connect(self._show)
+        self.bridge.trained.connect(self._trained)
+        self.bridge.failed.connect(self._failed)
+        self.texts: list[str] = []
+
+        self.picker = QComboBox()
+        self.labels = QLineEdit(placeholderText="labels: sports, politics=elections and parliament, tech")
+        self.name = QLineEdit(placeholderText="name for a new classifier")
+        save_btn, train_btn = QPushButton("Save labels as classifier"), QPushButton("Train from examples file…")
+        save_btn.clicked.connect(self.save_zero_shot)
+        train_btn.clicked.connect(self.train_from_file)
+        self.input = QPlainTextEdit(placeholderText="One text per line")
+        self.input.setMaximumHeight(120)
+        self.exact = QCheckBox("Exact (no early exit, no pruning)")
+        classify_btn, file_btn, export_btn = QPushButton("Classify"), QPushButton("Classify file…"), \
+            QPushButton("Export CSV…")
+        classify_btn.clicked.connect(lambda: self.classify(self.input.toPlainText().splitlines()))
+        file_btn.clicked.connect(self.classify_file)
+        export_btn.clicked.connect(self.export_csv)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Text", "Label", "Confidence", "Exit layer"])
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.status = QLabel()
+
+        layout = QVBoxLayout(self)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Classifier:"))
+        top.addWidget(self.picker, 1)
+        layout.addLayout(top)
+        layout.addWidget(self.labels)
+        make = QHBoxLayout()
+        make.addWidget(self.name, 1)
+        make.addWidget(save_btn)
+        make.addWidget(train_btn)
+        layout.addLayout(make)
+        layout.addWidget(self.input)
+        run = QHBoxLayout()
+        for w in (classify_btn, file_btn, self.exact, export_btn):
+            run.addWidget(w)
+        layout.addLayout(run)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+
+    def refresh(self) -> None:
+        client = self.client()
+        current = self.picker.currentText()
+        self.picker.clear()
+        self.picker.addItem(ZERO_SHOT)
+        if client is None:
+            return
+        try:
+            names = [m["name"] for m in client.get("/autoglm/models")["data"] if m["format"] == "classifier"]
+        except EngineError as exc:
+            self.status.setText(str(exc))
+            return
+        self.picker.addItems(names)
+        if current in names:
+            self.picker.setCurrentText(current)
+
+    def _labels(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for part in self.labels.text().split(","):
+            name, _, desc = part.partition("=")
+            if name.strip():
+                out[name.strip()] = desc.strip() or None
+        return out
+
+    def _run(self, fn: Callable[[EngineClient], Any]) -> None:
+        client = self.client()
+        if client is None:
+            self._failed("the engine is not running")
+            return
+        self.status.setText("working…")
+        threading.Thread(target=fn, args=(client,), daemon=True).start()
+
+    def classify(self, texts: list[str]) -> None:
+        texts = [t.strip() for t in texts if t.strip()]
+        if not texts:
+            self._failed("type a text (one per line) or pick a file")
+            return
+        body: dict[str, Any] = {"input": texts, "exact": self.exact.isChecked()}
+        if self.picker.currentText() in ("", ZERO_SHOT):
+            labels = list(self._labels())
+            if len(labels) < 2:
+                self._failed("give at least two labels, or pick a classifier")
+                return
+            body["labels"] = labels
+        else:
+            body["model"] = self.picker.currentText()
+        self.texts = texts
+
+        def work(client: EngineClient) -> None:
+            started = time.perf_counter()
+            try:
+                data = client.post("/v1/classify", body)["data"]
+                self.bridge.results.emit(data, time.perf_counter() - started)
+            except EngineError as exc:
+                self.bridge.failed.emit(str(exc))
+
+        self._run(work)
+
+    def classify_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Texts, one per line", "", "Text (*.txt);;All (*)")
+        if path:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                self.classify(fh.read().splitlines())
+
+    def save_zero_shot(self) -> None:
+        labels, name = self._labels(), self.name.text().strip()
+        if len(labels) < 2 or not name:
+            self._failed("give a name and at least two labels")
+            return
+        self._train({"name": name, "labels": labels})
+
+    def train_from_file(self, path: str | None = None) -> None:
+        from engine.errors import AutoGLMError
+        from engine.tasks.classify import load_examples
+
+        name = self.name.text().strip()
+        if not name:
+            self._failed("give the new classifier a name first")
+            return
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Examples (text,label)", "", "CSV or JSONL (*.csv *.jsonl)")
+        if not path:
+            return
+        try:
+            texts, labels = load_examples(path)
+        except AutoGLMError as exc:
+            self._failed(str(exc))
+            return
+        self._train({"name": name, "examples": [{"text": t, "label": lab} for t, lab in zip(texts, labels,
+                                                                                            strict=True)]})
+
+    def _train(self, body: dict[str, Any]) -> None:
+        def work(client: EngineClient) -> None:
+            try:
+                client.post("/autoglm/classifiers", body)
+                self.bridge.trained.emit(body["name"])
+            except EngineError as exc:
+                self.bridge.failed.emit(str(exc))
+
+        self._run(work)
+
+    def _trained(self, name: str) -> None:
+        self.refresh()
+        self.picker.setCurrentText(name)
+        self.status.setText(f"saved classifier {name}")
+        self.done.emit()
+
+    def _show(self, rows: list[dict], seconds: float) -> None:
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, value in enumerate((self.texts[row["index"]], row["label"], f"{row['confidence']:.3f}",
+                                       str(row["exit_layer"]))):
+                self.table.setItem(r, c, QTableWidgetItem(value))
+        mode = "exact" if self.exact.isChecked() else "early exit"
+        self.status.setText(f"{len(rows)} text(s) in {seconds * 1000:.0f} ms ({mode})")
+        self.done.emit()
+
+    def _failed(self, message: str) -> None:
+        self.status.setText(f"⚠ {message}")
+        self.done.emit()
+
+    def export_csv(self, path: str | None = None) -> None:
+        if not path:
+            path, _ = QFileDialog.getSaveFileName(self, "Export results", "results.csv", "CSV (*.csv)")
+        if not path:
+            return
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label", "confidence", "exit_layer"])
+            for r in range(self.table.rowCount()):
+                writer.writerow([self.table.item(r, c).text() for c in range(4)])
+        self.status.setText(f"exported {self.table.rowCount()} row(s) to {path}")

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
+    QDoubleSpinBox,
     QHBoxLayout,
     QInputDialog,
     QLineEdit,
@@ -76,6 +77,7 @@ class ChatView(QWidget):
 
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.system.editingFinished.connect(self._save_system)
+        self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=0.7, prefix="temperature ")
         self.transcript = QTextBrowser(openExternalLinks=True)
         self.input = QPlainTextEdit(placeholderText="Message (Ctrl+Enter to send)")
         self.input.setMaximumHeight(110)
@@ -89,7 +91,10 @@ class ChatView(QWidget):
         self.copy_btn.clicked.connect(self.copy_reply)
         self.stop_btn.setEnabled(False)
         right = QVBoxLayout()
-        right.addWidget(self.system)
+        settings = QHBoxLayout()
+        settings.addWidget(self.system, 1)
+        settings.addWidget(self.temperature)
+        right.addLayout(settings)
         right.addWidget(self.transcript, 1)
         right.addWidget(self.input)
         buttons = QHBoxLayout()
@@ -227,11 +232,11 @@ class ChatView(QWidget):
         self._set_busy(True)
         self.render_timer.start()
         self.render()
-        cancel, bridge = self.cancel, self.bridge
+        cancel, bridge, temperature = self.cancel, self.bridge, self.temperature.value()
 
         def work() -> None:
             try:
-                for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024):
+                for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
                     bridge.piece.emit(piece)
                 bridge.done.emit("")
             except EngineError as exc:

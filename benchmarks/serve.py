@@ -53,31 +53,26 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 
 @contextmanager
+def _running(argv: list[str], port: int):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(f"http://127.0.0.1:{port}", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def ours(parallel: int, threads: int, ctx: int):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel",
-                             str(parallel), "--threads", str(threads), "--ctx", str(ctx)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait()
+    return _running([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel", str(parallel),
+                     "--threads", str(threads), "--ctx", str(ctx)], port)
 
 
-@contextmanager
 def llama_server(binary: str, model: str, parallel: int, threads: int, ctx: int):
     port = _free_port()
-    proc = subprocess.Popen([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-t", str(threads),
-                             "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(f"http://127.0.0.1:{port}", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait()
+    return _running([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-t", str(threads),
+                     "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui"], port)
 
 
 def _stream(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tuple[float, int, float]:

@@ -269,7 +269,6 @@ class ChatView(QWidget):
         self._finish(f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}")
 
     def _on_failed(self, message: str) -> None:
-        self.reply = self.reply or ""
         self._finish(None)
         self.transcript.append(f"\n⚠ {message}")
 

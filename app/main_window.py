@@ -11,6 +11,7 @@ from app.conversations import ConversationStore
 from app.engine_process import EngineClient, EngineError, EngineProcess
 from app.views.chat import ChatView
 from app.views.classify import ClassifyView
+from app.views.device import DeviceView
 from app.views.models import ModelsView
 
 
@@ -43,10 +44,13 @@ class MainWindow(QMainWindow):
         self.chat = ChatView(store, self.client)
         self.models = ModelsView(self.client)
         self.classify = ClassifyView(self.client)
+        self.device = DeviceView(self.client)
+        self.device.apply_requested.connect(self.apply_overrides)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.classify, "Classify")
         self.tabs.addTab(self.models, "Models")
+        self.tabs.addTab(self.device, "Device")
         self.tabs.currentChanged.connect(self._tab_changed)
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -62,6 +66,8 @@ class MainWindow(QMainWindow):
             self.models.refresh()
         elif widget is self.classify:
             self.classify.refresh()
+        elif widget is self.device:
+            self.device.refresh()
 
     def client(self) -> EngineClient | None:
         return self._client if self.engine.alive else None
@@ -87,6 +93,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"engine ready at {self.engine.url}{mode}")
         self.models.refresh()
         self.classify.refresh()
+        self.device.refresh()
         self.watch.start()
 
     def _check_engine(self) -> None:
@@ -100,6 +107,11 @@ class MainWindow(QMainWindow):
         self.banner_text.setText(message + (f"\n{tail}" if tail else ""))
         self.banner.show()
         self.statusBar().showMessage("the engine is not running")
+
+    def apply_overrides(self, threads: int | None, ctx: int | None) -> None:
+        """Device-view overrides take effect by restarting the engine child with them."""
+        self.engine.options.threads, self.engine.options.ctx = threads, ctx
+        self.start_engine()
 
     def restart_safe(self) -> None:
         self.engine.options.safe = True

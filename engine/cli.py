@@ -136,10 +136,7 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
         report["model"] = None
         report["note"] = str(exc)
         return report
-    report["model"] = {"label": prepared.model.label, **prepared.model.facts.to_dict()}
-    report["selftest"] = prepared.verdict.__dict__ if prepared.verdict else None
-    report["plan"] = prepared.plan.to_dict()
-    return report
+    return loader.describe(prepared)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

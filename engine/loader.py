@@ -37,6 +37,14 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     return Prepared(model, device, verdict, make_plan(model.facts, device, verdict, overrides))
 
 
+def describe(prepared: Prepared) -> dict:
+    """What `doctor` prints and the desktop app's device view shows: device, self-test, plan with reasons."""
+    device = prepared.device
+    return {"device": device.to_dict(), "amx": device.has("amx"),
+            "model": {"label": prepared.model.label, **prepared.model.facts.to_dict()},
+            "selftest": prepared.verdict.__dict__ if prepared.verdict else None, "plan": prepared.plan.to_dict()}
+
+
 def load(prepared: Prepared) -> LlamaBackend:
     """Load the planned model (llama.cpp is imported here, not at start-up)."""
     from engine.backends.llamacpp import LlamaBackend

@@ -128,3 +128,20 @@ def test_classify_round_trip_train_classify_export(qtbot, window, tmp_path):
     out = tmp_path / "results.csv"
     view.export_csv(str(out))
     assert out.read_text().splitlines()[0] == "text,label,confidence,exit_layer"
+
+
+def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, window):
+    view = window.device
+    window.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: view.reasons.rowCount() > 0, timeout=30_000)
+    settings = {view.reasons.item(r, 0).text(): view.reasons.item(r, 2).text() for r in range(view.reasons.rowCount())}
+    assert "threads" in settings and settings["threads"]  # every choice comes with its reason
+    view.threads.setValue(1)
+    view.ctx.setValue(1024)
+    old_pid = window.engine.proc.pid
+    view.apply_requested.emit(1, 1024)
+    qtbot.waitUntil(lambda: window.client() is not None and window.engine.proc is not None
+                    and window.engine.proc.pid != old_pid, timeout=120_000)
+    view.refresh()
+    assert any("1 sequences x 1024 tokens" in view.summary.itemAt(i).widget().text()
+               for i in range(view.summary.count()) if view.summary.itemAt(i).widget())

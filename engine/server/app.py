@@ -34,6 +34,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
     retry_after_s: int = 1
+    device_report: dict[str, Any] = field(default_factory=dict)  # loader.describe() of the served model
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -332,6 +333,11 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
         return {"object": "list", "truncated": truncated,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer}
                          for i, p in enumerate(preds)]}
+
+    @app.get("/autoglm/device")
+    async def device() -> dict[str, Any]:
+        """The hardware, the kernel self-test and the plan with its reasons, for the desktop app."""
+        return {**config.device_report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq}}
 
     @app.post("/autoglm/classifiers")
     async def train_classifier(body: TrainRequest):

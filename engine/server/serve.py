@@ -98,7 +98,8 @@ def serve(settings: ServeSettings) -> int:
     scheduler = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue,
                                       settings.threads).scheduler
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
-    app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins))
+    app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins,
+                                             device_report=loader.describe(prepared)))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host

@@ -1,0 +1,84 @@
+"""Device view: what the engine found (hardware, kernel self-test) and what it planned, with the
+reason for each choice; overrides for threads and context restart the engine child with them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.engine_process import EngineClient, EngineError
+
+
+class DeviceView(QWidget):
+    apply_requested = Signal(object, object)  # threads (int or None), ctx (int or None)
+
+    def __init__(self, client: Callable[[], EngineClient | None]) -> None:
+        super().__init__()
+        self.client = client
+        self.summary = QFormLayout()
+        self.reasons = QTableWidget(0, 3)
+        self.reasons.setHorizontalHeaderLabels(["Setting", "Value", "Why"])
+        self.reasons.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="planned")
+        self.ctx = QSpinBox(minimum=0, maximum=262144, singleStep=512, specialValueText="planned")
+        apply_btn = QPushButton("Apply (restarts the engine)")
+        apply_btn.clicked.connect(lambda: self.apply_requested.emit(self.threads.value() or None,
+                                                                    self.ctx.value() or None))
+        self.status = QLabel()
+        overrides = QHBoxLayout()
+        overrides.addWidget(QLabel("Threads"))
+        overrides.addWidget(self.threads)
+        overrides.addWidget(QLabel("Context per sequence"))
+        overrides.addWidget(self.ctx)
+        overrides.addWidget(apply_btn)
+        layout = QVBoxLayout(self)
+        layout.addLayout(self.summary)
+        layout.addWidget(self.reasons, 1)
+        layout.addLayout(overrides)
+        layout.addWidget(self.status)
+
+    def refresh(self) -> None:
+        client = self.client()
+        if client is None:
+            self.status.setText("the engine is not running")
+            return
+        try:
+            report = client.get("/autoglm/device")
+        except EngineError as exc:
+            self.status.setText(str(exc))
+            return
+        while self.summary.rowCount():
+            self.summary.removeRow(0)
+        dev, cpu = report["device"], report["device"]["cpu"]
+        gpus = ", ".join(f"{g['name']} ({g['memory_total'] / 2**30:.1f} GiB)" for g in dev.get("gpus", [])) or "none"
+        selftest = report.get("selftest") or {}
+        for label, value in (
+            ("CPU", f"{cpu['model']} ({cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores)"),
+            ("RAM", f"{dev['ram_total'] / 2**30:.1f} GiB, {dev['ram_available'] / 2**30:.1f} GiB free"),
+            ("GPUs", gpus),
+            ("AMX", "yes" if report.get("amx") else "no"),
+            ("Model", report["model"]["label"]),
+            ("Kernel self-test", f"{selftest.get('config', '-')}: {selftest.get('outcome', 'not run (safe mode)')}"),
+            ("Serving", f"{report['serving']['parallel']} sequences x {report['serving']['ctx']} tokens"),
+        ):
+            self.summary.addRow(label, QLabel(value, wordWrap=True))
+        plan = report["plan"]
+        reasons = plan.get("reasons", {})
+        self.reasons.setRowCount(len(reasons))
+        for r, (key, why) in enumerate(reasons.items()):
+            for c, text in enumerate((key, str(plan.get(key, "")), why)):
+                self.reasons.setItem(r, c, QTableWidgetItem(text))
+        self.status.setText("")

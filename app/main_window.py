@@ -13,6 +13,7 @@ from app.views.chat import ChatView
 from app.views.classify import ClassifyView
 from app.views.device import DeviceView
 from app.views.models import ModelsView
+from app.views.performance import PerformanceView
 
 
 class _Started(QObject):
@@ -46,11 +47,14 @@ class MainWindow(QMainWindow):
         self.classify = ClassifyView(self.client)
         self.device = DeviceView(self.client)
         self.device.apply_requested.connect(self.apply_overrides)
+        self.performance = PerformanceView()
+        self.chat.measured.connect(self.performance.record)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.classify, "Classify")
         self.tabs.addTab(self.models, "Models")
         self.tabs.addTab(self.device, "Device")
+        self.tabs.addTab(self.performance, "Performance")
         self.tabs.currentChanged.connect(self._tab_changed)
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -125,17 +129,25 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-def run(argv: list[str] | None = None) -> int:
-    """``autoglm gui``."""
+def run(screenshots: str | None = None) -> int:
+    """``autoglm gui [--screenshots DIR]``."""
     import sys
+    from pathlib import Path
 
     from PySide6.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication(argv or sys.argv[:1])
+    app = QApplication.instance() or QApplication(sys.argv[:1])
     store = ConversationStore()
     window = MainWindow(EngineProcess(), store)
     window.show()
     try:
+        if screenshots:
+            from app.screenshots import take
+
+            for path in take(window, Path(screenshots)):
+                print(path)
+            window.close()
+            return 0
         return app.exec()
     finally:
         store.close()

@@ -281,7 +281,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InvalidArgumentError(f"the desktop window needs PySide6: pip install 'open-autoglm[gui]' ({exc})") \
             from None
-    return run()
+    return run(args.screenshots)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -352,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", help="a specific installed version (see `models info NAME`)")
     p.set_defaults(func=cmd_models_rollback)
     p = sub.add_parser("gui", help="the desktop window (needs the [gui] extra)")
+    p.add_argument("--screenshots", metavar="DIR", help="render every view with real content to PNGs and exit")
     p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")

@@ -145,3 +145,22 @@ def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, wind
     view.refresh()
     assert any("1 sequences x 1024 tokens" in view.summary.itemAt(i).widget().text()
                for i in range(view.summary.count()) if view.summary.itemAt(i).widget())
+
+
+def test_screenshots_render_every_view_with_content(default_model, tmp_path):
+    from PySide6.QtGui import QImage
+
+    from tests.conftest import run_cli
+
+    out = run_cli("gui", "--screenshots", str(tmp_path / "shots"), env={"QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "shots").glob("*.png"))
+    assert names == ["1-chat.png", "2-classify.png", "3-models.png", "4-device.png", "5-performance.png"]
+    digests = set()
+    for name in names:
+        image = QImage(str(tmp_path / "shots" / name))
+        assert image.width() >= 800 and image.height() >= 500
+        colors = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+        assert len(colors) > 20, f"{name} looks empty"
+        digests.add(bytes(image.constBits()))
+    assert len(digests) == len(names)

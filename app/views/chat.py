@@ -41,6 +41,7 @@ class _Bridge(QObject):
 
 class ChatView(QWidget):
     reply_finished = Signal()
+    measured = Signal(int, float, float)  # tokens, tokens/s, time to first token (ms)
 
     def __init__(self, store: ConversationStore, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
@@ -266,6 +267,7 @@ class ChatView(QWidget):
         ttft = ((self.first_at or end) - self.started) * 1000
         rate = (self.pieces - 1) / (end - self.first_at) if self.first_at and end > self.first_at else 0.0
         stopped = " · stopped" if self.cancel.is_set() else ""
+        self.measured.emit(self.pieces, rate, ttft)
         self._finish(f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}")
 
     def _on_failed(self, message: str) -> None:

@@ -72,7 +72,8 @@ class DeviceView(QWidget):
             ("AMX", "yes" if report.get("amx") else "no"),
             ("Model", report["model"]["label"]),
             ("Kernel self-test", f"{selftest.get('config', '-')}: {selftest.get('outcome', 'not run (safe mode)')}"),
-            ("Serving", f"{report['serving']['parallel']} sequences x {report['serving']['ctx']} tokens"),
+            ("Serving", f"{report['serving']['parallel']} sequences x {report['serving']['ctx']} tokens, "
+                        f"flash attention {'on' if report['serving'].get('flash_attn') else 'off'} (batched)"),
         ):
             self.summary.addRow(label, QLabel(value, wordWrap=True))
         plan = report["plan"]

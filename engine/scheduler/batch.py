@@ -99,12 +99,17 @@ class Scheduler:
         cparams.n_seq_max = parallel
         cparams.kv_unified = KV_UNIFIED
         cparams.n_threads = cparams.n_threads_batch = threads or backend.plan.threads
+        # Flash attention on, whatever the single-sequence plan says: it skips masked KV cells exactly,
+        # which keeps batched output identical to solo output, and measured here it was faster for
+        # batches (without it: 8 streams 0.74x of llama-server and batched != solo text).
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = llama_cpp.llama_init_from_model(model, cparams)
         if not self.ctx:
             raise BackendError(f"llama.cpp could not make a context for {parallel} sequences x {ctx_per_seq}")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(MAX_CHUNK + parallel, 0, 1)
         self.slots = [_Slot(i) for i in range(parallel)]
+        self._piece = ctypes.create_string_buffer(256)  # one buffer for every token's text (scheduler thread only)
         self.waiting: deque[Request] = deque()
         self.lock = threading.Condition()
         self.chunk = MAX_CHUNK
@@ -261,9 +266,8 @@ class Scheduler:
         self.stats["tokens_generated"] += 1
         slot.cached.append(token)
         slot.fresh = True
-        buf = ctypes.create_string_buffer(256)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        slot.text += slot.decoder.decode(buf.raw[: max(n, 0)])
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        slot.text += slot.decoder.decode(self._piece.raw[: max(n, 0)])
         safe, hit = _stop_split(slot.text, req.params.stop)
         if safe:
             req.put(Event(text=safe))

@@ -337,7 +337,8 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
     @app.get("/autoglm/device")
     async def device() -> dict[str, Any]:
         """The hardware, the kernel self-test and the plan with its reasons, for the desktop app."""
-        return {**config.device_report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq}}
+        return {**config.device_report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq,
+                                                         "flash_attn": True}}
 
     @app.post("/autoglm/classifiers")
     async def train_classifier(body: TrainRequest):

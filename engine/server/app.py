@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from engine.backends.llamacpp import SamplingParams
-from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError
+from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError
 from engine.scheduler import Event, QueueFullError, Scheduler
 from engine.server.metrics import Metrics
 from engine.tasks.chat import CHATML, render
@@ -95,6 +95,10 @@ class TrainRequest(BaseModel):
     budget: float = Field(default=1.0, ge=0, le=100)
 
 
+class PullRequest(BaseModel):
+    source: str = Field(min_length=3)
+
+
 class ClassifyRequest(BaseModel):
     model: str | None = None  # a stored classifier
     input: str | list[str]
@@ -160,7 +164,8 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(AutoGLMError)
     async def engine_error(_request: Request, exc: AutoGLMError) -> JSONResponse:
-        status = 400 if isinstance(exc, InvalidArgumentError | ContextOverflowError) else 422
+        status = 400 if isinstance(exc, InvalidArgumentError | ContextOverflowError) else (
+            404 if isinstance(exc, ModelNotFoundError) else 422)
         return error(status, str(exc), code=type(exc).__name__)
 
     def params(body: Sampling, prompt_len: int) -> SamplingParams:
@@ -286,6 +291,67 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
 
         keys = ("name", "version", "format", "quant", "size", "source")
         return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)]}
+
+    @app.post("/autoglm/models/pull")
+    async def pull_model(body: PullRequest, request: Request) -> StreamingResponse:
+        """Progress as SSE (`{"label","done","total"}`), then `{"installed": ...}` or `{"error": ...}`.
+        Closing the connection cancels the pull; nothing half-installed is left."""
+        import threading
+
+        from engine.models import pull
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def send(item: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work() -> None:
+            try:
+                manifest = pull(body.source, progress=lambda label, done, total: send(
+                    {"label": label, "done": done, "total": total}), cancel=cancel)
+                send({"installed": {"name": manifest.name, "version": manifest.version}})
+            except AutoGLMError as exc:
+                send({"error": str(exc)})
+            except Exception as exc:  # a bug, but the stream must still end with a reason
+                send({"error": f"{type(exc).__name__}: {exc}"})
+
+        threading.Thread(target=work, name="pull", daemon=True).start()
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                while True:
+                    item = await events.get()
+                    yield "data: " + json.dumps(item) + "\n\n"
+                    if "installed" in item or "error" in item:
+                        return
+            finally:
+                cancel.set()  # no-op after the end; stops the pull if the client went away
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    @app.post("/autoglm/models/{name}/verify")
+    async def verify_model(name: str) -> dict[str, Any]:
+        from engine.models import store
+
+        return {"name": name, "problems": await asyncio.to_thread(store.verify, store.require(name))}
+
+    @app.post("/autoglm/models/{name}/rollback")
+    async def rollback_model(name: str) -> dict[str, Any]:
+        from engine.models import rollback
+
+        old, new = rollback(name)
+        return {"name": name, "from": old.version, "to": new.version}
+
+    @app.delete("/autoglm/models/{name}")
+    async def delete_model(name: str) -> dict[str, Any]:
+        from engine.models import store
+
+        if name == config.model_name:
+            return error(400, f"{name} is the model this engine is serving; switch models first")
+        store.remove(name)
+        return {"removed": name}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):

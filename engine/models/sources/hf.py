@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine import hardware
 from engine.errors import AutoGLMError, ModelNotFoundError, NetworkError, SourceError
-from engine.models.progress import Progress
+from engine.models.progress import Progress, check_cancel
 from engine.models.sources import resumable
 from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
 from engine.planner import choose_quant
@@ -133,5 +133,6 @@ def pull(ref: str, progress: Progress | None = None, cancel: threading.Event | N
             dest = stage.dir / Path(f.name).name
             shutil.move(str(part), dest)
             entries.append(FileEntry(dest.name, f.sha256 or sha256_file(dest), dest.stat().st_size))
+        check_cancel(cancel, f"pull of {repo}")
         return install_gguf(stage, name=name, version=commit[:12], source=f"hf:{repo}@{commit}:{chosen[0].name}",
                             files=entries)

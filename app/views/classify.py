@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.engine_process import EngineClient, EngineError
+from app.views import fetch
 
 ZERO_SHOT = "(zero-shot: the labels below)"
 
@@ -89,17 +90,13 @@ class ClassifyView(QWidget):
         layout.addWidget(self.status)
 
     def refresh(self) -> None:
-        client = self.client()
         current = self.picker.currentText()
         self.picker.clear()
         self.picker.addItem(ZERO_SHOT)
-        if client is None:
+        reply = fetch(self.client, "/autoglm/models", self.status)
+        if reply is None:
             return
-        try:
-            names = [m["name"] for m in client.get("/autoglm/models")["data"] if m["format"] == "classifier"]
-        except EngineError as exc:
-            self.status.setText(str(exc))
-            return
+        names = [m["name"] for m in reply["data"] if m["format"] == "classifier"]
         self.picker.addItems(names)
         if current in names:
             self.picker.setCurrentText(current)

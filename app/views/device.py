@@ -19,7 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_process import EngineClient, EngineError
+from app.engine_process import EngineClient
+from app.views import fetch
 
 
 class DeviceView(QWidget):
@@ -51,14 +52,8 @@ class DeviceView(QWidget):
         layout.addWidget(self.status)
 
     def refresh(self) -> None:
-        client = self.client()
-        if client is None:
-            self.status.setText("the engine is not running")
-            return
-        try:
-            report = client.get("/autoglm/device")
-        except EngineError as exc:
-            self.status.setText(str(exc))
+        report = fetch(self.client, "/autoglm/device", self.status)
+        if report is None:
             return
         while self.summary.rowCount():
             self.summary.removeRow(0)

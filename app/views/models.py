@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.engine_process import EngineClient, EngineError
+from app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
 
@@ -75,15 +76,10 @@ class ModelsView(QWidget):
         layout.addWidget(self.status)
 
     def refresh(self) -> None:
-        client = self.client()
-        if client is None:
-            self.status.setText("the engine is not running")
+        reply = fetch(self.client, "/autoglm/models", self.status)
+        if reply is None:
             return
-        try:
-            rows = client.get("/autoglm/models")["data"]
-        except EngineError as exc:
-            self.status.setText(str(exc))
-            return
+        rows = reply["data"]
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, key in enumerate(COLUMNS):

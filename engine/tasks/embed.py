@@ -22,14 +22,15 @@ def encoder_manifest(name: str | None, progress: Progress | None = None) -> Mani
     manifest = store.get(name)
     if manifest is None and name == DEFAULT_ENCODER and store.get(name.removesuffix("-onnx")) is None:
         pull(DEFAULT_ENCODER_SOURCE, progress)
-    if manifest is None:
-        folder = store.get(name.removesuffix("-onnx")) or store.get(name)
+    if manifest is None or manifest.format == "hf":  # an HF folder (named or implied): its converted twin
+        folder = manifest or store.get(name.removesuffix("-onnx"))
         if folder is None:
             raise InvalidModelError(f"unknown encoder '{name}': install a Hugging Face BERT folder and "
                                     "`autoglm models convert` it")
         manifest = store.get(f"{folder.name}-onnx") or convert(folder.name)
     if manifest.format != "onnx-encoder":
-        raise InvalidModelError(f"{name} is in {manifest.format} format; it needs `autoglm models convert {name}`")
+        raise InvalidModelError(f"{name} is a {manifest.format} model, not a text encoder; embed and classify "
+                                "take an ONNX encoder (`autoglm models convert` makes one from a BERT folder)")
     return manifest
 
 

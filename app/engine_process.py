@@ -37,12 +37,14 @@ class EngineOptions:
     safe: bool = False
     threads: int | None = None
     ctx: int | None = None
+    gpu_layers: int | None = None  # -1: all
     parallel: int = 2
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel)]
-        for flag, value in (("--model", self.model), ("--threads", self.threads), ("--ctx", self.ctx)):
+        for flag, value in (("--model", self.model), ("--threads", self.threads), ("--ctx", self.ctx),
+                            ("--gpu-layers", self.gpu_layers)):
             if value is not None:
                 args += [flag, str(value)]
         return args + (["--safe"] if self.safe else []) + self.extra

@@ -17,7 +17,7 @@ from app.views.performance import PerformanceView
 
 
 class _Started(QObject):
-    ok = Signal()
+    ok = Signal(str, object)  # the model served, the installed chat (GGUF) models (a list)
     failed = Signal(str)
 
 
@@ -43,7 +43,9 @@ class MainWindow(QMainWindow):
         self.banner.hide()
 
         self.chat = ChatView(store, self.client)
+        self.chat.model_needed.connect(self.switch_model)
         self.models = ModelsView(self.client)
+        self.models.done.connect(self._refresh_chat_models)
         self.classify = ClassifyView(self.client)
         self.device = DeviceView(self.client)
         self.device.apply_requested.connect(self.apply_overrides)
@@ -79,22 +81,28 @@ class MainWindow(QMainWindow):
     def start_engine(self) -> None:
         """Model loading takes seconds: it runs on a thread, the window stays live meanwhile."""
         self._client = None
+        self.chat.serving = None
         self.statusBar().showMessage("starting the engine…")
 
         def work() -> None:
             try:
                 self.engine.start()
-                self.started.ok.emit()
+                client = self.engine.client()
+                serving = client.get("/v1/models")["data"][0]["id"]
+                chat_models = [m["name"] for m in client.get("/autoglm/models")["data"] if m["format"] == "gguf"]
+                self.started.ok.emit(serving, chat_models)
             except EngineError as exc:
                 self.started.failed.emit(str(exc))
 
         threading.Thread(target=work, name="engine-start", daemon=True).start()
 
-    def _on_started(self) -> None:
+    def _on_started(self, serving: str, chat_models: list[str]) -> None:
         self._client = self.engine.client()
         self.banner.hide()
         mode = " (safe mode)" if self.engine.options.safe else ""
-        self.statusBar().showMessage(f"engine ready at {self.engine.url}{mode}")
+        self.statusBar().showMessage(f"engine ready at {self.engine.url}: {serving}{mode}")
+        self.chat.set_models(chat_models, serving)
+        self.chat.engine_ready(serving)
         self.models.refresh()
         self.classify.refresh()
         self.device.refresh()
@@ -111,10 +119,24 @@ class MainWindow(QMainWindow):
         self.banner_text.setText(message + (f"\n{tail}" if tail else ""))
         self.banner.show()
         self.statusBar().showMessage("the engine is not running")
+        self.chat.engine_failed(message)
 
-    def apply_overrides(self, threads: int | None, ctx: int | None) -> None:
+    def apply_overrides(self, threads: int | None, ctx: int | None, gpu_layers: int | None = None) -> None:
         """Device-view overrides take effect by restarting the engine child with them."""
         self.engine.options.threads, self.engine.options.ctx = threads, ctx
+        self.engine.options.gpu_layers = gpu_layers
+        self.start_engine()
+
+    def _refresh_chat_models(self) -> None:
+        """A pull, quantization or delete changes what a chat can choose."""
+        rows = [self.models.table.item(r, 0).text() for r in range(self.models.table.rowCount())
+                if self.models.table.item(r, 2).text() == "gguf"]
+        self.chat.set_models(rows)
+
+    def switch_model(self, name: str) -> None:
+        """The engine serves one model at a time (all its memory goes to that model's KV cache):
+        a chat with another model restarts the child with it."""
+        self.engine.options.model = name
         self.start_engine()
 
     def restart_safe(self) -> None:

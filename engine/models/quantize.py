@@ -8,29 +8,55 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import re
+import threading
 from pathlib import Path
 
 from engine.errors import InvalidArgumentError, SourceError
 from engine.models import store
+from engine.models.progress import Progress, check_cancel
 from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
 
 TARGETS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 
-def quantize_file(src: Path, out: Path, target: str) -> None:
-    """llama.cpp's quantizer, quietly (it logs a line per tensor)."""
+_TENSOR_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
+_LOG_LOCK = threading.Lock()  # llama.cpp's log callback is process-wide: one quantization at a time
+
+
+def quantize_file(src: Path, out: Path, target: str, progress: Progress | None = None) -> None:
+    """llama.cpp's quantizer. It has no progress callback, but it logs ``[ i/ n] tensor ...`` for
+    every tensor: while it runs, a log callback of ours turns those lines into progress."""
     import llama_cpp
+    from llama_cpp import _logger
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}")
     params.allow_requantize = True  # our sources are already quantized; llama.cpp refuses otherwise
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+
+    @llama_cpp.llama_log_callback
+    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        match = _TENSOR_LINE.match(text or b"")
+        if match and progress is not None:
+            progress(f"quantizing to {target}", int(match[1]), int(match[2]))
+        elif level == 3:  # errors still reach stderr, as llama-cpp-python's own callback does
+            _logger.llama_log_callback(level, text, user_data)
+
+    with _LOG_LOCK:
+        llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
+        try:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+        finally:
+            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
     if rc != 0 or not out.exists():
         raise SourceError(f"llama.cpp's quantizer failed on {src.name} -> {target} (code {rc})")
 
 
-def quantize(name: str, target: str) -> Manifest:
+def quantize(name: str, target: str, progress: Progress | None = None,
+             cancel: threading.Event | None = None) -> Manifest:
+    """A new store model ``<name>-<quant>``; ``cancel`` is honoured before anything is installed
+    (llama.cpp's quantizer itself cannot be interrupted)."""
     target = target.upper()
     if target not in TARGETS:
         raise InvalidArgumentError(f"cannot quantize to '{target}'; choose one of {', '.join(TARGETS)}")
@@ -41,7 +67,8 @@ def quantize(name: str, target: str) -> Manifest:
     with Staging() as stage:
         filename = src.primary.rsplit(".", 2)[0] + f".{target}.gguf"
         out = stage.dir / filename
-        quantize_file(src.primary_path, out, target)
+        quantize_file(src.primary_path, out, target, progress)
+        check_cancel(cancel, "quantizing")
         return install_gguf(stage, name=out_name, version=src.version,
                             source=f"quantize:{src.name}@{src.version}:{target}",
                             files=[FileEntry(filename, sha256_file(out), out.stat().st_size)])

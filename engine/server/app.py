@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ from pydantic import BaseModel, Field
 
 from engine.backends.llamacpp import SamplingParams
 from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from engine.models.progress import Progress
+from engine.models.store import Manifest
 from engine.scheduler import Event, QueueFullError, Scheduler
 from engine.server.metrics import Metrics
 from engine.tasks.chat import CHATML, render
@@ -99,6 +102,10 @@ class PullRequest(BaseModel):
     source: str = Field(min_length=3)
 
 
+class QuantizeRequest(BaseModel):
+    to: str = Field(min_length=2, max_length=12)
+
+
 class ClassifyRequest(BaseModel):
     model: str | None = None  # a stored classifier
     input: str | list[str]
@@ -118,6 +125,40 @@ def _grammar(fmt: ResponseFormat | None) -> str | None:
         return json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise InvalidArgumentError(f"response_format json_schema is not supported: {exc}") from None
+
+
+def _job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> StreamingResponse:
+    """Run a long model job on a thread; stream its progress as SSE (`{"label","done","total"}`),
+    then `{"installed": {...}}` or `{"error": ...}`. A closed connection sets the job's cancel."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def send(item: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def work() -> None:
+        try:
+            manifest = job(lambda label, done, total: send({"label": label, "done": done, "total": total}), cancel)
+            send({"installed": {"name": manifest.name, "version": manifest.version}})
+        except AutoGLMError as exc:
+            send({"error": str(exc)})
+        except Exception as exc:  # a bug, but the stream must still end with a reason
+            send({"error": f"{type(exc).__name__}: {exc}"})
+
+    threading.Thread(target=work, name="model-job", daemon=True).start()
+
+    async def sse() -> AsyncIterator[str]:
+        try:
+            while True:
+                item = await events.get()
+                yield "data: " + json.dumps(item) + "\n\n"
+                if "installed" in item or "error" in item:
+                    return
+        finally:
+            cancel.set()  # no-op after the end; stops the job if the client went away
+
+    return StreamingResponse(sse(), media_type="text/event-stream")
 
 
 def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
@@ -293,43 +334,26 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
         return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)]}
 
     @app.post("/autoglm/models/pull")
-    async def pull_model(body: PullRequest, request: Request) -> StreamingResponse:
+    async def pull_model(body: PullRequest) -> StreamingResponse:
         """Progress as SSE (`{"label","done","total"}`), then `{"installed": ...}` or `{"error": ...}`.
         Closing the connection cancels the pull; nothing half-installed is left."""
-        import threading
-
         from engine.models import pull
 
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
+        return _job_stream(lambda progress, cancel: pull(body.source, progress=progress, cancel=cancel))
 
-        def send(item: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
+    @app.post("/autoglm/models/{name}/quantize")
+    async def quantize_model(name: str, body: QuantizeRequest) -> StreamingResponse:
+        """llama.cpp's quantizer into a new model ``<name>-<quant>``, with per-tensor progress as SSE."""
+        from engine.models.quantize import quantize
 
-        def work() -> None:
-            try:
-                manifest = pull(body.source, progress=lambda label, done, total: send(
-                    {"label": label, "done": done, "total": total}), cancel=cancel)
-                send({"installed": {"name": manifest.name, "version": manifest.version}})
-            except AutoGLMError as exc:
-                send({"error": str(exc)})
-            except Exception as exc:  # a bug, but the stream must still end with a reason
-                send({"error": f"{type(exc).__name__}: {exc}"})
+        return _job_stream(lambda progress, cancel: quantize(name, body.to, progress, cancel))
 
-        threading.Thread(target=work, name="pull", daemon=True).start()
+    @app.post("/autoglm/models/{name}/convert")
+    async def convert_model(name: str) -> StreamingResponse:
+        """A Hugging Face BERT folder into an ONNX encoder ``<name>-onnx``, with per-stage progress as SSE."""
+        from engine.backends.onnx.convert import convert
 
-        async def sse() -> AsyncIterator[str]:
-            try:
-                while True:
-                    item = await events.get()
-                    yield "data: " + json.dumps(item) + "\n\n"
-                    if "installed" in item or "error" in item:
-                        return
-            finally:
-                cancel.set()  # no-op after the end; stops the pull if the client went away
-
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return _job_stream(lambda progress, cancel: convert(name, progress, cancel))
 
     @app.post("/autoglm/models/{name}/verify")
     async def verify_model(name: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class ServeSettings:
     parallel: int = 4
     ctx: int = 2048  # per sequence
     threads: int | None = None
+    gpu_layers: int | None = None  # -1: all; None: planned
     safe: bool = False  # the planner's most conservative kernels (the GUI restarts a crashed engine so)
     api_key: str | None = None
     max_queue: int = 64
@@ -94,7 +95,8 @@ def serve(settings: ServeSettings) -> int:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, safe=settings.safe))
+    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
+                                                        safe=settings.safe))
     scheduler = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue,
                                       settings.threads).scheduler
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InvalidModelError
+from engine.models.progress import Progress, check_cancel
 from engine.models.store import FileEntry, Manifest, Staging, sha256_file
 
 ENCODER_FILE = "encoder.json"
@@ -37,8 +39,10 @@ def _settings(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     return {"pooling": mode, "normalize": normalize, "max_length": int(max_length)}
 
 
-def convert_folder(folder: Path, out: Path) -> dict[str, Any]:
-    """Write ``fp32/`` and ``int8/`` stage graphs plus tokenizer and settings into ``out``."""
+def convert_folder(folder: Path, out: Path, progress: Progress | None = None,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Write ``fp32/`` and ``int8/`` stage graphs plus tokenizer and settings into ``out``;
+    progress and cancel act per stage (embedding, then each layer)."""
     import onnx
     from safetensors.numpy import load_file
 
@@ -57,7 +61,10 @@ def convert_folder(folder: Path, out: Path) -> dict[str, Any]:
     int8.mkdir()
     stages = [("embed", *embed_graph(weights, cfg))]
     stages += [(f"layer_{i:02d}", *layer_graph(weights, cfg, i)) for i in range(cfg.layers)]
-    for name, model, matmuls in stages:
+    for done, (name, model, matmuls) in enumerate(stages):
+        check_cancel(cancel, "converting")
+        if progress is not None:
+            progress("converting to ONNX", done, len(stages))
         onnx.checker.check_model(model)
         onnx.save(model, str(fp32 / f"{name}.onnx"))
         _quantize(fp32 / f"{name}.onnx", int8 / f"{name}.onnx", matmuls)
@@ -67,6 +74,8 @@ def convert_folder(folder: Path, out: Path) -> dict[str, Any]:
     settings = {"architecture": "bert", "layers": cfg.layers, "hidden": cfg.hidden,
                 "precisions": ["int8", "fp32"], **_settings(folder, config)}
     (out / ENCODER_FILE).write_text(json.dumps(settings, indent=2))
+    if progress is not None:
+        progress("converting to ONNX", len(stages), len(stages))
     return settings
 
 
@@ -103,7 +112,7 @@ def _quantize(src: Path, dst: Path, matmuls: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def convert(name: str) -> Manifest:
+def convert(name: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
     """``autoglm models convert NAME``: a new store model ``<name>-onnx`` from an installed HF folder."""
     from engine.models import store
 
@@ -111,7 +120,8 @@ def convert(name: str) -> Manifest:
     if src.format != "hf":
         raise InvalidModelError(f"{name} is in {src.format} format; convert takes a Hugging Face model folder")
     with Staging() as stage:
-        settings = convert_folder(src.directory, stage.dir)
+        settings = convert_folder(src.directory, stage.dir, progress, cancel)
+        check_cancel(cancel, "converting")
         files = sorted(p for p in stage.dir.rglob("*") if p.is_file() and not p.name.startswith("."))
         entries = [FileEntry(str(p.relative_to(stage.dir)), sha256_file(p), p.stat().st_size) for p in files]
         manifest = Manifest(name=f"{src.name}-onnx", version=src.version, source=f"convert:{src.name}@{src.version}",

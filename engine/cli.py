@@ -383,8 +383,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_command(env: dict[str, str], platform: str = sys.platform) -> list[str]:
+    """Plain ``autoglm``: the window where there is a screen and Qt, the help on a headless board."""
+    import importlib.util
+
+    screen = platform in ("win32", "darwin") or bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+    return ["gui"] if screen and importlib.util.find_spec("PySide6") is not None else ["--help"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        import os
+
+        argv = default_command(dict(os.environ))
     if argv[:2] == ["classify", "train"]:  # `classify TEXT` and `classify train ...` share a name
         argv = ["classify-train", *argv[2:]]
     args = build_parser().parse_args(argv)

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
+from engine.runtime import module_command
 
 LOG_TAIL = 12
 
@@ -42,7 +42,7 @@ class EngineOptions:
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel)]
+        args = module_command("engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel))
         for flag, value in (("--model", self.model), ("--threads", self.threads), ("--ctx", self.ctx),
                             ("--gpu-layers", self.gpu_layers)):
             if value is not None:

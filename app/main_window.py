@@ -166,9 +166,14 @@ def run(screenshots: str | None = None) -> int:
         if screenshots:
             from app.screenshots import take
 
-            for path in take(window, Path(screenshots)):
-                print(path)
-            window.close()
+            try:
+                for path in take(window, Path(screenshots)):
+                    print(path)
+            except RuntimeError as exc:  # no screenshot of a broken view: say which and why
+                print(f"autoglm: error: {exc}", file=sys.stderr)
+                return 1
+            finally:
+                window.close()
             return 0
         return app.exec()
     finally:

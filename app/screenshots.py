@@ -33,13 +33,18 @@ def take(window: MainWindow, directory: Path, timeout: float = 300) -> list[Path
     chat.temperature.setValue(0.0)
     chat.input.setPlainText("What is the capital of France? Answer in one word.")
     chat.send()
-    _wait(lambda: not chat.streaming, timeout)
+    if not _wait(lambda: not chat.streaming and not chat.pending and chat.conversation_id is not None
+                 and len(window.store.messages(chat.conversation_id)) == 2, timeout):
+        raise RuntimeError("the chat view got no reply in time")
     classify = window.classify
     classify.labels.setText("sports, politics=elections and parliament, technology")
     classify.input.setPlainText("The striker scored twice in the cup final.\n"
                                 "Parliament votes on the new election law.\nThe new phone has a faster chip.")
     classify.classify(classify.input.toPlainText().splitlines())
-    _wait(lambda: classify.table.rowCount() == 3, timeout)
+    if not _wait(lambda: classify.table.rowCount() == 3 or classify.status.text().startswith("⚠"), timeout):
+        raise RuntimeError("the classify view got no results in time")
+    if classify.status.text().startswith("⚠"):
+        raise RuntimeError(f"the classify view failed: {classify.status.text()}")
     window.models.refresh()
     window.device.refresh()
     saved = []

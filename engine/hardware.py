@@ -185,7 +185,7 @@ def _probe_gpus() -> list[GPU]:
 
 def _probe_llama() -> tuple[str | None, bool]:
     try:
-        import llama_cpp
+        from engine.backends.llama_lib import llama_cpp
     except ImportError:
         return None, False
     return llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload())

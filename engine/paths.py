@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -24,6 +25,14 @@ def _subdir(name: str) -> Path:
 
 def models_dir() -> Path:
     return _subdir("models")
+
+
+def bundled_models_dir() -> Path | None:
+    """Models shipped inside a PyInstaller bundle (``build.py --with-model``), read-only: the first
+    run works offline without copying the file into the user's store."""
+    bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    path = Path(bundle) / "models" if bundle else None
+    return path if path is not None and path.is_dir() else None
 
 
 def cache_dir() -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine import paths
 from engine.hardware import DeviceFacts
+from engine.runtime import module_command
 
 EXTRA_BUFTS = "extra_bufts"
 TIMEOUT_S = 180
@@ -103,7 +104,7 @@ def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[st
         cached = cached_verdict(device, config)
         if cached is not None:
             return cached
-    argv = argv or [sys.executable, "-m", "engine.selftest", str(model_path)]
+    argv = argv or module_command("engine.selftest", str(model_path))
     verdict = run_child(argv, config, Path(model_path).name)
     if verdict.outcome in ("passed", "crashed"):
         _store(device, verdict)
@@ -113,7 +114,7 @@ def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[st
 def load_check(model_path: str | Path) -> Verdict:
     """Does llama.cpp load this file and decode with it? Asked in a child before a model is
     installed, so a file that parses but crashes the loader never becomes a model version."""
-    argv = [sys.executable, "-m", "engine.selftest", "--safe", str(model_path)]
+    argv = module_command("engine.selftest", "--safe", str(model_path))
     return run_child(argv, "load", Path(model_path).name)
 
 

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import llama_cpp
 from llama_cpp import Llama
 
+from engine.backends.llama_lib import llama_cpp
 from engine.errors import BackendError, ContextOverflowError, InvalidArgumentError
 from engine.planner import Plan
 

@@ -27,8 +27,9 @@ _LOG_LOCK = threading.Lock()  # llama.cpp's log callback is process-wide: one qu
 def quantize_file(src: Path, out: Path, target: str, progress: Progress | None = None) -> None:
     """llama.cpp's quantizer. It has no progress callback, but it logs ``[ i/ n] tensor ...`` for
     every tensor: while it runs, a log callback of ours turns those lines into progress."""
-    import llama_cpp
     from llama_cpp import _logger
+
+    from engine.backends.llama_lib import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()

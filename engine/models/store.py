@@ -53,19 +53,23 @@ class Manifest:
     license: str | None = None
     source_sha256: str | None = None  # hash of what was fetched (e.g. the wheel), for provenance
     installed_at: float = field(default_factory=time.time)
+    bundled: Path | None = field(default=None, compare=False)  # the read-only store it came from, if not ours
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["bundled"]
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: dict[str, Any], bundled: Path | None = None) -> Manifest:
         data = dict(data)
         data["files"] = [FileEntry(**f) for f in data["files"]]
-        return cls(**data)
+        data.pop("bundled", None)
+        return cls(**data, bundled=bundled)
 
     @property
     def directory(self) -> Path:
-        return paths.models_dir() / self.name / self.version
+        return (self.bundled or paths.models_dir()) / self.name / self.version
 
     @property
     def primary_path(self) -> Path:
@@ -180,13 +184,17 @@ def get(name: str) -> Manifest | None:
     model name, so a name from a request can never point outside the store)."""
     if not _NAME.match(name or ""):
         return None
-    current = paths.models_dir() / name / "current"
-    try:
-        version = current.read_text().strip()
-        data = json.loads((current.parent / version / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return Manifest.from_dict(data)
+    for root in (paths.models_dir(), paths.bundled_models_dir()):
+        if root is None:
+            continue
+        current = root / name / "current"
+        try:
+            version = current.read_text().strip()
+            data = json.loads((current.parent / version / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return Manifest.from_dict(data, bundled=None if root == paths.models_dir() else root)
+    return None
 
 
 def versions(name: str) -> list[Manifest]:
@@ -218,8 +226,12 @@ def rollback(name: str, to: str | None = None) -> tuple[Manifest, Manifest]:
 
 
 def installed() -> list[Manifest]:
-    root = paths.models_dir()
-    found = [get(d.name) for d in sorted(root.iterdir()) if d.is_dir()]
+    """The user's store, plus any models bundled with the app (read-only; the user's copy wins)."""
+    names = {d.name for d in paths.models_dir().iterdir() if d.is_dir()}
+    bundled = paths.bundled_models_dir()
+    if bundled is not None:
+        names |= {d.name for d in bundled.iterdir() if d.is_dir()}
+    found = [get(name) for name in sorted(names)]
     return [m for m in found if m is not None]
 
 
@@ -247,6 +259,8 @@ def verify(manifest: Manifest) -> list[str]:
 def remove(name: str) -> Manifest:
     """Delete every version of ``name``; the 'current' pointer goes first so it never dangles."""
     manifest = require(name)
+    if manifest.bundled is not None:
+        raise InvalidArgumentError(f"{name} ships inside this app bundle and cannot be removed")
     model_dir = paths.models_dir() / name
     (model_dir / "current").unlink()
     shutil.rmtree(model_dir)

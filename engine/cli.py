@@ -157,6 +157,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ("GPUs", gpus),
         ("llama.cpp", f"llama-cpp-python {dev['llama_cpp_version'] or 'not installed'}, "
                       f"GPU offload {'built in' if dev['llama_gpu_offload'] else 'not built in (CPU-only wheel)'}"),
+        ("CPU kernels", f"portable build: '{dev.get('llama_cpu_variant')}' chosen for this CPU of "
+                        f"{len(dev['llama_cpu_variants'])} variants ({', '.join(dev['llama_cpu_variants'])})"
+         if dev.get("llama_cpu_variants") else "built for this CPU (not portable)"),
         ("onnxruntime", ", ".join(dev["onnx_providers"]) or "not installed"),
     ]
     print("Device")

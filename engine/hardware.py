@@ -73,6 +73,8 @@ class DeviceFacts:
     gpus: list[GPU] = field(default_factory=list)
     llama_cpp_version: str | None = None
     llama_gpu_offload: bool = False
+    llama_cpu_variants: list[str] = field(default_factory=list)  # a portable build's CPU kernels
+    llama_cpu_variant: str | None = None  # the one ggml loaded for this CPU
     onnx_providers: list[str] = field(default_factory=list)
 
     @property
@@ -183,12 +185,13 @@ def _probe_gpus() -> list[GPU]:
     return []
 
 
-def _probe_llama() -> tuple[str | None, bool]:
+def _probe_llama() -> tuple[str | None, bool, list[str], str | None]:
     try:
-        from engine.backends.llama_lib import llama_cpp
+        from engine.backends.llama_lib import chosen_variant, cpu_variants, llama_cpp
     except ImportError:
-        return None, False
-    return llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload())
+        return None, False, [], None
+    return (llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload()), cpu_variants(),
+            chosen_variant())
 
 
 def _probe_onnx() -> list[str]:
@@ -206,7 +209,7 @@ def probe() -> DeviceFacts:
 
     arch = platform.machine().lower() or "unknown"
     mem = psutil.virtual_memory()
-    llama_version, offload = _probe_llama()
+    llama_version, offload, variants, variant = _probe_llama()
     return DeviceFacts(
         os=platform.system(),
         arch=arch,
@@ -216,5 +219,7 @@ def probe() -> DeviceFacts:
         gpus=_probe_gpus(),
         llama_cpp_version=llama_version,
         llama_gpu_offload=offload,
+        llama_cpu_variants=variants,
+        llama_cpu_variant=variant,
         onnx_providers=_probe_onnx(),
     )

@@ -21,35 +21,27 @@ TARGETS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
 
 _TENSOR_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
-_LOG_LOCK = threading.Lock()  # llama.cpp's log callback is process-wide: one quantization at a time
 
 
 def quantize_file(src: Path, out: Path, target: str, progress: Progress | None = None) -> None:
     """llama.cpp's quantizer. It has no progress callback, but it logs ``[ i/ n] tensor ...`` for
     every tensor: while it runs, a log callback of ours turns those lines into progress."""
-    from llama_cpp import _logger
-
-    from engine.backends.llama_lib import llama_cpp
+    from engine.backends.llama_lib import llama_cpp, llama_log_to, pass_errors
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}")
     params.allow_requantize = True  # our sources are already quantized; llama.cpp refuses otherwise
 
-    @llama_cpp.llama_log_callback
-    def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        match = _TENSOR_LINE.match(text or b"")
+    def on_log(level: int, text: bytes) -> None:
+        match = _TENSOR_LINE.match(text)
         if match and progress is not None:
             progress(f"quantizing to {target}", int(match[1]), int(match[2]))
-        elif level == 3:  # errors still reach stderr, as llama-cpp-python's own callback does
-            _logger.llama_log_callback(level, text, user_data)
+        else:
+            pass_errors(level, text)
 
-    with _LOG_LOCK:
-        llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
-        try:
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
-        finally:
-            llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    with llama_log_to(on_log):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0 or not out.exists():
         raise SourceError(f"llama.cpp's quantizer failed on {src.name} -> {target} (code {rc})")
 

@@ -85,9 +85,18 @@ def _kernels(device: DeviceFacts, model: ModelFacts) -> tuple[str, str]:
     if device.is_arm:
         feats = [f for f in ("neon", "dotprod", "i8mm", "sve") if has(f)]
         path = "ARM " + "+".join(feats or ["generic"])
-        if model.quant != "Q4_0" and has("dotprod"):
-            return path, f"{path}; Q4_0 would use llama.cpp's repacked ARM kernels (this model is {model.quant})"
-        return path, f"{path} kernels"
+        if has("i8mm"):
+            repack = "llama.cpp repacks Q4_0 into 4x8 blocks for the i8mm matrix instructions"
+        elif has("dotprod"):
+            repack = "llama.cpp repacks Q4_0 into 4x4 blocks for the dotprod instructions"
+        else:
+            return path, (f"{path}: no dotprod (an older core such as Cortex-A72), so none of llama.cpp's "
+                          "repacked ARM kernels apply; plain NEON kernels, Q4_0 the fastest of them")
+        if has("sve"):
+            repack += " (8x8 on cores with 256-bit SVE vectors)"
+        if model.quant != "Q4_0":
+            return path, f"{path}; Q4_0 would be faster: {repack} (this model is {model.quant})"
+        return path, f"{path}: {repack}"
     if has("avx512"):
         path = "AVX-512" + (" VNNI" if has("avx512_vnni") else "") + (" + AMX" if has("amx") else "")
     elif has("avx2"):
@@ -195,7 +204,9 @@ def choose_quant(sizes: dict[str, int], device: DeviceFacts) -> tuple[str, str]:
     where = f"{_fmt_gib(memory)} free {'on ' + gpu.name if gpu else 'RAM'}"
     fits = {q: s for q, s in sizes.items() if s <= memory / 2}
     if device.is_arm and "Q4_0" in fits:
-        return "Q4_0", f"Q4_0: fits in half of {where}, and ARM runs it with llama.cpp's repacked kernels"
+        why = ("ARM runs it with llama.cpp's repacked kernels" if device.has("dotprod") else
+               "the fastest of the plain NEON kernels on a core without dotprod")
+        return "Q4_0", f"Q4_0: fits in half of {where}, and {why}"
     for quant in QUALITY:
         if quant in fits:
             return quant, f"{quant}: the best quality whose file fits in half of {where}"

@@ -54,7 +54,7 @@ def test_raspberry_pi_5():
     assert plan.threads == 4 and plan.gpu_layers == 0
     assert plan.n_ctx == 2048  # a board with under 8 GiB gets a smaller default context
     assert plan.kernels == "ARM neon+dotprod"
-    assert "Q4_0" in plan.reasons["kernels"] and "repacked" in plan.reasons["kernels"]
+    assert "Q4_0" in plan.reasons["kernels"] and "repacks Q4_0 into 4x4" in plan.reasons["kernels"]
 
 
 def test_desktop_6gb_gpu_offloads_small_model_fully_and_big_model_partly():
@@ -98,3 +98,35 @@ def test_context_shrinks_to_fit_ram_and_overrides_win():
 def test_bad_overrides_are_rejected(bad):
     with pytest.raises(InvalidArgumentError):
         make_plan(SMOLLM2, device("epyc-2core-vm"), PASSED, bad)
+
+
+# Boards as their /proc/cpuinfo shows them (tests/data/cpuinfo), with the RAM they ship with.
+BOARDS = [
+    # sample, RAM GiB, threads, kernels, words the kernel reason must carry
+    ("raspberry-pi-5.txt", 8, 4, "ARM neon+dotprod", "4x4 blocks for the dotprod"),
+    ("raspberry-pi-4.txt", 4, 4, "ARM neon", "no dotprod"),
+    ("rk3588-big-little.txt", 16, 4, "ARM neon+dotprod", "4x4 blocks for the dotprod"),
+    ("jetson-orin-nano.txt", 8, 6, "ARM neon+dotprod", "4x4 blocks for the dotprod"),
+    ("aws-graviton3.txt", 8, 4, "ARM neon+dotprod+i8mm+sve", "4x8 blocks for the i8mm"),
+]
+
+
+@pytest.mark.parametrize(("sample", "ram_gib", "threads", "kernels", "why"), BOARDS)
+def test_arm_boards_from_their_cpuinfo(sample, ram_gib, threads, kernels, why):
+    import dataclasses
+
+    from engine.hardware import parse_cpuinfo
+    from engine.planner import choose_quant
+
+    cpu = parse_cpuinfo((DATA / "cpuinfo" / sample).read_text(), "aarch64")
+    board = DeviceFacts(os="Linux", arch="aarch64", cpu=cpu, ram_total=ram_gib * 2**30,
+                        ram_available=int(ram_gib * 0.8 * 2**30), llama_cpp_version="0.3.36")
+    plan = make_plan(dataclasses.replace(SMOLLM2, quant="Q4_0"), board, PASSED)
+    every_choice_has_a_reason(plan)
+    assert plan.threads == threads, plan.reasons["threads"]  # big cores only on big.LITTLE
+    assert plan.kernels == kernels and why in plan.reasons["kernels"], plan.reasons["kernels"]
+    q4_1_plan = make_plan(SMOLLM2, board, PASSED)
+    if "dotprod" in kernels:
+        assert "Q4_0 would be faster" in q4_1_plan.reasons["kernels"]
+    quant, reason = choose_quant({"Q8_0": 145_000_000, "Q4_K_M": 105_000_000, "Q4_0": 92_000_000}, board)
+    assert quant == "Q4_0" and ("repacked" in reason or "without dotprod" in reason)

@@ -83,7 +83,8 @@ class ChatView(QWidget):
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.system.editingFinished.connect(self._save_system)
         self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=0.7, prefix="temperature ")
-        self.model = QComboBox(toolTip="the model for this chat; switching restarts the engine with it")
+        self.model = QComboBox(toolTip="the model for this chat; switching restarts the engine with it",
+                               sizeAdjustPolicy=QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.model.activated.connect(self.choose_model)
         self.transcript = QTextBrowser(openExternalLinks=True)
         self.input = QPlainTextEdit(placeholderText="Message (Ctrl+Enter to send)")

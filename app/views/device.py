@@ -74,6 +74,9 @@ class DeviceView(QWidget):
             ("RAM", f"{dev['ram_total'] / 2**30:.1f} GiB, {dev['ram_available'] / 2**30:.1f} GiB free"),
             ("GPUs", gpus),
             ("AMX", "yes" if report.get("amx") else "no"),
+            ("llama.cpp", f"{dev.get('llama_cpp_version') or 'not installed'}, " + (
+                f"portable: '{dev.get('llama_cpu_variant')}' kernels chosen of {len(dev['llama_cpu_variants'])} "
+                "CPU variants" if dev.get("llama_cpu_variants") else "built for this CPU")),
             ("Model", report["model"]["label"]),
             ("Kernel self-test", f"{selftest.get('config', '-')}: {selftest.get('outcome', 'not run (safe mode)')}"),
             ("Serving", f"{report['serving']['parallel']} sequences x {report['serving']['ctx']} tokens, "

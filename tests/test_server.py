@@ -175,7 +175,7 @@ def test_api_key_required_off_loopback(default_model):
     refused = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "AUTOGLM_API_KEY": ""})
     assert refused.returncode == 2 and "without an API key" in refused.stderr
-    with server("--host", "0.0.0.0", "--api-key", "s3cret") as (url, _proc):
+    with server("--host", "0.0.0.0", "--api-key", "s3cret", "--cors-origin", "http://app.example") as (url, _proc):
         port = url.rsplit(":", 1)[1]
         local = f"http://127.0.0.1:{port}"
         denied = openai.OpenAI(base_url=local + "/v1", api_key="wrong", max_retries=0)
@@ -184,6 +184,15 @@ def test_api_key_required_off_loopback(default_model):
         assert httpx.get(local + "/v1/models").status_code == 401
         allowed = openai.OpenAI(base_url=local + "/v1", api_key="s3cret", max_retries=0)
         assert allowed.models.list().data
+        # a browser's preflight carries no key: CORS answers it, the key still guards the request itself
+        preflight = _http("OPTIONS", local + "/v1/chat/completions", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert preflight.status_code == 200, preflight.text
+        other = _http("OPTIONS", local + "/v1/chat/completions", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        assert other.status_code == 400
+        assert _http("GET", local + "/v1/models", headers={"Origin": "http://app.example"}).status_code == 401
 
 
 def test_config_file_and_its_errors(default_model, tmp_path):

@@ -161,6 +161,44 @@ def _job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> Streami
     return StreamingResponse(sse(), media_type="text/event-stream")
 
 
+class Guard:
+    """API key, body-size limit and request counting, as plain ASGI middleware: Starlette's
+    ``@app.middleware("http")`` relays every streamed chunk through an extra task and memory
+    stream, which on a 2-core board is CPU taken from llama.cpp's threads at every token."""
+
+    def __init__(self, app: Any, config: ServerConfig, metrics: Metrics) -> None:
+        self.app, self.config, self.metrics = app, config, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = None
+        if self.config.api_key and path != "/health":
+            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), self.config.api_key.encode()):
+                refusal = error(401, "invalid or missing API key (Authorization: Bearer <key>)",
+                                "authentication_error", code="invalid_api_key")
+        length = headers.get("content-length", "")
+        if refusal is None and length.isdigit() and int(length) > self.config.max_body_bytes:
+            refusal = error(413, f"request body over {self.config.max_body_bytes} bytes", code="body_too_large")
+        if refusal is not None:
+            self.metrics.requests.labels(path, str(refusal.status_code)).inc()
+            return await refusal(scope, receive, send)
+        status = [500]  # what an exception that escapes the app becomes
+
+        async def send_and_note(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.requests.labels(path, str(status[0])).inc()
+
+
 def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(scheduler)
@@ -172,28 +210,12 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
         if "tokenizer.ggml.eos_token_id" in backend.metadata else ""
     add_bos = backend.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
 
+    app.add_middleware(Guard, config=config, metrics=metrics)  # added first: inside CORS, so preflights pass
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):  # noqa: ANN202 - Starlette's signature
-        path = request.url.path
-        if config.api_key and path not in ("/health",):
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), config.api_key.encode()):
-                metrics.requests.labels(path, "401").inc()
-                return error(401, "invalid or missing API key (Authorization: Bearer <key>)",
-                             "authentication_error", code="invalid_api_key")
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > config.max_body_bytes:
-            metrics.requests.labels(path, "413").inc()
-            return error(413, f"request body over {config.max_body_bytes} bytes", code="body_too_large")
-        response = await call_next(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -135,6 +135,10 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=2048, help="tokens per slot")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--streams", default="1,4,8,16")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each row this many times, alternating which server goes first, and print "
+                             "the median ratio (this machine is noisy: one pair of runs varies by +-15%%)")
+    parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-reuse measurement")
     args = parser.parse_args()
     model = str(resolve(None).path)
     servers = [("ours", lambda **kw: ours(**kw))]
@@ -146,16 +150,24 @@ def main() -> None:
           f"max_tokens {args.max_tokens}, temperature 0")
     print(f"{'streams':>7}  " + "".join(f"{name + ' tok/s':>18}{'TTFT p50/p99 ms':>18}" for name, _ in servers)
           + ("   ours/llama-server" if binary else ""))
-    rows = {}
     for streams in (int(s) for s in args.streams.split(",")):
-        row = []
-        for _name, ctx in servers:
-            with ctx(**kw) as url:
-                row.append(concurrency(url, streams, args.max_tokens))
-        rows[streams] = row
-        cells = "".join(f"{r['tps']:>18.1f}{r['p50']:>10.0f}/{r['p99']:<7.0f}" for r in row)
-        ratio = f"{row[0]['tps'] / row[1]['tps']:>14.2f}x" if len(row) > 1 else ""
-        print(f"{streams:>7}  {cells}{ratio}", flush=True)
+        ratios = []
+        for round_ in range(args.rounds):
+            order = servers if round_ % 2 == 0 else servers[::-1]
+            measured = {}
+            for name, ctx in order:
+                with ctx(**kw) as url:
+                    measured[name] = concurrency(url, streams, args.max_tokens)
+            row = [measured[name] for name, _ in servers]
+            cells = "".join(f"{r['tps']:>18.1f}{r['p50']:>10.0f}/{r['p99']:<7.0f}" for r in row)
+            ratio = f"{row[0]['tps'] / row[1]['tps']:>14.2f}x" if len(row) > 1 else ""
+            ratios += [row[0]["tps"] / row[1]["tps"]] if len(row) > 1 else []
+            print(f"{streams:>7}  {cells}{ratio}", flush=True)
+        if len(ratios) > 1:
+            print(f"{streams:>7}  median ours/llama-server over {len(ratios)} paired runs: "
+                  f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+    if args.no_prefix:
+        return
     print("\nprefix reuse (next turn after a long history), TTFT:")
     for name, ctx in servers:
         cold, warm, n = prefix_reuse(ctx, **kw)

@@ -11,6 +11,7 @@ Import ``llama_cpp`` from here, never directly.
 from __future__ import annotations
 
 import ctypes
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -75,8 +76,6 @@ def _ggml_of_libllama() -> ctypes.CDLL:
     llama_cpp._ggml opens by path) and ``libggml.so.0`` (libllama's dependency) are two copies, and
     the dynamic linker maps both: loading backends into the first leaves libllama with none.
     Opening the dependency by its soname, without loading anything new, gets libllama's own."""
-    import os
-
     for soname in ("libggml.so.0", "libggml.so"):
         try:
             return ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
@@ -91,6 +90,7 @@ def _load_backends() -> None:
     if lib.ggml_backend_reg_count() and lib.ggml_backend_dev_count():
         return  # a build with its CPU backend linked in
     lib.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+
     def note(level: int, text: bytes) -> None:  # "load_backend: loaded CPU backend from .../libggml-cpu-zen4.so"
         found = re.search(rb"loaded CPU backend from .*libggml-cpu-([\w-]+)\.so", text)
         if found:

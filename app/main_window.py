@@ -17,7 +17,7 @@ from app.views.performance import PerformanceView
 
 
 class _Started(QObject):
-    ok = Signal(str, object)  # the model served, the installed chat (GGUF) models (a list)
+    ok = Signal(str)  # the model served
     failed = Signal(str)
 
 
@@ -87,23 +87,20 @@ class MainWindow(QMainWindow):
         def work() -> None:
             try:
                 self.engine.start()
-                client = self.engine.client()
-                serving = client.get("/v1/models")["data"][0]["id"]
-                chat_models = [m["name"] for m in client.get("/autoglm/models")["data"] if m["format"] == "gguf"]
-                self.started.ok.emit(serving, chat_models)
+                self.started.ok.emit(self.engine.client().get("/v1/models")["data"][0]["id"])
             except EngineError as exc:
                 self.started.failed.emit(str(exc))
 
         threading.Thread(target=work, name="engine-start", daemon=True).start()
 
-    def _on_started(self, serving: str, chat_models: list[str]) -> None:
+    def _on_started(self, serving: str) -> None:
         self._client = self.engine.client()
         self.banner.hide()
         mode = " (safe mode)" if self.engine.options.safe else ""
         self.statusBar().showMessage(f"engine ready at {self.engine.url}: {serving}{mode}")
-        self.chat.set_models(chat_models, serving)
-        self.chat.engine_ready(serving)
         self.models.refresh()
+        self.chat.set_models(self._chat_models(), serving)
+        self.chat.engine_ready(serving)
         self.classify.refresh()
         self.device.refresh()
         self.watch.start()
@@ -127,11 +124,12 @@ class MainWindow(QMainWindow):
         self.engine.options.gpu_layers = gpu_layers
         self.start_engine()
 
+    def _chat_models(self) -> list[str]:
+        return [m["name"] for m in self.models.installed if m["format"] == "gguf"]
+
     def _refresh_chat_models(self) -> None:
         """A pull, quantization or delete changes what a chat can choose."""
-        rows = [self.models.table.item(r, 0).text() for r in range(self.models.table.rowCount())
-                if self.models.table.item(r, 2).text() == "gguf"]
-        self.chat.set_models(rows)
+        self.chat.set_models(self._chat_models())
 
     def switch_model(self, name: str) -> None:
         """The engine serves one model at a time (all its memory goes to that model's KV cache):

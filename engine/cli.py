@@ -284,6 +284,13 @@ def cmd_gui(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise InvalidArgumentError(f"the desktop window needs PySide6: pip install 'open-autoglm[gui]' ({exc})") \
             from None
+    if args.screenshots:  # a bad folder is said before any window or engine starts
+        from pathlib import Path
+
+        try:
+            Path(args.screenshots).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot write screenshots to {args.screenshots}: {exc.strerror}") from None
     return run(args.screenshots)
 
 

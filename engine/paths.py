@@ -30,7 +30,9 @@ def models_dir() -> Path:
 def bundled_models_dir() -> Path | None:
     """Models shipped inside a PyInstaller bundle (``build.py --with-model``), read-only: the first
     run works offline without copying the file into the user's store."""
-    bundle = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    from engine.runtime import frozen
+
+    bundle = getattr(sys, "_MEIPASS", None) if frozen() else None
     path = Path(bundle) / "models" if bundle else None
     return path if path is not None and path.is_dir() else None
 

@@ -67,3 +67,11 @@ def test_plain_autoglm_opens_the_window_only_where_there_is_a_screen():
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     out = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: autoglm") and "serve" in out.stdout
+
+
+def test_screenshots_into_a_bad_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = run_cli("gui", "--screenshots", str(blocker / "shots"), env={"QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
+    assert "cannot write screenshots to" in out.stderr and "Not a directory" in out.stderr

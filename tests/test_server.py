@@ -201,6 +201,12 @@ def test_config_file_and_its_errors(default_model, tmp_path):
     out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown setting(s) nonsense" in out.stderr
+    wrong_kind = tmp_path / "kind.toml"
+    wrong_kind.write_text('gpu_layers = "all"\n')
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(wrong_kind)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"autoglm: error: {wrong_kind}: gpu_layers must be a whole number, got 'all'")
     good = tmp_path / "serve.toml"
     good.write_text("[serve]\nparallel = 2\nctx = 512\nsafe = true\n")
     with server("--config", str(good)) as (url, banner):

@@ -29,7 +29,6 @@ from app.engine_process import EngineClient, EngineError
 from app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
-QUANTS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")  # engine.models.quantize.TARGETS
 
 
 class _Bridge(QObject):
@@ -44,6 +43,7 @@ class ModelsView(QWidget):
         super().__init__()
         self.client = client
         self.cancel = threading.Event()
+        self.installed: list[dict[str, Any]] = []  # the engine's last answer: what the store holds
         self.unit = "bytes"  # what the running job's progress counts
         self.bridge = _Bridge()
         self.bridge.progress.connect(self._on_progress)
@@ -64,7 +64,6 @@ class ModelsView(QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.status = QLabel()
         self.quant = QComboBox()
-        self.quant.addItems(QUANTS)
         self.job_buttons = [self.pull_btn]
         actions = QHBoxLayout()
         for label, fn in (("Refresh", self.refresh), ("Verify", lambda: self._act("verify")),
@@ -94,7 +93,10 @@ class ModelsView(QWidget):
         reply = fetch(self.client, "/autoglm/models", self.status)
         if reply is None:
             return
-        rows = reply["data"]
+        rows = self.installed = reply["data"]
+        if self.quant.count() == 0:  # the quants the engine's quantizer takes
+            self.quant.addItems(reply["quantize_targets"])
+            self.quant.setCurrentText("Q4_0")
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, key in enumerate(COLUMNS):

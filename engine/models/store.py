@@ -184,7 +184,7 @@ def get(name: str) -> Manifest | None:
     model name, so a name from a request can never point outside the store)."""
     if not _NAME.match(name or ""):
         return None
-    for root in (paths.models_dir(), paths.bundled_models_dir()):
+    for root, bundled in ((paths.models_dir(), None), (paths.bundled_models_dir(), True)):
         if root is None:
             continue
         current = root / name / "current"
@@ -193,7 +193,7 @@ def get(name: str) -> Manifest | None:
             data = json.loads((current.parent / version / "manifest.json").read_text())
         except (OSError, ValueError):
             continue
-        return Manifest.from_dict(data, bundled=None if root == paths.models_dir() else root)
+        return Manifest.from_dict(data, bundled=root if bundled else None)
     return None
 
 

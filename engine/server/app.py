@@ -355,11 +355,14 @@ def create_app(scheduler: Scheduler, config: ServerConfig) -> FastAPI:
 
     @app.get("/autoglm/models")
     async def installed_models() -> dict[str, Any]:
-        """The store, for the desktop app's models view (not part of the OpenAI API)."""
+        """The store, for the desktop app's models view (not part of the OpenAI API), with the quants
+        its quantize endpoint takes."""
         from engine.models import installed
+        from engine.models.quantize import TARGETS
 
         keys = ("name", "version", "format", "quant", "size", "source")
-        return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)]}
+        return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)],
+                "quantize_targets": list(TARGETS)}
 
     @app.post("/autoglm/models/pull")
     async def pull_model(body: PullRequest) -> StreamingResponse:

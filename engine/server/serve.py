@@ -54,6 +54,8 @@ class ServeSettings:
                 raise InvalidArgumentError(f"{config}: unknown setting(s) {', '.join(unknown)} "
                                            f"(known: {', '.join(sorted(known))})")
             values.update({k.replace("-", "_"): v for k, v in data.items()})
+            for key, value in values.items():
+                _check_type(config, key, value)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.api_key = settings.api_key or os.environ.get("AUTOGLM_API_KEY") or None
@@ -70,6 +72,24 @@ class ServeSettings:
         if not _is_loopback(self.host) and not self.api_key:
             raise InvalidArgumentError(f"refusing to listen on {self.host} without an API key: pass --api-key "
                                        "or set AUTOGLM_API_KEY (loopback needs none)")
+
+
+def _check_type(config: str, key: str, value: Any) -> None:
+    """A TOML value of the wrong kind (``parallel = "4"``) gets a line naming it, not a TypeError later."""
+    import types
+    import typing
+
+    hint = typing.get_type_hints(ServeSettings).get(key)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # "int | None": the int
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    want = typing.get_origin(hint) or hint
+    ok = isinstance(value, want) and not (want is int and isinstance(value, bool)) if want else True
+    if ok and want is list:
+        ok = all(isinstance(v, str) for v in value)
+    if not ok:
+        kind = "a list of strings" if want is list else {int: "a whole number", str: "a string", bool: "true or false"}[
+            want]
+        raise InvalidArgumentError(f"{config}: {key} must be {kind}, got {value!r}")
 
 
 def _is_loopback(host: str) -> bool:

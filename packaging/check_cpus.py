@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 CPUS = ["Westmere", "SandyBridge", "Haswell", "Skylake-Server", "Icelake-Server"]  # SSE4.2 .. AVX-512 VNNI
 PROBE = """
@@ -37,6 +38,9 @@ def main(argv: list[str]) -> int:
         print("check_cpus.py: error: qemu-x86_64 not found (Debian: apt-get install qemu-user)", file=sys.stderr)
         return 2
     model = argv[0] if argv else default_model()
+    if not Path(model).is_file():
+        print(f"check_cpus.py: error: no model file at {model}", file=sys.stderr)
+        return 2
     print(f"{'emulated CPU':<16} result")
     failed = 0
     for cpu in CPUS:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
-from engine.runtime import module_command
+from engine.process import module_command
 
 LOG_TAIL = 12
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import openai
 
-from engine.models import resolve
+from engine.models.manager import resolve
 
 TOPICS = ["rivers", "volcanoes", "bees", "trains", "chess", "bread", "comets", "owls", "glass", "tides",
           "maps", "salt", "violins", "deserts", "kites", "coral"]

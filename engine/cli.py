@@ -46,7 +46,7 @@ def _overrides(args: argparse.Namespace):
 
 
 def _sampling(args: argparse.Namespace):
-    from engine.backends.llamacpp import SamplingParams
+    from engine.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=args.stop or [])
@@ -185,7 +185,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engine.models import installed
+    from engine.models.manager import installed
 
     models = installed()
     if args.json:
@@ -201,7 +201,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from engine.models import pull
+    from engine.models.manager import pull
 
     manifest = pull(args.source, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB) "
@@ -210,7 +210,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from engine.models import import_path
+    from engine.models.manager import import_path
 
     manifest = import_path(args.path, name=args.name, link=args.link, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.format}, {manifest.size / 1e6:.0f} MB, "
@@ -219,7 +219,7 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from engine.models import rollback
+    from engine.models.manager import rollback
 
     old, new = rollback(args.name, args.to)
     print(f"{args.name}: now {new.version} (was {old.version})")

@@ -6,16 +6,18 @@ its self-test can never be loaded in-process by any of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from engine import hardware, selftest
-from engine.models import ResolvedModel, resolve
+from engine.backends.llama_executor import LlamaExecutor
+from engine.backends.llamacpp import LlamaBackend
+from engine.models.manager import ResolvedModel, resolve
 from engine.models.progress import Progress
 from engine.planner import Overrides, Plan, make_plan
-
-if TYPE_CHECKING:
-    from engine.backends.llamacpp import LlamaBackend
+from engine.scheduler.batch import Scheduler
+from engine.scheduler.planner import MIN_CHUNK
+from engine.scheduler.session import ScheduledBackend
 
 
 @dataclass
@@ -45,23 +47,15 @@ def describe(prepared: Prepared) -> dict:
             "selftest": prepared.verdict.__dict__ if prepared.verdict else None, "plan": prepared.plan.to_dict()}
 
 
-def load(prepared: Prepared) -> LlamaBackend:
-    """Load the planned model (llama.cpp is imported here, not at start-up)."""
-    from engine.backends.llamacpp import LlamaBackend
-
-    return LlamaBackend(prepared.plan)
-
-
 def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None, max_queue: int = 64,
-                   threads: int | None = None):
-    """The model behind the continuous-batching scheduler. The scheduler owns the real context;
-    llama-cpp-python's own one is kept tiny since it only serves tokenizing."""
-    import dataclasses
-
-    from engine.backends.llamacpp import LlamaBackend
-    from engine.scheduler.batch import Scheduler
-    from engine.scheduler.session import ScheduledBackend
-
-    backend = LlamaBackend(dataclasses.replace(prepared.plan, n_ctx=64))
-    scheduler = Scheduler(backend, parallel, ctx_per_seq or prepared.plan.n_ctx, max_queue, threads)
-    return ScheduledBackend(backend, scheduler)
+                   on_fatal: Callable[[str], None] | None = None) -> ScheduledBackend:
+    """The planned model behind the continuous-batching scheduler: the one generation path."""
+    plan = prepared.plan
+    backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=plan.gpu_layers,
+                           use_extra_bufts=plan.use_extra_bufts, use_mmap=plan.use_mmap)
+    executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx,
+                             n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
+                             threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
+                             offload_kqv=plan.gpu_layers > 0)
+    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, on_fatal=on_fatal)
+    return ScheduledBackend(backend, scheduler, plan)

@@ -30,7 +30,7 @@ def models_dir() -> Path:
 def bundled_models_dir() -> Path | None:
     """Models shipped inside a PyInstaller bundle (``build.py --with-model``), read-only: the first
     run works offline without copying the file into the user's store."""
-    from engine.runtime import frozen
+    from engine.process import frozen
 
     bundle = getattr(sys, "_MEIPASS", None) if frozen() else None
     path = Path(bundle) / "models" if bundle else None

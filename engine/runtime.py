@@ -1,20 +1,65 @@
-"""How this install starts a child of itself: ``python -m MODULE`` from a Python install, or the
-bundle's own executable (``--autoglm-module MODULE``, handled by packaging/entry.py) from a
-PyInstaller bundle, where there is no Python to run ``-m`` with."""
+"""What a serving engine has loaded, owned in one place: the chat model behind its scheduler, and
+ONNX encoders and classifiers opened once and cached by (name, version, precision), so requests
+never reopen sessions (1 + one per layer) or convert a model each time. Thread budgets come from
+the planner so onnxruntime and llama.cpp do not fight over the same cores.
+
+Opening an encoder may pull and convert the default one on its first use (that is the promise
+of ``autoglm classify`` too); it happens once, under a per-key lock, off the event loop.
+"""
 
 from __future__ import annotations
 
-import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
-MODULE_FLAG = "--autoglm-module"
+from engine.backends.onnx.encoder import Encoder
+from engine.models import store
+from engine.models.store import Manifest
+from engine.planner import onnx_threads
+from engine.scheduler.session import ScheduledBackend
+from engine.tasks.chat import PromptBuilder
+from engine.tasks.classify import Classifier, open_classifier
+from engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest
 
 
-def frozen() -> bool:
-    return bool(getattr(sys, "frozen", False))
+class Runtime:
+    def __init__(self, model_name: str, model: ScheduledBackend, device: Any,
+                 report: dict[str, Any] | None = None) -> None:
+        self.model_name, self.model = model_name, model
+        self.scheduler = model.scheduler
+        self.prompts = PromptBuilder(model)
+        self.report = report or {}
+        self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, model.plan.threads if model.plan else 1,
+                                                                   model.plan.gpu_layers if model.plan else 0)
+        self._cache: dict[tuple[str, ...], Any] = {}
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._guard = threading.Lock()
 
+    def health(self) -> tuple[bool, str]:
+        failed = self.scheduler.failed
+        return (False, f"the engine failed and must be restarted: {failed}") if failed else (True, "ok")
 
-def module_command(module: str, *args: str) -> list[str]:
-    """argv that runs ``module`` as ``__main__`` with ``args`` in a new process of this install."""
-    if frozen():
-        return [sys.executable, MODULE_FLAG, module, *args]
-    return [sys.executable, "-m", module, *args]
+    def _cached(self, key: tuple[str, ...], make: Callable[[], Any]) -> Any:
+        with self._guard:
+            if key in self._cache:
+                return self._cache[key]
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:  # one opening per key; the others wait for it
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
+
+    def encoder(self, name: str | None = None, precision: str = "int8") -> tuple[Manifest, Encoder]:
+        manifest = encoder_manifest(name or DEFAULT_ENCODER)
+        key = ("encoder", manifest.name, manifest.version, precision)
+        return manifest, self._cached(key, lambda: Encoder(manifest.directory, precision, self.onnx_threads))
+
+    def classifier(self, name: str) -> tuple[Classifier, Encoder]:
+        manifest = store.require(name)
+        return self._cached(("classifier", manifest.name, manifest.version),
+                            lambda: open_classifier(name, opener=self.encoder))
+
+    def close(self) -> None:
+        self._cache.clear()
+        self.model.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine import paths
 from engine.hardware import DeviceFacts
-from engine.runtime import module_command
+from engine.process import module_command
 
 EXTRA_BUFTS = "extra_bufts"
 TIMEOUT_S = 180

@@ -27,7 +27,7 @@ print(chosen_variant() or "built-in", repr(text.strip()))
 
 
 def default_model() -> str:
-    from engine.models import resolve
+    from engine.models.manager import resolve
 
     return str(resolve(None).path)
 

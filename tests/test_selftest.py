@@ -18,7 +18,7 @@ def test_segfaulting_child_is_caught_cached_and_avoided(home, default_model):
     assert "SIGSEGV" in verdict.detail
     cached = selftest.cached_verdict(device, "extra_bufts:Q4_1")
     assert cached is not None and cached.outcome == "crashed"
-    from engine.models import resolve
+    from engine.models.manager import resolve
 
     plan = make_plan(resolve(None).facts, device, selftest.check(device, default_model.primary_path, "Q4_1"))
     assert plan.use_extra_bufts is False

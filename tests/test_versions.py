@@ -30,7 +30,7 @@ def _current(name: str) -> str:
 
 
 def test_new_version_keeps_old_then_rollback(home, variants):
-    from engine.models import versions
+    from engine.models.manager import versions
 
     assert run_cli("models", "import", str(variants["q4_1"]), "--name", "tiny").returncode == 0
     v1 = _current("tiny")

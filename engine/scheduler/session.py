@@ -1,5 +1,5 @@
-"""The scheduler behind the interface ChatSession and the CLI use, so interactive chat runs
-through the same continuous-batching loop (and prefix reuse) as the server."""
+"""A loaded model behind the scheduler, with the interface the chat task and the CLI use: the
+one generation path (continuous batching, prefix reuse) every caller shares."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from engine.backends.llamacpp import GenerationStats, LlamaBackend, SamplingParams
-from engine.errors import ContextOverflowError
+from engine.errors import BackendError
+from engine.sampling import GenerationStats, SamplingParams
 from engine.scheduler.batch import Scheduler
 
 
 class ScheduledBackend:
-    def __init__(self, backend: LlamaBackend, scheduler: Scheduler) -> None:
-        self.backend, self.scheduler = backend, scheduler
-        self.metadata = backend.metadata
-        self.plan = backend.plan
+    def __init__(self, backend: Any, scheduler: Scheduler, plan: Any = None) -> None:
+        self.backend, self.scheduler, self.plan = backend, scheduler, plan
+        self.metadata: dict[str, str] = backend.metadata
 
     @property
     def has_chat_template(self) -> bool:
-        return self.backend.has_chat_template
+        return bool(self.metadata.get("tokenizer.chat_template"))
 
     @property
     def n_ctx(self) -> int:
@@ -32,19 +31,16 @@ class ScheduledBackend:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self.backend.tokenize(text, add_bos)
 
-    def reset(self) -> None:
-        """Nothing to do: the next prompt reuses only the prefix it really shares."""
-
     def generate(self, tokens: list[int], params: SamplingParams, cancel: threading.Event | None = None,
                  stats: GenerationStats | None = None) -> Iterator[str]:
-        if len(tokens) >= self.n_ctx:
-            raise ContextOverflowError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}; "
-                                       "use --ctx to enlarge it or shorten the prompt")
+        """Stream text for ``tokens``; ``stats`` is filled when the generator ends."""
         req = self.scheduler.submit(tokens, params)
         try:
             for event in req.stream():
                 if cancel is not None and cancel.is_set():
                     req.cancel()
+                if event.error:
+                    raise BackendError(event.error)
                 if event.text:
                     yield event.text
         finally:
@@ -53,5 +49,5 @@ class ScheduledBackend:
                 for key, value in vars(req.stats).items():
                     setattr(stats, key, value)
 
-    def close(self) -> Any:
+    def close(self) -> None:
         self.scheduler.close()

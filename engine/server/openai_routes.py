@@ -1,0 +1,50 @@
+"""The OpenAI-compatible routes (``/v1/*``), ``/health`` and ``/metrics``: thin, each hands the
+validated request to the serving layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from engine.server.metrics import Metrics
+from engine.server.protocol import ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingRequest
+from engine.server.serving import OpenAIServing
+
+
+def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> JSONResponse:
+        """200 while the engine serves; 503 with the reason once a step has failed."""
+        return serving.health()
+
+    @router.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": serving.runtime.model_name, "object": "model", "created": 0,
+                                            "owned_by": "local"}]}
+
+    @router.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request) -> Any:
+        return await serving.chat(body, request)
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        return await serving.completion(body, request)
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> Any:
+        return await serving.embeddings(body)
+
+    @router.post("/v1/classify")
+    async def classify(body: ClassifyRequest) -> Any:
+        return await serving.classify(body)
+
+    @router.get("/metrics")
+    async def prometheus() -> PlainTextResponse:
+        body, content_type = metrics.render()
+        return PlainTextResponse(body, media_type=content_type)
+
+    return router

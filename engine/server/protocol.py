@@ -1,0 +1,155 @@
+"""OpenAI's wire format as pydantic models: requests validated on the way in, responses and
+stream chunks built from one definition each (never hand-written dicts). Sampling bounds and
+defaults come from ``engine.sampling``, the source the CLI and the GUI also use."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
+
+
+# --- errors ------------------------------------------------------------------------------------
+def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+          code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# --- requests ----------------------------------------------------------------------------------
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class JsonSchemaFormat(BaseModel):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class Sampling(BaseModel):
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0, le=TEMPERATURE_MAX)
+    top_p: float = Field(default=DEFAULT_TOP_P, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
+    stream: bool = False
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(Sampling):
+    prompt: str
+
+
+class EmbeddingRequest(BaseModel):
+    model: str | None = None
+    input: str | list[str]
+
+
+class ClassifyRequest(BaseModel):
+    model: str | None = None  # a stored classifier
+    input: str | list[str]
+    labels: list[str] | None = None  # zero-shot instead
+    exact: bool = False
+
+
+# --- responses ---------------------------------------------------------------------------------
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessageOut
+    finish_reason: str | None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    """One response or stream chunk; ``object`` says which of OpenAI's four shapes it is."""
+
+    id: str
+    object: Literal["chat.completion", "chat.completion.chunk", "text_completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice] | list[ChunkChoice] | list[TextChoice]
+    usage: Usage | None = None
+
+
+class Reply:
+    """The identity shared by every chunk of one response, and the four shapes built from it."""
+
+    def __init__(self, kind: Literal["chat", "text"], model: str) -> None:
+        self.kind, self.model = kind, model
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _make(self, obj: str, choices: list[Any], usage: Usage | None = None) -> Completion:
+        return Completion(id=self.id, object=obj, created=self.created, model=self.model, choices=choices,
+                          usage=usage)
+
+    def chunk(self, text: str | None = None, finish: str | None = None, role: bool = False) -> str:
+        """One SSE ``data:`` line of the stream (the first one of a chat announces the role)."""
+        if self.kind == "chat":
+            delta = Delta(role="assistant", content="") if role else Delta(content=text)
+            body = self._make("chat.completion.chunk", [ChunkChoice(delta=delta, finish_reason=finish)]).model_dump()
+            body["choices"][0]["delta"] = delta.model_dump(exclude_none=True)  # {} on the final chunk, as OpenAI
+        else:
+            body = self._make("text_completion", [TextChoice(text=text or "", finish_reason=finish)]).model_dump()
+        del body["usage"]
+        return "data: " + json.dumps(body) + "\n\n"
+
+    def whole(self, text: str, finish: str, usage: Usage) -> dict[str, Any]:
+        if self.kind == "chat":
+            choice: Any = ChatChoice(message=ChatMessageOut(content=text), finish_reason=finish)
+            return self._make("chat.completion", [choice], usage).model_dump()
+        return self._make("text_completion", [TextChoice(text=text, finish_reason=finish)], usage).model_dump()
+
+
+def sse_error(message: str, kind: str = "server_error") -> str:
+    """An error inside an already-started stream, in the shape OpenAI's clients raise from."""
+    return "data: " + json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}) + "\n\n"

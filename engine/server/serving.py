@@ -1,0 +1,189 @@
+"""Serving OpenAI requests over the runtime: prompt building, submission, streaming.
+
+Everything slow or shaped by the request (template rendering, tokenizing, grammar compilation,
+encoder calls) runs in a worker thread, never on the event loop, so one request cannot stall
+``/health`` or the other streams. A client that goes away cancels its generation, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from engine.errors import ContextOverflowError, InvalidArgumentError
+from engine.runtime import Runtime
+from engine.sampling import SamplingParams
+from engine.scheduler import Event, QueueFullError
+from engine.server.metrics import Metrics
+from engine.server.protocol import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    Reply,
+    ResponseFormat,
+    Sampling,
+    Usage,
+    error,
+    sse_error,
+)
+from engine.tasks.classify import zero_shot
+
+DISCONNECT_POLL_S = 1.0
+
+
+def grammar_for(fmt: ResponseFormat | None) -> str | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if fmt.type == "json_object":
+        return JSON_GBNF
+    schema = fmt.json_schema.schema_ if fmt.json_schema else {}
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
+        raise InvalidArgumentError(f"response_format json_schema is not supported: {exc}") from None
+
+
+def _finish_reason(ev: Event) -> str:
+    return "length" if ev.finish_reason == "length" else "stop"
+
+
+class OpenAIServing:
+    def __init__(self, runtime: Runtime, metrics: Metrics, retry_after_s: int = 1) -> None:
+        self.runtime, self.metrics, self.retry_after_s = runtime, metrics, retry_after_s
+
+    # --- text generation ----------------------------------------------------------------------
+    async def chat(self, body: ChatRequest, request: Request) -> Any:
+        messages = [m.model_dump() for m in body.messages]
+        tokens, grammar = await asyncio.gather(asyncio.to_thread(self.runtime.prompts.tokens, messages),
+                                               asyncio.to_thread(grammar_for, body.response_format))
+        return await self._respond("chat", body, tokens, grammar, request)
+
+    async def completion(self, body: CompletionRequest, request: Request) -> Any:
+        tokens = await asyncio.to_thread(self.runtime.model.tokenize, body.prompt, True)
+        return await self._respond("text", body, tokens, None, request)
+
+    def _params(self, body: Sampling, prompt_len: int) -> SamplingParams:
+        room = self.runtime.scheduler.ctx_per_seq - prompt_len
+        if room < 1:
+            raise ContextOverflowError(f"the prompt is {prompt_len} tokens; a sequence holds "
+                                       f"{self.runtime.scheduler.ctx_per_seq}")
+        return SamplingParams(max_tokens=min(body.max_tokens or room, room), temperature=body.temperature,
+                              top_p=body.top_p, seed=body.seed, stop=body.stop_list())
+
+    async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
+                      request: Request) -> AsyncIterator[Event]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
+                                      lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        started, first = time.perf_counter(), True
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        req.cancel()
+                    continue
+                if first and event.text:
+                    self.metrics.ttft.observe(time.perf_counter() - started)
+                    first = False
+                if event.done:
+                    self.metrics.latency.observe(time.perf_counter() - started)
+                yield event
+                if event.done:
+                    return
+        finally:
+            req.cancel()  # a client that went away (or an error) stops its generation
+
+    async def _respond(self, kind: Literal["chat", "text"], body: Sampling, tokens: list[int], grammar: str | None,
+                       request: Request) -> Any:
+        params = self._params(body, len(tokens))
+        reply = Reply(kind, self.runtime.model_name)
+        events = self._events(tokens, params, grammar, request)
+        try:
+            first = await events.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
+        except QueueFullError:
+            return error(429, "the server is at capacity; retry shortly", "rate_limit_error", code="queue_full",
+                         headers={"Retry-After": str(self.retry_after_s)})
+        if body.stream:
+            return StreamingResponse(self._sse(reply, first, events), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        parts, ev = [first.text], first
+        while not ev.done:
+            ev = await events.__anext__()
+            parts.append(ev.text)
+        if ev.error:
+            return error(503 if self.runtime.scheduler.failed else 500, ev.error, "server_error", code="engine_failed")
+        text = "".join(parts)
+        completion = len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
+        usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
+        return reply.whole(text, _finish_reason(ev), usage)
+
+    async def _sse(self, reply: Reply, first: Event, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+        if reply.kind == "chat":
+            yield reply.chunk(role=True)
+        ev = first
+        try:
+            while True:
+                if ev.text:
+                    yield reply.chunk(ev.text)
+                if ev.done:
+                    if ev.error:
+                        yield sse_error(ev.error)
+                    else:
+                        yield reply.chunk(finish=_finish_reason(ev))
+                    yield "data: [DONE]\n\n"
+                    return
+                ev = await events.__anext__()
+        finally:
+            await events.aclose()  # a disconnected client cancels its generation now
+
+    # --- encoders -----------------------------------------------------------------------------
+    async def embeddings(self, body: EmbeddingRequest) -> Any:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts or not all(isinstance(t, str) and t for t in texts):
+            return error(400, "input must be a non-empty string or list of strings", param="input")
+
+        def work() -> tuple[str, Any]:
+            manifest, encoder = self.runtime.encoder(body.model)
+            return manifest.name, encoder.embed(texts)[0]
+
+        name, vectors = await asyncio.to_thread(work)
+        return {"object": "list", "model": name,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    async def classify(self, body: ClassifyRequest) -> Any:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            return error(400, "input must not be empty", param="input")
+
+        def work() -> Any:
+            if body.labels:
+                manifest, encoder = self.runtime.encoder(None)
+                clf = zero_shot(encoder, manifest, dict.fromkeys(body.labels))
+            elif body.model:
+                clf, encoder = self.runtime.classifier(body.model)
+            else:
+                raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot)")
+            return clf.classify(encoder, texts, exact=body.exact)
+
+        preds, truncated = await asyncio.to_thread(work)
+        return {"object": "list", "truncated": truncated,
+                "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer}
+                         for i, p in enumerate(preds)]}
+
+    def health(self) -> JSONResponse:
+        ok, reason = self.runtime.health()
+        return JSONResponse({"status": "ok" if ok else "failed", "reason": None if ok else reason,
+                             "model": self.runtime.model_name}, status_code=200 if ok else 503)

@@ -1,0 +1,91 @@
+"""Fakes for the fast tier only: an executor with llama.cpp's contract (and its abort on an
+oversized batch turned into an assertion) and a tokenizer-only backend. End-to-end tests never
+use these; they run the real model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.sampling import SamplingParams
+
+EOG = 0
+
+
+class FakeExecutor:
+    """Keeps each sequence's KV cells as a token list and checks every row against them: positions
+    must continue the sequence exactly, and a batch over ``n_batch`` fails the test (llama.cpp
+    would abort the process). The "model" predicts a deterministic next token from the sequence."""
+
+    def __init__(self, n_seq: int = 4, n_batch: int = 64, vocab: int = 50, fail_on_step: int | None = None,
+                 eog_after: int | None = None) -> None:
+        self.n_seq, self.n_batch, self.vocab = n_seq, n_batch, vocab
+        self.kv: list[list[int]] = [[] for _ in range(n_seq)]
+        self.fail_on_step, self.eog_after = fail_on_step, eog_after
+        self.steps = 0
+        self.max_rows = 0
+        self.logits: dict[int, int] = {}
+        self.samplers = 0  # live samplers: a leak check
+        self.closed = False
+
+    def trim(self, seq: int, keep: int) -> None:
+        assert 0 <= keep <= len(self.kv[seq]), (seq, keep, len(self.kv[seq]))
+        del self.kv[seq][keep:]
+
+    def next_token(self, seq_tokens: list[int]) -> int:
+        if self.eog_after is not None and len(seq_tokens) >= self.eog_after:
+            return EOG
+        return 1 + (sum(seq_tokens) * 31 + len(seq_tokens)) % (self.vocab - 1)
+
+    def decode(self, rows: list[Any]) -> None:
+        self.steps += 1
+        if self.fail_on_step is not None and self.steps >= self.fail_on_step:
+            raise RuntimeError(f"injected failure on step {self.steps}")
+        assert 0 < len(rows) <= self.n_batch, f"batch of {len(rows)} rows exceeds n_batch {self.n_batch}"
+        self.max_rows = max(self.max_rows, len(rows))
+        self.logits = {}
+        for i, row in enumerate(rows):
+            assert row.pos == len(self.kv[row.seq]), f"seq {row.seq}: pos {row.pos} after {len(self.kv[row.seq])}"
+            self.kv[row.seq].append(row.token)
+            if row.logits:
+                self.logits[i] = self.next_token(self.kv[row.seq])
+
+    def clear(self) -> None:
+        self.kv = [[] for _ in range(self.n_seq)]
+
+    def sampler(self, params: SamplingParams, grammar: str | None = None) -> object:
+        if grammar == "bad":
+            from engine.errors import InvalidArgumentError
+
+            raise InvalidArgumentError("the response format could not be compiled into a grammar")
+        self.samplers += 1
+        return object()
+
+    def sample(self, sampler: object, row: int) -> int:
+        return self.logits[row]
+
+    def free_sampler(self, sampler: object) -> None:
+        self.samplers -= 1
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+    def piece(self, token: int) -> bytes:
+        return bytes([ord("a") + token % 26])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBackend:
+    """Tokenizer and metadata of a ChatML model: one token per byte, enough for the server's
+    prompt building and request handling."""
+
+    metadata = {"tokenizer.chat_template": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                                            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                                            "<|im_start|>assistant\n{% endif %}")}
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return [1 + b % 49 for b in text.encode()]
+
+    def token_text(self, token_id: int) -> str:
+        return chr(ord("a") + token_id % 26)

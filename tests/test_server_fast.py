@@ -1,0 +1,172 @@
+"""The server's parts through FastAPI's TestClient over a fake executor (fast tier): protocol
+shapes, errors in OpenAI's shape, the guard, fault containment. test_server.py runs the same
+server on the real model over loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from engine.hardware import DeviceFacts
+from engine.runtime import Runtime
+from engine.sampling import SamplingParams
+from engine.scheduler.batch import Scheduler
+from engine.scheduler.planner import QueueFullError
+from engine.scheduler.session import ScheduledBackend
+from engine.server.app import ServerConfig, create_app
+from tests.conftest import DATA
+from tests.fakes import FakeBackend, FakeExecutor
+
+MSG = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0}
+
+
+def make_client(executor: FakeExecutor | None = None, **config) -> tuple[TestClient, Scheduler, list[str]]:
+    fatal: list[str] = []
+    scheduler = Scheduler(executor or FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128,
+                          max_queue=8, on_fatal=fatal.append)
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
+    return TestClient(create_app(runtime, ServerConfig(**config))), scheduler, fatal
+
+
+@pytest.fixture
+def client():
+    c, scheduler, _ = make_client()
+    yield c
+    scheduler.close()
+
+
+def sse(text: str) -> list[dict | str]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: "):
+            data = line[6:]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def test_chat_completion_shape(client):
+    r = client.post("/v1/chat/completions", json=MSG)
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion" and body["model"] == "fake-model"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and len(choice["message"]["content"]) == 6
+    assert choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 6 and body["usage"]["prompt_tokens"] > 0
+
+
+def test_stream_chunks_role_first_then_text_then_finish_and_done(client):
+    r = client.post("/v1/chat/completions", json={**MSG, "stream": True})
+    events = sse(r.text)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    texts = [e["choices"][0]["delta"].get("content") for e in events[1:-2]]
+    assert len("".join(texts)) == 6
+    assert events[-2]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    assert events[-1] == "[DONE]"
+    ids = {e["id"] for e in events[:-1]}
+    assert len(ids) == 1 and next(iter(ids)).startswith("chatcmpl-")
+
+
+def test_text_completion_streamed_and_not(client):
+    body = client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 4, "temperature": 0}).json()
+    assert body["object"] == "text_completion" and len(body["choices"][0]["text"]) == 4
+    events = sse(client.post("/v1/completions", json={"prompt": "abc", "max_tokens": 4, "stream": True}).text)
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 2.5}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 9}, "stop"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "role"),
+    ({"prompt": "x" * 500}, "tokens"),
+])
+def test_bad_requests_get_openai_errors(client, body, fragment):
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    r = client.post(path, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert fragment in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_invalid_json_and_unknown_route(client):
+    r = client.post("/v1/chat/completions", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def test_guard_key_and_body_limits():
+    c, scheduler, _ = make_client(api_key="sekrit", max_body_bytes=2000)
+    try:
+        assert c.post("/v1/chat/completions", json=MSG).status_code == 401
+        assert c.post("/v1/chat/completions", json=MSG, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.post("/v1/chat/completions", json=MSG, headers={"Authorization": "Bearer sekrit"})
+        assert ok.status_code == 200
+        assert c.get("/health").status_code == 200  # health needs no key
+        big = json.dumps({"prompt": "x" * 5000}).encode()
+        r = c.post("/v1/completions", content=big, headers={"Authorization": "Bearer sekrit",
+                                                            "Content-Type": "application/json"})
+        assert r.status_code == 413
+        chunked = c.post("/v1/completions", content=iter([big[:1000], big[1000:]]),  # no Content-Length
+                         headers={"Authorization": "Bearer sekrit", "Content-Type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+        metrics = c.get("/metrics", headers={"Authorization": "Bearer sekrit"}).text
+        assert 'path="/v1/chat/completions"' in metrics
+        c.get("/no/such/path/1", headers={"Authorization": "Bearer sekrit"})
+        c.get("/no/such/path/2", headers={"Authorization": "Bearer sekrit"})
+        metrics = c.get("/metrics", headers={"Authorization": "Bearer sekrit"}).text
+        assert "/no/such" not in metrics and 'path="unmatched"' in metrics  # labels stay bounded
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_step_answers_in_openai_shape_and_health_says_503():
+    c, scheduler, fatal = make_client(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2))
+    try:
+        r = c.post("/v1/chat/completions", json={**MSG, "max_tokens": 20})
+        assert r.status_code == 503
+        assert "injected failure" in r.json()["error"]["message"] and r.json()["error"]["type"] == "server_error"
+        health = c.get("/health")
+        assert health.status_code == 503 and "injected failure" in health.json()["reason"]
+        again = c.post("/v1/chat/completions", json=MSG)
+        assert again.status_code == 503 and "restarted" in again.json()["error"]["message"]
+        assert fatal  # serve() stops uvicorn on this, and exits with status 3 for its supervisor
+    finally:
+        scheduler.close()
+
+
+def test_a_failure_mid_stream_ends_the_stream_with_an_error_and_done():
+    c, scheduler, _ = make_client(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=4))
+    try:
+        events = sse(c.post("/v1/chat/completions", json={**MSG, "max_tokens": 20, "stream": True}).text)
+        assert "injected failure" in events[-2]["error"]["message"] and events[-1] == "[DONE]"
+    finally:
+        scheduler.close()
+
+
+def test_full_queue_is_429_with_retry_after():
+    gate = threading.Event()
+    fake = FakeExecutor(n_seq=2, n_batch=48)
+    decode = fake.decode
+    fake.decode = lambda rows: (gate.wait(10), decode(rows))
+    c, scheduler, _ = make_client(fake)
+    try:
+        for _ in range(20):  # two slots (blocked in decode), then waiting until the queue is full
+            try:
+                scheduler.submit([1, 2], SamplingParams(max_tokens=1))
+            except QueueFullError:
+                break
+            time.sleep(0.02)
+        assert scheduler.queue_depth == 8
+        r = c.post("/v1/chat/completions", json=MSG)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+        assert r.json()["error"]["code"] == "queue_full"
+    finally:
+        gate.set()
+        scheduler.close()

@@ -1,0 +1,188 @@
+"""The step planner under random arrival / cancel / finish / disconnect sequences (hypothesis),
+checked against a fake executor that holds each sequence's KV cells: never more rows than the
+batch, each sequence's tokens in order, no slot or KV leak, FIFO admission, no starvation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.errors import ContextOverflowError, InvalidArgumentError
+from engine.scheduler.planner import Job, QueueFullError, SlotState, StepPlanner
+from tests.fakes import FakeExecutor
+
+PREFIXES = [[], [5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 20, 21]]  # shared system prompts
+
+op = st.one_of(
+    st.tuples(st.just("arrive"), st.integers(0, len(PREFIXES) - 1), st.integers(1, 150), st.integers(1, 12)),
+    st.tuples(st.just("step")),
+    st.tuples(st.just("step")),
+    st.tuples(st.just("cancel"), st.integers(0, 1000)),  # a client that disconnects or cancels
+    st.tuples(st.just("finish"), st.integers(0, 1000)),  # a stop string or end of generation
+)
+
+
+class Driver:
+    """Does what the scheduler thread does with the planner, synchronously."""
+
+    def __init__(self, n_slots: int, n_batch: int, ctx: int) -> None:
+        self.planner = StepPlanner(n_slots, n_batch, ctx, max_queue=1000, min_chunk=8)
+        self.fake = FakeExecutor(n_seq=n_slots, n_batch=n_batch)
+        self.enqueued: list[Job] = []
+        self.admitted: list[Job] = []
+        self.ended: set[int] = set()
+        self.dropped: set[int] = set()
+
+    def arrive(self, prefix: int, length: int, max_tokens: int) -> None:
+        prompt = PREFIXES[prefix] + [1 + (length * 7 + i) % 40 for i in range(length)]
+        job = Job(prompt, max_tokens, owner=len(self.enqueued))
+        self.planner.enqueue(job)
+        self.enqueued.append(job)
+
+    def step(self) -> None:
+        before = {id(s.job) for s in self.planner.slots if s.job}
+        step = self.planner.plan()
+        for slot in self.planner.slots:
+            if slot.job is not None and id(slot.job) not in before:
+                self.admitted.append(slot.job)
+        for seq, keep in step.trims:
+            self.fake.trim(seq, keep)
+        if not step.rows:
+            return
+        self.fake.decode(step.rows)
+        self.planner.observe(0.01)
+        for slot in step.sample:
+            token = self.fake.sample(None, slot.row)
+            self.planner.accept(slot, token)
+            if slot.produced >= slot.max_tokens:
+                self.ended.add(self.planner.release(slot).owner)
+        self.check()
+
+    def pick_active(self, n: int):
+        active = self.planner.active
+        return active[n % len(active)] if active else None
+
+    def cancel(self, n: int) -> None:
+        waiting = list(self.planner.waiting)
+        if waiting and n % 2:
+            job = waiting[n % len(waiting)]
+            self.planner.drop_waiting(job)
+            self.dropped.add(job.owner)
+        elif (slot := self.pick_active(n)) is not None:
+            self.ended.add(self.planner.release(slot).owner)
+
+    def finish(self, n: int) -> None:
+        slot = self.pick_active(n)
+        if slot is not None and slot.state is SlotState.DECODE:
+            self.ended.add(self.planner.release(slot).owner)
+
+    def check(self) -> None:
+        for slot in self.planner.slots:
+            kv = self.fake.kv[slot.seq]
+            cells = slot.cached[:-1] if slot.fresh else slot.cached
+            assert kv == cells, f"seq {slot.seq}: executor holds {len(kv)} cells, planner thinks {len(cells)}"
+            if slot.job is not None:
+                n = min(len(slot.job.prompt), len(slot.cached))
+                assert slot.cached[:n] == slot.job.prompt[:n], "a sequence's tokens out of order"
+                assert slot.pending == slot.job.prompt[len(slot.cached):] or slot.state is SlotState.DECODE
+
+    def drain(self) -> int:
+        steps = 0
+        while self.planner.busy:
+            self.step()
+            steps += 1
+            assert steps < 5000, "starvation: requests still waiting after 5000 steps"
+        return steps
+
+
+@settings(max_examples=150, deadline=None)
+@given(n_slots=st.integers(1, 8), n_batch=st.sampled_from([24, 40, 64]), ops=st.lists(op, max_size=80))
+def test_random_traffic_keeps_every_invariant(n_slots, n_batch, ops):
+    if n_batch < n_slots + 8:
+        n_batch = n_slots + 8
+    d = Driver(n_slots, n_batch, ctx=256)
+    for kind, *args in ops:
+        getattr(d, kind)(*args)
+    d.drain()
+    d.check()
+    # every request ended exactly once, either dropped from the queue or released from a slot
+    assert d.ended | d.dropped == {j.owner for j in d.enqueued}
+    assert not d.ended & d.dropped
+    # FIFO admission: jobs entered slots in the order they arrived (those dropped never did)
+    order = [j.owner for j in d.admitted]
+    assert order == sorted(order)
+    assert all(s.state is SlotState.IDLE and s.job is None for s in d.planner.slots)
+    assert d.fake.max_rows <= n_batch
+
+
+def test_sixty_four_streams_and_long_prompts_fit_the_batch():
+    """The case that aborted the server: every slot decoding while a long prompt prefills."""
+    d = Driver(64, 512, ctx=2048)
+    for i in range(128):
+        d.arrive(1, 5 + (i * 97) % 1500, 20)
+    d.drain()
+    assert d.fake.max_rows == 512  # full batches, never more
+    assert len(d.ended) == 128
+
+
+def test_prefix_reuse_keeps_shared_cells_and_trims_the_rest():
+    d = Driver(1, 64, ctx=256)
+    d.arrive(1, 10, 3)
+    d.drain()
+    first = list(d.planner.slots[0].cached)
+    d.arrive(1, 10, 3)  # the same prompt again: all but its last token come from the cache
+    step = d.planner.plan()
+    assert step.trims == [(0, len(PREFIXES[1]) + 10 - 1)]
+    assert len(step.rows) == 1 and first[: len(PREFIXES[1]) + 9] == d.planner.slots[0].cached[:-1]
+    assert d.planner.slots[0].reused == len(PREFIXES[1]) + 9
+
+
+def test_admission_picks_the_slot_with_the_longest_shared_prefix():
+    d = Driver(3, 64, ctx=256)
+    for prefix in (0, 1, 2):
+        d.arrive(prefix, 4, 1)
+    d.drain()
+    d.arrive(2, 9, 1)
+    d.planner.plan()
+    slot = next(s for s in d.planner.slots if s.job is not None)
+    assert slot.cached[:5] == PREFIXES[2]
+
+
+def test_prompt_chunks_shrink_when_steps_run_slow_and_grow_back():
+    p = StepPlanner(2, 512, 4096, min_chunk=32)
+    p.enqueue(Job([1, 2], 100))
+    p.plan()
+    p.accept(p.slots[0], 3)
+    for _ in range(5):
+        p.observe(1.0)
+    assert p.chunk == 32
+    p.enqueue(Job(list(range(1, 300)), 5))
+    step = p.plan()
+    assert len(step.rows) == 1 + 32  # one decode row, one small prompt chunk
+    p.observe(0.001)
+    assert p.chunk == 64
+
+
+def test_queue_limits_and_bad_prompts():
+    p = StepPlanner(1, 64, 128, max_queue=2)
+    p.enqueue(Job([1], 1))
+    p.enqueue(Job([1], 1))
+    with pytest.raises(QueueFullError):
+        p.enqueue(Job([1], 1))
+    with pytest.raises(InvalidArgumentError):
+        p.check([])
+    with pytest.raises(ContextOverflowError):
+        p.check(list(range(128)))
+    with pytest.raises(InvalidArgumentError):
+        StepPlanner(64, 64, 128)  # a batch that cannot hold every stream plus a chunk
+
+
+def test_forget_empties_every_slot_and_returns_every_job():
+    d = Driver(2, 64, ctx=256)
+    for i in range(5):
+        d.arrive(0, 10 + i, 50)
+    d.step()
+    jobs = d.planner.forget()
+    assert sorted(j.owner for j in jobs) == list(range(5))
+    assert not d.planner.busy and all(not s.cached for s in d.planner.slots)

@@ -9,6 +9,7 @@ from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushBut
 
 from app.conversations import ConversationStore
 from app.engine_process import EngineClient, EngineError, EngineProcess
+from app.screenshots import take
 from app.views.chat import ChatView
 from app.views.classify import ClassifyView
 from app.views.device import DeviceView
@@ -162,8 +163,6 @@ def run(screenshots: str | None = None) -> int:
     window.show()
     try:
         if screenshots:
-            from app.screenshots import take
-
             try:
                 for path in take(window, Path(screenshots)):
                     print(path)

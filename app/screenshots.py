@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtWidgets import QApplication
-
-from app.main_window import MainWindow
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -25,7 +24,7 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def take(window: MainWindow, directory: Path, timeout: float = 300) -> list[Path]:
+def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     if not _wait(lambda: window.client() is not None, timeout):
         raise RuntimeError(f"the engine did not start: {window.engine.describe_exit()}")

@@ -8,35 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from engine import __version__
+from engine.cli_progress import progress_bar
 from engine.errors import AutoGLMError, InvalidArgumentError
 
 GiB = 1 << 30
-
-
-def progress_bar(unit: str = "B") -> Callable[[str, int, int], None]:
-    """tqdm bars on stderr (rate, ETA; bytes, or counted ``unit``s), one per file, made on its first report."""
-    state: dict[str, Any] = {}
-
-    def update(label: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        bar = state.get("bar")
-        if bar is None or label != state["label"] or done < bar.n or total != bar.total:  # a new file began
-            if bar is not None:
-                bar.close()
-            state["label"] = label
-            bar = state["bar"] = tqdm(total=total, initial=done, unit=unit, unit_scale=unit == "B", unit_divisor=1024,
-                                      desc=label if len(label) <= 40 else f"…{label[-39:]}", file=sys.stderr,
-                                      disable=None)  # no bar when stderr is not a terminal (logs, pipes)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update
 
 
 def _overrides(args: argparse.Namespace):
@@ -125,10 +104,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
-    from engine import hardware, loader
+    from engine import loader
+    from engine.backends import native
     from engine.errors import ModelNotFoundError
 
-    device = hardware.probe()
+    device = native.probe_device()
     report: dict[str, Any] = {"device": device.to_dict(), "amx": device.has("amx")}
     try:
         prepared = loader.prepare(args.model, _overrides(args), install=False)

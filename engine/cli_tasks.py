@@ -102,7 +102,7 @@ def cmd_classify_train(args: argparse.Namespace) -> int:
 
 def cmd_models_convert(args: argparse.Namespace) -> int:
     from engine.backends.onnx.convert import convert
-    from engine.cli import progress_bar
+    from engine.cli_progress import progress_bar
 
     manifest = convert(args.name, progress=progress_bar(" stages"))
     print(f"installed {manifest.name} {manifest.version} (ONNX encoder, fp32 + int8, {manifest.size / 1e6:.0f} MB)")

@@ -185,31 +185,14 @@ def _probe_gpus() -> list[GPU]:
     return []
 
 
-def _probe_llama() -> tuple[str | None, bool, list[str], str | None]:
-    try:
-        from engine.backends.llama_lib import chosen_variant, cpu_variants, llama_cpp
-    except ImportError:
-        return None, False, [], None
-    return (llama_cpp.__version__, bool(llama_cpp.llama_supports_gpu_offload()), cpu_variants(),
-            chosen_variant())
-
-
-def _probe_onnx() -> list[str]:
-    try:
-        import onnxruntime
-    except ImportError:
-        return []
-    return list(onnxruntime.get_available_providers())
-
-
 @functools.lru_cache(maxsize=1)
 def probe() -> DeviceFacts:
-    """Probe this machine once per process (GPU free memory is as of the first call)."""
+    """Probe this machine once per process (GPU free memory is as of the first call). What the
+    installed native runtimes can do is added by ``engine.backends.native.probe_device``."""
     import psutil
 
     arch = platform.machine().lower() or "unknown"
     mem = psutil.virtual_memory()
-    llama_version, offload, variants, variant = _probe_llama()
     return DeviceFacts(
         os=platform.system(),
         arch=arch,
@@ -217,9 +200,4 @@ def probe() -> DeviceFacts:
         ram_total=mem.total,
         ram_available=mem.available,
         gpus=_probe_gpus(),
-        llama_cpp_version=llama_version,
-        llama_gpu_offload=offload,
-        llama_cpu_variants=variants,
-        llama_cpu_variant=variant,
-        onnx_providers=_probe_onnx(),
     )

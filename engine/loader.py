@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import hardware, selftest
+from engine.backends import native
 from engine.backends.llama_executor import LlamaExecutor
 from engine.backends.llamacpp import LlamaBackend
 from engine.models.manager import ResolvedModel, resolve
@@ -34,7 +35,7 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     overrides = overrides or Overrides()
     overrides.validate()
     model = resolve(ref, progress=progress, install=install)
-    device = hardware.probe()
+    device = native.probe_device()
     verdict = None if overrides.safe else selftest.check(device, model.path, model.facts.quant)
     return Prepared(model, device, verdict, make_plan(model.facts, device, verdict, overrides))
 

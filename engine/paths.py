@@ -8,6 +8,8 @@ from pathlib import Path
 
 import platformdirs
 
+from engine.process import frozen
+
 
 def home() -> Path:
     """The data root: ``AUTOGLM_HOME`` if set, else the platform's user data dir."""
@@ -30,7 +32,6 @@ def models_dir() -> Path:
 def bundled_models_dir() -> Path | None:
     """Models shipped inside a PyInstaller bundle (``build.py --with-model``), read-only: the first
     run works offline without copying the file into the user's store."""
-    from engine.process import frozen
 
     bundle = getattr(sys, "_MEIPASS", None) if frozen() else None
     path = Path(bundle) / "models" if bundle else None

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine import paths
+from engine.backends.llamacpp import load_llama
+from engine.fs import write_atomic
 from engine.hardware import DeviceFacts
 from engine.process import module_command
 
@@ -62,7 +64,6 @@ def cached_verdict(device: DeviceFacts, config: str) -> Verdict | None:
 
 
 def _store(device: DeviceFacts, verdict: Verdict) -> None:
-    from engine.models.store import write_atomic
 
     cache = _load_cache()
     cache[cache_key(device, verdict.config)] = asdict(verdict)
@@ -120,8 +121,6 @@ def load_check(model_path: str | Path) -> Verdict:
 
 def _probe(model_path: str, extra_bufts: bool) -> None:
     """Child side: load and decode a few tokens (extra buffers on unless asked for the safe path)."""
-    from engine.backends.llamacpp import load_llama
-
     llm = load_llama(model_path, n_ctx=128, n_threads=os.cpu_count() or 1, use_extra_bufts=extra_bufts,
                      verbose=True)  # llama.cpp's log on stderr carries its reason for refusing a file
     tokens = llm.tokenize(b"The capital of France is", add_bos=True)

@@ -30,9 +30,22 @@ def default_model(home: Path):
 
 @pytest.fixture(scope="session")
 def backend(default_model):
+    """The default model behind the scheduler: the one generation path users run."""
     from engine import loader
 
-    return loader.load(loader.prepare(None))
+    model = loader.load_scheduled(loader.prepare(None))
+    yield model
+    model.close()
+
+
+# The full tier: real models, real processes, bundles. `pytest -m "not slow"` leaves these out.
+SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,

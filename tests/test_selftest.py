@@ -4,7 +4,8 @@ import os
 import signal
 import sys
 
-from engine import hardware, selftest
+from engine import selftest
+from engine.backends import native
 from engine.planner import make_plan
 from tests.conftest import run_cli
 
@@ -12,7 +13,7 @@ SEGV_CHILD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), sig
 
 
 def test_segfaulting_child_is_caught_cached_and_avoided(home, default_model):
-    device = hardware.probe()
+    device = native.probe_device()
     verdict = selftest.check(device, default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
     assert os.getpid() and verdict.outcome == "crashed" and not verdict.ok
     assert "SIGSEGV" in verdict.detail
@@ -26,7 +27,7 @@ def test_segfaulting_child_is_caught_cached_and_avoided(home, default_model):
 
 
 def test_after_a_crash_verdict_the_cli_runs_with_the_safe_configuration(home, default_model):
-    selftest.check(hardware.probe(), default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
+    selftest.check(native.probe_device(), default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
     doctor = run_cli("doctor")
     assert doctor.returncode == 0, doctor.stderr
     assert "crashed - child killed by SIGSEGV" in doctor.stdout
@@ -36,7 +37,7 @@ def test_after_a_crash_verdict_the_cli_runs_with_the_safe_configuration(home, de
 
 
 def test_other_failures_are_not_cached_and_timeouts_are_caught(home, default_model):
-    device = hardware.probe()
+    device = native.probe_device()
     failing = [sys.executable, "-c", "import sys; sys.exit(3)"]
     v = selftest.check(device, default_model.primary_path, "QX_TEST", argv=failing)
     assert v.outcome == "failed" and "exit 3" in v.detail
@@ -49,7 +50,7 @@ def test_other_failures_are_not_cached_and_timeouts_are_caught(home, default_mod
 
 def test_real_probe_child_on_the_real_model(home, default_model):
     """The real extra-buffer path on this machine: whatever it does, we get a verdict, not a crash."""
-    device = hardware.probe()
+    device = native.probe_device()
     v = selftest.check(device, default_model.primary_path, "Q4_1", refresh=True)
     assert v.outcome in ("passed", "crashed"), v.detail
     assert selftest.cached_verdict(device, "extra_bufts:Q4_1").outcome == v.outcome

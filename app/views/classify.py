@@ -5,6 +5,7 @@ thread; ``exact`` runs the full model so the early-exit gain is visible."""
 from __future__ import annotations
 
 import csv
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -157,9 +158,6 @@ class ClassifyView(QWidget):
         self._train({"name": name, "labels": labels})
 
     def train_from_file(self, path: str | None = None) -> None:
-        from engine.errors import AutoGLMError
-        from engine.tasks.classify import load_examples
-
         name = self.name.text().strip()
         if not name:
             self._failed("give the new classifier a name first")
@@ -169,12 +167,13 @@ class ClassifyView(QWidget):
         if not path:
             return
         try:
-            texts, labels = load_examples(path)
-        except AutoGLMError as exc:
-            self._failed(str(exc))
+            with open(path, encoding="utf-8") as fh:
+                content = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            self._failed(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
             return
-        self._train({"name": name, "examples": [{"text": t, "label": lab} for t, lab in zip(texts, labels,
-                                                                                            strict=True)]})
+        # the engine parses it (one parser for the CLI, the server and the window) and says what is wrong
+        self._train({"name": name, "examples_file": {"name": os.path.basename(path), "content": content}})
 
     def _train(self, body: dict[str, Any]) -> None:
         def work(client: EngineClient) -> None:

@@ -5,7 +5,8 @@ each CPU variant (x64, sse42, haswell, skylakex, zen4, ...) in its own ``libggml
 registers none until asked; llama-cpp-python 0.3.36 never asks (upstream issue #2069), so a model
 load fails with "no backends are loaded". ggml then picks the best variant this CPU supports,
 which is what keeps a bundle from dying with an illegal instruction on an older CPU.
-Import ``llama_cpp`` from here, never directly.
+Import ``llama_cpp`` (and ``onnxruntime``, when both may be loaded) from here, never directly:
+this module fixes the order of the two native runtimes.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import llama_cpp
-from llama_cpp import _ggml, _logger
+try:  # first, always: onnxruntime imported after a CUDA build of llama.cpp segfaults (seen on an H100)
+    import onnxruntime
+except ImportError:  # an install without the encoders
+    onnxruntime = None
+
+import llama_cpp  # noqa: E402 - after onnxruntime, on purpose
+from llama_cpp import _ggml, _logger  # noqa: E402
 
 from engine.errors import BackendError
 
-__all__ = ["llama_cpp", "backend_dirs", "cpu_variants", "chosen_variant", "llama_log_to"]
+__all__ = ["llama_cpp", "onnxruntime", "backend_dirs", "cpu_variants", "chosen_variant", "llama_log_to"]
 
 _LOG_LOCK = threading.Lock()  # llama.cpp's log callback is process-wide: one redirection at a time
 _chosen: list[str] = []

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine import paths
 from engine.errors import InvalidModelError, ModelNotFoundError
+from engine.fs import write_atomic
 
 GGUF_MAGIC = b"GGUF"
 
@@ -60,7 +61,6 @@ def _load_cache() -> dict[str, Any]:
 
 def remember(path: str | Path, result: ModelFacts) -> None:
     """Cache ``result`` as the facts of ``path`` (a file just validated elsewhere and moved here)."""
-    from engine.models.store import write_atomic
 
     path = Path(path)
     prefix = f"{path.resolve()}|"

@@ -12,10 +12,12 @@ import re
 import threading
 from pathlib import Path
 
+from engine.backends.llama_lib import llama_cpp, llama_log_to, pass_errors
 from engine.errors import InvalidArgumentError, SourceError
 from engine.models import store
+from engine.models.install import install_gguf
 from engine.models.progress import Progress, check_cancel
-from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
+from engine.models.store import FileEntry, Manifest, Staging, sha256_file
 
 TARGETS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 
@@ -26,8 +28,6 @@ _TENSOR_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
 def quantize_file(src: Path, out: Path, target: str, progress: Progress | None = None) -> None:
     """llama.cpp's quantizer. It has no progress callback, but it logs ``[ i/ n] tensor ...`` for
     every tensor: while it runs, a log callback of ours turns those lines into progress."""
-    from engine.backends.llama_lib import llama_cpp, llama_log_to, pass_errors
-
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{target}")

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import paths
-from engine.errors import IntegrityError, InvalidArgumentError, InvalidModelError, ModelNotFoundError
+from engine.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
+from engine.fs import write_atomic
 
 CHUNK = 1 << 20
 
@@ -84,17 +85,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so readers see the old content or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide manifests from other users of a shared store
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _sweep_stale_stages() -> None:
     """Remove staging dirs left by killed processes (their owner pid is gone)."""
     for stage in paths.tmp_dir().glob("stage-*"):
@@ -144,29 +134,6 @@ class Staging:
             if old.version not in keep:
                 shutil.rmtree(old.directory, ignore_errors=True)
         return manifest
-
-
-def install_gguf(stage: Staging, *, name: str, version: str, source: str, files: list[FileEntry],
-                 source_sha256: str | None = None) -> Manifest:
-    """Validate a staged GGUF (``files[0]`` is the one to load), describe it from its own header,
-    install it, and seed the facts cache so the first run does not parse the file again."""
-    from engine.models.gguf_info import read_gguf, remember
-    from engine.selftest import load_check
-
-    model_facts = read_gguf(stage.dir / files[0].path)
-    verdict = load_check(stage.dir / files[0].path)
-    if not verdict.ok:
-        kept = "; the installed version stays current" if get(name) else "; nothing installed"
-        why = verdict.detail.partition(": ")[2] if verdict.outcome == "failed" else verdict.summary()
-        raise InvalidModelError(f"{name} {version}: llama.cpp cannot load it ({why}){kept}")
-    manifest = Manifest(
-        name=name, version=version, source=source, format="gguf", files=files, primary=files[0].path,
-        quant=model_facts.quant, architecture=model_facts.architecture, size=sum(f.size for f in files),
-        context_length=model_facts.context_length, license=model_facts.license, source_sha256=source_sha256,
-    )
-    installed = stage.commit(manifest)
-    remember(installed.primary_path, model_facts)
-    return installed
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

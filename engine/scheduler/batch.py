@@ -178,7 +178,8 @@ class Scheduler:
         self.executor.decode(step.rows)
         self.planner.observe(time.perf_counter() - started)
         self.stats["steps"] += 1
-        self.stats["prompt_tokens"], self.stats["prompt_reused"] = self.planner.prompt_tokens, self.planner.prompt_reused
+        self.stats["prompt_tokens"] = self.planner.prompt_tokens
+        self.stats["prompt_reused"] = self.planner.prompt_reused
         for slot in step.sample:
             self._emit(slot, self.executor.sample(slot.job.owner.sampler, slot.row))
 

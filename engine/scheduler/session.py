@@ -37,11 +37,11 @@ class ScheduledBackend:
         req = self.scheduler.submit(tokens, params)
         try:
             for event in req.stream():
-                if cancel is not None and cancel.is_set():
-                    req.cancel()
                 if event.error:
                     raise BackendError(event.error)
-                if event.text:
+                if cancel is not None and cancel.is_set():
+                    req.cancel()  # no more text once asked to stop; the loop drains to the final event
+                elif event.text:
                     yield event.text
         finally:
             req.cancel()  # Ctrl-C or an abandoned generator stops the sequence

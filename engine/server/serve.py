@@ -15,7 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine import loader
 from engine.errors import InvalidArgumentError
+from engine.planner import Overrides
+from engine.runtime import Runtime
+from engine.server.app import ServerConfig, create_app
 
 
 @dataclass
@@ -105,12 +109,7 @@ FAILED_EXIT = 3  # a step failed: the supervisor (systemd, the desktop app) rest
 
 
 def serve(settings: ServeSettings) -> int:
-    import uvicorn
-
-    from engine import loader
-    from engine.planner import Overrides
-    from engine.runtime import Runtime
-    from engine.server.app import ServerConfig, create_app
+    import uvicorn  # heavy: imported when serving, not when the CLI parses its flags
 
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

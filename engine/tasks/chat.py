@@ -14,8 +14,8 @@ from typing import Any
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from engine.sampling import GenerationStats, SamplingParams
 from engine.errors import BackendError, ContextOverflowError
+from engine.sampling import GenerationStats, SamplingParams
 
 # Used only when a model ships no template: ChatML, which most small instruct models follow.
 CHATML = (

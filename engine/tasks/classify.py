@@ -23,8 +23,8 @@ from engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
 from engine.errors import InvalidArgumentError, InvalidModelError
 from engine.models import store
 from engine.models.store import FileEntry, Manifest, Staging, sha256_file
-from engine.tasks.embed import open_encoder
 from engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
+from engine.tasks.embed import open_encoder
 
 HELD_OUT = 0.2
 PRUNE_ALPHAS = (0.8, 0.6, 0.4, 0.25)  # drop tokens receiving under alpha x a uniform share of attention
@@ -122,8 +122,11 @@ class Classifier:
             return stage.commit(manifest)
 
 
+EncoderOpener = Callable[[str, str], tuple[Manifest, Encoder]]
+
+
 def open_classifier(name: str, precision: str | None = None,
-                    opener: Callable[[str, str], tuple[Manifest, Encoder]] = open_encoder) -> tuple[Classifier, Encoder]:
+                    opener: EncoderOpener = open_encoder) -> tuple[Classifier, Encoder]:
     """The stored classifier ``name`` with its encoder (``opener`` lets the runtime hand a cached one)."""
     manifest = store.require(name)
     if manifest.format != "classifier":

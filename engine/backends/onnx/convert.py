@@ -14,7 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engine.backends.onnx.graph import BertConfig, embed_graph, layer_graph
 from engine.errors import InvalidModelError
+from engine.models import store
 from engine.models.progress import Progress, check_cancel
 from engine.models.store import FileEntry, Manifest, Staging, sha256_file
 
@@ -45,8 +47,6 @@ def convert_folder(folder: Path, out: Path, progress: Progress | None = None,
     progress and cancel act per stage (embedding, then each layer)."""
     import onnx
     from safetensors.numpy import load_file
-
-    from engine.backends.onnx.graph import BertConfig, embed_graph, layer_graph
 
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") not in SUPPORTED:
@@ -114,8 +114,6 @@ def _quantize(src: Path, dst: Path, matmuls: list[str]) -> None:
 
 def convert(name: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
     """``autoglm models convert NAME``: a new store model ``<name>-onnx`` from an installed HF folder."""
-    from engine.models import store
-
     src = store.require(name)
     if src.format != "hf":
         raise InvalidModelError(f"{name} is in {src.format} format; convert takes a Hugging Face model folder")

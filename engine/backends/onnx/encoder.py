@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.backends.onnx.convert import ENCODER_FILE
 from engine.errors import InvalidArgumentError, InvalidModelError
+from engine.hardware import probe
 
 BATCH = 32
 
@@ -72,8 +73,6 @@ class Encoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         if threads is None:
-            from engine.hardware import probe
-
             threads = probe().cpu.big_cores or os.cpu_count() or 1
         opts = session_options(threads, spinning)
         root = directory / precision

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import hardware
+from engine.backends import native
 from engine.errors import AutoGLMError, ModelNotFoundError, NetworkError, SourceError
+from engine.models.install import install_gguf
 from engine.models.progress import Progress, check_cancel
 from engine.models.sources import resumable
-from engine.models.store import FileEntry, Manifest, Staging, install_gguf, sha256_file
+from engine.models.store import FileEntry, Manifest, Staging, sha256_file
 from engine.planner import choose_quant
 
 _REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<sel>[\w.-]+))?$")
@@ -115,7 +117,7 @@ def pull(ref: str, progress: Progress | None = None, cancel: threading.Event | N
     if constants.HF_HUB_OFFLINE:
         raise NetworkError("HF_HUB_OFFLINE is set, so nothing can be downloaded")
     commit, files = list_files(repo, revision)
-    chosen, _reason = select(files, selector, hardware.probe())
+    chosen, _reason = select(files, selector, native.probe_device())
     headers = build_hf_headers()
     quant = chosen[0].quant
     name = f"{repo.split('/')[1]}-{quant}".lower() if quant != "unknown" else Path(chosen[0].name).stem.lower()

@@ -15,8 +15,9 @@ import threading
 from pathlib import Path
 
 from engine.errors import InvalidModelError, ModelNotFoundError
+from engine.models.install import install_gguf
 from engine.models.progress import Progress, check_cancel
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, install_gguf, sha256_file
+from engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf", ".pt")
 SKIP_DIRS = {".git", ".cache", "__pycache__"}

@@ -19,9 +19,10 @@ import zipfile
 from pathlib import Path
 
 from engine.errors import IntegrityError, NetworkError, SourceError
+from engine.models.install import install_gguf
 from engine.models.progress import Progress, check_cancel
 from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, install_gguf, sha256_file
+from engine.models.store import CHUNK, FileEntry, Manifest, Staging, sha256_file
 from engine.process import module_command
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands

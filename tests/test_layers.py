@@ -1,0 +1,147 @@
+"""The architecture as a contract: layers that never import upward (not even inside a function),
+no import cycle in engine/ and app/ counting imports inside functions, imports of our own modules
+at the top of the file (only the CLI entry points import lazily, for start-up time), the GUI
+reaching the engine only over HTTP, and the native runtimes imported in their one safe order."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lowest first. A module may import its own layer or lower ones.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("helpers", ["engine", "engine.errors", "engine.paths", "engine.fs", "engine.process", "engine.sampling",
+                 "engine.models", "engine.models.sources", "engine.backends", "engine.tasks"]),
+    ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.progress"]),
+    ("backends", ["engine.backends.*"]),
+    ("decisions", ["engine.planner", "engine.selftest"]),
+    ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",
+                      "engine.models.sources.*"]),
+    ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime"]),
+    ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress"]),
+    ("app", ["app", "app.*"]),
+]
+LAZY_OK = {"engine.cli", "engine.cli_tasks"}  # entry points: `autoglm --help` must not load llama.cpp
+# The one upward edge: the `autoglm` command is the launcher of every front end, the window included.
+ALLOWED_UP = {("engine.cli", "app.main_window")}
+APP_MAY_USE = {"engine.paths", "engine.process"}  # how to start the engine child and where its files go
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for i, (_, patterns) in enumerate(LAYERS):
+        for pattern in patterns:
+            exact = pattern == module
+            under = pattern.endswith(".*") and module.startswith(pattern[:-1])
+            if exact or (under and best is None):
+                best = i
+            if exact:
+                return i
+    assert best is not None, f"{module} belongs to no layer: add it to LAYERS"
+    return best
+
+
+def our_modules() -> dict[str, Path]:
+    return {module_name(p): p for top in ("engine", "app") for p in (ROOT / top).rglob("*.py")}
+
+
+def imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, bool, int]]:
+    """(imported module of ours, inside a function?, line) for every import statement."""
+    tree = ast.parse(path.read_text())
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    if alias.name in modules:
+                        found.append((alias.name, in_function, child.lineno))
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                for alias in child.names:
+                    sub = f"{child.module}.{alias.name}"
+                    target = sub if sub in modules else child.module
+                    if target in modules:
+                        found.append((target, in_function, child.lineno))
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+def graph() -> dict[str, list[tuple[str, bool, int]]]:
+    modules = our_modules()
+    return {name: imports(path, modules) for name, path in modules.items()}
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = []
+    for mod, edges in graph().items():
+        for target, _, line in edges:
+            if layer_of(target) > layer_of(mod) and (mod, target) not in ALLOWED_UP:
+                low, high = LAYERS[layer_of(mod)][0], LAYERS[layer_of(target)][0]
+                bad.append(f"{mod}:{line} ({low}) imports {target} ({high})")
+    assert not bad, "\n".join(bad)
+
+
+def test_our_modules_are_imported_at_the_top_of_the_file():
+    bad = [f"{mod}:{line} imports {target} inside a function" for mod, edges in graph().items() if mod not in LAZY_OK
+           for target, lazy, line in edges if lazy]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycle_counting_imports_inside_functions():
+    edges = {mod: {t for t, _, _ in e if t != mod} for mod, e in graph().items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := dfs(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for mod in sorted(edges):
+        if mod not in state and (cycle := dfs(mod)):
+            raise AssertionError("import cycle: " + " -> ".join(cycle))
+
+
+def test_the_gui_reaches_the_engine_only_over_http():
+    bad = [f"{mod}:{line} imports {target}" for mod, edges in graph().items() if mod.startswith("app")
+           for target, _, line in edges if target.startswith("engine") and target not in APP_MAY_USE]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_contract_would_catch_a_violation(tmp_path):
+    """The checker itself: an upward import inside a function is found."""
+    fake = ROOT / "engine" / "hardware.py"
+    source = fake.read_text() + "\n\ndef _sneaky():\n    from engine.server import app  # noqa\n"
+    probe = tmp_path / "hardware.py"
+    probe.write_text(source)
+    found = imports(probe, our_modules())
+    assert ("engine.server.app", True) in {(t, lazy) for t, lazy, _ in found}
+    assert layer_of("engine.server.app") > layer_of("engine.hardware")
+
+
+def test_onnxruntime_is_imported_before_llama_cpp_whoever_comes_first():
+    """A CUDA build of llama.cpp followed by onnxruntime segfaulted every command on an H100."""
+    code = ("import sys; import engine.backends.llama_lib as m; "
+            "order = [k for k in sys.modules if k in ('onnxruntime', 'llama_cpp')]; print(order)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['onnxruntime', 'llama_cpp']"

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-
-from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
+from app.background import in_background
 from app.conversations import ConversationStore
-from app.engine_process import EngineClient, EngineError, EngineProcess
+from app.engine_process import EngineClient, EngineProcess
 from app.screenshots import take
 from app.views.chat import ChatView
 from app.views.classify import ClassifyView
 from app.views.device import DeviceView
 from app.views.models import ModelsView
 from app.views.performance import PerformanceView
-
-
-class _Started(QObject):
-    ok = Signal(str)  # the model served
-    failed = Signal(str)
 
 
 class MainWindow(QMainWindow):
@@ -29,9 +23,6 @@ class MainWindow(QMainWindow):
         self.resize(1100, 720)
         self.engine, self.store = engine, store
         self._client: EngineClient | None = None
-        self.started = _Started()
-        self.started.ok.connect(self._on_started)
-        self.started.failed.connect(self._on_crash)
 
         self.banner = QFrame(objectName="banner")
         self.banner.setStyleSheet("#banner { background: #fde2e1; border: 1px solid #e0a0a0; }")
@@ -85,14 +76,11 @@ class MainWindow(QMainWindow):
         self.chat.serving = None
         self.statusBar().showMessage("starting the engine…")
 
-        def work() -> None:
-            try:
-                self.engine.start()
-                self.started.ok.emit(self.engine.client().get("/v1/models")["data"][0]["id"])
-            except EngineError as exc:
-                self.started.failed.emit(str(exc))
+        def work() -> str:
+            self.engine.start()
+            return self.engine.client().get("/v1/models")["data"][0]["id"]
 
-        threading.Thread(target=work, name="engine-start", daemon=True).start()
+        in_background(work, self._on_started, self._on_crash, name="engine-start")
 
     def _on_started(self, serving: str) -> None:
         self._client = self.engine.client()

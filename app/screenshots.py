@@ -46,6 +46,8 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
         raise RuntimeError(f"the classify view failed: {classify.status.text()}")
     window.models.refresh()
     window.device.refresh()
+    if not _wait(lambda: window.models.table.rowCount() > 0 and window.device.reasons.rowCount() > 0, timeout):
+        raise RuntimeError("the models and device views got no answer from the engine in time")
     saved = []
     for index in range(window.tabs.count()):
         window.tabs.setCurrentIndex(index)

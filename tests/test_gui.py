@@ -4,18 +4,38 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import traceback
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 
 from app.conversations import ConversationStore  # noqa: E402
-from app.engine_process import EngineOptions, EngineProcess  # noqa: E402
+from app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
 from app.main_window import MainWindow  # noqa: E402
 
 
+def _ui_thread_calls(monkeypatch) -> list[str]:
+    """A spy on the real client (it still makes the call): engine calls that the window's own code
+    makes on the UI thread, which would freeze the window while the engine works."""
+    calls: list[str] = []
+    real = EngineClient._request
+
+    def watched(self, method, path, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            stack = traceback.extract_stack()[:-1]
+            if any("/app/" in f.filename and not f.filename.endswith("engine_process.py") for f in stack):
+                calls.append(f"{method} {path}")
+        return real(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(EngineClient, "_request", watched)
+    return calls
+
+
 @pytest.fixture
-def window(qtbot, default_model, tmp_path):
+def window(qtbot, default_model, tmp_path, monkeypatch):
+    blocking = _ui_thread_calls(monkeypatch)
     store = ConversationStore(tmp_path / "chats.sqlite3")
     engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
     win = MainWindow(engine, store)
@@ -25,6 +45,7 @@ def window(qtbot, default_model, tmp_path):
     yield win
     win.close()
     store.close()
+    assert not blocking, f"engine calls made on the UI thread: {blocking}"
 
 
 def test_the_qt_binding_does_not_leak_a_reference_per_signal(qapp):
@@ -164,6 +185,9 @@ def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, wind
                     and window.engine.proc.pid != old_pid, timeout=120_000)
     assert "--gpu-layers" in window.engine.options.argv()
     view.refresh()
+    qtbot.waitUntil(lambda: any("1 sequences x 1024 tokens" in view.summary.itemAt(i).widget().text()
+                                for i in range(view.summary.count()) if view.summary.itemAt(i).widget()),
+                    timeout=30_000)
     assert any("1 sequences x 1024 tokens" in view.summary.itemAt(i).widget().text()
                for i in range(view.summary.count()) if view.summary.itemAt(i).widget())
     rows = {view.reasons.item(r, 0).text(): (view.reasons.item(r, 1).text(), view.reasons.item(r, 2).text())
@@ -222,6 +246,8 @@ def test_models_view_pull_verify_rollback_delete(qtbot, window):
     client = window.client()
     client.post("/autoglm/classifiers", {"name": "gui-doomed", "labels": {"a": None, "b": None}})
     view.refresh()
+    qtbot.waitUntil(lambda: "gui-doomed" in [view.table.item(r, 0).text() for r in range(view.table.rowCount())],
+                    timeout=30_000)
     view.table.selectRow(next(r for r in range(view.table.rowCount()) if view.table.item(r, 0).text() == "gui-doomed"))
     with qtbot.waitSignal(view.done, timeout=60_000):
         view._act("delete")

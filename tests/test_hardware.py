@@ -43,8 +43,11 @@ def test_nvidia_smi_parsing_in_bytes():
 
 
 def test_probe_this_machine_is_cached_and_round_trips():
-    facts = hardware.probe()
-    assert facts is hardware.probe()
+    from engine.backends import native
+
+    facts = native.probe_device()
+    assert facts is native.probe_device()
     assert facts.cpu.logical_cores >= 1 and facts.ram_total > 0
     assert facts.llama_cpp_version  # llama-cpp-python is a hard dependency
+    assert "CPUExecutionProvider" in facts.onnx_providers
     assert DeviceFacts.from_dict(facts.to_dict()) == facts

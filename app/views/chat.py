@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
@@ -28,16 +28,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.background import in_background, on_ui
 from app.conversations import ConversationStore
-from app.engine_process import EngineClient, EngineError
+from app.engine_process import EngineClient
 
 RENDER_EVERY_MS = 50
-
-
-class _Bridge(QObject):
-    piece = Signal(str)
-    done = Signal(str)  # the stats line
-    failed = Signal(str)
 
 
 class ChatView(QWidget):
@@ -57,10 +52,6 @@ class ChatView(QWidget):
         self.started = 0.0
         self.first_at: float | None = None
         self.pieces = 0
-        self.bridge = _Bridge()
-        self.bridge.piece.connect(self._on_piece)
-        self.bridge.done.connect(self._on_done)
-        self.bridge.failed.connect(self._on_failed)
         self.render_timer = QTimer(self, interval=RENDER_EVERY_MS, timeout=self._render_if_dirty)
         self.dirty = False
 
@@ -278,17 +269,13 @@ class ChatView(QWidget):
         self._set_busy(True)
         self.render_timer.start()
         self.render()
-        cancel, bridge, temperature = self.cancel, self.bridge, self.temperature.value()
+        cancel, temperature = self.cancel, self.temperature.value()
 
         def work() -> None:
-            try:
-                for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
-                    bridge.piece.emit(piece)
-                bridge.done.emit("")
-            except EngineError as exc:
-                bridge.failed.emit(str(exc))
+            for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
+                on_ui(lambda p=piece: self._on_piece(p))
 
-        threading.Thread(target=work, name="chat-stream", daemon=True).start()
+        in_background(work, lambda _: self._on_done(""), self._on_failed, name="chat-stream")
 
     def _on_piece(self, piece: str) -> None:
         if self.first_at is None:

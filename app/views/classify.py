@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import csv
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -28,16 +27,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_process import EngineClient, EngineError
+from app.background import in_background
+from app.engine_process import EngineClient
 from app.views import fetch
 
 ZERO_SHOT = "(zero-shot: the labels below)"
-
-
-class _Bridge(QObject):
-    results = Signal(list, float)
-    trained = Signal(str)
-    failed = Signal(str)
 
 
 class ClassifyView(QWidget):
@@ -46,10 +40,7 @@ class ClassifyView(QWidget):
     def __init__(self, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
         self.client = client
-        self.bridge = _Bridge()
-        self.bridge.results.connect(self._show)
-        self.bridge.trained.connect(self._trained)
-        self.bridge.failed.connect(self._failed)
+        self.select_after: str | None = None
         self.texts: list[str] = []
 
         self.picker = QComboBox()
@@ -91,16 +82,18 @@ class ClassifyView(QWidget):
         layout.addWidget(self.status)
 
     def refresh(self) -> None:
+        fetch(self.client, "/autoglm/models", self.status, self._listed)
+
+    def _listed(self, reply: dict[str, Any]) -> None:
         current = self.picker.currentText()
         self.picker.clear()
         self.picker.addItem(ZERO_SHOT)
-        reply = fetch(self.client, "/autoglm/models", self.status)
-        if reply is None:
-            return
         names = [m["name"] for m in reply["data"] if m["format"] == "classifier"]
         self.picker.addItems(names)
-        if current in names:
-            self.picker.setCurrentText(current)
+        wanted = self.select_after or current
+        self.select_after = None
+        if wanted in names:
+            self.picker.setCurrentText(wanted)
 
     def _labels(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
@@ -110,13 +103,13 @@ class ClassifyView(QWidget):
                 out[name.strip()] = desc.strip() or None
         return out
 
-    def _run(self, fn: Callable[[EngineClient], Any]) -> None:
+    def _run(self, work: Callable[[EngineClient], Any], on_done: Callable[[Any], Any]) -> None:
         client = self.client()
         if client is None:
             self._failed("the engine is not running")
             return
         self.status.setText("working…")
-        threading.Thread(target=fn, args=(client,), daemon=True).start()
+        in_background(lambda: work(client), on_done, self._failed, name="classify")
 
     def classify(self, texts: list[str]) -> None:
         texts = [t.strip() for t in texts if t.strip()]
@@ -134,15 +127,11 @@ class ClassifyView(QWidget):
             body["model"] = self.picker.currentText()
         self.texts = texts
 
-        def work(client: EngineClient) -> None:
+        def work(client: EngineClient) -> tuple[list[dict], float]:
             started = time.perf_counter()
-            try:
-                data = client.post("/v1/classify", body)["data"]
-                self.bridge.results.emit(data, time.perf_counter() - started)
-            except EngineError as exc:
-                self.bridge.failed.emit(str(exc))
+            return client.post("/v1/classify", body)["data"], time.perf_counter() - started
 
-        self._run(work)
+        self._run(work, lambda result: self._show(*result))
 
     def classify_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Texts, one per line", "", "Text (*.txt);;All (*)")
@@ -176,18 +165,11 @@ class ClassifyView(QWidget):
         self._train({"name": name, "examples_file": {"name": os.path.basename(path), "content": content}})
 
     def _train(self, body: dict[str, Any]) -> None:
-        def work(client: EngineClient) -> None:
-            try:
-                client.post("/autoglm/classifiers", body)
-                self.bridge.trained.emit(body["name"])
-            except EngineError as exc:
-                self.bridge.failed.emit(str(exc))
-
-        self._run(work)
+        self._run(lambda client: client.post("/autoglm/classifiers", body), lambda _: self._trained(body["name"]))
 
     def _trained(self, name: str) -> None:
+        self.select_after = name  # once the refreshed list holds it
         self.refresh()
-        self.picker.setCurrentText(name)
         self.status.setText(f"saved classifier {name}")
         self.done.emit()
 

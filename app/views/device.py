@@ -4,6 +4,7 @@ reason for each choice; overrides for threads, context and GPU layers restart th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
@@ -61,9 +62,9 @@ class DeviceView(QWidget):
                                   None if layers == -2 else layers)
 
     def refresh(self) -> None:
-        report = fetch(self.client, "/autoglm/device", self.status)
-        if report is None:
-            return
+        fetch(self.client, "/autoglm/device", self.status, self._show)
+
+    def _show(self, report: dict[str, Any]) -> None:
         while self.summary.rowCount():
             self.summary.removeRow(0)
         dev, cpu = report["device"], report["device"]["cpu"]

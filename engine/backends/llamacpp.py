@@ -12,11 +12,10 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from llama_cpp import Llama
-
 from engine.backends.llama_lib import llama_cpp
 from engine.errors import BackendError
 
+Llama = llama_cpp.Llama  # through llama_lib, which imports onnxruntime first (a CUDA build crashes otherwise)
 _PARAMS_LOCK = threading.Lock()
 
 

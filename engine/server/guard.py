@@ -14,6 +14,7 @@ from engine.server.metrics import Metrics
 from engine.server.protocol import error
 
 OPEN_PATHS = {"/health"}
+DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the client sees the 413, not a reset
 
 
 class Guard:
@@ -42,6 +43,8 @@ class Guard:
         refusal = self._refusal(scope, headers)
         if refusal is not None:
             self._count(scope, refusal.status_code)
+            if refusal.status_code == 413:
+                await _drain(receive, 0)
             return await refusal(scope, receive, send)
         state = {"read": 0, "status": 500, "refused": False}  # 500: what an exception that escapes becomes
 
@@ -51,6 +54,8 @@ class Guard:
                 state["read"] += len(message.get("body", b""))
                 if state["read"] > self.max_body_bytes and not state["refused"]:
                     state["refused"] = True
+                    if message.get("more_body"):
+                        await _drain(receive, state["read"])
                     await self._too_large()(scope, receive, send_and_note)
                     return {"type": "http.disconnect"}  # the handler stops reading; its reply is dropped
             return message
@@ -74,3 +79,14 @@ class Guard:
     def _count(self, scope: dict[str, Any], status: int) -> None:
         route = scope.get("route")  # the route's template (``/autoglm/models/{name}``), never the raw path
         self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+
+
+async def _drain(receive: Any, already: int) -> None:
+    """Read what is left of a request body, up to DRAIN_LIMIT in all, throwing it away."""
+    while already < DRAIN_LIMIT:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        already += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.backends.llama_lib import llama_cpp
 from engine.errors import ContextOverflowError, InvalidArgumentError
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
@@ -41,13 +42,12 @@ DISCONNECT_POLL_S = 1.0
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
     if fmt is None or fmt.type == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
+    grammars = llama_cpp.llama_grammar
     if fmt.type == "json_object":
-        return JSON_GBNF
+        return grammars.JSON_GBNF
     schema = fmt.json_schema.schema_ if fmt.json_schema else {}
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return grammars.json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise InvalidArgumentError(f"response_format json_schema is not supported: {exc}") from None
 
@@ -185,5 +185,7 @@ class OpenAIServing:
 
     def health(self) -> JSONResponse:
         ok, reason = self.runtime.health()
+        scheduler = self.runtime.scheduler
         return JSONResponse({"status": "ok" if ok else "failed", "reason": None if ok else reason,
-                             "model": self.runtime.model_name}, status_code=200 if ok else 503)
+                             "model": self.runtime.model_name, "active": scheduler.active,
+                             "queued": scheduler.queue_depth}, status_code=200 if ok else 503)

@@ -1,0 +1,91 @@
+"""The limits users reach, on the real model over loopback: `serve --parallel P` for P = 1, 4, 16
+and 64 with 2P simultaneous streaming clients, prompts from a few words to several prompt chunks
+long, one client in five disconnecting mid-stream. 16 and more used to abort the whole server
+(llama.cpp's n_batch assert)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.test_server import server
+
+WORDS = "the quick brown fox jumps over a lazy dog near the river bank while it rains".split()
+
+
+def prompt(i: int) -> str:
+    n = (5, 120, 450, 1100)[i % 4]  # a few words up to more than two 512-token chunks
+    return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n))
+
+
+def stream_one(url: str, i: int) -> str:
+    """One streaming client; returns how its stream ended."""
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    body = json.dumps({"messages": [{"role": "user", "content": f"Summarize: {prompt(i)}"}], "stream": True,
+                       "max_tokens": 12 + i % 20, "temperature": 0})
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status == 429:
+        assert resp.getheader("Retry-After")
+        conn.close()
+        return "429"
+    assert resp.status == 200, resp.read()[:300]
+    disconnect = i % 5 == 4
+    seen, finish = 0, None
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            conn.close()
+            return f"done:{finish}"
+        event = json.loads(line[6:])
+        assert "error" not in event, event
+        finish = event["choices"][0]["finish_reason"] or finish
+        seen += 1
+        if disconnect and seen >= 2:
+            conn.close()  # gone mid-stream: the server must cancel it and free the slot
+            return "disconnected"
+    conn.close()
+    return "cut"  # the stream ended without [DONE]: a failure
+
+
+def gauge(url: str, name: str) -> float:
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])
+
+
+@pytest.mark.parametrize("parallel", [1, 4, 16, 64])
+def test_2p_streaming_clients_with_long_prompts_and_disconnects(default_model, parallel):
+    clients = 2 * parallel
+    with server("--parallel", str(parallel), "--ctx", "2048") as (url, _banner):
+        with ThreadPoolExecutor(clients) as pool:
+            ends = list(pool.map(lambda i: stream_one(url, i), range(clients)))
+        deadline = time.time() + 60
+        while time.time() < deadline and (gauge(url, "autoglm_active_sequences") or gauge(url, "autoglm_queue_depth")):
+            time.sleep(0.2)
+        assert gauge(url, "autoglm_active_sequences") == 0 and gauge(url, "autoglm_queue_depth") == 0
+        u = urlparse(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200  # the server lived through it
+    assert "cut" not in ends, ends
+    finished = [e for e in ends if e.startswith("done:")]
+    assert all(e in ("done:stop", "done:length") for e in finished), ends
+    assert len(finished) + ends.count("429") + ends.count("disconnected") == clients
+    assert ends.count("disconnected") <= sum(1 for i in range(clients) if i % 5 == 4)
+    assert len(finished) >= parallel  # at least a full set of slots answered to the end
+    print(f"parallel {parallel}: {len(finished)} finished, {ends.count('disconnected')} disconnected, "
+          f"{ends.count('429')} refused with 429; {threading.active_count()} threads")

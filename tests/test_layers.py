@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import its own layer or lower ones.
@@ -153,19 +155,13 @@ def test_only_llama_lib_imports_the_native_runtimes_at_module_level():
     assert not bad, "\n".join(bad)
 
 
-def test_every_command_loads_onnxruntime_before_llama_cpp():
-    """The CLI's real import path (doctor, run, serve all go through the loader and the server)."""
-    code = ("import sys; import engine.cli, engine.loader, engine.server.app, engine.selftest; "
-            "print([k for k in sys.modules if k in ('onnxruntime', 'llama_cpp')])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "['onnxruntime', 'llama_cpp']"
-
-
-def test_onnxruntime_is_imported_before_llama_cpp_whoever_comes_first():
+@pytest.mark.parametrize("modules", [
+    "engine.backends.llama_lib",  # the one place, alone
+    "engine.cli, engine.loader, engine.server.app, engine.selftest",  # what doctor, run and serve import
+])
+def test_onnxruntime_is_loaded_before_llama_cpp(modules):
     """A CUDA build of llama.cpp followed by onnxruntime segfaulted every command on an H100."""
-    code = ("import sys; import engine.backends.llama_lib as m; "
-            "order = [k for k in sys.modules if k in ('onnxruntime', 'llama_cpp')]; print(order)")
+    code = f"import sys; import {modules}; print([k for k in sys.modules if k in ('onnxruntime', 'llama_cpp')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['onnxruntime', 'llama_cpp']"

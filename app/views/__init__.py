@@ -12,11 +12,17 @@ from app.engine_process import EngineClient
 
 
 def fetch(client: Callable[[], EngineClient | None], path: str, status: QLabel,
-          on_reply: Callable[[Any], Any]) -> None:
-    """GET ``path`` from the engine off the UI thread; ``on_reply(body)`` on the UI thread, or the
-    reason shown in ``status``."""
+          on_reply: Callable[[Any], Any], then: Callable[[], Any] | None = None) -> None:
+    """GET ``path`` from the engine off the UI thread; ``on_reply(body)`` then ``then()`` on the UI
+    thread, or the reason shown in ``status``."""
     engine = client()
     if engine is None:
         status.setText("the engine is not running")
         return
-    in_background(lambda: engine.get(path), on_reply, status.setText, name=f"GET {path}")
+
+    def done(body: Any) -> None:
+        on_reply(body)
+        if then is not None:
+            then()
+
+    in_background(lambda: engine.get(path), done, status.setText, name=f"GET {path}")

@@ -84,13 +84,7 @@ class ModelsView(QWidget):
 
     def refresh(self, then: Callable[[], Any] | None = None) -> None:
         """Ask the engine for the store; the table fills when it answers, then ``then()`` runs."""
-
-        def listed(reply: dict[str, Any]) -> None:
-            self._listed(reply)
-            if then is not None:
-                then()
-
-        fetch(self.client, "/autoglm/models", self.status, listed)
+        fetch(self.client, "/autoglm/models", self.status, self._listed, then)
 
     def _listed(self, reply: dict[str, Any]) -> None:
         rows = self.installed = reply["data"]

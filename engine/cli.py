@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from engine import __version__
+from engine import sampling as limits
 from engine.cli_progress import progress_bar
 from engine.errors import AutoGLMError, InvalidArgumentError
 
@@ -289,10 +290,11 @@ def _model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")
     p.add_argument("--safe", action="store_true", help="most conservative kernels, CPU only")
     if sampling:
-        p.add_argument("--temperature", type=float, default=0.7)
-        p.add_argument("--top-p", type=float, default=0.95)
+        p.add_argument("--temperature", type=float, default=limits.DEFAULT_TEMPERATURE,
+                       help=f"0 (greedy) to {limits.TEMPERATURE_MAX:g}")
+        p.add_argument("--top-p", type=float, default=limits.DEFAULT_TOP_P)
         p.add_argument("--seed", type=int, help="sampling seed, for reproducible output")
-        p.add_argument("--max-tokens", type=int, default=512)
+        p.add_argument("--max-tokens", type=int, default=limits.DEFAULT_MAX_TOKENS)
         p.add_argument("--stop", action="append", help="stop when this text appears (repeatable)")
         p.add_argument("--system", help="system prompt")
 

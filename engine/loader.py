@@ -6,7 +6,6 @@ its self-test can never be loaded in-process by any of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import hardware, selftest
@@ -48,8 +47,8 @@ def describe(prepared: Prepared) -> dict:
             "selftest": prepared.verdict.__dict__ if prepared.verdict else None, "plan": prepared.plan.to_dict()}
 
 
-def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None, max_queue: int = 64,
-                   on_fatal: Callable[[str], None] | None = None) -> ScheduledBackend:
+def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None,
+                   max_queue: int = 64) -> ScheduledBackend:
     """The planned model behind the continuous-batching scheduler: the one generation path."""
     plan = prepared.plan
     backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=plan.gpu_layers,
@@ -58,5 +57,5 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
                              n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
                              threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                              offload_kqv=plan.gpu_layers > 0)
-    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, on_fatal=on_fatal)
+    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue)
     return ScheduledBackend(backend, scheduler, plan)

@@ -63,6 +63,9 @@ class FakeExecutor:
     def sample(self, sampler: object, row: int) -> int:
         return self.logits[row]
 
+    def sample_all(self, picks: list[tuple[object, int]]) -> list[int]:
+        return [self.logits[row] for _, row in picks]
+
     def free_sampler(self, sampler: object) -> None:
         self.samplers -= 1
 

@@ -104,3 +104,30 @@ def test_cli_chat_runs_on_the_scheduler_and_reuses_the_prefix(default_model):
     (first_eval, first_total), (second_eval, second_total) = turns
     assert first_eval == first_total and second_total > first_total
     assert second_eval < second_total - first_total + 10  # the first turn's tokens came from the cache
+
+
+def test_the_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(default_model):
+    """Temperature 0 takes an argmax over the logits instead of a sampler chain (a quarter of the
+    time per token); both must choose the same token at every step."""
+    from engine import loader
+    from engine.backends.llama_executor import GREEDY, LlamaExecutor
+    from engine.backends.llama_lib import llama_cpp
+    from engine.scheduler.planner import Row
+
+    prepared = loader.prepare(None)
+    model = loader.load_scheduled(prepared)
+    executor = LlamaExecutor(model.backend.model, n_seq=1, ctx_per_seq=128, n_batch=64, threads=prepared.plan.threads)
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+    tokens = model.tokenize("The three primary colours are")
+    executor.decode([Row(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+    row = len(tokens) - 1
+    for _ in range(24):
+        fast, reference = executor.sample(GREEDY, row), executor.sample(chain, row)
+        assert fast == reference
+        executor.decode([Row(fast, len(tokens), 0, True)])
+        tokens.append(fast)
+        row = 0
+    llama_cpp.llama_sampler_free(chain)
+    executor.close()
+    model.close()

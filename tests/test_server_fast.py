@@ -170,3 +170,31 @@ def test_full_queue_is_429_with_retry_after():
     finally:
         gate.set()
         scheduler.close()
+
+
+def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
+    """The whole uvicorn server, on a real socket, over an executor that raises on step 2."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from engine.server.serve import FAILED_EXIT, run
+
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128)
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run(runtime, ServerConfig(), sock)))
+    thread.start()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", method="POST",
+                                     data=json.dumps({**MSG, "max_tokens": 20}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(request, timeout=30)
+    assert failed.value.code == 503 and "injected failure" in json.loads(failed.value.read())["error"]["message"]
+    thread.join(30)
+    assert result == [FAILED_EXIT] and scheduler.executor.closed

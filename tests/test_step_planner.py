@@ -154,10 +154,12 @@ def test_prompt_chunks_shrink_when_steps_run_slow_and_grow_back():
     p.enqueue(Job([1, 2], 100))
     p.plan()
     p.accept(p.slots[0], 3)
+    p.plan()  # a step with a running stream in it
     for _ in range(5):
         p.observe(1.0)
     assert p.chunk == 32
     p.enqueue(Job(list(range(1, 300)), 5))
+    p.slots[0].fresh = False
     step = p.plan()
     assert len(step.rows) == 1 + 32  # one decode row, one small prompt chunk
     p.observe(0.001)

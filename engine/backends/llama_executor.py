@@ -11,6 +11,8 @@ import ctypes
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from engine.backends.llama_lib import llama_cpp
 from engine.errors import BackendError, InvalidArgumentError
 from engine.sampling import SamplingParams
@@ -21,6 +23,9 @@ class RowLike(Protocol):
     pos: int
     seq: int
     logits: bool
+
+
+GREEDY = object()  # temperature 0, no grammar: an argmax over the logits, no sampler chain
 
 
 class LlamaExecutor:
@@ -44,6 +49,9 @@ class LlamaExecutor:
         self.ctx = self._new_context()
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
+        self._outputs: dict[int, int] = {}  # batch row -> index of its logits among this step's outputs
+        self._pieces: dict[int, bytes] = {}  # token text and end-of-generation, asked once per token
+        self._eog: dict[int, bool] = {}
 
     def _new_context(self) -> Any:
         ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
@@ -62,13 +70,18 @@ class LlamaExecutor:
         if len(rows) > self.n_batch:  # the planner's invariant; llama.cpp would abort the process
             raise BackendError(f"a step of {len(rows)} tokens exceeds the batch of {self.n_batch}")
         b = self.batch
+        token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        outputs: dict[int, int] = {}
         for n, row in enumerate(rows):
-            b.token[n] = row.token
-            b.pos[n] = row.pos
-            b.n_seq_id[n] = 1
-            b.seq_id[n][0] = row.seq
-            b.logits[n] = row.logits
+            token[n] = row.token
+            pos[n] = row.pos
+            n_seq_id[n] = 1
+            seq_id[n][0] = row.seq
+            logits[n] = row.logits
+            if row.logits:
+                outputs[n] = len(outputs)
         b.n_tokens = len(rows)
+        self._outputs = outputs
         rc = llama_cpp.llama_decode(self.ctx, b)
         if rc != 0:
             raise BackendError(f"llama_decode failed ({rc})")
@@ -79,6 +92,8 @@ class LlamaExecutor:
 
     # --- sampling and text ----------------------------------------------------------------
     def sampler(self, params: SamplingParams, grammar: str | None = None) -> Any:
+        if params.temperature <= 0 and not grammar:
+            return GREEDY
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if grammar:
             g = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
@@ -98,17 +113,37 @@ class LlamaExecutor:
         return chain
 
     def sample(self, sampler: Any, row: int) -> int:
-        return llama_cpp.llama_sampler_sample(sampler, self.ctx, row)
+        return self.sample_all([(sampler, row)])[0]
+
+    def sample_all(self, picks: Sequence[tuple[Any, int]]) -> list[int]:
+        """The next token for each (sampler, batch row) of the last step. Greedy rows take one
+        argmax over every output's logits at once (the first highest, as llama.cpp's greedy
+        sampler picks); others run their sampler chain."""
+        best = None
+        if any(sampler is GREEDY for sampler, _ in picks):
+            n_out = len(self._outputs)
+            address = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value
+            table = np.frombuffer((ctypes.c_float * (n_out * self.n_vocab)).from_address(address), dtype=np.float32)
+            best = table.reshape(n_out, self.n_vocab).argmax(axis=1)
+        return [int(best[self._outputs[row]]) if sampler is GREEDY else
+                llama_cpp.llama_sampler_sample(sampler, self.ctx, row) for sampler, row in picks]
 
     def free_sampler(self, sampler: Any) -> None:
-        llama_cpp.llama_sampler_free(sampler)
+        if sampler is not GREEDY:
+            llama_cpp.llama_sampler_free(sampler)
 
     def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        known = self._eog.get(token)
+        if known is None:
+            known = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return known
 
     def piece(self, token: int) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
-        return self._piece.raw[: max(n, 0)]
+        known = self._pieces.get(token)
+        if known is None:
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self._piece, len(self._piece), 0, False)
+            known = self._pieces[token] = self._piece.raw[: max(n, 0)]
+        return known
 
     def close(self) -> None:
         llama_cpp.llama_batch_free(self.batch)

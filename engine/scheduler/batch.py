@@ -180,8 +180,9 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused
-        for slot in step.sample:
-            self._emit(slot, self.executor.sample(slot.job.owner.sampler, slot.row))
+        tokens = self.executor.sample_all([(slot.job.owner.sampler, slot.row) for slot in step.sample])
+        for slot, token in zip(step.sample, tokens, strict=True):
+            self._emit(slot, token)
 
     def _emit(self, slot: Slot, token: int) -> None:
         req: Request = slot.job.owner

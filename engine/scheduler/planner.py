@@ -90,6 +90,7 @@ class StepPlanner:
         self.waiting: deque[Job] = deque()
         self._order = itertools.count()
         self.prompt_tokens = self.prompt_reused = 0
+        self._streams_running = False  # did the last step decode running streams (for the chunk AIMD)
 
     # --- queue ----------------------------------------------------------------------------
     def check(self, prompt: list[int]) -> None:
@@ -147,6 +148,7 @@ class StepPlanner:
                 slot.row, slot.fresh = len(rows), False
                 rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
                 sample.append(slot)
+        self._streams_running = bool(rows)
         budget = min(self.chunk, self.n_batch - len(rows))
         for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
             if budget <= 0:
@@ -166,7 +168,7 @@ class StepPlanner:
 
     def observe(self, elapsed_s: float) -> None:
         """Adapt the prompt chunk to the step-latency target while streams are running (AIMD)."""
-        if any(s.state is SlotState.DECODE for s in self.slots):
+        if self._streams_running:
             if elapsed_s > self.step_target_s:
                 self.chunk = max(self.min_chunk, self.chunk // 2)
             else:

@@ -123,10 +123,15 @@ class Completion(BaseModel):
 class Reply:
     """The identity shared by every chunk of one response, and the four shapes built from it."""
 
+    _MARK = "\u0000text\u0000"
+
     def __init__(self, kind: Literal["chat", "text"], model: str) -> None:
         self.kind, self.model = kind, model
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
+        # Token chunks differ only in their text: render the model's chunk once around a marker and
+        # splice each token's JSON string in (a pydantic round per token is CPU the decode needs).
+        self._head, self._tail = self._render(self._MARK, None).split(json.dumps(self._MARK))
 
     def _make(self, obj: str, choices: list[Any], usage: Usage | None = None) -> Completion:
         return Completion(id=self.id, object=obj, created=self.created, model=self.model, choices=choices,
@@ -134,6 +139,11 @@ class Reply:
 
     def chunk(self, text: str | None = None, finish: str | None = None, role: bool = False) -> str:
         """One SSE ``data:`` line of the stream (the first one of a chat announces the role)."""
+        if text is not None and finish is None and not role:
+            return self._head + json.dumps(text) + self._tail
+        return self._render(text, finish, role)
+
+    def _render(self, text: str | None, finish: str | None, role: bool = False) -> str:
         if self.kind == "chat":
             delta = Delta(role="assistant", content="") if role else Delta(content=text)
             body = self._make("chat.completion.chunk", [ChunkChoice(delta=delta, finish_reason=finish)]).model_dump()

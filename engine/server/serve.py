@@ -109,8 +109,6 @@ FAILED_EXIT = 3  # a step failed: the supervisor (systemd, the desktop app) rest
 
 
 def serve(settings: ServeSettings) -> int:
-    import uvicorn  # heavy: imported when serving, not when the CLI parses its flags
-
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -120,26 +118,31 @@ def serve(settings: ServeSettings) -> int:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
                                                         safe=settings.safe))
-    server: list[uvicorn.Server] = []
-
-    def on_fatal(reason: str) -> None:  # from the scheduler thread: let the failed requests' replies go out, then stop
-        print(f"autoglm: error: the engine failed: {reason}; exiting for a restart", file=sys.stderr, flush=True)
-        if server:
-            server[0].should_exit = True
-
-    model = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue, on_fatal=on_fatal)
+    model = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
-    app = create_app(runtime, ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
           flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
-    server.append(uvicorn.Server(config))
+    return run(runtime, ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins), sock)
+
+
+def run(runtime: Runtime, config: ServerConfig, sock: socket.socket) -> int:
+    """Serve until stopped (0) or until a scheduler step fails (FAILED_EXIT, for the supervisor)."""
+    import uvicorn  # heavy: imported when serving, not when the CLI parses its flags
+
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime, config), log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=5))
+
+    def on_fatal(reason: str) -> None:  # from the scheduler thread: the failed requests' replies go out, then stop
+        print(f"autoglm: error: the engine failed: {reason}; exiting for a restart", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    runtime.scheduler.on_fatal = on_fatal
     try:
-        server[0].run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         runtime.close()
     if runtime.scheduler.failed:

@@ -120,6 +120,10 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
     return loader.describe(prepared)
 
 
+def _print_verdict(label: str, v: dict[str, Any]) -> None:
+    print(f"  {label:<22}{v['outcome']}{' - ' + v['detail'] if v['detail'] else ''} (tested on {v['model']})")
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     report = _doctor_report(args)
     if args.json:
@@ -152,16 +156,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     v = report["selftest"]
     print("\nKernel self-test (crash-isolated child process)")
     if v:
-        label = "extra buffers (" + v["config"].split(":")[-1] + ")"
-        print(f"  {label:<22}{v['outcome']}{' - ' + v['detail'] if v['detail'] else ''} (tested on {v['model']})")
+        _print_verdict("extra buffers (" + v["config"].split(":")[-1] + ")", v)
     else:
         print("  skipped (safe mode)")
+    if report.get("gpu_selftest"):
+        _print_verdict("GPU offload", report["gpu_selftest"])
     plan = report["plan"]
     m = report["model"]
     print(f"\nPlan for {m['label']} ({m['architecture']}, {m['quant']}, {m['size'] / 1e6:.0f} MB)")
     for key, reason in plan["reasons"].items():
         value = plan.get(key, "")
-        print(f"  {key:<16}{str(value):<14}{reason}")
+        print(f"  {key:<16}{str(value):<14} {reason}")
+    print(f"\nDeterminism\n  {report['determinism']}")
     return 0
 
 

@@ -26,6 +26,7 @@ class Prepared:
     device: hardware.DeviceFacts
     verdict: selftest.Verdict | None
     plan: Plan
+    gpu_verdict: selftest.Verdict | None = None  # the GPU offload self-test, when the plan wanted the GPU
 
 
 def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progress | None = None,
@@ -36,7 +37,13 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     model = resolve(ref, progress=progress, install=install)
     device = native.probe_device()
     verdict = None if overrides.safe else selftest.check(device, model.path, model.facts.quant)
-    return Prepared(model, device, verdict, make_plan(model.facts, device, verdict, overrides))
+    plan = make_plan(model.facts, device, verdict, overrides)
+    gpu_verdict = None
+    if plan.gpu_layers > 0:  # the first CUDA/Vulkan/Metal load happens in a child: a broken one falls back to the CPU
+        gpu_verdict = selftest.check_gpu(device, model.path, model.facts.quant)
+        if not gpu_verdict.ok:
+            plan = make_plan(model.facts, device, verdict, overrides, gpu_verdict)
+    return Prepared(model, device, verdict, plan, gpu_verdict)
 
 
 def describe(prepared: Prepared) -> dict:
@@ -44,7 +51,17 @@ def describe(prepared: Prepared) -> dict:
     device = prepared.device
     return {"device": device.to_dict(), "amx": device.has("amx"),
             "model": {"label": prepared.model.label, **prepared.model.facts.to_dict()},
-            "selftest": prepared.verdict.__dict__ if prepared.verdict else None, "plan": prepared.plan.to_dict()}
+            "selftest": prepared.verdict.__dict__ if prepared.verdict else None,
+            "gpu_selftest": prepared.gpu_verdict.__dict__ if prepared.gpu_verdict else None,
+            "plan": prepared.plan.to_dict(), "determinism": determinism(prepared.plan)}
+
+
+def determinism(plan: Plan) -> str:
+    """What holds for temperature-0 text on this plan (measured: CPU, and an H100)."""
+    if plan.gpu_layers > 0:
+        return ("GPU: temperature-0 text may differ with batching and prefix reuse (other kernel shapes sum "
+                "in another order); answers stay correct, exact text is not reproducible")
+    return "CPU: temperature-0 text is the same alone, batched or from the prefix cache; batching changes speed only"
 
 
 def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None,

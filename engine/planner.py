@@ -120,8 +120,12 @@ def _extra_bufts(device: DeviceFacts, verdict: Verdict | None, ov: Overrides) ->
                    f"falling back to use_extra_bufts=False ({amx})")
 
 
-def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Overrides) -> tuple[int, str]:
+def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Overrides,
+                gpu_verdict: Verdict | None = None) -> tuple[int, str]:
     total_layers = model.n_layers + 1  # + the output layer, which llama.cpp offloads last
+    if gpu_verdict is not None and not gpu_verdict.ok:
+        return 0, (f"GPU offload {gpu_verdict.summary()} in a crash-isolated self-test (driver, build or "
+                   "runtime clash): running on the CPU")
     if ov.gpu_layers is not None:
         n = total_layers if ov.gpu_layers == -1 else min(ov.gpu_layers, total_layers)
         if n and not device.llama_gpu_offload:
@@ -164,14 +168,14 @@ def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int
 
 
 def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = None,
-              overrides: Overrides | None = None) -> Plan:
+              overrides: Overrides | None = None, gpu_verdict: Verdict | None = None) -> Plan:
     """Choose how to run ``model`` on ``device``; pure, so it is tested with recorded profiles."""
     ov = overrides or Overrides()
     ov.validate()
     reasons: dict[str, str] = {"backend": f"GGUF {model.quant} model: llama.cpp"}
     threads, reasons["threads"] = _threads(device, ov)
     n_ctx, reasons["n_ctx"] = _context(device, model, ov)
-    gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, n_ctx, ov)
+    gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, n_ctx, ov, gpu_verdict)
     extra, reasons["use_extra_bufts"] = _extra_bufts(device, verdict, ov)
     kernels, reasons["kernels"] = _kernels(device, model)
     n_batch = min(ov.batch or 512, n_ctx)

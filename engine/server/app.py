@@ -29,6 +29,7 @@ class ServerConfig:
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
     retry_after_s: int = 1
+    loopback_only: bool = True  # bound to loopback: Host must name loopback (DNS rebinding)
 
 
 def _status(exc: AutoGLMError) -> int:
@@ -43,8 +44,9 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(runtime.scheduler)
     serving = OpenAIServing(runtime, metrics, config.retry_after_s)
-    app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes,
-                       metrics=metrics)  # added first: inside CORS, so preflights pass
+    # added first: inside CORS, so preflights pass
+    app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
+                       loopback_only=config.loopback_only, origins=config.cors_origins)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])

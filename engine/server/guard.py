@@ -1,5 +1,14 @@
 """The server's guard, as plain ASGI middleware: API key, a body limit counted while the body is
-read (a chunked body has no Content-Length to check), and request counting with bounded labels.
+read (a chunked body has no Content-Length to check), request counting with bounded labels, and
+the browser defences of a server on loopback.
+
+Threat model for loopback: any web page the user visits can send requests to 127.0.0.1. Reading
+the answers needs CORS (off unless ``--cors-origin``), but a "simple" cross-site POST (a form,
+``text/plain``) runs without a preflight, and DNS rebinding makes a page's own origin resolve to
+127.0.0.1. So on a loopback bind the Host header must name loopback (rebinding sends the page's
+host name), and the management endpoints (pull, delete, roll back, convert, train) refuse a request
+that carries a foreign ``Origin`` or is not JSON. The desktop app's own calls have no Origin and are
+JSON; a key (``--api-key``, always set for the app's private child) is the stronger guard.
 
 Plain ASGI because Starlette's ``@app.middleware("http")`` relays every streamed chunk through an
 extra task and memory stream, which on a 2-core board is CPU taken from llama.cpp's threads.
@@ -14,14 +23,37 @@ from engine.server.metrics import Metrics
 from engine.server.protocol import error
 
 OPEN_PATHS = {"/health"}
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+MANAGEMENT = "/autoglm/"
 DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the client sees the 413, not a reset
 
 
 class Guard:
-    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: Metrics,
+                 loopback_only: bool = True, origins: list[str] | None = None) -> None:
         self.app, self.api_key, self.max_body_bytes, self.metrics = app, api_key, max_body_bytes, metrics
+        self.loopback_only, self.origins = loopback_only, set(origins or [])
+
+    def _browser_refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> Any:
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+        if self.loopback_only and host and name.lower() not in LOOPBACK_NAMES:
+            return error(403, f"host '{host[:64]}' is not this server's name (a DNS-rebinding page?); "
+                         "use 127.0.0.1 or localhost", "permission_error", code="host_not_allowed")
+        if scope["path"].startswith(MANAGEMENT) and scope.get("method") in ("POST", "DELETE", "PUT"):
+            origin = headers.get("origin")
+            if origin is not None and origin not in self.origins:
+                return error(403, f"management requests from a web page ({origin[:64]}) are refused",
+                             "permission_error", code="cross_site_refused")
+            if scope["method"] == "POST" and not headers.get("content-type", "").startswith("application/json"):
+                return error(415, "management requests must be JSON (Content-Type: application/json)",
+                             code="json_required")
+        return None
 
     def _refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> Any:
+        browser = self._browser_refusal(scope, headers)
+        if browser is not None:
+            return browser
         if self.api_key and scope["path"] not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             auth = headers.get("authorization", "")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
 
@@ -23,9 +23,33 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
 
 
 # --- requests ----------------------------------------------------------------------------------
+def _clean(value: Any) -> Any:
+    """Lone surrogates ("\\ud800" in JSON) are valid JSON but not text: replace them, never a 500."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_clean)]
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: Text
+
+
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    """OpenAI's message: ``developer`` is today's name for ``system``; content may be a list of
+    text parts. Other parts (images, audio) are refused with a clear error by the validation."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[ContentPart]
+
+    def plain(self) -> dict[str, str]:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
 class JsonSchemaFormat(BaseModel):
@@ -45,7 +69,7 @@ class Sampling(BaseModel):
     temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0, le=TEMPERATURE_MAX)
     top_p: float = Field(default=DEFAULT_TOP_P, gt=0, le=1)
     seed: int | None = None
-    stop: str | list[str] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
+    stop: Text | list[Text] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
     stream: bool = False
 
     def stop_list(self) -> list[str]:
@@ -58,18 +82,18 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str
+    prompt: Text
 
 
 class EmbeddingRequest(BaseModel):
     model: str | None = None
-    input: str | list[str]
+    input: Text | list[Text]
 
 
 class ClassifyRequest(BaseModel):
     model: str | None = None  # a stored classifier
-    input: str | list[str]
-    labels: list[str] | None = None  # zero-shot instead
+    input: Text | list[Text]
+    labels: list[Text] | None = None  # zero-shot instead
     exact: bool = False
 
 

@@ -126,7 +126,9 @@ def serve(settings: ServeSettings) -> int:
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
           flush=True)
-    return run(runtime, ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins), sock)
+    config = ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins,
+                          loopback_only=_is_loopback(settings.host))
+    return run(runtime, config, sock)
 
 
 def run(runtime: Runtime, config: ServerConfig, sock: socket.socket) -> int:

@@ -94,7 +94,7 @@ class OpenAIServing:
 
     # --- text generation ----------------------------------------------------------------------
     async def chat(self, body: ChatRequest, request: Request) -> Any:
-        messages = [m.model_dump() for m in body.messages]
+        messages = [m.plain() for m in body.messages]
         tokens, grammar = await asyncio.gather(asyncio.to_thread(self.runtime.prompts.tokens, messages),
                                                asyncio.to_thread(grammar_for, body.response_format))
         return await self._respond("chat", body, tokens, grammar, request)

@@ -238,3 +238,26 @@ def test_openai_input_as_clients_send_it(client):
     assert r.status_code == 200, r.text
     image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert client.post("/v1/chat/completions", json=image).status_code == 400
+
+
+def test_a_hostile_chat_template_fails_its_request_and_nothing_else():
+    class LoopingTemplate(FakeBackend):
+        metadata = {"tokenizer.chat_template": "{% for i in range(100000) %}{% for j in range(100000) %}"
+                                               "{% endfor %}{% endfor %}"}
+
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("fake-model", ScheduledBackend(LoopingTemplate(), scheduler), device)
+    c = TestClient(create_app(runtime, ServerConfig()), base_url="http://127.0.0.1:8000")
+    try:
+        answers: list = []
+        worker = threading.Thread(target=lambda: answers.append(c.post("/v1/chat/completions", json=MSG)))
+        worker.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert c.get("/health").status_code == 200 and time.monotonic() - started < 1  # the loop is free
+        worker.join(30)
+        r = answers[0]
+        assert r.status_code == 422 and "chat template was stopped" in r.json()["error"]["message"]
+    finally:
+        scheduler.close()

@@ -1,12 +1,17 @@
 """Chat: the model's own template from its GGUF metadata, rendered in a Jinja2 sandbox.
 
 Chat templates are code shipped inside downloaded files, so they run in an immutable sandbox:
-they can format messages but not reach Python objects or the file system.
+they can format messages but not reach Python objects or the file system. The sandbox does not
+bound the work, so rendering also has a deadline (checked on every line the compiled template
+runs), an output limit, and refuses string or number products that would be huge: a hostile
+template fails its request with one line instead of holding a thread (and shutdown) forever.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -24,21 +29,73 @@ CHATML = (
 )
 
 
+RENDER_TIMEOUT_S = 2.0
+RENDER_MAX_CHARS = 4 << 20  # a prompt this long is far past any context; more is a template gone wrong
+MAX_PRODUCT = 1 << 20  # largest string/list/number an intercepted * or ** may make
+
+
 def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
-def render(template: str, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "",
-           add_generation_prompt: bool = True) -> str:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+class _TemplateTooCostly(Exception):
+    pass
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > 64:
+            raise _TemplateTooCostly(f"{left} ** {right}")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_PRODUCT:
+                    raise _TemplateTooCostly(f"a {type(seq).__name__} of {len(seq)} times {times}")
+        return super().call_binop(context, operator, left, right)
+
+
+def compile_template(template: str) -> Any:
+    env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
-        return env.from_string(template).render(
-            messages=messages, bos_token=bos_token, eos_token=eos_token,
-            add_generation_prompt=add_generation_prompt,
-        )
+        return env.from_string(template)
+    except TemplateError as exc:
+        raise BackendError(f"the model's chat template does not compile: {exc}") from None
+
+
+def render(template: str | Any, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "",
+           add_generation_prompt: bool = True, timeout_s: float = RENDER_TIMEOUT_S) -> str:
+    """``template``: its source, or what ``compile_template`` made of it."""
+    compiled = compile_template(template) if isinstance(template, str) else template
+    deadline = time.monotonic() + timeout_s
+
+    def on_line(frame: Any, event: str, arg: Any) -> Any:
+        if time.monotonic() > deadline:
+            raise _TemplateTooCostly(f"rendering took over {timeout_s:g}s")
+        return on_line
+
+    def on_call(frame: Any, event: str, arg: Any) -> Any:  # trace lines of the template's own code only
+        return on_line if frame.f_code.co_filename == "<template>" else None
+
+    out: list[str] = []
+    size = 0
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        for piece in compiled.generate(messages=messages, bos_token=bos_token, eos_token=eos_token,
+                                       add_generation_prompt=add_generation_prompt):
+            size += len(piece)
+            if size > RENDER_MAX_CHARS:
+                raise _TemplateTooCostly(f"its output passed {RENDER_MAX_CHARS} characters")
+            out.append(piece)
     except TemplateError as exc:
         raise BackendError(f"the model's chat template failed: {exc}") from None
+    except _TemplateTooCostly as exc:
+        raise BackendError(f"the model's chat template was stopped: {exc}") from None
+    finally:
+        sys.settrace(previous)
+    return "".join(out)
 
 
 class PromptBuilder:
@@ -48,7 +105,7 @@ class PromptBuilder:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         meta = backend.metadata
-        self.template = meta.get("tokenizer.chat_template") or CHATML
+        self.template = compile_template(meta.get("tokenizer.chat_template") or CHATML)
         self.bos = self._special(meta, "tokenizer.ggml.bos_token_id")
         self.eos = self._special(meta, "tokenizer.ggml.eos_token_id")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"

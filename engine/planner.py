@@ -181,7 +181,6 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     n_batch = min(ov.batch or 512, n_ctx)
     reasons["n_batch"] = ("set by the user" if ov.batch else
                           f"{n_batch}-token prefill chunks: large enough for matrix kernels, bounded memory")
-    flash = True
     reasons["flash_attn"] = ("on: it skips other sequences' KV cells exactly, so batched text equals solo text "
                              "on the CPU, and it measured faster for batches (CPU and GPU)")
     mmap = model.size < device.ram_available * RAM_HEADROOM
@@ -190,7 +189,7 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     return Plan(
         backend="llamacpp", model_path=model.path, threads=threads, threads_batch=threads,
         gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
-        flash_attn=flash, use_mmap=mmap, kernels=kernels, reasons=reasons,
+        flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons,
     )
 
 

@@ -102,30 +102,25 @@ def check(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[st
     Only clear outcomes (passed, crashed) are cached; a failure for another reason is retried
     next time but still keeps the path off for this run.
     """
-    config = f"{EXTRA_BUFTS}:{quant}"
-    if not refresh and argv is None:
-        cached = cached_verdict(device, config)
-        if cached is not None:
-            return cached
-    argv = argv or module_command("engine.selftest", str(model_path))
-    verdict = run_child(argv, config, Path(model_path).name)
-    if verdict.outcome in ("passed", "crashed"):
-        _store(device, verdict)
-    return verdict
+    return _cached_or_run(device, f"{EXTRA_BUFTS}:{quant}", model_path, [], argv, refresh)
 
 
 def check_gpu(device: DeviceFacts, model_path: str | Path, quant: str, argv: list[str] | None = None,
               refresh: bool = False) -> Verdict:
-    """The cached verdict for offloading layers to this GPU with this llama.cpp build: a broken
-    driver, a build for another GPU architecture or a runtime clash kills a process in the first
-    CUDA call, so the first load with layers on the GPU (and one decode) happens in a child."""
-    config = f"{GPU_OFFLOAD}:{quant}"
+    """The same for offloading every layer to this GPU with this llama.cpp build: a broken driver,
+    a build for another GPU architecture or a runtime clash kills a process in its first CUDA call,
+    so the first load with layers on the GPU (and one decode) happens in a child."""
+    return _cached_or_run(device, f"{GPU_OFFLOAD}:{quant}", model_path, ["--gpu"], argv, refresh)
+
+
+def _cached_or_run(device: DeviceFacts, config: str, model_path: str | Path, flags: list[str],
+                   argv: list[str] | None, refresh: bool) -> Verdict:
     if not refresh and argv is None:
         cached = cached_verdict(device, config)
         if cached is not None:
             return cached
-    argv = argv or module_command("engine.selftest", "--gpu", str(model_path))
-    verdict = run_child(argv, config, Path(model_path).name)
+    verdict = run_child(argv or module_command("engine.selftest", *flags, str(model_path)), config,
+                        Path(model_path).name)
     if verdict.outcome in ("passed", "crashed"):
         _store(device, verdict)
     return verdict

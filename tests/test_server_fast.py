@@ -261,3 +261,14 @@ def test_a_hostile_chat_template_fails_its_request_and_nothing_else():
         assert r.status_code == 422 and "chat template was stopped" in r.json()["error"]["message"]
     finally:
         scheduler.close()
+
+
+def test_a_bad_examples_file_is_one_line_before_any_encoder_work(client, monkeypatch):
+    from engine.runtime import Runtime as R
+
+    monkeypatch.setattr(R, "encoder", lambda *a, **k: pytest.fail("opened the encoder for a bad file"))
+    r = client.post("/autoglm/classifiers", json={"name": "c", "examples_file": {"name": "ex.csv",
+                                                                                   "content": "words,only\na,b\n"}})
+    assert r.status_code == 400 and "no 'text' column" in r.json()["error"]["message"]
+    r = client.post("/autoglm/classifiers", json={"name": "bad name!", "labels": {"a": None, "b": None}})
+    assert r.status_code == 400 and "not a usable model name" in r.json()["error"]["message"]

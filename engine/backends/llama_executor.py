@@ -45,21 +45,16 @@ class LlamaExecutor:
         cparams.offload_kqv = offload_kqv  # False with no layer on a GPU: no GPU buffers for nothing
         if hasattr(cparams, "op_offload"):
             cparams.op_offload = offload_kqv
-        self._cparams = cparams
-        self.ctx = self._new_context()
+        self.ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not make a context for {n_seq} sequences x {ctx_per_seq} tokens "
+                               "(out of memory? try a smaller --ctx or --parallel)")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._piece = ctypes.create_string_buffer(256)
         self._outputs: dict[int, int] = {}  # batch row -> index of its logits among this step's outputs
         self._pieces: dict[int, bytes] = {}  # token text and end-of-generation, asked once per token
         self._eog: dict[int, bool] = {}
-
-    def _new_context(self) -> Any:
-        ctx = llama_cpp.llama_init_from_model(self.model, self._cparams)
-        if not ctx:
-            raise BackendError(f"llama.cpp could not make a context for {self.n_seq} sequences x "
-                               f"{self._cparams.n_ctx // self.n_seq} tokens (out of memory?)")
-        self.memory = llama_cpp.llama_get_memory(ctx)
-        return ctx
 
     # --- the step ---------------------------------------------------------------------------
     def trim(self, seq: int, keep: int) -> None:

@@ -89,15 +89,19 @@ class Scheduler:
                sink: Callable[[Event], None] | None = None) -> Request:
         params.validate()
         self.planner.check(prompt)
-        sampler = self.executor.sampler(params, grammar)  # fails here, in the caller's thread, on a bad grammar
-        self.executor.free_sampler(sampler)
-        req = Request(prompt, params, grammar, sink=sink)
+        # Built here, in the caller's thread: a bad grammar fails its own request, and compiling a large
+        # one never stalls the scheduler thread (and with it every running stream).
+        req = Request(prompt, params, grammar, sink=sink, sampler=self.executor.sampler(params, grammar))
         with self.lock:
-            if self.failed:
-                raise SchedulerFailedError(f"the engine failed and must be restarted: {self.failed}")
-            if self.stopping:
-                raise SchedulerFailedError("the engine is shutting down")
-            self.planner.enqueue(Job(prompt, params.max_tokens, req))
+            refusal = (f"the engine failed and must be restarted: {self.failed}" if self.failed else
+                       "the engine is shutting down" if self.stopping else None)
+            try:
+                if refusal:
+                    raise SchedulerFailedError(refusal)
+                self.planner.enqueue(Job(prompt, params.max_tokens, req))
+            except Exception:
+                self.executor.free_sampler(req.sampler)
+                raise
             self.lock.notify()
         return req
 
@@ -158,7 +162,7 @@ class Scheduler:
         with self.lock:
             for job in [j for j in self.planner.waiting if j.owner.cancelled.is_set()]:
                 self.planner.drop_waiting(job)
-                job.owner.put(Event(done=True, finish_reason="cancelled"))
+                self._end(job.owner, "cancelled")
             for slot in self.planner.active:
                 if slot.job.owner.cancelled.is_set():
                     self._finish(slot, "cancelled")
@@ -167,8 +171,7 @@ class Scheduler:
             self.executor.trim(seq, keep)
         for slot in self.planner.active:
             req = slot.job.owner
-            if req.sampler is None:  # admitted this step
-                req.sampler = self.executor.sampler(req.params, req.grammar)
+            if req.decoder is None:  # admitted this step
                 req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 req.stats.prompt_tokens = len(slot.job.prompt)
                 req.stats.prompt_evaluated = len(slot.job.prompt) - slot.reused

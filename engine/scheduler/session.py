@@ -19,7 +19,7 @@ class ScheduledBackend:
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(self.metadata.get("tokenizer.chat_template"))
+        return self.backend.has_chat_template
 
     @property
     def n_ctx(self) -> int:

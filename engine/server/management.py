@@ -148,17 +148,18 @@ def management_router(runtime: Runtime) -> APIRouter:
         store.check_name(body.name)  # before any encoder work
 
         def work() -> dict[str, Any]:
+            texts: list[str] = []
+            labels: list[str] = []
+            if body.examples_file:  # checked before the encoder is opened (or pulled and converted)
+                texts, labels = parse_examples(body.examples_file.content, body.examples_file.name)
+            elif body.examples:
+                texts, labels = [e.text for e in body.examples], [e.label for e in body.examples]
+            if not body.labels and len(set(labels)) < 2:
+                raise InvalidArgumentError("the examples need at least two labels")
             manifest, encoder = runtime.encoder(None)
             if body.labels:
                 clf = zero_shot(encoder, manifest, body.labels)
             else:
-                if body.examples_file:
-                    texts, labels = parse_examples(body.examples_file.content, body.examples_file.name)
-                else:
-                    texts = [e.text for e in body.examples or []]
-                    labels = [e.label for e in body.examples or []]
-                if len(set(labels)) < 2:
-                    raise InvalidArgumentError("the examples need at least two labels")
                 clf = train(encoder, manifest, texts, labels, budget=body.budget)
             done = clf.install(body.name)
             return {"name": done.name, "version": done.version, "labels": clf.labels, "report": clf.report}

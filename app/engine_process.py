@@ -65,7 +65,8 @@ class EngineProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(self.options.argv(), stdout=subprocess.PIPE, stderr=log, text=True,
-                                     env={**os.environ, "AUTOGLM_API_KEY": self.key})
+                                     env={**os.environ, "AUTOGLM_API_KEY": self.key,
+                                          "AUTOGLM_MANAGE_KEY": self.key})
         log.close()
         banner: list[str] = []
         reader = threading.Thread(target=lambda: banner.append(self.proc.stdout.readline()), daemon=True)

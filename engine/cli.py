@@ -15,6 +15,7 @@ from engine import __version__
 from engine import sampling as limits
 from engine.cli_progress import progress_bar
 from engine.errors import AutoGLMError, InvalidArgumentError
+from engine.fs import storage_error
 
 GiB = 1 << 30
 
@@ -285,7 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
-            "cors_origins")
+            "cors_origins", "manage_key", "no_manage")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -364,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")
     p.add_argument("--safe", action="store_true", default=None, help="most conservative kernels, CPU only")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or set AUTOGLM_API_KEY)")
+    p.add_argument("--manage-key", help="turn on the management API (/autoglm/*: pull, delete, quantize, train) "
+                   "behind its own key (or set AUTOGLM_MANAGE_KEY); off without one")
+    p.add_argument("--no-manage", action="store_true", default=None,
+                   help="management API off even if a key is configured")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
@@ -408,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the disk refused a write nobody wrapped: still one line for the user
+        refusal = storage_error(exc)
+        if refusal is None:
+            raise
+        print(f"autoglm: error: {refusal}", file=sys.stderr)
+        return refusal.exit_code
     finally:
         sys.stderr.flush()
 

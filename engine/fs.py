@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from engine.errors import StorageError
+
+# The disk or the system refused: the user's to fix (a read-only store, a full disk, permissions).
+_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -16,3 +22,22 @@ def write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def storage_error(exc: OSError) -> StorageError | None:
+    """The one line a user needs for an OS refusal to write, or None when it is something else."""
+    if exc.errno not in _REFUSALS:
+        return None
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EROFS: "the file system is read-only"}.get(exc.errno, "no permission to write there")
+    return StorageError(f"cannot write{where}: {hint} (set AUTOGLM_HOME to a writable folder)")
+
+
+def write_cache(path: Path, text: str) -> None:
+    """A cache write that may fail (a read-only store): the cache is only an optimisation."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, text)
+    except OSError:
+        pass

@@ -15,13 +15,19 @@ def home() -> Path:
     """The data root: ``AUTOGLM_HOME`` if set, else the platform's user data dir."""
     env = os.environ.get("AUTOGLM_HOME")
     root = Path(env).expanduser() if env else Path(platformdirs.user_data_dir("autoglm", appauthor=False))
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
     return root
 
 
 def _subdir(name: str) -> Path:
     path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only store still serves what it holds; a write there says why
+        pass
     return path
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine import paths
 from engine.backends.llamacpp import load_llama
-from engine.fs import write_atomic
+from engine.fs import write_cache
 from engine.hardware import DeviceFacts
 from engine.process import module_command
 
@@ -69,7 +69,7 @@ def _store(device: DeviceFacts, verdict: Verdict) -> None:
 
     cache = _load_cache()
     cache[cache_key(device, verdict.config)] = asdict(verdict)
-    write_atomic(_cache_path(), json.dumps(cache, indent=2))
+    write_cache(_cache_path(), json.dumps(cache, indent=2))
 
 
 def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT_S) -> Verdict:

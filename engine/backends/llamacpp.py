@@ -82,5 +82,14 @@ class LlamaBackend:
     def token_text(self, token_id: int) -> str:
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=True)
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        """``special=False``: control-token text (``<|im_end|>``) stays text, as a user's words must."""
+        return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=special)
+
+    def control_texts(self) -> list[str]:
+        """The texts that tokenize to control tokens when special tokens are parsed (read once)."""
+        if not hasattr(self, "_control"):
+            model, flags = self.llm._model, llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+            texts = (model.token_get_text(i) for i in range(model.n_vocab()) if model.token_get_attr(i) & flags)
+            self._control = sorted({t for t in texts if len(t) > 1}, key=len, reverse=True)
+        return self._control

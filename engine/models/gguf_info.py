@@ -13,7 +13,8 @@ from typing import Any
 
 from engine import paths
 from engine.errors import InvalidModelError, ModelNotFoundError
-from engine.fs import write_atomic
+from engine.fs import write_cache
+from engine.models.gguf_header import check_header
 
 GGUF_MAGIC = b"GGUF"
 
@@ -66,7 +67,7 @@ def remember(path: str | Path, result: ModelFacts) -> None:
     prefix = f"{path.resolve()}|"
     cache = {k: v for k, v in _load_cache().items() if not k.startswith(prefix)}
     cache[_cache_key(path)] = {**asdict(result), "path": str(path)}
-    write_atomic(paths.cache_dir() / "gguf-facts.json", json.dumps(cache))
+    write_cache(paths.cache_dir() / "gguf-facts.json", json.dumps(cache))
 
 
 def facts(path: str | Path) -> ModelFacts:
@@ -116,6 +117,7 @@ def read_gguf(path: str | Path) -> ModelFacts:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise InvalidModelError(f"{path} is not a GGUF model (wrong magic bytes {magic!r}, expected b'GGUF')")
+    check_header(path)  # before the gguf reader walks what the header declares
     import gguf
 
     try:

@@ -73,6 +73,7 @@ def pull(source: str, progress: Progress | None = None, cancel: threading.Event 
 def _gguf(manifest: Manifest) -> ResolvedModel:
     if manifest.format != "gguf":
         raise InvalidModelError(f"{manifest.name} is in {manifest.format} format; text generation needs a GGUF model")
+    store.check_intact(manifest)
     return ResolvedModel(manifest.primary_path, facts(manifest.primary_path), manifest)
 
 

@@ -21,13 +21,13 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engine import paths
 from engine.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
-from engine.fs import write_atomic
+from engine.fs import storage_error, write_atomic, write_cache
 
 CHUNK = 1 << 20
 
@@ -63,9 +63,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], bundled: Path | None = None) -> Manifest:
-        data = dict(data)
-        data["files"] = [FileEntry(**f) for f in data["files"]]
-        data.pop("bundled", None)
+        known = {f.name for f in fields(cls)} - {"bundled"}
+        data = {k: v for k, v in data.items() if k in known}  # a newer version's fields are read past
+        data["files"] = [FileEntry(**{k: f[k] for k in ("path", "sha256", "size")}) for f in data["files"]]
         return cls(**data, bundled=bundled)
 
     @property
@@ -85,7 +85,7 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sweep_stale_stages() -> None:
+def sweep_stale_stages() -> None:
     """Remove staging dirs left by killed processes (their owner pid is gone)."""
     for stage in paths.tmp_dir().glob("stage-*"):
         try:
@@ -101,9 +101,13 @@ class Staging:
     """A private directory on the store's file system that becomes a model version on commit."""
 
     def __init__(self) -> None:
-        _sweep_stale_stages()
-        self.dir = Path(tempfile.mkdtemp(dir=paths.tmp_dir(), prefix="stage-"))
-        (self.dir / ".owner").write_text(str(os.getpid()))
+        sweep_stale_stages()
+        try:
+            paths.tmp_dir().mkdir(parents=True, exist_ok=True)  # says why when the store is read-only
+            self.dir = Path(tempfile.mkdtemp(dir=paths.tmp_dir(), prefix="stage-"))
+            (self.dir / ".owner").write_text(str(os.getpid()))
+        except OSError as exc:
+            raise storage_error(exc) or exc from None
 
     def __enter__(self) -> Staging:
         return self
@@ -127,8 +131,16 @@ class Staging:
             manifest = Manifest.from_dict(json.loads((target / "manifest.json").read_text()))
         else:
             os.chmod(self.dir, 0o755)  # mkdtemp's 0700 would hide the model from other users of a shared store
-            os.rename(self.dir, target)
+            try:
+                os.rename(self.dir, target)
+            except OSError:
+                if not (target / "manifest.json").is_file():
+                    raise
+                # another install of this very version won the race: its files were verified too
+                shutil.rmtree(self.dir, ignore_errors=True)
+                manifest = Manifest.from_dict(json.loads((target / "manifest.json").read_text()))
         write_atomic(target.parent / "current", manifest.version)
+        remember_verified(manifest)  # every file was hashed above
         keep = {manifest.version, previous.version if previous else manifest.version}
         for old in versions(manifest.name):
             if old.version not in keep:
@@ -223,12 +235,68 @@ def verify(manifest: Manifest) -> list[str]:
     return problems
 
 
+def _stamps_path() -> Path:
+    return paths.cache_dir() / "verified.json"
+
+
+def _load_stamps() -> dict[str, list[Any]]:
+    try:
+        data = json.loads(_stamps_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _stamp(path: Path, sha256: str) -> list[Any]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, sha256]
+
+
+def remember_verified(manifest: Manifest) -> None:
+    """Note each file's size and mtime as just verified, so the next load need not hash it again."""
+    stamps = _load_stamps()
+    for entry in manifest.files:
+        path = manifest.directory / entry.path
+        stamps[str(path)] = _stamp(path, entry.sha256)
+    write_cache(_stamps_path(), json.dumps(stamps))
+
+
+def check_intact(manifest: Manifest) -> None:
+    """Before a model is served: each file's size against the manifest and its (size, mtime) against
+    the last verification; a file that changed since is hashed again, and a mismatch is an error
+    instead of garbage from a damaged tensor. Costs a stat per file when nothing changed."""
+    stamps, changed = _load_stamps(), False
+    for entry in manifest.files:
+        path = manifest.directory / entry.path
+        label = f"{manifest.name} {manifest.version}"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise IntegrityError(f"{label}: {entry.path} is missing from the store; pull or import the model "
+                                 "again") from None
+        if size != entry.size:
+            raise IntegrityError(f"{label}: {entry.path} is {size} bytes, its manifest says {entry.size} (the file "
+                                 "changed on disk); pull or import the model again")
+        stamp = _stamp(path, entry.sha256)
+        if stamps.get(str(path)) == stamp:
+            continue
+        if sha256_file(path) != entry.sha256:
+            raise IntegrityError(f"{label}: {entry.path} changed on disk since it was installed (sha256 differs); "
+                                 "pull or import the model again")
+        stamps[str(path)], changed = stamp, True
+    if changed:
+        write_cache(_stamps_path(), json.dumps(stamps))
+
+
 def remove(name: str) -> Manifest:
     """Delete every version of ``name``; the 'current' pointer goes first so it never dangles."""
     manifest = require(name)
     if manifest.bundled is not None:
         raise InvalidArgumentError(f"{name} ships inside this app bundle and cannot be removed")
     model_dir = paths.models_dir() / name
+    if model_dir.is_symlink():
+        raise InvalidArgumentError(f"{name} in the store is a symbolic link to {os.readlink(model_dir)}; autoglm does "
+                                   f"not delete through links: remove {model_dir} by hand")
     (model_dir / "current").unlink()
     shutil.rmtree(model_dir)
     return manifest

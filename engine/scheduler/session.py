@@ -28,8 +28,11 @@ class ScheduledBackend:
     def token_text(self, token_id: int) -> str:
         return self.backend.token_text(token_id)
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.backend.tokenize(text, add_bos)
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.backend.tokenize(text, add_bos, special)
+
+    def control_texts(self) -> list[str]:
+        return self.backend.control_texts()
 
     def generate(self, tokens: list[int], params: SamplingParams, cancel: threading.Event | None = None,
                  stats: GenerationStats | None = None) -> Iterator[str]:

@@ -12,7 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError, StorageError
+from engine.fs import storage_error
 from engine.runtime import Runtime
 from engine.scheduler.batch import SchedulerFailedError
 from engine.server.guard import Guard
@@ -30,11 +31,14 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     retry_after_s: int = 1
     loopback_only: bool = True  # bound to loopback: Host must name loopback (DNS rebinding)
+    manage_key: str | None = None  # the management API (/autoglm/*) is on only behind its own key
 
 
 def _status(exc: AutoGLMError) -> int:
     if isinstance(exc, SchedulerFailedError):
         return 503
+    if isinstance(exc, StorageError):
+        return 507
     if isinstance(exc, InvalidArgumentError | ContextOverflowError):
         return 400
     return 404 if isinstance(exc, ModelNotFoundError) else 422
@@ -46,7 +50,7 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
     serving = OpenAIServing(runtime, metrics, config.retry_after_s)
     # added first: inside CORS, so preflights pass
     app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
-                       loopback_only=config.loopback_only, origins=config.cors_origins)
+                       loopback_only=config.loopback_only, origins=config.cors_origins, manage_key=config.manage_key)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
@@ -61,12 +65,17 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(AutoGLMError)
     async def engine_error(_request: Request, exc: AutoGLMError) -> JSONResponse:
-        return error(_status(exc), str(exc), "server_error" if _status(exc) == 503 else "invalid_request_error",
-                     code=type(exc).__name__)
+        status = _status(exc)
+        code = "model_not_found" if isinstance(exc, ModelNotFoundError) else type(exc).__name__
+        return error(status, str(exc), "server_error" if status in (503, 507) else "invalid_request_error",
+                     param="model" if code == "model_not_found" else None, code=code)
 
     @app.exception_handler(Exception)
-    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         """A bug, not the client's fault: say what broke in the error shape clients read."""
+        refusal = storage_error(exc) if isinstance(exc, OSError) else None
+        if refusal is not None:  # the disk refused (read-only store, full disk): the user's to fix
+            return await engine_error(request, refusal)
         return error(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
     app.include_router(openai_router(serving, metrics))

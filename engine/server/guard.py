@@ -8,7 +8,8 @@ the answers needs CORS (off unless ``--cors-origin``), but a "simple" cross-site
 127.0.0.1. So on a loopback bind the Host header must name loopback (rebinding sends the page's
 host name), and the management endpoints (pull, delete, roll back, convert, train) refuse a request
 that carries a foreign ``Origin`` or is not JSON. The desktop app's own calls have no Origin and are
-JSON; a key (``--api-key``, always set for the app's private child) is the stronger guard.
+JSON. Management is off unless the server has a management key of its own (``--manage-key``; the
+desktop app's private child gets a random one), so an inference client never pulls or deletes.
 
 Plain ASGI because Starlette's ``@app.middleware("http")`` relays every streamed chunk through an
 extra task and memory stream, which on a 2-core board is CPU taken from llama.cpp's threads.
@@ -30,9 +31,9 @@ DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the cl
 
 class Guard:
     def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: Metrics,
-                 loopback_only: bool = True, origins: list[str] | None = None) -> None:
+                 loopback_only: bool = True, origins: list[str] | None = None, manage_key: str | None = None) -> None:
         self.app, self.api_key, self.max_body_bytes, self.metrics = app, api_key, max_body_bytes, metrics
-        self.loopback_only, self.origins = loopback_only, set(origins or [])
+        self.loopback_only, self.origins, self.manage_key = loopback_only, set(origins or []), manage_key
 
     def _browser_refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> Any:
         host = headers.get("host", "")
@@ -54,11 +55,17 @@ class Guard:
         browser = self._browser_refusal(scope, headers)
         if browser is not None:
             return browser
-        if self.api_key and scope["path"] not in OPEN_PATHS and scope.get("method") != "OPTIONS":
+        management = scope["path"].startswith(MANAGEMENT)
+        if management and self.manage_key is None:
+            return error(403, "the management API is off on this server (start it with --manage-key KEY)",
+                         "permission_error", code="management_off")
+        key = self.manage_key if management else self.api_key
+        if key and scope["path"] not in OPEN_PATHS and scope.get("method") != "OPTIONS":
             auth = headers.get("authorization", "")
             given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return error(401, "invalid or missing API key (Authorization: Bearer <key>)", "authentication_error",
+            if not hmac.compare_digest(given.encode(), key.encode()):
+                what = "management key" if management else "API key"
+                return error(401, f"invalid or missing {what} (Authorization: Bearer <key>)", "authentication_error",
                              code="invalid_api_key")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from engine.backends.onnx.convert import convert
 from engine.errors import AutoGLMError, InvalidArgumentError
+from engine.fs import storage_error
 from engine.models import store
 from engine.models.manager import installed, pull, rollback
 from engine.models.progress import Progress
@@ -54,9 +55,13 @@ class QuantizeRequest(BaseModel):
     to: str = Field(min_length=2, max_length=12)
 
 
-def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> StreamingResponse:
+FIRST_EVENT_S = 5.0  # a job's own checks fail well within this: their error becomes the HTTP status
+
+
+async def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> StreamingResponse:
     """Run a long model job on a thread; stream its progress as SSE (`{"label","done","total"}`),
-    then `{"installed": {...}}` or `{"error": ...}`. A closed connection sets the job's cancel."""
+    then `{"installed": {...}}` or `{"error": ...}`. A mistake the job finds at once (unknown model,
+    bad quant) is an HTTP error status instead of a 200 stream. A closed connection sets the cancel."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -69,19 +74,34 @@ def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> Streamin
             manifest = job(lambda label, done, total: send({"label": label, "done": done, "total": total}), cancel)
             send({"installed": {"name": manifest.name, "version": manifest.version}})
         except AutoGLMError as exc:
-            send({"error": str(exc)})
+            send({"error": str(exc), "exc": exc})
+        except OSError as exc:
+            refusal = storage_error(exc)
+            send({"error": str(refusal), "exc": refusal} if refusal else {"error": f"{type(exc).__name__}: {exc}"})
         except Exception as exc:  # a bug, but the stream must still end with a reason
             send({"error": f"{type(exc).__name__}: {exc}"})
 
     threading.Thread(target=work, name="model-job", daemon=True).start()
+    try:
+        first: dict[str, Any] | None = await asyncio.wait_for(events.get(), FIRST_EVENT_S)
+    except TimeoutError:
+        first = None
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+    if first is not None and first.get("exc") is not None:
+        raise first["exc"]  # the app's handler gives it its status (400, 404, 422, 507)
 
     async def sse() -> AsyncIterator[str]:
+        item = first
         try:
             while True:
-                item = await events.get()
+                if item is None:
+                    item = await events.get()
                 yield "data: " + json.dumps(item) + "\n\n"
                 if "installed" in item or "error" in item:
                     return
+                item = None
         finally:
             cancel.set()  # no-op after the end; stops the job if the client went away
 
@@ -110,17 +130,17 @@ def management_router(runtime: Runtime) -> APIRouter:
     @router.post("/models/pull")
     async def pull_model(body: PullRequest) -> StreamingResponse:
         """Closing the connection cancels the pull; nothing half-installed is left."""
-        return job_stream(lambda progress, cancel: pull(body.source, progress=progress, cancel=cancel))
+        return await job_stream(lambda progress, cancel: pull(body.source, progress=progress, cancel=cancel))
 
     @router.post("/models/{name}/quantize")
     async def quantize_model(name: str, body: QuantizeRequest) -> StreamingResponse:
         """llama.cpp's quantizer into a new model ``<name>-<quant>``, with per-tensor progress."""
-        return job_stream(lambda progress, cancel: quantize(name, body.to, progress, cancel))
+        return await job_stream(lambda progress, cancel: quantize(name, body.to, progress, cancel))
 
     @router.post("/models/{name}/convert")
     async def convert_model(name: str) -> StreamingResponse:
         """A Hugging Face BERT folder into an ONNX encoder ``<name>-onnx``, with per-stage progress."""
-        return job_stream(lambda progress, cancel: convert(name, progress, cancel))
+        return await job_stream(lambda progress, cancel: convert(name, progress, cancel))
 
     @router.post("/models/{name}/verify")
     async def verify_model(name: str) -> dict[str, Any]:

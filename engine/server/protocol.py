@@ -44,11 +44,11 @@ class Message(BaseModel):
     """OpenAI's message: ``developer`` is today's name for ``system``; content may be a list of
     text parts. Other parts (images, audio) are refused with a clear error by the validation."""
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[ContentPart] | None = None  # an assistant turn that only called tools has none
 
     def plain(self) -> dict[str, str]:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
         return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
@@ -71,6 +71,7 @@ class Sampling(BaseModel):
     seed: int | None = None
     stop: Text | list[Text] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
     stream: bool = False
+    ignore_eos: bool = False  # llama-server's extension: exactly max_tokens (benchmarks, tests)
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

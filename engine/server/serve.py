@@ -17,6 +17,7 @@ from typing import Any
 
 from engine import loader
 from engine.errors import InvalidArgumentError
+from engine.models.store import sweep_stale_stages
 from engine.planner import Overrides
 from engine.runtime import Runtime
 from engine.server.app import ServerConfig, create_app
@@ -33,6 +34,8 @@ class ServeSettings:
     gpu_layers: int | None = None  # -1: all; None: planned
     safe: bool = False  # the planner's most conservative kernels (the GUI restarts a crashed engine so)
     api_key: str | None = None
+    manage_key: str | None = None  # the management API's own key; without one it is off
+    no_manage: bool = False
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
@@ -63,6 +66,9 @@ class ServeSettings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
         settings.api_key = settings.api_key or os.environ.get("AUTOGLM_API_KEY") or None
+        settings.manage_key = settings.manage_key or os.environ.get("AUTOGLM_MANAGE_KEY") or None
+        if settings.no_manage:
+            settings.manage_key = None
         settings.validate()
         return settings
 
@@ -116,6 +122,7 @@ def serve(settings: ServeSettings) -> int:
         sock.bind((settings.host, settings.port))
     except OSError as exc:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    sweep_stale_stages()  # staging left by a pull that was killed
     prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
                                                         safe=settings.safe))
     model = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue)
@@ -127,7 +134,9 @@ def serve(settings: ServeSettings) -> int:
     print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
           flush=True)
     config = ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins,
-                          loopback_only=_is_loopback(settings.host))
+                          loopback_only=_is_loopback(settings.host), manage_key=settings.manage_key)
+    if settings.manage_key is None:
+        print("management API off (--manage-key KEY turns it on)", file=sys.stderr, flush=True)
     return run(runtime, config, sock)
 
 

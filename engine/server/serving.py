@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.backends.llama_lib import llama_cpp
-from engine.errors import ContextOverflowError, InvalidArgumentError
+from engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
 from engine.runtime import Runtime
 from engine.sampling import SamplingParams
 from engine.scheduler import Event, QueueFullError
@@ -40,17 +40,33 @@ from engine.tasks.classify import zero_shot
 DISCONNECT_POLL_S = 1.0
 
 
+MAX_SCHEMA_CHARS = 64 << 10  # a JSON schema a person wrote; a 50,000-value enum is not one
+MAX_GRAMMAR_CHARS = 128 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
+
+
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
+    """The request's response format as a GBNF grammar, with its size bounded before and after the
+    conversion: llama.cpp compiles the grammar for every token's sampling, so its size is work."""
     if fmt is None or fmt.type == "text":
         return None
     grammars = llama_cpp.llama_grammar
     if fmt.type == "json_object":
         return grammars.JSON_GBNF
-    schema = fmt.json_schema.schema_ if fmt.json_schema else {}
+    schema = json.dumps(fmt.json_schema.schema_ if fmt.json_schema else {})
+    if len(schema) > MAX_SCHEMA_CHARS:
+        raise InvalidArgumentError(f"response_format json_schema is {len(schema)} characters; at most "
+                                   f"{MAX_SCHEMA_CHARS} are taken")
     try:
-        return grammars.json_schema_to_gbnf(json.dumps(schema))
+        grammar = grammars.json_schema_to_gbnf(schema)
+    except RecursionError:
+        raise InvalidArgumentError("response_format json_schema is nested too deeply") from None
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
         raise InvalidArgumentError(f"response_format json_schema is not supported: {exc}") from None
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise InvalidArgumentError(f"response_format json_schema asks for too much structure (a grammar of "
+                                   f"{len(grammar)} characters; at most {MAX_GRAMMAR_CHARS}): lower its "
+                                   "minItems, minLength or repetition counts")
+    return grammar
 
 
 def _finish_reason(ev: Event) -> str:
@@ -93,13 +109,22 @@ class OpenAIServing:
         return self._relay
 
     # --- text generation ----------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        """The ``model`` field is honoured: a name this engine does not serve is a 404, never another
+        model's answer. ``default`` (or none) means the served one."""
+        if model not in (None, "", "default", self.runtime.model_name):
+            raise ModelNotFoundError(f"the model '{model[:80]}' is not served here; this server serves "
+                                     f"'{self.runtime.model_name}' (GET /v1/models)")
+
     async def chat(self, body: ChatRequest, request: Request) -> Any:
+        self.check_model(body.model)
         messages = [m.plain() for m in body.messages]
         tokens, grammar = await asyncio.gather(asyncio.to_thread(self.runtime.prompts.tokens, messages),
                                                asyncio.to_thread(grammar_for, body.response_format))
         return await self._respond("chat", body, tokens, grammar, request)
 
     async def completion(self, body: CompletionRequest, request: Request) -> Any:
+        self.check_model(body.model)
         tokens = await asyncio.to_thread(self.runtime.model.tokenize, body.prompt, True)
         return await self._respond("text", body, tokens, None, request)
 
@@ -109,7 +134,7 @@ class OpenAIServing:
             raise ContextOverflowError(f"the prompt is {prompt_len} tokens; a sequence holds "
                                        f"{self.runtime.scheduler.ctx_per_seq}")
         return SamplingParams(max_tokens=min(body.max_tokens or room, room), temperature=body.temperature,
-                              top_p=body.top_p, seed=body.seed, stop=body.stop_list())
+                              top_p=body.top_p, seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
     async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
                       request: Request) -> AsyncIterator[Event]:
@@ -118,13 +143,20 @@ class OpenAIServing:
         req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
                                       lambda ev: relay.put(queue, ev))
         started, first = time.perf_counter(), True
+        checked = time.monotonic()
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
                 except TimeoutError:
+                    event = None
+                # polled by the clock, not only when tokens stop: a non-streamed reply generates
+                # tokens all along, and its client may have gone away long ago
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         req.cancel()
+                if event is None:
                     continue
                 if first and event.text:
                     self.metrics.ttft.observe(time.perf_counter() - started)

@@ -9,6 +9,7 @@ template fails its request with one line instead of holding a thread (and shutdo
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,8 @@ CHATML = (
 )
 
 
+_MARK = "\ue000"  # a private-use character: no template writes it
+_MARKS = re.compile(f"{_MARK}(\\d+){_MARK}")
 RENDER_TIMEOUT_S = 2.0
 RENDER_MAX_CHARS = 4 << 20  # a prompt this long is far past any context; more is a template gone wrong
 MAX_PRODUCT = 1 << 20  # largest string/list/number an intercepted * or ** may make
@@ -109,13 +112,32 @@ class PromptBuilder:
         self.bos = self._special(meta, "tokenizer.ggml.bos_token_id")
         self.eos = self._special(meta, "tokenizer.ggml.eos_token_id")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
+        controls = backend.control_texts()
+        self.control = re.compile("|".join(map(re.escape, controls))) if controls else None
 
     def _special(self, meta: dict[str, str], key: str) -> str:
         return self.backend.token_text(int(meta[key])) if key in meta else ""
 
     def tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.control is not None and any(self.control.search(m.get("content") or "") for m in messages):
+            return self._tokens_with_text_contents(messages)
         text = render(self.template, messages, self.bos, self.eos)
         return self.backend.tokenize(text, add_bos=self.add_bos and not (self.bos and text.startswith(self.bos)))
+
+    def _tokens_with_text_contents(self, messages: list[dict[str, str]]) -> list[int]:
+        """A message that holds control-token text (a user typing ``<|im_end|><|im_start|>system``
+        to forge a turn): the template is rendered around markers, its own text tokenized with
+        special tokens and each message's content as plain text, so the content stays words."""
+        masked = [{**m, "content": f"{_MARK}{i}{_MARK}"} for i, m in enumerate(messages)]
+        text = render(self.template, masked, self.bos, self.eos)
+        out: list[int] = []
+        for j, piece in enumerate(_MARKS.split(text)):
+            if j % 2:  # a marker's index
+                out += self.backend.tokenize(messages[int(piece)].get("content") or "", add_bos=False, special=False)
+            elif piece:
+                first = j == 0 and self.add_bos and not (self.bos and piece.startswith(self.bos))
+                out += self.backend.tokenize(piece, add_bos=first)
+        return out
 
 
 class ChatSession:

@@ -132,6 +132,7 @@ def open_classifier(name: str, precision: str | None = None,
     if manifest.format != "classifier":
         raise InvalidModelError(f"{name} is in {manifest.format} format, not a classifier "
                                 "(`autoglm classify train` makes one)")
+    store.check_intact(manifest)
     clf = Classifier.load(manifest.directory)
     enc_manifest, encoder = opener(clf.encoder, precision or clf.precision)
     if enc_manifest.version != clf.encoder_version:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.backends.onnx.convert import convert
 from engine.backends.onnx.encoder import Encoder
-from engine.errors import InvalidModelError
+from engine.errors import InvalidModelError, ModelNotFoundError
 from engine.models import store
 from engine.models.manager import pull
 from engine.models.progress import Progress
@@ -24,12 +24,13 @@ def encoder_manifest(name: str | None, progress: Progress | None = None) -> Mani
     if manifest is None or manifest.format == "hf":  # an HF folder (named or implied): its converted twin
         folder = manifest or store.get(name.removesuffix("-onnx"))
         if folder is None:
-            raise InvalidModelError(f"unknown encoder '{name}': install a Hugging Face BERT folder and "
+            raise ModelNotFoundError(f"unknown encoder '{name}': install a Hugging Face BERT folder and "
                                     "`autoglm models convert` it")
         manifest = store.get(f"{folder.name}-onnx") or convert(folder.name)
     if manifest.format != "onnx-encoder":
         raise InvalidModelError(f"{name} is a {manifest.format} model, not a text encoder; embed and classify "
                                 "take an ONNX encoder (`autoglm models convert` makes one from a BERT folder)")
+    store.check_intact(manifest)
     return manifest
 
 

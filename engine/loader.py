@@ -14,7 +14,7 @@ from engine.backends.llama_executor import LlamaExecutor
 from engine.backends.llamacpp import LlamaBackend
 from engine.models.manager import ResolvedModel, resolve
 from engine.models.progress import Progress
-from engine.planner import Overrides, Plan, make_plan
+from engine.planner import Overrides, Plan, make_plan, onnx_provider
 from engine.scheduler.batch import Scheduler
 from engine.scheduler.planner import MIN_CHUNK
 from engine.scheduler.session import ScheduledBackend
@@ -53,7 +53,9 @@ def describe(prepared: Prepared) -> dict:
             "model": {"label": prepared.model.label, **prepared.model.facts.to_dict()},
             "selftest": prepared.verdict.__dict__ if prepared.verdict else None,
             "gpu_selftest": prepared.gpu_verdict.__dict__ if prepared.gpu_verdict else None,
-            "plan": prepared.plan.to_dict(), "determinism": determinism(prepared.plan)}
+            "plan": prepared.plan.to_dict(), "determinism": determinism(prepared.plan),
+            "onnx": {p: dict(zip(("provider", "reason"), onnx_provider(device, p), strict=True))
+                     for p in ("int8", "fp32")}}
 
 
 def determinism(plan: Plan) -> str:
@@ -73,6 +75,6 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
     executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx,
                              n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
                              threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
-                             offload_kqv=plan.gpu_layers > 0)
+                             offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type)
     scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue)
     return ScheduledBackend(backend, scheduler, plan)

@@ -6,7 +6,7 @@ a 6 GB GPU desktop, an old CPU without AVX2) test it without that hardware.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import InvalidArgumentError
@@ -21,6 +21,12 @@ MiB = 1 << 20
 DEFAULT_CTX = 4096
 SMALL_BOARD_CTX = 2048
 VRAM_RESERVE = 512 * MiB  # driver, CUDA context and compute buffers
+GPU_MAX_CTX = 32768  # a context beyond this is a choice for the user (--ctx), not a default
+GPU_Q8_BELOW = 8192  # an f16 KV cache that leaves less context than this is worth quantizing
+KV_Q8_RATIO = 34 / 64  # q8_0 stores 32 values in 34 bytes; f16 takes 64
+SERVE_SEQ_CTX = 2048  # what `serve` gives each sequence by default
+CPU_SLOTS = 4  # on a CPU, more parallel sequences than this add latency, not throughput
+MAX_SLOTS = 64
 RAM_HEADROOM = 0.8  # leave the OS and the app a fifth of what is free
 
 
@@ -58,6 +64,9 @@ class Plan:
     use_mmap: bool
     kernels: str
     reasons: dict[str, str] = field(default_factory=dict)
+    kv_type: str = "f16"  # q8_0 when f16 would not leave a useful context in free VRAM
+    kv_tokens: int = 0  # KV cells that fit where the cache lives (RAM or VRAM): the server's budget
+    slots: int = CPU_SLOTS  # parallel sequences `serve` runs unless told otherwise
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +129,7 @@ def _extra_bufts(device: DeviceFacts, verdict: Verdict | None, ov: Overrides) ->
                    f"falling back to use_extra_bufts=False ({amx})")
 
 
-def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Overrides,
+def _gpu_layers(device: DeviceFacts, model: ModelFacts, kv_bytes: int, ov: Overrides,
                 gpu_verdict: Verdict | None = None) -> tuple[int, str]:
     total_layers = model.n_layers + 1  # + the output layer, which llama.cpp offloads last
     if gpu_verdict is not None and not gpu_verdict.ok:
@@ -139,7 +148,7 @@ def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Override
     if not device.llama_gpu_offload:
         return 0, (f"{gpu.name} found, but this llama-cpp-python build is CPU-only "
                    "(reinstall with CMAKE_ARGS=-DGGML_CUDA=on, -DGGML_VULKAN=on or -DGGML_METAL=on)")
-    budget = gpu.memory_free - VRAM_RESERVE - model.kv_bytes_per_token() * n_ctx
+    budget = gpu.memory_free - VRAM_RESERVE - kv_bytes
     per_layer = model.size / total_layers
     n = max(0, min(total_layers, int(budget // per_layer))) if per_layer else 0
     if n == total_layers:
@@ -150,21 +159,69 @@ def _gpu_layers(device: DeviceFacts, model: ModelFacts, n_ctx: int, ov: Override
                f"(after {_fmt_gib(VRAM_RESERVE)} reserve and the KV cache); the rest run on the CPU")
 
 
-def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int, str]:
+def _vram_budget(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int, str] | None:
+    """Bytes of VRAM left for the KV cache when the whole model goes on a GPU, else None."""
+    if ov.safe or ov.gpu_layers == 0 or not device.gpus or not device.llama_gpu_offload:
+        return None
+    gpu = max(device.gpus, key=lambda g: g.memory_free)
+    left = gpu.memory_free - VRAM_RESERVE - model.size
+    if left < model.kv_bytes_per_token() * 512:
+        return None  # the model does not fit with a useful context: partial offload, KV in RAM
+    return left, f"{_fmt_gib(gpu.memory_free)} free on {gpu.name}"
+
+
+def _halve_to_fit(ctx: int, per_token: int, budget: float) -> int:
+    while ctx > 512 and per_token * ctx > budget:
+        ctx //= 2
+    return ctx
+
+
+def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int, str, str, int]:
+    """(n_ctx, why, KV cache type, KV cells that fit): from free VRAM when the model fits on a GPU
+    (there the KV cache lives in VRAM too), else from free RAM."""
+    vram = _vram_budget(device, model, ov)
+    per_token = max(model.kv_bytes_per_token(), 1)
+    if vram is not None:
+        budget, where = vram
+        want = min(model.context_length, GPU_MAX_CTX)
+        ctx, kv_type = _halve_to_fit(want, per_token, budget), "f16"
+        q8 = int(per_token * KV_Q8_RATIO)
+        if ctx < min(want, GPU_Q8_BELOW) and _halve_to_fit(want, q8, budget) > ctx:
+            kv_type, per_token, f16_ctx = "q8_0", q8, ctx
+            ctx = _halve_to_fit(want, q8, budget)
+        if ov.ctx:
+            return ov.ctx, "set by the user", kv_type, int(budget // per_token)
+        why = (f"{ctx} tokens from VRAM: {where}, weights {_fmt_gib(model.size)}, KV cache "
+               f"{per_token * ctx / MiB:.0f} MiB {kv_type}")
+        if kv_type == "q8_0":
+            why += f" (f16 would fit only {f16_ctx})"
+        return ctx, why, kv_type, int(budget // per_token)
+    budget = device.ram_available * RAM_HEADROOM - model.size
+    kv_tokens = max(int(budget // per_token), 0)
     if ov.ctx:
         if ov.ctx > model.context_length:
-            return ov.ctx, f"set by the user (beyond the {model.context_length} the model was trained for)"
-        return ov.ctx, "set by the user"
+            return ov.ctx, f"set by the user (beyond the {model.context_length} the model was trained for)", \
+                "f16", kv_tokens
+        return ov.ctx, "set by the user", "f16", kv_tokens
     want = SMALL_BOARD_CTX if device.ram_total < 8 * GiB else DEFAULT_CTX
     ctx = min(want, model.context_length)
-    budget = device.ram_available * RAM_HEADROOM - model.size
     while ctx > 512 and model.kv_bytes_per_token() * ctx > budget:
         ctx //= 2
     kv = model.kv_bytes_per_token() * ctx
     why = f"{ctx} tokens (KV cache {kv / MiB:.0f} MiB; model trained for {model.context_length})"
     if ctx < min(want, model.context_length):
         why += f", reduced to fit {_fmt_gib(device.ram_available)} of free RAM"
-    return ctx, why
+    return ctx, why, "f16", kv_tokens
+
+
+def _slots(kv_tokens: int, on_gpu: bool) -> tuple[int, str]:
+    """Parallel sequences for `serve`: on a GPU as many as the KV budget holds at the default
+    sequence length (a GPU's step costs about the same for 1 or 64 rows); on a CPU a few."""
+    fit = max(1, min(MAX_SLOTS, kv_tokens // SERVE_SEQ_CTX))
+    if on_gpu:
+        return fit, f"{fit} x {SERVE_SEQ_CTX} tokens fit the KV budget on the GPU (at most {MAX_SLOTS})"
+    n = min(CPU_SLOTS, fit)
+    return n, f"{n}: the model runs (at least partly) on the CPU, where more sequences add latency, not throughput"
 
 
 def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = None,
@@ -174,8 +231,15 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     ov.validate()
     reasons: dict[str, str] = {"backend": f"GGUF {model.quant} model: llama.cpp"}
     threads, reasons["threads"] = _threads(device, ov)
-    n_ctx, reasons["n_ctx"] = _context(device, model, ov)
-    gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, n_ctx, ov, gpu_verdict)
+    n_ctx, reasons["n_ctx"], kv_type, kv_tokens = _context(device, model, ov)
+    kv_bytes = int(model.kv_bytes_per_token() * n_ctx * (KV_Q8_RATIO if kv_type == "q8_0" else 1))
+    gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, kv_bytes, ov, gpu_verdict)
+    if gpu_layers <= model.n_layers and "from VRAM" in reasons["n_ctx"]:  # not all on the GPU after all (a
+        # failed GPU self-test): the KV cache is in RAM, so RAM sizes it
+        n_ctx, reasons["n_ctx"], kv_type, kv_tokens = _context(device, model, replace(ov, gpu_layers=0))
+    reasons["kv_type"] = (f"{kv_type}: " + ("halves the KV cache so the context fits in VRAM" if kv_type == "q8_0"
+                                            else "exact; it fits"))
+    slots, reasons["slots"] = _slots(kv_tokens, gpu_layers > model.n_layers)
     extra, reasons["use_extra_bufts"] = _extra_bufts(device, verdict, ov)
     kernels, reasons["kernels"] = _kernels(device, model)
     n_batch = min(ov.batch or 512, n_ctx)
@@ -189,7 +253,8 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     return Plan(
         backend="llamacpp", model_path=model.path, threads=threads, threads_batch=threads,
         gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
-        flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons,
+        flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons, kv_type=kv_type, kv_tokens=kv_tokens,
+        slots=slots,
     )
 
 
@@ -219,6 +284,23 @@ def choose_quant(sizes: dict[str, int], device: DeviceFacts) -> tuple[str, str]:
         return quant, f"{quant}: the only kind that fits in half of {where}"
     quant = min(sizes, key=sizes.get)
     return quant, f"{quant}: the smallest on offer; nothing fits in half of {where}, expect swapping"
+
+
+def onnx_provider(device: DeviceFacts, precision: str, safe: bool = False) -> tuple[str, str]:
+    """Where onnxruntime runs an encoder: CUDA for fp32 graphs when onnxruntime-gpu and an NVIDIA
+    GPU are here; int8 graphs stay on the CPU (their integer kernels are CPU kernels in
+    onnxruntime, so CUDA would copy every layer back and forth)."""
+    cuda = "CUDAExecutionProvider"
+    if safe:
+        return "CPUExecutionProvider", "safe mode: CPU only"
+    if cuda not in device.onnx_providers:
+        return "CPUExecutionProvider", ("this onnxruntime has no CUDA provider (on an NVIDIA machine: pip uninstall "
+                                        "onnxruntime && pip install onnxruntime-gpu)")
+    if not any("nvidia" in g.name.lower() or g.vendor == "nvidia" for g in device.gpus):
+        return "CPUExecutionProvider", "onnxruntime has a CUDA provider, but no NVIDIA GPU was found"
+    if precision == "int8":
+        return "CPUExecutionProvider", "int8 graphs run on the CPU (onnxruntime's integer kernels are CPU kernels)"
+    return cuda, "fp32 graphs on the NVIDIA GPU (onnxruntime-gpu's CUDA provider)"
 
 
 def onnx_threads(device: DeviceFacts, llama_threads: int, gpu_layers: int = 0) -> tuple[int, str]:

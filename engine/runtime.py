@@ -16,7 +16,7 @@ from typing import Any
 from engine.backends.onnx.encoder import Encoder
 from engine.models import store
 from engine.models.store import Manifest
-from engine.planner import onnx_threads
+from engine.planner import onnx_provider, onnx_threads
 from engine.scheduler.session import ScheduledBackend
 from engine.tasks.chat import PromptBuilder
 from engine.tasks.classify import Classifier, open_classifier
@@ -30,6 +30,7 @@ class Runtime:
         self.scheduler = model.scheduler
         self.prompts = PromptBuilder(model)
         self.report = report or {}
+        self.device = device
         self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, model.plan.threads if model.plan else 1,
                                                                    model.plan.gpu_layers if model.plan else 0)
         self._cache: dict[tuple[str, ...], Any] = {}
@@ -53,7 +54,9 @@ class Runtime:
     def encoder(self, name: str | None = None, precision: str = "int8") -> tuple[Manifest, Encoder]:
         manifest = encoder_manifest(name or DEFAULT_ENCODER)
         key = ("encoder", manifest.name, manifest.version, precision)
-        return manifest, self._cached(key, lambda: Encoder(manifest.directory, precision, self.onnx_threads))
+        provider, _why = onnx_provider(self.device, precision)
+        return manifest, self._cached(key, lambda: Encoder(manifest.directory, precision, self.onnx_threads,
+                                                           provider=provider))
 
     def classifier(self, name: str) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)

@@ -130,3 +130,47 @@ def test_arm_boards_from_their_cpuinfo(sample, ram_gib, threads, kernels, why):
         assert "Q4_0 would be faster" in q4_1_plan.reasons["kernels"]
     quant, reason = choose_quant({"Q8_0": 145_000_000, "Q4_K_M": 105_000_000, "Q4_0": 92_000_000}, board)
     assert quant == "Q4_0" and ("repacked" in reason or "without dotprod" in reason)
+
+
+def test_vram_sizes_context_kv_type_and_slots_when_the_model_fits_on_the_gpu():
+    """#13: with every layer on the GPU the KV cache lives in VRAM, so VRAM (not RAM) sizes it."""
+    import dataclasses
+
+    dev = device("desktop-rtx2060-6gb")
+    small = make_plan(SMOLLM2, dev, PASSED)
+    assert small.n_ctx == 8192 and "from VRAM" in small.reasons["n_ctx"] and small.kv_type == "f16"
+    assert small.slots == 64 and "fit the KV budget on the GPU" in small.reasons["slots"]
+    # an 8 GB card with an 8B model: weights fit, an f16 cache would leave 4096 tokens, q8_0 doubles it
+    card = dataclasses.replace(dev.gpus[0], memory_free=int(6.7 * (1 << 30)), memory_total=8 << 30)
+    tight = make_plan(LLAMA_8B, dataclasses.replace(dev, gpus=[card]), PASSED)
+    assert tight.gpu_layers == 33, tight.reasons["gpu_layers"]
+    assert tight.kv_type == "q8_0" and tight.n_ctx == 8192 and "f16 would fit only 4096" in tight.reasons["n_ctx"]
+    assert "halves the KV cache" in tight.reasons["kv_type"]
+    # partial offload: the cache stays f16, the context comes from RAM, few slots
+    big = make_plan(LLAMA_8B, dev, PASSED)
+    assert big.kv_type == "f16" and "from VRAM" not in big.reasons["n_ctx"] and big.slots <= 4
+    # no layer on the GPU: nothing planned from VRAM
+    cpu = make_plan(SMOLLM2, dev, PASSED, Overrides(gpu_layers=0))
+    assert cpu.gpu_layers == 0 and "from VRAM" not in cpu.reasons["n_ctx"] and cpu.slots == 4
+
+
+def test_cpu_plans_keep_four_slots_or_fewer_when_ram_is_short():
+    assert make_plan(SMOLLM2, device("epyc-2core-vm"), PASSED).slots == 4
+    pi = make_plan(LLAMA_8B, device("raspberry-pi-5"), PASSED)
+    assert pi.slots == 1 and pi.kv_type == "f16"
+
+
+def test_onnx_provider_is_cuda_only_where_it_can_run():
+    from engine.planner import onnx_provider
+
+    gpu_box = device("desktop-rtx2060-6gb")
+    gpu_box.onnx_providers = ["CPUExecutionProvider"]  # the plain onnxruntime wheel
+    assert "pip install onnxruntime-gpu" in onnx_provider(gpu_box, "fp32")[1]
+    gpu_box.onnx_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_provider(gpu_box, "fp32") == ("CUDAExecutionProvider",
+                                              "fp32 graphs on the NVIDIA GPU (onnxruntime-gpu's CUDA provider)")
+    assert onnx_provider(gpu_box, "int8")[0] == "CPUExecutionProvider"
+    assert onnx_provider(gpu_box, "fp32", safe=True)[0] == "CPUExecutionProvider"
+    cpu_box = device("epyc-2core-vm")
+    cpu_box.onnx_providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "no NVIDIA GPU" in onnx_provider(cpu_box, "fp32")[1]

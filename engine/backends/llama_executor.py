@@ -30,7 +30,8 @@ GREEDY = object()  # temperature 0, no grammar: an argmax over the logits, no sa
 
 class LlamaExecutor:
     def __init__(self, model: Any, *, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int,
-                 threads_batch: int | None = None, flash_attn: bool = True, offload_kqv: bool = True) -> None:
+                 threads_batch: int | None = None, flash_attn: bool = True, offload_kqv: bool = True,
+                 kv_type: str = "f16") -> None:
         self.model, self.n_seq, self.n_batch = model, n_seq, n_batch
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
@@ -42,6 +43,8 @@ class LlamaExecutor:
         cparams.n_threads, cparams.n_threads_batch = threads, threads_batch or threads
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        if kv_type == "q8_0":  # planned only on a GPU with flash attention, which a quantized V cache needs
+            cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_Q8_0
         cparams.offload_kqv = offload_kqv  # False with no layer on a GPU: no GPU buffers for nothing
         if hasattr(cparams, "op_offload"):
             cparams.op_offload = offload_kqv

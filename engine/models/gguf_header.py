@@ -90,7 +90,7 @@ def check_header(path: str | Path) -> None:
     try:
         with path.open("rb") as fh:
             if path.stat().st_size < 24:
-                raise InvalidModelError(f"{path} is too short to be a GGUF model ({path.stat().st_size} bytes)")
+                raise _Bad(f"{path.stat().st_size} bytes is too short for a header")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 _walk(_Walker(buf))
     except _Bad as exc:

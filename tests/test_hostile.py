@@ -436,3 +436,19 @@ def test_bad_requests_are_refused_in_openai_shape_and_the_server_stays_up():
         scheduler.close()
     print("bad requests:", counts)
     assert counts["server_errors"] == 0 and counts["refused"] > 100
+
+
+def test_staging_left_by_a_killed_pull_is_swept(tmp_home):
+    from engine.models.store import sweep_stale_stages
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stage = tmp_home / "tmp" / "stage-killed"
+    stage.mkdir(parents=True)
+    (stage / ".owner").write_text(str(dead.pid))
+    (stage / "half.gguf").write_bytes(b"x" * 1024)
+    live = tmp_home / "tmp" / "stage-live"
+    live.mkdir()
+    (live / ".owner").write_text(str(os.getpid()))
+    sweep_stale_stages()
+    assert not stage.exists() and live.exists()

@@ -289,7 +289,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
-            "cors_origins", "manage_key", "no_manage")
+            "cors_origins", "manage_key", "no_manage", "no_speculate")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "behind its own key (or set AUTOGLM_MANAGE_KEY); off without one")
     p.add_argument("--no-manage", action="store_true", default=None,
                    help="management API off even if a key is configured")
+    p.add_argument("--no-speculate", action="store_true", default=None,
+                   help="no speculative decoding (temperature-0 requests otherwise verify drafts from their context)")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")

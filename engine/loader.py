@@ -67,7 +67,7 @@ def determinism(plan: Plan) -> str:
 
 
 def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None,
-                   max_queue: int = 64) -> ScheduledBackend:
+                   max_queue: int = 64, speculative: bool = True) -> ScheduledBackend:
     """The planned model behind the continuous-batching scheduler: the one generation path."""
     plan = prepared.plan
     backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=plan.gpu_layers,
@@ -76,5 +76,5 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
                              n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
                              threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                              offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type)
-    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue)
+    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative)
     return ScheduledBackend(backend, scheduler, plan)

@@ -18,10 +18,10 @@ class FakeExecutor:
     would abort the process). The "model" predicts a deterministic next token from the sequence."""
 
     def __init__(self, n_seq: int = 4, n_batch: int = 64, vocab: int = 50, fail_on_step: int | None = None,
-                 eog_after: int | None = None) -> None:
+                 eog_after: int | None = None, copy_period: int | None = None) -> None:
         self.n_seq, self.n_batch, self.vocab = n_seq, n_batch, vocab
         self.kv: list[list[int]] = [[] for _ in range(n_seq)]
-        self.fail_on_step, self.eog_after = fail_on_step, eog_after
+        self.fail_on_step, self.eog_after, self.copy_period = fail_on_step, eog_after, copy_period
         self.steps = 0
         self.max_rows = 0
         self.logits: dict[int, int] = {}
@@ -36,6 +36,8 @@ class FakeExecutor:
     def next_token(self, seq_tokens: list[int]) -> int:
         if self.eog_after is not None and len(seq_tokens) >= self.eog_after:
             return EOG
+        if self.copy_period and len(seq_tokens) >= self.copy_period:  # a model that repeats its context
+            return seq_tokens[-self.copy_period]
         return 1 + (sum(seq_tokens) * 31 + len(seq_tokens)) % (self.vocab - 1)
 
     def decode(self, rows: list[Any]) -> None:

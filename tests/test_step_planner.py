@@ -26,9 +26,9 @@ op = st.one_of(
 class Driver:
     """Does what the scheduler thread does with the planner, synchronously."""
 
-    def __init__(self, n_slots: int, n_batch: int, ctx: int) -> None:
+    def __init__(self, n_slots: int, n_batch: int, ctx: int, copy_period: int | None = None) -> None:
         self.planner = StepPlanner(n_slots, n_batch, ctx, max_queue=1000, min_chunk=8)
-        self.fake = FakeExecutor(n_seq=n_slots, n_batch=n_batch)
+        self.fake = FakeExecutor(n_seq=n_slots, n_batch=n_batch, copy_period=copy_period)
         self.enqueued: list[Job] = []
         self.admitted: list[Job] = []
         self.ended: set[int] = set()
@@ -36,7 +36,7 @@ class Driver:
 
     def arrive(self, prefix: int, length: int, max_tokens: int) -> None:
         prompt = PREFIXES[prefix] + [1 + (length * 7 + i) % 40 for i in range(length)]
-        job = Job(prompt, max_tokens, owner=len(self.enqueued))
+        job = Job(prompt, max_tokens, owner=len(self.enqueued), speculate=length % 2 == 0)
         self.planner.enqueue(job)
         self.enqueued.append(job)
 
@@ -52,10 +52,19 @@ class Driver:
         self.fake.decode(step.rows)
         self.planner.observe(0.01)
         for slot in step.sample:
-            token = self.fake.sample(None, slot.row)
-            self.planner.accept(slot, token)
-            if slot.produced >= slot.max_tokens:
-                self.ended.add(self.planner.release(slot).owner)
+            if not slot.draft:
+                self.planner.accept(slot, self.fake.sample(None, slot.row))
+                if slot.produced >= slot.max_tokens:
+                    self.ended.add(self.planner.release(slot).owner)
+                continue
+            emit, keep = self.planner.verified(slot, [self.fake.sample(None, r) for r in (slot.row, *slot.draft_rows)])
+            self.fake.trim(slot.seq, keep)
+            for i, token in enumerate(emit):
+                self.planner.accept(slot, token, evaluated=i < len(emit) - 1)
+                if slot.produced >= slot.max_tokens:
+                    self.ended.add(self.planner.release(slot).owner)
+                    self.fake.trim(slot.seq, len(slot.cached))
+                    break
         self.check()
 
     def pick_active(self, n: int):
@@ -96,11 +105,13 @@ class Driver:
 
 
 @settings(max_examples=150, deadline=None)
-@given(n_slots=st.integers(1, 8), n_batch=st.sampled_from([24, 40, 64]), ops=st.lists(op, max_size=80))
-def test_random_traffic_keeps_every_invariant(n_slots, n_batch, ops):
+@given(n_slots=st.integers(1, 8), n_batch=st.sampled_from([24, 40, 64]), ops=st.lists(op, max_size=80),
+       copy_period=st.sampled_from([None, 3, 7]))
+def test_random_traffic_keeps_every_invariant(n_slots, n_batch, ops, copy_period):
+    """Half the requests speculate; with a copying fake model their drafts are mostly accepted."""
     if n_batch < n_slots + 8:
         n_batch = n_slots + 8
-    d = Driver(n_slots, n_batch, ctx=256)
+    d = Driver(n_slots, n_batch, ctx=256, copy_period=copy_period)
     for kind, *args in ops:
         getattr(d, kind)(*args)
     d.drain()

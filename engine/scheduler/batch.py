@@ -76,15 +76,16 @@ class Request:
 
 class Scheduler:
     def __init__(self, executor: Any, parallel: int = 4, ctx_per_seq: int = 2048, max_queue: int = 64,
-                 on_fatal: Callable[[str], None] | None = None) -> None:
-        self.executor = executor
+                 on_fatal: Callable[[str], None] | None = None, speculative: bool = True) -> None:
+        self.executor, self.speculative = executor, speculative
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
         self.on_fatal = on_fatal
         self.lock = threading.Condition()
         self.stopping = False
         self.failed: str | None = None  # the reason, once a step failed
-        self.stats = {"steps": 0, "tokens_generated": 0, "prompt_tokens": 0, "prompt_reused": 0}
+        self.stats = {"steps": 0, "tokens_generated": 0, "prompt_tokens": 0, "prompt_reused": 0,
+                      "draft_tokens": 0, "draft_accepted": 0}
         self.thread = threading.Thread(target=self._run, name="autoglm-scheduler", daemon=True)
         self.thread.start()
 
@@ -102,7 +103,8 @@ class Scheduler:
             try:
                 if refusal:
                     raise SchedulerFailedError(refusal)
-                self.planner.enqueue(Job(prompt, params.max_tokens, req))
+                greedy = params.temperature <= 0 and grammar is None  # drafts are verified by argmax
+                self.planner.enqueue(Job(prompt, params.max_tokens, req, speculate=self.speculative and greedy))
             except Exception:
                 self.executor.free_sampler(req.sampler)
                 raise
@@ -188,13 +190,29 @@ class Scheduler:
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused
         plain = [slot for slot in step.sample if slot.job.owner.grammar is None]
-        tokens = dict(zip(map(id, plain), self.executor.sample_all([(s.job.owner.sampler, s.row) for s in plain]),
-                          strict=True))
+        picks = [(s.job.owner.sampler, row) for s in plain for row in (s.row, *s.draft_rows)]
+        sampled = iter(self.executor.sample_all(picks))
+        tokens = {id(s): [next(sampled) for _ in range(1 + len(s.draft))] for s in plain}
         for slot in step.sample:
-            if id(slot) in tokens:
-                self._emit(slot, tokens[id(slot)])
-            else:
+            if id(slot) not in tokens:
                 self._emit_constrained(slot)
+            elif slot.draft:
+                self._emit_verified(slot, tokens[id(slot)])
+            else:
+                self._emit(slot, tokens[id(slot)][0])
+
+    def _emit_verified(self, slot: Slot, predicted: list[int]) -> None:
+        """A drafted slot: keep the drafts the model agrees with, drop the others' KV cells, and
+        emit the accepted tokens plus the model's own next one, each through the usual checks."""
+        emit, keep = self.planner.verified(slot, predicted)
+        self.executor.trim(slot.seq, keep)
+        self.stats["draft_tokens"] += len(slot.draft)
+        self.stats["draft_accepted"] += len(emit) - 1
+        for i, token in enumerate(emit):
+            self._emit(slot, token, evaluated=i < len(emit) - 1)
+            if slot.job is None:  # finished part-way (stop, length, end of text): drop the cells past it
+                self.executor.trim(slot.seq, len(slot.cached))
+                return
 
     def _emit_constrained(self, slot: Slot) -> None:
         """A grammar is applied to the whole vocabulary on this thread, so a schema with thousands
@@ -213,14 +231,14 @@ class Scheduler:
                                            f"here (at most {GRAMMAR_TOKEN_S * 1000:.0f}); simplify the schema")
         return self._emit(slot, token)
 
-    def _emit(self, slot: Slot, token: int) -> None:
+    def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
         req: Request = slot.job.owner
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
             req.stats.prefill_s = req.first_token_at - req.submitted
         if self.executor.is_eog(token) and not req.params.ignore_eos:
             return self._finish(slot, "stop")
-        self.planner.accept(slot, token)
+        self.planner.accept(slot, token, evaluated)
         req.stats.completion_tokens = slot.produced
         self.stats["tokens_generated"] += 1
         req.text += req.decoder.decode(self.executor.piece(token))

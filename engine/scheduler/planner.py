@@ -22,6 +22,7 @@ from enum import Enum
 from typing import Any
 
 from engine.errors import ContextOverflowError, InvalidArgumentError
+from engine.scheduler.speculation import Drafter
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
 MIN_CHUNK = 32
@@ -44,6 +45,7 @@ class Job:
     prompt: list[int]
     max_tokens: int
     owner: Any = None
+    speculate: bool = False  # greedy and unconstrained: drafts from its own context are verified
 
 
 @dataclass
@@ -59,6 +61,9 @@ class Slot:
     row: int = -1  # this step's batch row holding our logits, -1 if none
     order: int = 0  # admission number: prompt chunks go to the earliest admitted first
     reused: int = 0  # prompt tokens whose cells were already there at admission
+    drafter: Drafter = field(default_factory=Drafter)
+    draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
+    draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class StepPlanner:
             slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
             slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
             slot.produced, slot.fresh, slot.reused = 0, False, keep
+            slot.drafter.reset()
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep
@@ -143,12 +149,24 @@ class StepPlanner:
         rows: list[Row] = []
         sample: list[Slot] = []
         for slot in self.slots:  # running streams first: one token each
-            slot.row = -1
+            slot.row, slot.draft, slot.draft_rows = -1, [], []
             if slot.state is SlotState.DECODE:
                 slot.row, slot.fresh = len(rows), False
                 rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
                 sample.append(slot)
         self._streams_running = bool(rows)
+        prefilling = self.waiting or any(s.state is SlotState.PREFILL for s in self.slots)
+        spare = self.n_batch - len(rows) - (self.min_chunk if prefilling else 0)
+        for slot in sample:  # then drafts to verify, within what prompt chunks can spare
+            if not slot.job.speculate or spare <= 0:
+                continue
+            pos = len(slot.cached) - 1
+            limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
+            slot.draft = slot.drafter.draft(slot.cached, limit)
+            for i, tok in enumerate(slot.draft):
+                slot.draft_rows.append(len(rows))
+                rows.append(Row(tok, pos + 1 + i, slot.seq, True))
+            spare -= len(slot.draft)
         budget = min(self.chunk, self.n_batch - len(rows))
         for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
             if budget <= 0:
@@ -176,12 +194,25 @@ class StepPlanner:
         else:
             self.chunk = self.max_chunk
 
-    def accept(self, slot: Slot, token: int) -> None:
-        """The token sampled for ``slot``: it becomes the slot's next input (no KV cell yet)."""
+    def accept(self, slot: Slot, token: int, evaluated: bool = False) -> None:
+        """The token sampled for ``slot``: it becomes the slot's next input (no KV cell yet), or,
+        for an accepted draft (``evaluated``), a token whose cell the verifying step wrote."""
         slot.state = SlotState.DECODE
         slot.produced += 1
         slot.cached.append(token)
-        slot.fresh = True
+        slot.fresh = not evaluated
+
+    def verified(self, slot: Slot, predicted: list[int]) -> tuple[list[int], int]:
+        """After a step with a draft: ``predicted`` is the greedy token after the slot's input and
+        after each drafted token. Returns the tokens to emit (the accepted drafts and the model's
+        own next one) and the position from which this sequence's KV cells must be dropped (the
+        rejected drafts'). The emitted text is exactly what one-token steps would have produced."""
+        accepted = 0
+        while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
+            accepted += 1
+        keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
+        slot.drafter.observe(len(slot.draft), accepted, keep)
+        return slot.draft[:accepted] + [predicted[accepted]], keep
 
     def release(self, slot: Slot) -> Job | None:
         """The slot's request ended (finished, cancelled, failed); its evaluated cells stay for reuse."""

@@ -27,6 +27,10 @@ class Metrics:
             lambda: scheduler.active)
         Gauge("autoglm_tokens_generated", "tokens generated since start", registry=self.registry).set_function(
             lambda: scheduler.stats["tokens_generated"])
+        Gauge("autoglm_draft_tokens", "tokens drafted for speculative decoding since start",
+              registry=self.registry).set_function(lambda: scheduler.stats.get("draft_tokens", 0))
+        Gauge("autoglm_draft_accepted", "drafted tokens the model agreed with since start",
+              registry=self.registry).set_function(lambda: scheduler.stats.get("draft_accepted", 0))
         self._last = (time.monotonic(), 0)
         Gauge("autoglm_tokens_per_second", "generation rate since the previous scrape",
               registry=self.registry).set_function(self._rate)

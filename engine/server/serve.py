@@ -36,6 +36,7 @@ class ServeSettings:
     api_key: str | None = None
     manage_key: str | None = None  # the management API's own key; without one it is off
     no_manage: bool = False
+    no_speculate: bool = False  # greedy requests verify drafts from their own context unless this is set
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
@@ -126,7 +127,8 @@ def serve(settings: ServeSettings) -> int:
     prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
                                                         safe=settings.safe))
     parallel = settings.parallel or prepared.plan.slots
-    model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue)
+    model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue,
+                                  speculative=not settings.no_speculate)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once

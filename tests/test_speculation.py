@@ -1,0 +1,118 @@
+"""Speculative decoding from the context (fast tier): the drafter on its own, then the scheduler
+over a fake executor that checks every KV cell, with a fake model that repeats its context (so
+drafts are accepted) and one that does not (so they are rejected and their cells removed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.sampling import SamplingParams
+from engine.scheduler.batch import Scheduler
+from engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, START_K, Drafter
+from tests.fakes import FakeExecutor
+
+GREEDY = SamplingParams(max_tokens=60, temperature=0)
+GREEDY_LONG = SamplingParams(max_tokens=120, temperature=0)
+
+
+def test_the_drafter_proposes_what_followed_the_last_ngram():
+    d = Drafter()
+    tokens = [1, 2, 3, 4, 5, 6, 7, 9, 9, 2, 3, 4]
+    assert d.draft(tokens, 10) == [5, 6, 7, 9][:START_K]
+    assert d.draft(tokens, 2) == [5, 6]
+    assert Drafter().draft([1, 2, 3, 4], 5) == []  # nothing repeats
+    tokens += [5, 6, 7, 9]  # grows incrementally: the newest occurrence wins
+    assert d.draft(tokens, 3) == [9, 2, 3]
+
+
+def test_the_draft_length_follows_acceptance_and_pauses_where_it_does_not_pay():
+    d = Drafter()
+    d.observe(4, 4, 100)
+    assert d.k == START_K + 2
+    for _ in range(10):
+        d.observe(d.k, d.k, 100)
+    assert d.k == MAX_K
+    d.observe(10, 3, 100)
+    assert d.k == 4
+    for _ in range(3):
+        d.observe(d.k, 0, 200)
+    assert d.paused_until == 200 + PAUSE_TOKENS
+    assert d.draft([1, 2, 1, 2, 1, 2], 5) == []  # paused: no draft until the sequence is that long
+
+
+def _run(copy_period: int | None, speculative: bool, prompts: list[list[int]],
+         params: list[SamplingParams]) -> tuple[list[list[str]], dict[str, int]]:
+    s = Scheduler(FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period), parallel=3, ctx_per_seq=128,
+                  speculative=speculative)
+    try:
+        reqs = [s.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        texts = [[e.text for e in r.stream()] for r in reqs]
+        return texts, dict(s.stats)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("copy_period", [5, 3, None])
+def test_speculation_changes_steps_never_text(copy_period):
+    """5: the model repeats the prompt's period, drafts are accepted; 3: a prompt whose repeats
+    propose some drafts the model rejects (their cells must go); None: a model of its own."""
+    first = [5, 2, 3, 1, 1, 3, 4, 5, 1, 3, 4, 3, 5, 2] if copy_period == 3 else [3, 1, 4, 1, 5] * 6
+    prompts = [first, [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13]]
+    params = [GREEDY, GREEDY, SamplingParams(max_tokens=10, temperature=0.8, seed=1)]  # the sampled one never drafts
+    plain, plain_stats = _run(copy_period, False, prompts, params)
+    spec, spec_stats = _run(copy_period, True, prompts, params)
+    assert ["".join(t) for t in spec] == ["".join(t) for t in plain]
+    assert spec_stats["tokens_generated"] == plain_stats["tokens_generated"]
+    assert spec_stats["draft_tokens"] > 0
+    if copy_period == 5:
+        assert spec_stats["draft_accepted"] > 60 and spec_stats["steps"] < plain_stats["steps"] * 0.5
+    if copy_period == 3:
+        assert spec_stats["draft_accepted"] < spec_stats["draft_tokens"]
+
+
+def test_a_stop_inside_accepted_drafts_ends_the_request_there():
+    s = Scheduler(FakeExecutor(n_seq=1, n_batch=48, copy_period=4), parallel=1, ctx_per_seq=128)
+    try:
+        req = s.submit([1, 2, 3, 4] * 4, SamplingParams(max_tokens=7, temperature=0))
+        events = list(req.stream())
+        assert events[-1].finish_reason == "length" and req.stats.completion_tokens == 7
+        assert s.executor.kv[0] == ([1, 2, 3, 4] * 6)[:16 + 6]  # the 7th token has no cell, no draft beyond it
+    finally:
+        s.close()
+
+
+DOC = ("Invoice 2024-117 from Northwind Traders, 12 Harbour Road, Leith, dated 3 March 2024: 40 crates of "
+       "oranges at 12.50 each, 15 crates of lemons at 9.80 each; payment due within 30 days to account "
+       "GB29 NWBK 6016 1331 9268 19.")
+PROMPTS = [f"Repeat this text exactly: {DOC}",
+           f"Fix the spelling: {DOC.replace('crates', 'crtaes').replace('payment', 'paymnet')}",
+           f"Extract the invoice number, the seller and the date from this document as JSON: {DOC}",
+           "def area(w, h):\n    return w * h\n\nAdd type hints and a docstring to this function.",
+           "Write a short poem about the sea.", "List the days of the week, one per line.",
+           "Count from 1 to 30, separated by commas.", "What is the capital of France? Answer in one word.",
+           "Explain what a prime number is.", "Translate to French: the cat sleeps on the warm windowsill.",
+           "Write the alphabet in capital letters.", "Describe a sunrise in three sentences."]
+
+
+def test_real_model_text_is_identical_with_and_without_speculation(backend):
+    """Temperature 0 on the real model: drafts verified by the model itself change steps, not text."""
+    from engine.tasks.chat import PromptBuilder
+
+    builder = PromptBuilder(backend)
+    scheduler = backend.scheduler
+    outputs = {}
+    try:
+        for speculative in (False, True):
+            scheduler.speculative = speculative
+            before = dict(scheduler.stats)
+            texts = []
+            for prompt in PROMPTS:
+                tokens = builder.tokens([{"role": "user", "content": prompt}])
+                texts.append("".join(e.text for e in scheduler.submit(tokens, GREEDY_LONG).stream()))
+            outputs[speculative] = texts
+            drafted = scheduler.stats["draft_accepted"] - before["draft_accepted"]
+        assert outputs[True] == outputs[False]
+        assert drafted > 50  # the copy-heavy prompts were in fact sped up
+    finally:
+        scheduler.speculative = True
+

@@ -63,10 +63,10 @@ def _running(argv: list[str], port: int):
         proc.wait()
 
 
-def ours(plan, parallel: int, threads: int, ctx: int):
+def ours(plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = None):
     port = _free_port()
     return _running([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel", str(parallel),
-                     "--threads", str(threads), "--ctx", str(ctx), "--model", plan.model_path], port)
+                     "--threads", str(threads), "--ctx", str(ctx), "--model", plan.model_path, *(extra or [])], port)
 
 
 def llama_server(binary: str, plan, parallel: int, threads: int, ctx: int):

@@ -8,7 +8,7 @@ import pytest
 
 from engine.sampling import SamplingParams
 from engine.scheduler.batch import Scheduler
-from engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, START_K, Drafter
+from engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, PRIOR_ROW_COST, Drafter, StepCost, best_k
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(max_tokens=60, temperature=0)
@@ -18,26 +18,37 @@ GREEDY_LONG = SamplingParams(max_tokens=120, temperature=0)
 def test_the_drafter_proposes_what_followed_the_last_ngram():
     d = Drafter()
     tokens = [1, 2, 3, 4, 5, 6, 7, 9, 9, 2, 3, 4]
-    assert d.draft(tokens, 10) == [5, 6, 7, 9][:START_K]
-    assert d.draft(tokens, 2) == [5, 6]
+    assert d.draft(tokens, 2, row_cost=0.0) == [5, 6]
+    assert d.draft(tokens, 10, row_cost=0.0) == [5, 6, 7, 9, 9, 2, 3, 4]  # to the end of what is known
     assert Drafter().draft([1, 2, 3, 4], 5) == []  # nothing repeats
     tokens += [5, 6, 7, 9]  # grows incrementally: the newest occurrence wins
-    assert d.draft(tokens, 3) == [9, 2, 3]
+    assert d.draft(tokens, 3, row_cost=0.0) == [9, 2, 3]
 
 
-def test_the_draft_length_follows_acceptance_and_pauses_where_it_does_not_pay():
+def test_the_draft_length_pays_for_itself_at_the_measured_row_cost():
+    assert best_k(0.9, 0.01, 10) == MAX_K  # a GPU: an extra row is nearly free
+    assert best_k(0.9, 0.5, 10) >= 3  # a slow CPU, a copying reply
+    assert best_k(0.3, 0.5, 10) == 0  # a slow CPU, free-form text: drafting would cost
+    assert best_k(0.99, 0.5, 2) == 2  # never past the limit
+    assert best_k(0.9, 1.3, 10, rows=1) >= 3 and best_k(0.9, 1.3, 10, rows=8) == 0  # a full batch: only certainties
+
+
+def test_step_cost_is_fitted_from_measured_steps():
+    cost = StepCost()
+    assert cost.ratio() == PRIOR_ROW_COST
+    for rows in [1, 4, 1, 6, 2, 1, 5, 3, 1, 4] * 3:
+        cost.observe(rows, 0.010 + 0.004 * rows)  # 10 ms a step, 4 ms a row
+    assert cost.ratio() == pytest.approx(0.4, rel=0.01)
+
+
+def test_acceptance_is_learnt_per_sequence_and_forgotten_after_a_pause():
     d = Drafter()
-    d.observe(4, 4, 100)
-    assert d.k == START_K + 2
     for _ in range(10):
-        d.observe(d.k, d.k, 100)
-    assert d.k == MAX_K
-    d.observe(10, 3, 100)
-    assert d.k == 4
-    for _ in range(3):
-        d.observe(d.k, 0, 200)
-    assert d.paused_until == 200 + PAUSE_TOKENS
-    assert d.draft([1, 2, 1, 2, 1, 2], 5) == []  # paused: no draft until the sequence is that long
+        d.observe(4, 0)
+    assert d.p < 0.25 and d.draft([1, 2, 1, 2, 1, 2], 5, row_cost=0.5) == []
+    for _ in range(PAUSE_TOKENS):
+        d.draft([1, 2, 1, 2, 1, 2], 5, row_cost=0.5)
+    assert d.p == Drafter().p  # the prior again: the text may have turned to copying
 
 
 def _run(copy_period: int | None, speculative: bool, prompts: list[list[int]],

@@ -23,6 +23,7 @@ from typing import Any
 from engine.errors import AutoGLMError
 from engine.sampling import GenerationStats, SamplingParams, stop_split
 from engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
+from engine.scheduler.speculation import StepCost
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Scheduler:
     def __init__(self, executor: Any, parallel: int = 4, ctx_per_seq: int = 2048, max_queue: int = 64,
                  on_fatal: Callable[[str], None] | None = None, speculative: bool = True) -> None:
         self.executor, self.speculative = executor, speculative
+        self.step_cost = StepCost()
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
         self.on_fatal = on_fatal
@@ -185,7 +187,11 @@ class Scheduler:
             return
         started = time.perf_counter()
         self.executor.decode(step.rows)
-        self.planner.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.planner.observe(elapsed)
+        if len(step.rows) == len(step.sample) + sum(len(s.draft) for s in step.sample):  # decode rows only
+            self.step_cost.observe(len(step.rows), elapsed)
+            self.planner.row_cost = self.step_cost.ratio()
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused

@@ -22,7 +22,7 @@ from enum import Enum
 from typing import Any
 
 from engine.errors import ContextOverflowError, InvalidArgumentError
-from engine.scheduler.speculation import Drafter
+from engine.scheduler.speculation import PRIOR_ROW_COST, Drafter
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
 MIN_CHUNK = 32
@@ -96,6 +96,7 @@ class StepPlanner:
         self._order = itertools.count()
         self.prompt_tokens = self.prompt_reused = 0
         self._streams_running = False  # did the last step decode running streams (for the chunk AIMD)
+        self.row_cost = PRIOR_ROW_COST  # an extra row's cost relative to a step: set by the scheduler
 
     # --- queue ----------------------------------------------------------------------------
     def check(self, prompt: list[int]) -> None:
@@ -162,7 +163,7 @@ class StepPlanner:
                 continue
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
-            slot.draft = slot.drafter.draft(slot.cached, limit)
+            slot.draft = slot.drafter.draft(slot.cached, limit, self.row_cost, len(rows))
             for i, tok in enumerate(slot.draft):
                 slot.draft_rows.append(len(rows))
                 rows.append(Row(tok, pos + 1 + i, slot.seq, True))
@@ -211,7 +212,7 @@ class StepPlanner:
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
             accepted += 1
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
-        slot.drafter.observe(len(slot.draft), accepted, keep)
+        slot.drafter.observe(len(slot.draft), accepted)
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
     def release(self, slot: Slot) -> Job | None:

@@ -11,25 +11,74 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-NGRAMS = (4, 3, 2)  # longest match first: fewer, better drafts
-START_K, MAX_K = 4, 10
-OFF_AFTER_MISSES = 3  # drafts of one that fail this often in a row: pause speculation
-PAUSE_TOKENS = 48  # ...for this many tokens, then try again (the text may turn to copying)
+NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
+MAX_K = 10
+PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed two-thirds acceptable
+PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)
+PRIOR_ROW_COST = 0.3  # an extra row's cost relative to a one-row step, until steps are measured
+
+
+def best_k(p: float, row_cost: float, limit: int, rows: int = 1) -> int:
+    """The draft length that makes the step yield the most tokens per unit of time. The step
+    already holds ``rows`` rows (one per running stream, drafts already added); ``k`` drafts each
+    accepted with probability ``p`` (until the first miss) add ``p + ... + p^k`` tokens to its
+    ``rows`` for ``row_cost * k`` more time (a step costs ``1 + row_cost * rows``). Alone, an
+    extra row must be likely; in a full batch it must be nearly certain, since it slows every
+    stream's step."""
+    best, best_rate = 0, rows / (1.0 + row_cost * rows)
+    gain, term = float(rows), 1.0
+    for k in range(1, min(limit, MAX_K) + 1):
+        term *= p
+        gain += term
+        rate = gain / (1.0 + row_cost * (rows + k))
+        if rate > best_rate:
+            best, best_rate = k, rate
+    return best
+
+
+class StepCost:
+    """What one more row costs relative to a step's fixed cost, fitted by least squares over recent
+    decode-only steps (time = a + b * rows, older steps forgotten): on a GPU an extra row is almost
+    free and drafts are long; on a small CPU with plain kernels it costs half a step and only
+    drafts that are nearly always accepted pay."""
+
+    def __init__(self, decay: float = 0.97) -> None:
+        self.decay = decay
+        self.n = self.x = self.y = self.xx = self.xy = 0.0
+
+    def observe(self, rows: int, seconds: float) -> None:
+        d = self.decay
+        self.n, self.x, self.y = self.n * d + 1, self.x * d + rows, self.y * d + seconds
+        self.xx, self.xy = self.xx * d + rows * rows, self.xy * d + rows * seconds
+
+    def ratio(self) -> float:
+        var = self.xx - self.x * self.x / self.n if self.n else 0.0
+        if self.n < 8 or var < 0.5:  # not enough spread in row counts yet
+            return PRIOR_ROW_COST
+        b = (self.xy - self.x * self.y / self.n) / var
+        a = (self.y - b * self.x) / self.n
+        return max(b, 0.0) / a if a > 0 else PRIOR_ROW_COST
 
 
 @dataclass
 class Drafter:
     index: dict[tuple[int, ...], int] = field(default_factory=dict)
     indexed: int = 0  # tokens of the sequence whose n-grams (ending before the last) are indexed
-    k: int = START_K
-    misses: int = 0
-    paused_until: int = 0  # the sequence length from which drafting resumes
+    accepted_w: float = PRIOR_ACCEPTED  # accepted drafted tokens, with the prior
+    rejected_w: float = PRIOR_REJECTED  # drafts that ended in a rejection, with the prior
+    idle: int = 0  # tokens since the last draft
     drafted: int = 0
     accepted: int = 0
 
     def reset(self) -> None:
         self.index.clear()
-        self.indexed, self.k, self.misses, self.paused_until = 0, START_K, 0, 0
+        self.indexed, self.idle = 0, 0
+        self.accepted_w, self.rejected_w = PRIOR_ACCEPTED, PRIOR_REJECTED
+
+    @property
+    def p(self) -> float:
+        """Per drafted token, the chance the model agrees (a truncated geometric's estimate)."""
+        return self.accepted_w / (self.accepted_w + self.rejected_w)
 
     def _grow(self, tokens: list[int]) -> None:
         # n-grams ending at e (e < len - 1) map to e + 1, where their continuation starts
@@ -39,29 +88,25 @@ class Drafter:
                     self.index[tuple(tokens[end + 1 - n:end + 1])] = end + 1
         self.indexed = len(tokens)
 
-    def draft(self, tokens: list[int], limit: int) -> list[int]:
-        """Up to ``min(k, limit)`` tokens that followed the latest earlier occurrence of the
-        sequence's last n-gram, or none."""
-        if limit <= 0 or len(tokens) < self.paused_until:
+    def draft(self, tokens: list[int], limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
+        """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
+        many as pay at this acceptance rate and row cost, or none."""
+        self.idle += 1
+        if self.idle > PAUSE_TOKENS:
+            self.accepted_w, self.rejected_w, self.idle = PRIOR_ACCEPTED, PRIOR_REJECTED, 0
+        want = best_k(self.p, row_cost, limit, rows)
+        if want <= 0:
             return []
         self._grow(tokens)
-        want = min(self.k, limit)
         for n in NGRAMS:
             start = self.index.get(tuple(tokens[-n:])) if len(tokens) > n else None
             if start is not None:
                 return tokens[start:start + want]
         return []
 
-    def observe(self, drafted: int, accepted: int, length: int) -> None:
-        """Adapt the draft length to what is accepted; pause where drafts keep failing."""
+    def observe(self, drafted: int, accepted: int) -> None:
         self.drafted += drafted
         self.accepted += accepted
-        if accepted == drafted:
-            self.k, self.misses = min(MAX_K, self.k + 2), 0
-        elif accepted == 0:
-            self.k = max(1, self.k // 2)
-            self.misses += 1
-            if self.misses >= OFF_AFTER_MISSES:
-                self.paused_until, self.misses, self.k = length + PAUSE_TOKENS, 0, START_K
-        else:
-            self.k, self.misses = max(1, accepted + 1), 0
+        self.idle = 0
+        self.accepted_w += accepted
+        self.rejected_w += accepted < drafted

@@ -1,0 +1,111 @@
+"""Speculative decoding against plain decoding and llama.cpp's llama-server, side by side in one run.
+
+Single stream, temperature 0, one workload at a time: copy-heavy ones (repeat a text, fix its
+spelling, extract fields from a document, edit code) where drafts from the context pay, and
+free-form chat where they must not cost. Each row is the median of ``--rounds`` requests per
+server (the servers take turns); tokens/s is completion tokens over the request's wall time.
+Then the same with 8 concurrent streams (copy and chat mixed), where speculation must not lose.
+
+    LLAMA_SERVER=/tmp/llama-tools/llama-server python -m benchmarks.speculative [--model NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+from benchmarks.serve import llama_server, ours
+from engine import loader
+
+DOC = ("Invoice 2024-117 from Northwind Traders, 12 Harbour Road, Leith, dated 3 March 2024: 40 crates of oranges "
+       "at 12.50 each, 15 crates of lemons at 9.80 each, 6 boxes of limes at 7.25 each; delivery by van to the "
+       "Canal Street depot before 9am; payment due within 30 days to account GB29 NWBK 6016 1331 9268 19, "
+       "quoting the invoice number. Questions to accounts@northwind.example or 0131 496 0000.")
+CODE = ("def total(items):\n    result = 0\n    for item in items:\n        if item.price > 0:\n"
+        "            result = result + item.price * item.quantity\n    return result\n")
+TYPOS = DOC.replace("crates", "crtaes").replace("payment", "paymnet").replace("delivery", "delivry")
+WORKLOADS = {
+    "copy: repeat a text": f"Repeat the following text exactly, word for word:\n\n{DOC}",
+    "copy: fix spelling": "Fix the spelling mistakes and return the corrected text:\n\n" + TYPOS,
+    "copy: extract fields": f"From this document, write each field on its own line as 'field: value' "
+                            f"(invoice number, seller, address, date, each item with its price):\n\n{DOC}",
+    "copy: edit code": f"Rename the variable `result` to `subtotal` in this function and return the whole "
+                       f"function:\n\n{CODE}",
+    "chat: free-form": "Write a short story about a lighthouse keeper and a storm.",
+    "chat: explain": "Explain how a bicycle gear system works.",
+}
+
+
+def one(url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+    started = time.perf_counter()
+    r = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
+                                       temperature=0, max_tokens=max_tokens)
+    return time.perf_counter() - started, r.usage.completion_tokens
+
+
+def drafts(url: str) -> tuple[float, float]:
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("autoglm_draft_tokens ", "autoglm_draft_accepted "))}
+    return values.get("autoglm_draft_tokens", 0.0), values.get("autoglm_draft_accepted", 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model name or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    plan = loader.prepare(args.model).plan
+    kw = {"parallel": 8, "threads": args.threads, "ctx": 2048}
+    binary = os.environ.get("LLAMA_SERVER")
+    print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, GPU layers {plan.gpu_layers}, "
+          f"temperature 0, max_tokens {args.max_tokens}, median of {args.rounds}")
+    with ours(plan, **kw) as spec_url, ours(plan, extra=["--no-speculate"], **kw) as plain_url:
+        servers = {"plain": plain_url, "n-gram": spec_url}
+        if binary:
+            ctx = llama_server(binary, plan, **kw)
+            servers["llama-server"] = ctx.__enter__()
+        try:
+            for url in servers.values():
+                one(url, "Say hi.", 8)  # warm-up
+            names = list(servers)
+            print(f"{'workload':<24}" + "".join(f"{n + ' tok/s':>20}" for n in names) + f"{'accepted':>10}"
+                  + f"{'n-gram/plain':>14}" + (f"{'n-gram/llama-server':>21}" if binary else ""))
+            for workload, prompt in WORKLOADS.items():
+                rates: dict[str, list[float]] = {n: [] for n in names}
+                before = drafts(spec_url)
+                for round_ in range(args.rounds):
+                    for name in (names if round_ % 2 == 0 else names[::-1]):
+                        seconds, tokens = one(servers[name], prompt, args.max_tokens)
+                        rates[name].append(tokens / seconds)
+                after = drafts(spec_url)
+                accepted = (after[1] - before[1]) / max(after[0] - before[0], 1)
+                med = {n: statistics.median(v) for n, v in rates.items()}
+                row = f"{workload:<24}" + "".join(f"{med[n]:>20.1f}" for n in names) + f"{accepted:>10.0%}"
+                row += f"{med['n-gram'] / med['plain']:>13.2f}x"
+                if binary:
+                    row += f"{med['n-gram'] / med['llama-server']:>20.2f}x"
+                print(row, flush=True)
+            prompts = list(WORKLOADS.values()) + list(WORKLOADS.values())[:2]
+            print("\n8 concurrent streams (all the workloads at once), aggregate tok/s:")
+            for name in names:
+                started = time.perf_counter()
+                with ThreadPoolExecutor(8) as pool:
+                    done = list(pool.map(lambda p, u=servers[name]: one(u, p, args.max_tokens), prompts))
+                print(f"  {name:<14}{sum(t for _, t in done) / (time.perf_counter() - started):>10.1f}", flush=True)
+        finally:
+            if binary:
+                ctx.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    main()

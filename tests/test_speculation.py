@@ -33,12 +33,15 @@ def test_the_draft_length_pays_for_itself_at_the_measured_row_cost():
     assert best_k(0.9, 1.3, 10, rows=1) >= 3 and best_k(0.9, 1.3, 10, rows=8) == 0  # a full batch: only certainties
 
 
-def test_step_cost_is_fitted_from_measured_steps():
+def test_step_cost_is_measured_against_steps_without_drafts():
     cost = StepCost()
     assert cost.ratio() == PRIOR_ROW_COST
-    for rows in [1, 4, 1, 6, 2, 1, 5, 3, 1, 4] * 3:
-        cost.observe(rows, 0.010 + 0.004 * rows)  # 10 ms a step, 4 ms a row
+    for _ in range(60):
+        for streams, drafts in ((1, 0), (1, 4), (3, 0), (3, 6)):
+            cost.observe(streams + drafts, 0.010 + 0.004 * (streams + drafts), drafts)  # 10 ms + 4 ms a row
     assert cost.ratio() == pytest.approx(0.4, rel=0.01)
+    cost.observe(5, 10.0, 4)  # one step while another process had the cores
+    assert cost.ratio() < 1.0
 
 
 def test_acceptance_is_learnt_per_sequence_and_forgotten_after_a_pause():

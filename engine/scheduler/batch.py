@@ -189,8 +189,9 @@ class Scheduler:
         self.executor.decode(step.rows)
         elapsed = time.perf_counter() - started
         self.planner.observe(elapsed)
-        if len(step.rows) == len(step.sample) + sum(len(s.draft) for s in step.sample):  # decode rows only
-            self.step_cost.observe(len(step.rows), elapsed)
+        drafted = sum(len(s.draft) for s in step.sample)
+        if len(step.rows) == len(step.sample) + drafted:  # decode rows only (no prompt chunk)
+            self.step_cost.observe(len(step.rows), elapsed, drafted)
             self.planner.row_cost = self.step_cost.ratio()
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens

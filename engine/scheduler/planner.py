@@ -157,7 +157,7 @@ class StepPlanner:
                 sample.append(slot)
         self._streams_running = bool(rows)
         prefilling = self.waiting or any(s.state is SlotState.PREFILL for s in self.slots)
-        spare = self.n_batch - len(rows) - (self.min_chunk if prefilling else 0)
+        spare = 0 if prefilling else self.n_batch - len(rows)  # prompts first: prefill is the batch's best work
         for slot in sample:  # then drafts to verify, within what prompt chunks can spare
             if not slot.job.speculate or spare <= 0:
                 continue

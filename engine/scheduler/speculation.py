@@ -37,27 +37,34 @@ def best_k(p: float, row_cost: float, limit: int, rows: int = 1) -> int:
 
 
 class StepCost:
-    """What one more row costs relative to a step's fixed cost, fitted by least squares over recent
-    decode-only steps (time = a + b * rows, older steps forgotten): on a GPU an extra row is almost
-    free and drafts are long; on a small CPU with plain kernels it costs half a step and only
-    drafts that are nearly always accepted pay."""
+    """What one more row costs relative to a step's fixed cost: on a GPU an extra row is almost
+    free and drafts are long; on a small CPU with plain kernels it costs about a whole step and
+    only drafts that are nearly always accepted pay. Measured as it runs: each step without drafts
+    keeps the time of a step of that many rows; each step with drafts compares itself with it.
+    Slowly averaged, so one noisy step (another process took the cores) cannot switch drafting
+    off for good."""
 
-    def __init__(self, decay: float = 0.97) -> None:
-        self.decay = decay
-        self.n = self.x = self.y = self.xx = self.xy = 0.0
+    def __init__(self, weight: float = 0.1) -> None:
+        self.weight = weight
+        self.plain: dict[int, float] = {}  # rows -> recent time of a step without drafts
+        self.rho = PRIOR_ROW_COST
 
-    def observe(self, rows: int, seconds: float) -> None:
-        d = self.decay
-        self.n, self.x, self.y = self.n * d + 1, self.x * d + rows, self.y * d + seconds
-        self.xx, self.xy = self.xx * d + rows * rows, self.xy * d + rows * seconds
+    def observe(self, rows: int, seconds: float, drafted: int = 0) -> None:
+        base_rows = rows - drafted
+        base = self.plain.get(base_rows)
+        if not drafted:
+            self.plain[base_rows] = seconds if base is None else base + 0.2 * (seconds - base)
+            return
+        if base is None:
+            return
+        per_row = max(seconds - base, 0.0) / drafted
+        fixed = base - per_row * base_rows
+        if fixed > 0:
+            sample = min(per_row / fixed, 5.0)
+            self.rho += self.weight * (sample - self.rho)
 
     def ratio(self) -> float:
-        var = self.xx - self.x * self.x / self.n if self.n else 0.0
-        if self.n < 8 or var < 0.5:  # not enough spread in row counts yet
-            return PRIOR_ROW_COST
-        b = (self.xy - self.x * self.y / self.n) / var
-        a = (self.y - b * self.x) / self.n
-        return max(b, 0.0) / a if a > 0 else PRIOR_ROW_COST
+        return self.rho
 
 
 @dataclass

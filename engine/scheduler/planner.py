@@ -7,8 +7,9 @@ Slot states (one slot per llama.cpp sequence id)::
       ^                |                                                         |
       +----release-----+  (cancel, disconnect, failure)          cells kept for prefix reuse
 
-Each step is one batch: first one token per DECODE slot, then prompt chunks of PREFILL slots in
-admission order, within ``n_batch`` rows. That budget is an invariant enforced here (llama.cpp
+Each step is one batch: first one token per DECODE slot, then (when no prompt is prefilling) the
+drafts of speculating slots to verify, then prompt chunks of PREFILL slots in admission order,
+within ``n_batch`` rows. That budget is an invariant enforced here (llama.cpp
 aborts the whole process when a batch exceeds it). The prompt chunk adapts to a step-latency
 target (AIMD), so running streams keep getting tokens while long prompts prefill.
 """
@@ -156,7 +157,7 @@ class StepPlanner:
                 rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
                 sample.append(slot)
         self._streams_running = bool(rows)
-        prefilling = self.waiting or any(s.state is SlotState.PREFILL for s in self.slots)
+        prefilling = any(s.state is SlotState.PREFILL for s in self.slots)  # (waiting ones have no slot yet)
         spare = 0 if prefilling else self.n_batch - len(rows)  # prompts first: prefill is the batch's best work
         for slot in sample:  # then drafts to verify, within what prompt chunks can spare
             if not slot.job.speculate or spare <= 0:

@@ -82,7 +82,7 @@ def _stream(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tup
     started = time.perf_counter()
     first = None
     tokens = 0
-    stream = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=max_tokens,
+    stream = client.chat.completions.create(model="default", messages=messages, temperature=0, max_tokens=max_tokens,
                                             stream=True)
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -119,7 +119,7 @@ def prefix_reuse(server_ctx, **kw) -> tuple[float, float, int]:
     next_turn = [*history, {"role": "user", "content": "Summarize all of that in one sentence."}]
     with server_ctx(**kw) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
-        prompt_tokens = client.chat.completions.create(model="m", messages=next_turn, max_tokens=1).usage.prompt_tokens
+        prompt_tokens = client.chat.completions.create(model="default", messages=next_turn, max_tokens=1).usage.prompt_tokens
     with server_ctx(**kw) as url:  # cold: a fresh server sees the whole conversation for the first time
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
         cold = _stream(client, next_turn, 8)[0]

@@ -55,7 +55,7 @@ def test_headless_bundle_runs_with_an_empty_environment(tmp_path):
         import openai
 
         client = openai.OpenAI(base_url=banner.split(" on ")[1].split()[0] + "/v1", api_key="x", max_retries=0)
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": PARIS}],
+        reply = client.chat.completions.create(model="default", messages=[{"role": "user", "content": PARIS}],
                                                temperature=0, max_tokens=8)
         assert "Paris" in reply.choices[0].message.content
     finally:

@@ -53,7 +53,7 @@ def test_the_server_under_batch_on_the_gpu(gpu_model):
         messages = [{"role": "user", "content": QUESTION}]
 
         def ask(_i: int) -> str:
-            reply = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=16)
+            reply = client.chat.completions.create(model="default", messages=messages, temperature=0, max_tokens=16)
             return reply.choices[0].message.content
 
         alone = [ask(0), ask(0)]

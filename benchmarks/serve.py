@@ -119,7 +119,8 @@ def prefix_reuse(server_ctx, **kw) -> tuple[float, float, int]:
     next_turn = [*history, {"role": "user", "content": "Summarize all of that in one sentence."}]
     with server_ctx(**kw) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
-        prompt_tokens = client.chat.completions.create(model="default", messages=next_turn, max_tokens=1).usage.prompt_tokens
+        reply = client.chat.completions.create(model="default", messages=next_turn, max_tokens=1)
+        prompt_tokens = reply.usage.prompt_tokens
     with server_ctx(**kw) as url:  # cold: a fresh server sees the whole conversation for the first time
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
         cold = _stream(client, next_turn, 8)[0]

@@ -189,7 +189,9 @@ def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int
         if ctx < min(want, GPU_Q8_BELOW) and _halve_to_fit(want, q8, budget) > ctx:
             kv_type, per_token, f16_ctx = "q8_0", q8, ctx
             ctx = _halve_to_fit(want, q8, budget)
-        if ov.ctx:
+        if ov.ctx:  # the user's context: q8_0 only if that one would not fit at f16
+            if max(model.kv_bytes_per_token(), 1) * ov.ctx <= budget:
+                kv_type, per_token = "f16", max(model.kv_bytes_per_token(), 1)
             return ov.ctx, "set by the user", kv_type, int(budget // per_token)
         why = (f"{ctx} tokens from VRAM: {where}, weights {_fmt_gib(model.size)}, KV cache "
                f"{per_token * ctx / MiB:.0f} MiB {kv_type}")

@@ -16,11 +16,11 @@ from typing import Any
 from engine.backends.onnx.encoder import Encoder
 from engine.models import store
 from engine.models.store import Manifest
-from engine.planner import onnx_provider, onnx_threads
+from engine.planner import onnx_threads
 from engine.scheduler.session import ScheduledBackend
 from engine.tasks.chat import PromptBuilder
 from engine.tasks.classify import Classifier, open_classifier
-from engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest
+from engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
 
 
 class Runtime:
@@ -54,9 +54,7 @@ class Runtime:
     def encoder(self, name: str | None = None, precision: str = "int8") -> tuple[Manifest, Encoder]:
         manifest = encoder_manifest(name or DEFAULT_ENCODER)
         key = ("encoder", manifest.name, manifest.version, precision)
-        provider, _why = onnx_provider(self.device, precision)
-        return manifest, self._cached(key, lambda: Encoder(manifest.directory, precision, self.onnx_threads,
-                                                           provider=provider))
+        return manifest, self._cached(key, lambda: load_encoder(manifest, precision, self.onnx_threads, self.device))
 
     def classifier(self, name: str) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)

@@ -247,8 +247,7 @@ def _load_stamps() -> dict[str, list[Any]]:
         return {}
 
 
-def _stamp(path: Path, sha256: str) -> list[Any]:
-    st = path.stat()
+def _stamp(st: os.stat_result, sha256: str) -> list[Any]:
     return [st.st_size, st.st_mtime_ns, sha256]
 
 
@@ -257,28 +256,30 @@ def remember_verified(manifest: Manifest) -> None:
     stamps = _load_stamps()
     for entry in manifest.files:
         path = manifest.directory / entry.path
-        stamps[str(path)] = _stamp(path, entry.sha256)
+        stamps[str(path)] = _stamp(path.stat(), entry.sha256)
     write_cache(_stamps_path(), json.dumps(stamps))
 
 
 def check_intact(manifest: Manifest) -> None:
     """Before a model is served: each file's size against the manifest and its (size, mtime) against
     the last verification; a file that changed since is hashed again, and a mismatch is an error
-    instead of garbage from a damaged tensor. Costs a stat per file when nothing changed."""
+    instead of garbage from a damaged tensor. Costs a stat per file when nothing changed. Models
+    bundled with the app are part of the app (a one-file bundle unpacks them afresh at every
+    launch, new mtimes and all), so only their sizes are checked."""
     stamps, changed = _load_stamps(), False
+    label = f"{manifest.name} {manifest.version}"
     for entry in manifest.files:
         path = manifest.directory / entry.path
-        label = f"{manifest.name} {manifest.version}"
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except OSError:
             raise IntegrityError(f"{label}: {entry.path} is missing from the store; pull or import the model "
                                  "again") from None
-        if size != entry.size:
-            raise IntegrityError(f"{label}: {entry.path} is {size} bytes, its manifest says {entry.size} (the file "
-                                 "changed on disk); pull or import the model again")
-        stamp = _stamp(path, entry.sha256)
-        if stamps.get(str(path)) == stamp:
+        if st.st_size != entry.size:
+            raise IntegrityError(f"{label}: {entry.path} is {st.st_size} bytes, its manifest says {entry.size} "
+                                 "(the file changed on disk); pull or import the model again")
+        stamp = _stamp(st, entry.sha256)
+        if manifest.bundled is not None or stamps.get(str(path)) == stamp:
             continue
         if sha256_file(path) != entry.sha256:
             raise IntegrityError(f"{label}: {entry.path} changed on disk since it was installed (sha256 differs); "

@@ -74,8 +74,6 @@ class Drafter:
     accepted_w: float = PRIOR_ACCEPTED  # accepted drafted tokens, with the prior
     rejected_w: float = PRIOR_REJECTED  # drafts that ended in a rejection, with the prior
     idle: int = 0  # tokens since the last draft
-    drafted: int = 0
-    accepted: int = 0
 
     def reset(self) -> None:
         self.index.clear()
@@ -112,8 +110,6 @@ class Drafter:
         return []
 
     def observe(self, drafted: int, accepted: int) -> None:
-        self.drafted += drafted
-        self.accepted += accepted
         self.idle = 0
         self.accepted_w += accepted
         self.rejected_w += accepted < drafted

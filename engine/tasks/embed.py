@@ -5,7 +5,7 @@ from __future__ import annotations
 from engine.backends.onnx.convert import convert
 from engine.backends.onnx.encoder import Encoder
 from engine.errors import InvalidModelError, ModelNotFoundError
-from engine.hardware import probe
+from engine.hardware import DeviceFacts, probe
 from engine.models import store
 from engine.models.manager import pull
 from engine.models.progress import Progress
@@ -32,13 +32,19 @@ def encoder_manifest(name: str | None, progress: Progress | None = None) -> Mani
     if manifest.format != "onnx-encoder":
         raise InvalidModelError(f"{name} is a {manifest.format} model, not a text encoder; embed and classify "
                                 "take an ONNX encoder (`autoglm models convert` makes one from a BERT folder)")
-    store.check_intact(manifest)
     return manifest
 
 
 def open_encoder(name: str | None, precision: str = "int8", threads: int | None = None,
                  progress: Progress | None = None) -> tuple[Manifest, Encoder]:
     manifest = encoder_manifest(name, progress)
-    provider, _why = onnx_provider(probe(), precision)
-    return manifest, Encoder(manifest.directory, precision, threads, provider=provider)
+    return manifest, load_encoder(manifest, precision, threads, probe())
+
+
+def load_encoder(manifest: Manifest, precision: str, threads: int | None, device: DeviceFacts) -> Encoder:
+    """Open a looked-up encoder to serve it: its files checked against the manifest first, on the
+    provider the planner picks for this device. The one place an encoder is opened."""
+    store.check_intact(manifest)
+    provider, _why = onnx_provider(device, precision)
+    return Encoder(manifest.directory, precision, threads, provider=provider)
 

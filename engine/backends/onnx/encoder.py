@@ -9,6 +9,7 @@ next one's work); turning spinning off brings the chain to within a few percent.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from engine.errors import InvalidArgumentError, InvalidModelError
 from engine.hardware import probe
 
 BATCH = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Encoder:
         def load(name: str, providers: list[str]):
             return ort.InferenceSession(str(root / f"{name}.onnx"), opts, providers=providers)
 
-        self.provider, self.provider_note = provider, ""
+        self.provider = provider  # where it runs in the end: the CPU if the planned provider fails
         providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [provider]
         try:
             self.embed_session = load("embed", providers)
@@ -89,8 +91,8 @@ class Encoder:
         except Exception as exc:  # noqa: BLE001 - a broken GPU runtime falls back to the CPU, with the reason
             if provider == "CPUExecutionProvider":
                 raise
-            self.provider, self.provider_note = "CPUExecutionProvider", f"{provider} failed: {exc}"[:300]
-            providers = ["CPUExecutionProvider"]
+            log.warning("ONNX encoder on the CPU: %s failed: %s", provider, str(exc)[:300])
+            self.provider, providers = "CPUExecutionProvider", ["CPUExecutionProvider"]
             self.embed_session = load("embed", providers)
         self.layer_sessions = [load(f"layer_{i:02d}", providers) for i in range(self.layers_count)]
 

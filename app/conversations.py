@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import paths
+from autoglm.engine import paths
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (

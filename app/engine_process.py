@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import paths
-from engine.process import module_command
+from autoglm.engine import paths
+from autoglm.engine.process import module_command
 
 LOG_TAIL = 12
 
@@ -42,7 +42,7 @@ class EngineOptions:
     extra: list[str] = field(default_factory=list)
 
     def argv(self) -> list[str]:
-        args = module_command("engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel))
+        args = module_command("autoglm.engine.cli", "serve", "--port", "0", "--parallel", str(self.parallel))
         for flag, value in (("--model", self.model), ("--threads", self.threads), ("--ctx", self.ctx),
                             ("--gpu-layers", self.gpu_layers)):
             if value is not None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+from autoglm.app.background import in_background
+from autoglm.app.conversations import ConversationStore
+from autoglm.app.engine_process import EngineClient, EngineProcess
+from autoglm.app.screenshots import take
+from autoglm.app.views.chat import ChatView
+from autoglm.app.views.classify import ClassifyView
+from autoglm.app.views.device import DeviceView
+from autoglm.app.views.models import ModelsView
+from autoglm.app.views.performance import PerformanceView
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
-
-from app.background import in_background
-from app.conversations import ConversationStore
-from app.engine_process import EngineClient, EngineProcess
-from app.screenshots import take
-from app.views.chat import ChatView
-from app.views.classify import ClassifyView
-from app.views.device import DeviceView
-from app.views.models import ModelsView
-from app.views.performance import PerformanceView
 
 
 class MainWindow(QMainWindow):

@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from autoglm.engine.tasks.classify import Classifier, train
+from autoglm.engine.tasks.embed import open_encoder
 
 from benchmarks.datasets import Dataset, bbc_news, rotten_tomatoes
-from engine.tasks.classify import Classifier, train
-from engine.tasks.embed import open_encoder
 
 
 def _timed(fn: Callable[[list[str]], list[str]], texts: list[str], sample: list[str]) -> dict[str, float]:
@@ -43,7 +43,7 @@ def _peer(data: Dataset, clf_fp32: Classifier, threads: int) -> Callable[[list[s
         from sentence_transformers import SentenceTransformer
     except ImportError:
         return None
-    from engine.models import store
+    from autoglm.engine.models import store
 
     torch.set_num_threads(threads)
     folder = store.require(clf_fp32.encoder.removesuffix("-onnx")).directory

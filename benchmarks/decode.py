@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import loader  # noqa: E402
-from engine.planner import Overrides  # noqa: E402
-from engine.sampling import GenerationStats, SamplingParams  # noqa: E402
-from engine.tasks.chat import ChatSession  # noqa: E402
+from autoglm.engine import loader  # noqa: E402
+from autoglm.engine.planner import Overrides  # noqa: E402
+from autoglm.engine.sampling import GenerationStats, SamplingParams  # noqa: E402
+from autoglm.engine.tasks.chat import ChatSession  # noqa: E402
 
 N_PROMPT = 128
 N_GEN = 128

@@ -11,9 +11,10 @@ import os
 import statistics
 import time
 
+from autoglm.engine.backends.onnx.encoder import Encoder
+from autoglm.engine.tasks.embed import encoder_manifest
+
 from benchmarks.datasets import bbc_news, rotten_tomatoes
-from engine.backends.onnx.encoder import Encoder
-from engine.tasks.embed import encoder_manifest
 
 
 def main(reps: int = 3) -> None:

@@ -25,8 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import openai
-
-from engine import loader
+from autoglm.engine import loader
 
 TOPICS = ["rivers", "volcanoes", "bees", "trains", "chess", "bread", "comets", "owls", "glass", "tides",
           "maps", "salt", "violins", "deserts", "kites", "coral"]
@@ -65,7 +64,7 @@ def _running(argv: list[str], port: int):
 
 def ours(plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = None):
     port = _free_port()
-    return _running([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--parallel", str(parallel),
+    return _running([sys.executable, "-m", "autoglm", "serve", "--port", str(port), "--parallel", str(parallel),
                      "--threads", str(threads), "--ctx", str(ctx), "--model", plan.model_path, *(extra or [])], port)
 
 

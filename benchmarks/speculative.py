@@ -19,9 +19,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
+from autoglm.engine import loader
 
 from benchmarks.serve import llama_server, ours
-from engine import loader
 
 DOC = ("Invoice 2024-117 from Northwind Traders, 12 Harbour Road, Leith, dated 3 March 2024: 40 crates of oranges "
        "at 12.50 each, 15 crates of lemons at 9.80 each, 6 boxes of limes at 7.25 each; delivery by van to the "

@@ -11,23 +11,23 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from engine import __version__
-from engine import sampling as limits
-from engine.cli_progress import progress_bar
-from engine.errors import AutoGLMError, InvalidArgumentError
-from engine.fs import storage_error
+from autoglm.engine import __version__
+from autoglm.engine import sampling as limits
+from autoglm.engine.cli_progress import progress_bar
+from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
+from autoglm.engine.fs import storage_error
 
 GiB = 1 << 30
 
 
 def _overrides(args: argparse.Namespace):
-    from engine.planner import Overrides
+    from autoglm.engine.planner import Overrides
 
     return Overrides(threads=args.threads, ctx=args.ctx, gpu_layers=args.gpu_layers, safe=args.safe)
 
 
 def _sampling(args: argparse.Namespace):
-    from engine.sampling import SamplingParams
+    from autoglm.engine.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, stop=args.stop or [])
@@ -36,7 +36,7 @@ def _sampling(args: argparse.Namespace):
 
 
 def _open(args: argparse.Namespace):
-    from engine import loader
+    from autoglm.engine import loader
 
     prepared = loader.prepare(args.model, _overrides(args), progress=progress_bar())
     return prepared, loader.load_scheduled(prepared)  # the same scheduler the server runs
@@ -51,7 +51,7 @@ def _stream(pieces: Iterator[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from engine.tasks.chat import ChatSession
+    from autoglm.engine.tasks.chat import ChatSession
 
     params = _sampling(args)
     _, backend = _open(args)
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from engine.tasks.chat import ChatSession
+    from autoglm.engine.tasks.chat import ChatSession
 
     params = _sampling(args)
     prepared, backend = _open(args)
@@ -106,9 +106,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
-    from engine import loader
-    from engine.backends import native
-    from engine.errors import ModelNotFoundError
+    from autoglm.engine import loader
+    from autoglm.engine.backends import native
+    from autoglm.engine.errors import ModelNotFoundError
 
     device = native.probe_device()
     report: dict[str, Any] = {"device": device.to_dict(), "amx": device.has("amx")}
@@ -176,7 +176,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from engine.models.manager import installed
+    from autoglm.engine.models.manager import installed
 
     models = installed()
     if args.json:
@@ -192,7 +192,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from engine.models.manager import pull
+    from autoglm.engine.models.manager import pull
 
     manifest = pull(args.source, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB) "
@@ -201,7 +201,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_models_import(args: argparse.Namespace) -> int:
-    from engine.models.manager import import_path
+    from autoglm.engine.models.manager import import_path
 
     manifest = import_path(args.path, name=args.name, link=args.link, progress=progress_bar())
     print(f"installed {manifest.name} {manifest.version} ({manifest.format}, {manifest.size / 1e6:.0f} MB, "
@@ -210,7 +210,7 @@ def cmd_models_import(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from engine.models.manager import rollback
+    from autoglm.engine.models.manager import rollback
 
     old, new = rollback(args.name, args.to)
     print(f"{args.name}: now {new.version} (was {old.version})")
@@ -218,7 +218,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
-    from engine.models import store
+    from autoglm.engine.models import store
 
     targets = [store.require(args.name)] if args.name else store.installed()
     bad = 0
@@ -235,7 +235,7 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_models_info(args: argparse.Namespace) -> int:
-    from engine.models import store
+    from autoglm.engine.models import store
 
     info = store.require(args.name).to_dict()
     info["versions"] = [m.version for m in store.versions(args.name)]
@@ -244,7 +244,7 @@ def cmd_models_info(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rm(args: argparse.Namespace) -> int:
-    from engine.models import store
+    from autoglm.engine.models import store
 
     manifest = store.remove(args.name)
     print(f"removed {manifest.name}")
@@ -252,7 +252,7 @@ def cmd_models_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_models_du(args: argparse.Namespace) -> int:
-    from engine.models import store
+    from autoglm.engine.models import store
 
     usage = store.disk_usage()
     for name, size in usage.items():
@@ -262,7 +262,7 @@ def cmd_models_du(args: argparse.Namespace) -> int:
 
 
 def cmd_models_quantize(args: argparse.Namespace) -> int:
-    from engine.models.quantize import quantize
+    from autoglm.engine.models.quantize import quantize
 
     manifest = quantize(args.name, args.to, progress=progress_bar(" tensors"))
     print(f"installed {manifest.name} {manifest.version} ({manifest.quant}, {manifest.size / 1e6:.0f} MB)")
@@ -271,7 +271,7 @@ def cmd_models_quantize(args: argparse.Namespace) -> int:
 
 def cmd_gui(args: argparse.Namespace) -> int:
     try:
-        from app.main_window import run
+        from autoglm.app.main_window import run
     except ImportError as exc:
         raise InvalidArgumentError(f"the desktop window needs PySide6: pip install 'open-autoglm[gui]' ({exc})") \
             from None
@@ -286,7 +286,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine.server.serve import ServeSettings, serve
+    from autoglm.engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
             "cors_origins", "manage_key", "no_manage", "no_speculate")
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.set_defaults(func=cmd_serve)
 
-    from engine.cli_tasks import add_parsers
+    from autoglm.engine.cli_tasks import add_parsers
 
     add_parsers(sub, models)
     p = models.add_parser("du", help="disk use per model")

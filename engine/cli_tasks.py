@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import InvalidArgumentError
+from autoglm.engine.errors import InvalidArgumentError
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
@@ -33,7 +33,7 @@ def _note_truncated(count: int, total: int, max_length: int) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from engine.tasks.embed import open_encoder
+    from autoglm.engine.tasks.embed import open_encoder
 
     texts = _texts(args)
     _, encoder = open_encoder(args.model, args.precision)
@@ -45,8 +45,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from engine.tasks.classify import open_classifier, parse_labels, zero_shot
-    from engine.tasks.embed import open_encoder
+    from autoglm.engine.tasks.classify import open_classifier, parse_labels, zero_shot
+    from autoglm.engine.tasks.embed import open_encoder
 
     texts = _texts(args)
     if args.labels:
@@ -72,8 +72,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_train(args: argparse.Namespace) -> int:
-    from engine.tasks.classify import load_examples, parse_labels, train, zero_shot
-    from engine.tasks.embed import open_encoder
+    from autoglm.engine.tasks.classify import load_examples, parse_labels, train, zero_shot
+    from autoglm.engine.tasks.embed import open_encoder
 
     if bool(args.examples) == bool(args.labels):
         raise InvalidArgumentError("give --examples FILE (text,label rows) or --labels a,b,c (zero-shot), not both")
@@ -101,8 +101,8 @@ def cmd_classify_train(args: argparse.Namespace) -> int:
 
 
 def cmd_models_convert(args: argparse.Namespace) -> int:
-    from engine.backends.onnx.convert import convert
-    from engine.cli_progress import progress_bar
+    from autoglm.engine.backends.onnx.convert import convert
+    from autoglm.engine.cli_progress import progress_bar
 
     manifest = convert(args.name, progress=progress_bar(" stages"))
     print(f"installed {manifest.name} {manifest.version} (ONNX encoder, fp32 + int8, {manifest.size / 1e6:.0f} MB)")

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine.errors import StorageError
+from autoglm.engine.errors import StorageError
 
 # The disk or the system refused: the user's to fix (a read-only store, a full disk, permissions).
 _REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}

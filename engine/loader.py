@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine import hardware, selftest
-from engine.backends import native
-from engine.backends.llama_executor import LlamaExecutor
-from engine.backends.llamacpp import LlamaBackend
-from engine.models.manager import ResolvedModel, resolve
-from engine.models.progress import Progress
-from engine.planner import Overrides, Plan, make_plan, onnx_provider
-from engine.scheduler.batch import Scheduler
-from engine.scheduler.planner import MIN_CHUNK
-from engine.scheduler.session import ScheduledBackend
+from autoglm.engine import hardware, selftest
+from autoglm.engine.backends import native
+from autoglm.engine.backends.llama_executor import LlamaExecutor
+from autoglm.engine.backends.llamacpp import LlamaBackend
+from autoglm.engine.models.manager import ResolvedModel, resolve
+from autoglm.engine.models.progress import Progress
+from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
+from autoglm.engine.scheduler.batch import Scheduler
+from autoglm.engine.scheduler.planner import MIN_CHUNK
+from autoglm.engine.scheduler.session import ScheduledBackend
 
 
 @dataclass

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import platformdirs
-
-from engine.process import frozen
+from autoglm.engine.process import frozen
 
 
 def home() -> Path:

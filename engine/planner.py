@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import InvalidArgumentError
-from engine.hardware import DeviceFacts
+from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.hardware import DeviceFacts
 
 if TYPE_CHECKING:  # the model manager imports the planner (quant choice); keep the import one-way
-    from engine.models.gguf_info import ModelFacts
-    from engine.selftest import Verdict
+    from autoglm.engine.models.gguf_info import ModelFacts
+    from autoglm.engine.selftest import Verdict
 
 GiB = 1 << 30
 MiB = 1 << 20

@@ -13,14 +13,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from engine.backends.onnx.encoder import Encoder
-from engine.models import store
-from engine.models.store import Manifest
-from engine.planner import onnx_threads
-from engine.scheduler.session import ScheduledBackend
-from engine.tasks.chat import PromptBuilder
-from engine.tasks.classify import Classifier, open_classifier
-from engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
+from autoglm.engine.backends.onnx.encoder import Encoder
+from autoglm.engine.models import store
+from autoglm.engine.models.store import Manifest
+from autoglm.engine.planner import onnx_threads
+from autoglm.engine.scheduler.session import ScheduledBackend
+from autoglm.engine.tasks.chat import PromptBuilder
+from autoglm.engine.tasks.classify import Classifier, open_classifier
+from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
 
 
 class Runtime:

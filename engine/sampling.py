@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.errors import InvalidArgumentError
+from autoglm.engine.errors import InvalidArgumentError
 
 TEMPERATURE_MAX = 2.0  # OpenAI's own upper bound; beyond it small models emit noise
 DEFAULT_TEMPERATURE = 0.7

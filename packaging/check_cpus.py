@@ -18,7 +18,7 @@ from pathlib import Path
 CPUS = ["Westmere", "SandyBridge", "Haswell", "Skylake-Server", "Icelake-Server"]  # SSE4.2 .. AVX-512 VNNI
 PROBE = """
 import sys
-from engine.backends.llama_lib import chosen_variant, llama_cpp  # loads the best variant for this CPU
+from autoglm.engine.backends.llama_lib import chosen_variant, llama_cpp  # loads the best variant for this CPU
 from llama_cpp import Llama
 m = Llama(sys.argv[1], n_ctx=128, n_threads=2, verbose=False)
 text = m("The capital of France is", max_tokens=4, temperature=0)["choices"][0]["text"]
@@ -27,7 +27,7 @@ print(chosen_variant() or "built-in", repr(text.strip()))
 
 
 def default_model() -> str:
-    from engine.models.manager import resolve
+    from autoglm.engine.models.manager import resolve
 
     return str(resolve(None).path)
 

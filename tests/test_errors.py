@@ -4,8 +4,8 @@ import os
 import shutil
 
 import pytest
+from autoglm.engine.errors import IntegrityError
 
-from engine.errors import IntegrityError
 from tests.conftest import run_cli, snapshot
 
 
@@ -88,8 +88,8 @@ def test_package_without_a_model_or_unknown_package(home, default_model):
 def test_a_model_whose_bytes_do_not_match_record_is_never_registered(home, tmp_path):
     import zipfile
 
-    from engine.models.sources import pypi
-    from engine.models.store import Staging
+    from autoglm.engine.models.sources import pypi
+    from autoglm.engine.models.store import Staging
 
     wheel = tmp_path / "fake_model-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:

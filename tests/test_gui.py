@@ -10,10 +10,9 @@ import traceback
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
-
-from app.conversations import ConversationStore  # noqa: E402
-from app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
-from app.main_window import MainWindow  # noqa: E402
+from autoglm.app.conversations import ConversationStore  # noqa: E402
+from autoglm.app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
+from autoglm.app.main_window import MainWindow  # noqa: E402
 
 
 def _ui_thread_calls(monkeypatch) -> list[str]:

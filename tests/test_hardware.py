@@ -1,4 +1,5 @@
-from engine.hardware import DeviceFacts, parse_cpuinfo, parse_nvidia_smi
+from autoglm.engine.hardware import DeviceFacts, parse_cpuinfo, parse_nvidia_smi
+
 from tests.conftest import DATA
 
 
@@ -42,7 +43,7 @@ def test_nvidia_smi_parsing_in_bytes():
 
 
 def test_probe_this_machine_is_cached_and_round_trips():
-    from engine.backends import native
+    from autoglm.engine.backends import native
 
     facts = native.probe_device()
     assert facts is native.probe_device()

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.models.sources.hf import select
 
-from engine.hardware import DeviceFacts
-from engine.models.sources.hf import select
 from tests.conftest import DATA, run_cli, snapshot
 from tests.hf_server import HubServer, Repo
 
@@ -18,7 +18,7 @@ from tests.hf_server import HubServer, Repo
 @pytest.fixture(scope="module")
 def quant_files(default_model, tmp_path_factory):
     """A small GGUF repo with several quant files: the real SmolLM2 and two requantizations of it."""
-    from engine.models.quantize import quantize_file
+    from autoglm.engine.models.quantize import quantize_file
 
     d = tmp_path_factory.mktemp("hf-repo")
     files = {"SmolLM2-135M-Instruct-Q4_1.gguf": d / "q4_1.gguf"}
@@ -56,7 +56,7 @@ def test_pull_by_repo_and_quant_then_run(home, hub):
 
 
 def test_automatic_quant_choice_for_two_devices(quant_files):
-    from engine.models.sources.hf import RemoteFile, quant_of
+    from autoglm.engine.models.sources.hf import RemoteFile, quant_of
 
     files = [RemoteFile(n, p.stat().st_size, None, quant_of(n)) for n, p in quant_files.items() if n.endswith(".gguf")]
     pc = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
@@ -120,7 +120,7 @@ def test_killed_pull_resumes_without_downloading_again(home, hub):
     hub.repos["test-org/Kill-GGUF"] = Repo({name: hub.repos["test-org/SmolLM2-GGUF"].files[name]})
     size = hub.repos["test-org/Kill-GGUF"].files[name].stat().st_size
     hub.faults.delay[name] = 0.01  # about 15 s for the whole file
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "models", "pull", "hf:test-org/Kill-GGUF:Q4_1"],
+    proc = subprocess.Popen([sys.executable, "-m", "autoglm", "models", "pull", "hf:test-org/Kill-GGUF:Q4_1"],
                             env={**os.environ, **env(hub)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while hub.faults.bytes_sent.get(name, 0) < size // 2:
@@ -153,11 +153,10 @@ def test_progress_callback_and_cancel_then_resume(home, hub, monkeypatch):
     """The API the GUI uses: byte progress per file, cancel installs nothing, a later pull resumes."""
     import threading
 
+    from autoglm.engine.errors import CancelledError
+    from autoglm.engine.models import store
+    from autoglm.engine.models.manager import pull
     from huggingface_hub import constants
-
-    from engine.errors import CancelledError
-    from engine.models import store
-    from engine.models.manager import pull
 
     # what HF_ENDPOINT does when huggingface_hub is imported, for this already-imported process
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)

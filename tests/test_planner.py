@@ -1,10 +1,10 @@
 import pytest
+from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.models.gguf_info import ModelFacts
+from autoglm.engine.planner import Overrides, make_plan
+from autoglm.engine.selftest import Verdict
 
-from engine.errors import InvalidArgumentError
-from engine.hardware import DeviceFacts
-from engine.models.gguf_info import ModelFacts
-from engine.planner import Overrides, make_plan
-from engine.selftest import Verdict
 from tests.conftest import DATA
 
 SMOLLM2 = ModelFacts(path="smollm2.gguf", size=98_362_432, architecture="llama", name="SmolLM2", quant="Q4_1",
@@ -115,8 +115,8 @@ BOARDS = [
 def test_arm_boards_from_their_cpuinfo(sample, ram_gib, threads, kernels, why):
     import dataclasses
 
-    from engine.hardware import parse_cpuinfo
-    from engine.planner import choose_quant
+    from autoglm.engine.hardware import parse_cpuinfo
+    from autoglm.engine.planner import choose_quant
 
     cpu = parse_cpuinfo((DATA / "cpuinfo" / sample).read_text(), "aarch64")
     board = DeviceFacts(os="Linux", arch="aarch64", cpu=cpu, ram_total=ram_gib * 2**30,
@@ -161,7 +161,7 @@ def test_cpu_plans_keep_four_slots_or_fewer_when_ram_is_short():
 
 
 def test_onnx_provider_is_cuda_only_where_it_can_run():
-    from engine.planner import onnx_provider
+    from autoglm.engine.planner import onnx_provider
 
     gpu_box = device("desktop-rtx2060-6gb")
     gpu_box.onnx_providers = ["CPUExecutionProvider"]  # the plain onnxruntime wheel

@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+from autoglm.engine.sampling import SamplingParams
+from autoglm.engine.scheduler.batch import Scheduler, SchedulerFailedError
+from autoglm.engine.scheduler.planner import QueueFullError
 
-from engine.sampling import SamplingParams
-from engine.scheduler.batch import Scheduler, SchedulerFailedError
-from engine.scheduler.planner import QueueFullError
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -115,7 +115,7 @@ def test_close_never_frees_a_context_the_loop_may_still_touch():
 
 
 def test_bad_grammar_and_values_fail_in_the_callers_thread(sched):
-    from engine.errors import InvalidArgumentError
+    from autoglm.engine.errors import InvalidArgumentError
 
     with pytest.raises(InvalidArgumentError, match="grammar"):
         sched.submit([1], GREEDY, grammar="bad")

@@ -4,9 +4,10 @@ import os
 import signal
 import sys
 
-from engine import selftest
-from engine.backends import native
-from engine.planner import make_plan
+from autoglm.engine import selftest
+from autoglm.engine.backends import native
+from autoglm.engine.planner import make_plan
+
 from tests.conftest import run_cli
 
 SEGV_CHILD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
@@ -19,7 +20,7 @@ def test_segfaulting_child_is_caught_cached_and_avoided(home, default_model):
     assert "SIGSEGV" in verdict.detail
     cached = selftest.cached_verdict(device, "extra_bufts:Q4_1")
     assert cached is not None and cached.outcome == "crashed"
-    from engine.models.manager import resolve
+    from autoglm.engine.models.manager import resolve
 
     plan = make_plan(resolve(None).facts, device, selftest.check(device, default_model.primary_path, "Q4_1"))
     assert plan.use_extra_bufts is False
@@ -59,8 +60,9 @@ def test_real_probe_child_on_the_real_model(home, default_model):
 def test_a_gpu_offload_that_crashes_its_child_falls_back_to_the_cpu_with_the_reason(home, default_model):
     """A broken driver or a CUDA build for another GPU kills the process in its first CUDA call: the
     first offloaded load runs in a child, and a crash there plans the CPU (recorded GPU profile)."""
-    from engine.hardware import DeviceFacts
-    from engine.models.manager import resolve
+    from autoglm.engine.hardware import DeviceFacts
+    from autoglm.engine.models.manager import resolve
+
     from tests.conftest import DATA
 
     device = DeviceFacts.load(DATA / "devices" / "desktop-rtx2060-6gb.json")

@@ -44,7 +44,7 @@ class httpx:  # noqa: N801 - the few raw calls, through the standard library
 
 @contextmanager
 def server(*args: str, env: dict[str, str] | None = None):
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", "0", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "autoglm", "serve", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     try:
@@ -176,7 +176,7 @@ def test_overload_gets_429_with_retry_after(default_model):
 
 
 def test_api_key_required_off_loopback(default_model):
-    refused = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--host", "0.0.0.0", "--port", "0"],
+    refused = subprocess.run([sys.executable, "-m", "autoglm", "serve", "--host", "0.0.0.0", "--port", "0"],
                              capture_output=True, text=True, timeout=60, env={**os.environ, "AUTOGLM_API_KEY": ""})
     assert refused.returncode == 2 and "without an API key" in refused.stderr
     with server("--host", "0.0.0.0", "--api-key", "s3cret", "--cors-origin", "http://app.example") as (url, _proc):
@@ -202,12 +202,12 @@ def test_api_key_required_off_loopback(default_model):
 def test_config_file_and_its_errors(default_model, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("parallel = 2\nnonsense = 1\n")
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(bad)],
+    out = subprocess.run([sys.executable, "-m", "autoglm", "serve", "--config", str(bad)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown setting(s) nonsense" in out.stderr
     wrong_kind = tmp_path / "kind.toml"
     wrong_kind.write_text('gpu_layers = "all"\n')
-    out = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--config", str(wrong_kind)],
+    out = subprocess.run([sys.executable, "-m", "autoglm", "serve", "--config", str(wrong_kind)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.strip() == (
         f"autoglm: error: {wrong_kind}: gpu_layers must be a whole number, got 'all'")

@@ -9,15 +9,15 @@ import threading
 import time
 
 import pytest
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.runtime import Runtime
+from autoglm.engine.sampling import SamplingParams
+from autoglm.engine.scheduler.batch import Scheduler
+from autoglm.engine.scheduler.planner import QueueFullError
+from autoglm.engine.scheduler.session import ScheduledBackend
+from autoglm.engine.server.app import ServerConfig, create_app
 from fastapi.testclient import TestClient
 
-from engine.hardware import DeviceFacts
-from engine.runtime import Runtime
-from engine.sampling import SamplingParams
-from engine.scheduler.batch import Scheduler
-from engine.scheduler.planner import QueueFullError
-from engine.scheduler.session import ScheduledBackend
-from engine.server.app import ServerConfig, create_app
 from tests.conftest import DATA
 from tests.fakes import FakeBackend, FakeExecutor
 
@@ -186,7 +186,7 @@ def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
     import urllib.error
     import urllib.request
 
-    from engine.server.serve import FAILED_EXIT, run
+    from autoglm.engine.server.serve import FAILED_EXIT, run
 
     scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128)
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
@@ -272,7 +272,7 @@ def test_a_hostile_chat_template_fails_its_request_and_nothing_else():
 
 
 def test_a_bad_examples_file_is_one_line_before_any_encoder_work(client, monkeypatch):
-    from engine.runtime import Runtime as R
+    from autoglm.engine.runtime import Runtime as R
 
     monkeypatch.setattr(R, "encoder", lambda *a, **k: pytest.fail("opened the encoder for a bad file"))
     r = client.post("/autoglm/classifiers", json={"name": "c", "examples_file": {"name": "ex.csv",

@@ -5,10 +5,10 @@ drafts are accepted) and one that does not (so they are rejected and their cells
 from __future__ import annotations
 
 import pytest
+from autoglm.engine.sampling import SamplingParams
+from autoglm.engine.scheduler.batch import Scheduler
+from autoglm.engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, PRIOR_ROW_COST, Drafter, StepCost, best_k
 
-from engine.sampling import SamplingParams
-from engine.scheduler.batch import Scheduler
-from engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, PRIOR_ROW_COST, Drafter, StepCost, best_k
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(max_tokens=60, temperature=0)
@@ -111,7 +111,7 @@ PROMPTS = [f"Repeat this text exactly: {DOC}",
 def test_real_model_text_is_identical_with_and_without_speculation(backend, monkeypatch):
     """Temperature 0 on the real model: drafts verified by the model itself change steps, not text.
     Rows are made to look free, so every lookup hit is drafted at full length (the most verifying)."""
-    from engine.tasks.chat import PromptBuilder
+    from autoglm.engine.tasks.chat import PromptBuilder
 
     builder = PromptBuilder(backend)
     scheduler = backend.scheduler

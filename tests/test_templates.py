@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from engine.errors import BackendError
-from engine.tasks.chat import CHATML, render
+from autoglm.engine.errors import BackendError
+from autoglm.engine.tasks.chat import CHATML, render
 
 MSGS = [{"role": "user", "content": "hi"}]
 

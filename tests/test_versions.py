@@ -10,7 +10,7 @@ from tests.conftest import run_cli, snapshot
 @pytest.fixture(scope="module")
 def variants(default_model, tmp_path_factory):
     """Three real GGUF files with different bytes: the default model and two requantizations."""
-    from engine.models.quantize import quantize_file
+    from autoglm.engine.models.quantize import quantize_file
 
     d = tmp_path_factory.mktemp("variants")
     files = {"q4_1": d / "q4_1" / "tiny.gguf", "q8_0": d / "q8_0" / "tiny.gguf", "q4_0": d / "q4_0" / "tiny.gguf"}
@@ -24,13 +24,13 @@ def variants(default_model, tmp_path_factory):
 
 
 def _current(name: str) -> str:
-    from engine.models import store
+    from autoglm.engine.models import store
 
     return store.require(name).version
 
 
 def test_new_version_keeps_old_then_rollback(home, variants):
-    from engine.models.manager import versions
+    from autoglm.engine.models.manager import versions
 
     assert run_cli("models", "import", str(variants["q4_1"]), "--name", "tiny").returncode == 0
     v1 = _current("tiny")

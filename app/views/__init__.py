@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from autoglm.app.background import in_background
+from autoglm.app.engine_process import EngineClient
 from PySide6.QtWidgets import QLabel
-
-from app.background import in_background
-from app.engine_process import EngineClient
 
 
 def fetch(client: Callable[[], EngineClient | None], path: str, status: QLabel,

@@ -9,6 +9,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from autoglm.app.background import in_background, on_ui
+from autoglm.app.engine_process import EngineClient
+from autoglm.app.views import fetch
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -24,10 +27,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from app.background import in_background, on_ui
-from app.engine_process import EngineClient
-from app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
 

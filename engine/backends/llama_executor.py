@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-
-from engine.backends.llama_lib import llama_cpp
-from engine.errors import BackendError, InvalidArgumentError
-from engine.sampling import SamplingParams
+from autoglm.engine.backends.llama_lib import llama_cpp
+from autoglm.engine.errors import BackendError, InvalidArgumentError
+from autoglm.engine.sampling import SamplingParams
 
 
 class RowLike(Protocol):

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from engine.backends.llama_lib import llama_cpp
-from engine.errors import BackendError
+from autoglm.engine.backends.llama_lib import llama_cpp
+from autoglm.engine.errors import BackendError
 
 Llama = llama_cpp.Llama  # through llama_lib, which imports onnxruntime first (a CUDA build crashes otherwise)
 _PARAMS_LOCK = threading.Lock()

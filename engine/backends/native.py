@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from engine import hardware
-from engine.backends.llama_lib import chosen_variant, cpu_variants, llama_cpp, onnxruntime
+from autoglm.engine import hardware
+from autoglm.engine.backends.llama_lib import chosen_variant, cpu_variants, llama_cpp, onnxruntime
 
 
 def runtime_facts() -> dict[str, object]:

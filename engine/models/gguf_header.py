@@ -14,7 +14,7 @@ import mmap
 import struct
 from pathlib import Path
 
-from engine.errors import InvalidModelError
+from autoglm.engine.errors import InvalidModelError
 
 # value type id -> fixed size in bytes (8: string and 9: array are variable)
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}

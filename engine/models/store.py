@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine import paths
-from engine.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
-from engine.fs import storage_error, write_atomic, write_cache
+from autoglm.engine import paths
+from autoglm.engine.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.fs import storage_error, write_atomic, write_cache
 
 CHUNK = 1 << 20
 

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import AutoGLMError
-from engine.sampling import GenerationStats, SamplingParams, stop_split
-from engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
-from engine.scheduler.speculation import StepCost
+from autoglm.engine.errors import AutoGLMError
+from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
+from autoglm.engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
+from autoglm.engine.scheduler.speculation import StepCost
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from engine.errors import ContextOverflowError, InvalidArgumentError
-from engine.scheduler.speculation import PRIOR_ROW_COST, Drafter
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
+from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Drafter
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
 MIN_CHUNK = 32

@@ -7,9 +7,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from engine.errors import BackendError
-from engine.sampling import GenerationStats, SamplingParams
-from engine.scheduler.batch import Scheduler
+from autoglm.engine.errors import BackendError
+from autoglm.engine.sampling import GenerationStats, SamplingParams
+from autoglm.engine.scheduler.batch import Scheduler
 
 
 class ScheduledBackend:

@@ -7,22 +7,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from autoglm.engine.errors import (
+    AutoGLMError,
+    ContextOverflowError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    StorageError,
+)
+from autoglm.engine.fs import storage_error
+from autoglm.engine.runtime import Runtime
+from autoglm.engine.scheduler.batch import SchedulerFailedError
+from autoglm.engine.server.guard import Guard
+from autoglm.engine.server.management import management_router
+from autoglm.engine.server.metrics import Metrics
+from autoglm.engine.server.openai_routes import openai_router
+from autoglm.engine.server.protocol import error
+from autoglm.engine.server.serving import OpenAIServing
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from engine.errors import AutoGLMError, ContextOverflowError, InvalidArgumentError, ModelNotFoundError, StorageError
-from engine.fs import storage_error
-from engine.runtime import Runtime
-from engine.scheduler.batch import SchedulerFailedError
-from engine.server.guard import Guard
-from engine.server.management import management_router
-from engine.server.metrics import Metrics
-from engine.server.openai_routes import openai_router
-from engine.server.protocol import error
-from engine.server.serving import OpenAIServing
 
 
 @dataclass

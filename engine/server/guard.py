@@ -20,8 +20,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from engine.server.metrics import Metrics
-from engine.server.protocol import error
+from autoglm.engine.server.metrics import Metrics
+from autoglm.engine.server.protocol import error
 
 OPEN_PATHS = {"/health"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}

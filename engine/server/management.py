@@ -10,21 +10,20 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from autoglm.engine.backends.onnx.convert import convert
+from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
+from autoglm.engine.fs import storage_error
+from autoglm.engine.models import store
+from autoglm.engine.models.manager import installed, pull, rollback
+from autoglm.engine.models.progress import Progress
+from autoglm.engine.models.quantize import TARGETS, quantize
+from autoglm.engine.models.store import Manifest
+from autoglm.engine.runtime import Runtime
+from autoglm.engine.server.protocol import error
+from autoglm.engine.tasks.classify import parse_examples, train, zero_shot
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-
-from engine.backends.onnx.convert import convert
-from engine.errors import AutoGLMError, InvalidArgumentError
-from engine.fs import storage_error
-from engine.models import store
-from engine.models.manager import installed, pull, rollback
-from engine.models.progress import Progress
-from engine.models.quantize import TARGETS, quantize
-from engine.models.store import Manifest
-from engine.runtime import Runtime
-from engine.server.protocol import error
-from engine.tasks.classify import parse_examples, train, zero_shot
 
 
 class Example(BaseModel):

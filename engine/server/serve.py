@@ -15,12 +15,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine import loader
-from engine.errors import InvalidArgumentError
-from engine.models.store import sweep_stale_stages
-from engine.planner import Overrides
-from engine.runtime import Runtime
-from engine.server.app import ServerConfig, create_app
+from autoglm.engine import loader
+from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.models.store import sweep_stale_stages
+from autoglm.engine.planner import Overrides
+from autoglm.engine.runtime import Runtime
+from autoglm.engine.server.app import ServerConfig, create_app
 
 
 @dataclass

@@ -14,16 +14,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
-
-from engine.backends.llama_lib import llama_cpp
-from engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
-from engine.runtime import Runtime
-from engine.sampling import SamplingParams
-from engine.scheduler import Event, QueueFullError
-from engine.server.metrics import Metrics
-from engine.server.protocol import (
+from autoglm.engine.backends.llama_lib import llama_cpp
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.runtime import Runtime
+from autoglm.engine.sampling import SamplingParams
+from autoglm.engine.scheduler import Event, QueueFullError
+from autoglm.engine.server.metrics import Metrics
+from autoglm.engine.server.protocol import (
     ChatRequest,
     ClassifyRequest,
     CompletionRequest,
@@ -35,7 +32,9 @@ from engine.server.protocol import (
     error,
     sse_error,
 )
-from engine.tasks.classify import zero_shot
+from autoglm.engine.tasks.classify import zero_shot
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 DISCONNECT_POLL_S = 1.0
 

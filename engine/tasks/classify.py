@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
-from engine.errors import InvalidArgumentError, InvalidModelError
-from engine.models import store
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
-from engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
-from engine.tasks.embed import open_encoder
+from autoglm.engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
+from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
+from autoglm.engine.models import store
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from autoglm.engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
+from autoglm.engine.tasks.embed import open_encoder
 
 HELD_OUT = 0.2
 PRUNE_ALPHAS = (0.8, 0.6, 0.4, 0.25)  # drop tokens receiving under alpha x a uniform share of attention

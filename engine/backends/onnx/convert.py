@@ -14,11 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from engine.backends.onnx.graph import BertConfig, embed_graph, layer_graph
-from engine.errors import InvalidModelError
-from engine.models import store
-from engine.models.progress import Progress, check_cancel
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from autoglm.engine.backends.onnx.graph import BertConfig, embed_graph, layer_graph
+from autoglm.engine.errors import InvalidModelError
+from autoglm.engine.models import store
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
 
 ENCODER_FILE = "encoder.json"
 SUPPORTED = {"bert"}

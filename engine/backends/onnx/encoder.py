@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from engine.backends.onnx.convert import ENCODER_FILE
-from engine.errors import InvalidArgumentError, InvalidModelError
-from engine.hardware import probe
+from autoglm.engine.backends.onnx.convert import ENCODER_FILE
+from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
+from autoglm.engine.hardware import probe
 
 BATCH = 32
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from engine.errors import IntegrityError, SourceError
-from engine.models.store import CHUNK
+from autoglm.engine.errors import IntegrityError, SourceError
+from autoglm.engine.models.store import CHUNK
 
 MAX_RATIO = 100  # model weights barely compress; a member inflating more than this is a bomb
 RATIO_FLOOR = 1 << 20  # small text files (vocabularies, configs) may compress well

@@ -14,14 +14,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import hardware
-from engine.backends import native
-from engine.errors import AutoGLMError, ModelNotFoundError, NetworkError, SourceError
-from engine.models.install import install_gguf
-from engine.models.progress import Progress, check_cancel
-from engine.models.sources import resumable
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
-from engine.planner import choose_quant
+from autoglm.engine import hardware
+from autoglm.engine.backends import native
+from autoglm.engine.errors import AutoGLMError, ModelNotFoundError, NetworkError, SourceError
+from autoglm.engine.models.install import install_gguf
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.sources import resumable
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from autoglm.engine.planner import choose_quant
 
 _REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<sel>[\w.-]+))?$")
 QUANT_RE = re.compile(r"(?i)(?<![A-Z0-9])(IQ\d_[A-Z]+|Q\d_K_[SML]|Q\d_K|Q\d_\d|BF16|F16|F32)(?![A-Z0-9])")

@@ -14,10 +14,10 @@ import re
 import threading
 from pathlib import Path
 
-from engine.errors import InvalidModelError, ModelNotFoundError
-from engine.models.install import install_gguf
-from engine.models.progress import Progress, check_cancel
-from engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, sha256_file
+from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
+from autoglm.engine.models.install import install_gguf
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".gguf", ".pt")
 SKIP_DIRS = {".git", ".cache", "__pycache__"}

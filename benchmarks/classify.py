@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from autoglm.engine.tasks.classify import Classifier, train
 from autoglm.engine.tasks.embed import open_encoder
-
 from benchmarks.datasets import Dataset, bbc_news, rotten_tomatoes
 
 

@@ -13,7 +13,6 @@ import time
 
 from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.tasks.embed import encoder_manifest
-
 from benchmarks.datasets import bbc_news, rotten_tomatoes
 
 

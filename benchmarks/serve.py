@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import openai
+
 from autoglm.engine import loader
 
 TOPICS = ["rivers", "volcanoes", "bees", "trains", "chess", "bread", "comets", "owls", "glass", "tides",

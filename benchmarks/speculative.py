@@ -19,8 +19,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
-from autoglm.engine import loader
 
+from autoglm.engine import loader
 from benchmarks.serve import llama_server, ours
 
 DOC = ("Invoice 2024-117 from Northwind Traders, 12 Harbour Road, Leith, dated 3 March 2024: 40 crates of oranges "

@@ -37,8 +37,9 @@ def _sampling(args: argparse.Namespace):
 
 def _open(args: argparse.Namespace):
     from autoglm.engine import loader
+    from autoglm.engine.router import route
 
-    prepared = loader.prepare(args.model, _overrides(args), progress=progress_bar())
+    prepared = loader.prepare(route("chat", args.model), _overrides(args), progress=progress_bar())
     return prepared, loader.load_scheduled(prepared)  # the same scheduler the server runs
 
 
@@ -109,11 +110,12 @@ def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
     from autoglm.engine import loader
     from autoglm.engine.backends import native
     from autoglm.engine.errors import ModelNotFoundError
+    from autoglm.engine.router import route
 
     device = native.probe_device()
     report: dict[str, Any] = {"device": device.to_dict(), "amx": device.has("amx")}
     try:
-        prepared = loader.prepare(args.model, _overrides(args), install=False)
+        prepared = loader.prepare(route("chat", args.model), _overrides(args), install=False)
     except ModelNotFoundError as exc:
         report["model"] = None
         report["note"] = str(exc)
@@ -285,6 +287,20 @@ def cmd_gui(args: argparse.Namespace) -> int:
     return run(args.screenshots)
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from autoglm.engine.router import TASKS, config_path, routes, set_route
+
+    if args.task and args.model:
+        set_route(args.task, None if args.model == "default" else args.model)
+    elif args.task and args.task not in TASKS:
+        raise InvalidArgumentError(f"unknown task {args.task!r} (tasks: {', '.join(TASKS)})")
+    current = routes()
+    for task in ([args.task] if args.task else TASKS):
+        print(f"{task:<9} {current.get(task, '(default)')}")
+    print(f"from {config_path()}", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from autoglm.engine.server.serve import ServeSettings, serve
 
@@ -380,9 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.set_defaults(func=cmd_serve)
 
+    from autoglm.engine.cli_extract import add_parser as add_extract
     from autoglm.engine.cli_tasks import add_parsers
 
     add_parsers(sub, models)
+    add_extract(sub)
+    p = sub.add_parser("route", help="which model serves each task (chat, extract, classify, embed)")
+    p.add_argument("task", nargs="?", help="a task to route")
+    p.add_argument("model", nargs="?", help="an installed model for it; `default` for the built-in default")
+    p.set_defaults(func=cmd_route)
     p = models.add_parser("du", help="disk use per model")
     p.set_defaults(func=cmd_models_du)
     p = models.add_parser("quantize", help="requantize a GGUF model with llama.cpp's quantizer")
@@ -406,8 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         argv = default_command(dict(os.environ))
-    if argv[:2] == ["classify", "train"]:  # `classify TEXT` and `classify train ...` share a name
-        argv = ["classify-train", *argv[2:]]
+    if argv[:2] in (["classify", "train"], ["classify", "correct"]):  # `classify TEXT` shares the name
+        argv = [f"classify-{argv[1]}", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

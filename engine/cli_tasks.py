@@ -1,4 +1,4 @@
-"""The encoder commands: ``embed``, ``classify``, ``classify train`` and ``models convert``."""
+"""The encoder commands: ``embed``, ``classify`` (``train``, ``correct``) and ``models convert``."""
 
 from __future__ import annotations
 
@@ -33,10 +33,11 @@ def _note_truncated(count: int, total: int, max_length: int) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from autoglm.engine.router import route
     from autoglm.engine.tasks.embed import open_encoder
 
     texts = _texts(args)
-    _, encoder = open_encoder(args.model, args.precision)
+    _, encoder = open_encoder(route("embed", args.model), args.precision)
     vectors, truncated = encoder.embed(texts)
     _note_truncated(truncated, len(texts), encoder.max_length)
     for text, vec in zip(texts, vectors, strict=True):
@@ -45,17 +46,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from autoglm.engine.router import route
     from autoglm.engine.tasks.classify import open_classifier, parse_labels, zero_shot
     from autoglm.engine.tasks.embed import open_encoder
 
     texts = _texts(args)
     if args.labels:
-        enc_manifest, encoder = open_encoder(args.encoder, args.precision or "int8")
+        enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision or "int8")
         clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
-    elif args.model:
-        clf, encoder = open_classifier(args.model, args.precision)
+    elif model := route("classify", args.model):
+        clf, encoder = open_classifier(model, args.precision)
     else:
-        raise InvalidArgumentError("give --model NAME (a trained classifier) or --labels a,b,c (zero-shot)")
+        raise InvalidArgumentError("give --model NAME (a trained classifier), --labels a,b,c (zero-shot), "
+                                   "or route classify to a classifier (autoglm route classify NAME)")
     started = time.perf_counter()
     predictions, truncated = clf.classify(encoder, texts, exact=args.exact)
     elapsed = time.perf_counter() - started
@@ -63,27 +66,30 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for p in predictions:
         if args.json:
             print(json.dumps({"text": p.text, "label": p.label, "confidence": round(p.confidence, 4),
-                              "exit_layer": p.exit_layer}))
+                              "exit_layer": p.exit_layer, "review": p.review}))
         else:
-            print(f"{p.label}\t{p.confidence:.3f}\tlayer {p.exit_layer}/{len(clf.heads)}\t{p.text[:70]}")
+            flag = "\treview" if p.review else ""
+            print(f"{p.label}\t{p.confidence:.3f}\tlayer {p.exit_layer}/{len(clf.heads)}{flag}\t{p.text[:70]}")
     if len(texts) > 1:
         print(f"{len(texts)} texts in {elapsed:.2f}s ({len(texts) / elapsed:.1f}/s)", file=sys.stderr)
     return 0
 
 
 def cmd_classify_train(args: argparse.Namespace) -> int:
+    from autoglm.engine.router import route
     from autoglm.engine.tasks.classify import load_examples, parse_labels, train, zero_shot
+    from autoglm.engine.tasks.corrections import install
     from autoglm.engine.tasks.embed import open_encoder
 
     if bool(args.examples) == bool(args.labels):
         raise InvalidArgumentError("give --examples FILE (text,label rows) or --labels a,b,c (zero-shot), not both")
     texts, labels = load_examples(args.examples) if args.examples else ([], [])
-    enc_manifest, encoder = open_encoder(args.encoder, args.precision)
+    enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision)
     if args.labels:
-        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
+        manifest = zero_shot(encoder, enc_manifest, parse_labels(args.labels)).install(args.name)
     else:
         clf = train(encoder, enc_manifest, texts, labels, budget=args.budget)
-    manifest = clf.install(args.name)
+        manifest = install(clf, args.name, texts, labels)
     if args.examples:
         report = clf.report
         _note_truncated(report["truncated"], len(texts), encoder.max_length)
@@ -97,6 +103,26 @@ def cmd_classify_train(args: argparse.Namespace) -> int:
               f"/{len(clf.heads)}), token pruning {clf.prune_alpha or 'off'}")
     else:
         print(f"saved zero-shot classifier {manifest.name} ({', '.join(clf.labels)})")
+    return 0
+
+
+def cmd_classify_correct(args: argparse.Namespace) -> int:
+    from autoglm.engine.router import route
+    from autoglm.engine.tasks.classify import load_examples
+    from autoglm.engine.tasks.corrections import correct
+
+    name = route("classify", args.model)
+    if not name:
+        raise InvalidArgumentError("give --model NAME (the classifier to correct), or route classify to one")
+    if bool(args.file) == bool(args.text and args.label):
+        raise InvalidArgumentError("give TEXT --label RIGHT_LABEL, or --file with text,label rows")
+    pairs = list(zip(*load_examples(args.file), strict=True)) if args.file else [(args.text, args.label)]
+    started = time.perf_counter()
+    manifest = correct(name, pairs)
+    clf_report = json.loads((manifest.directory / "classifier.json").read_text())["report"]
+    print(f"retrained {manifest.name} as version {manifest.version} in {time.perf_counter() - started:.1f}s with "
+          f"{len(pairs)} new correction(s), {clf_report.get('corrections', 0)} in all "
+          f"(`autoglm models rollback {manifest.name}` undoes it)")
     return 0
 
 
@@ -117,7 +143,7 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("classify", help="label texts (`classify train` makes a classifier)")
+    p = sub.add_parser("classify", help="label texts (also: `classify train`, `classify correct`)")
     p.add_argument("text", nargs="?")
     p.add_argument("--file", help="one text per line")
     p.add_argument("--model", "-m", help="a trained or saved classifier")
@@ -136,6 +162,13 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("--budget", type=float, default=1.0, help="accuracy points early exit may cost (default 1)")
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     p.set_defaults(func=cmd_classify_train)
+
+    p = sub.add_parser("classify-correct", help=argparse.SUPPRESS)
+    p.add_argument("text", nargs="?")
+    p.add_argument("--label", help="the right label for TEXT")
+    p.add_argument("--file", help="corrections as text,label rows (CSV with a header, or JSONL)")
+    p.add_argument("--model", "-m", help="the classifier (default: the router's)")
+    p.set_defaults(func=cmd_classify_correct)
 
     p = models.add_parser("convert", help="Hugging Face BERT folder -> ONNX encoder (fp32 + int8)")
     p.add_argument("name")

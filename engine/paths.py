@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import platformdirs
+
 from autoglm.engine.process import frozen
 
 

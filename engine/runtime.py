@@ -17,6 +17,7 @@ from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.models import store
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.planner import onnx_threads
+from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
 from autoglm.engine.tasks.classify import Classifier, open_classifier
@@ -24,18 +25,44 @@ from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_e
 
 
 class Runtime:
-    def __init__(self, model_name: str, model: ScheduledBackend, device: Any,
-                 report: dict[str, Any] | None = None) -> None:
-        self.model_name, self.model = model_name, model
-        self.scheduler = model.scheduler
-        self.prompts = PromptBuilder(model)
+    """``model`` is the loaded chat model (the server loads it before it listens), or a function that
+    loads it on first use (the Python API: an engine used only to classify never loads llama.cpp);
+    ``plan`` then sizes the encoders' threads as if it were loaded."""
+
+    def __init__(self, model_name: str, model: ScheduledBackend | Callable[[], ScheduledBackend], device: Any,
+                 report: dict[str, Any] | None = None, plan: Any = None) -> None:
+        self.model_name = model_name
+        self._model = model if isinstance(model, ScheduledBackend) else None
+        self._load = None if isinstance(model, ScheduledBackend) else model
+        self._prompts: PromptBuilder | None = None
         self.report = report or {}
         self.device = device
-        self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, model.plan.threads if model.plan else 1,
-                                                                   model.plan.gpu_layers if model.plan else 0)
+        plan = plan or (self._model.plan if self._model else None)
+        self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, plan.threads if plan else 1,
+                                                                   plan.gpu_layers if plan else 0)
         self._cache: dict[tuple[str, ...], Any] = {}
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self._guard = threading.Lock()
+
+    @property
+    def model(self) -> ScheduledBackend:
+        if self._model is None:
+            self._model = self._cached(("chat-model",), self._load)
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        return self.model.scheduler
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        if self._prompts is None:
+            self._prompts = PromptBuilder(self.model)
+        return self._prompts
 
     def health(self) -> tuple[bool, str]:
         failed = self.scheduler.failed
@@ -63,4 +90,5 @@ class Runtime:
 
     def close(self) -> None:
         self._cache.clear()
-        self.model.close()
+        if self._model is not None:
+            self._model.close()

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.tasks.chat import ChatSession, render

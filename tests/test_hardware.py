@@ -1,5 +1,4 @@
 from autoglm.engine.hardware import DeviceFacts, parse_cpuinfo, parse_nvidia_smi
-
 from tests.conftest import DATA
 
 

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
+
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.models.sources.hf import select
-
 from tests.conftest import DATA, run_cli, snapshot
 from tests.hf_server import HubServer, Repo
 
@@ -153,10 +153,11 @@ def test_progress_callback_and_cancel_then_resume(home, hub, monkeypatch):
     """The API the GUI uses: byte progress per file, cancel installs nothing, a later pull resumes."""
     import threading
 
+    from huggingface_hub import constants
+
     from autoglm.engine.errors import CancelledError
     from autoglm.engine.models import store
     from autoglm.engine.models.manager import pull
-    from huggingface_hub import constants
 
     # what HF_ENDPOINT does when huggingface_hub is imported, for this already-imported process
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from autoglm.engine.errors import AutoGLMError, InvalidArgumentError, InvalidModelError, SourceError
 
+from autoglm.engine.errors import AutoGLMError, InvalidArgumentError, InvalidModelError, SourceError
 from tests.conftest import run_cli, snapshot
 from tests.hostile import crafted_headers, fuzzed_ggufs, make_sdist, make_wheel, minimal_gguf
 

@@ -1,10 +1,10 @@
 import pytest
+
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.models.gguf_info import ModelFacts
 from autoglm.engine.planner import Overrides, make_plan
 from autoglm.engine.selftest import Verdict
-
 from tests.conftest import DATA
 
 SMOLLM2 = ModelFacts(path="smollm2.gguf", size=98_362_432, architecture="llama", name="SmolLM2", quant="Q4_1",

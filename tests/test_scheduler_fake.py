@@ -7,10 +7,10 @@ import threading
 import time
 
 import pytest
+
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler, SchedulerFailedError
 from autoglm.engine.scheduler.planner import QueueFullError
-
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)

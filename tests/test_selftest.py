@@ -7,7 +7,6 @@ import sys
 from autoglm.engine import selftest
 from autoglm.engine.backends import native
 from autoglm.engine.planner import make_plan
-
 from tests.conftest import run_cli
 
 SEGV_CHILD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
@@ -62,7 +61,6 @@ def test_a_gpu_offload_that_crashes_its_child_falls_back_to_the_cpu_with_the_rea
     first offloaded load runs in a child, and a crash there plans the CPU (recorded GPU profile)."""
     from autoglm.engine.hardware import DeviceFacts
     from autoglm.engine.models.manager import resolve
-
     from tests.conftest import DATA
 
     device = DeviceFacts.load(DATA / "devices" / "desktop-rtx2060-6gb.json")

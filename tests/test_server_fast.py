@@ -9,6 +9,8 @@ import threading
 import time
 
 import pytest
+from fastapi.testclient import TestClient
+
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
@@ -16,8 +18,6 @@ from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.planner import QueueFullError
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.server.app import ServerConfig, create_app
-from fastapi.testclient import TestClient
-
 from tests.conftest import DATA
 from tests.fakes import FakeBackend, FakeExecutor
 

@@ -5,10 +5,10 @@ drafts are accepted) and one that does not (so they are rejected and their cells
 from __future__ import annotations
 
 import pytest
+
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, PRIOR_ROW_COST, Drafter, StepCost, best_k
-
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(max_tokens=60, temperature=0)

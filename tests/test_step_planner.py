@@ -5,11 +5,11 @@ batch, each sequence's tokens in order, no slot or KV leak, FIFO admission, no s
 from __future__ import annotations
 
 import pytest
-from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
-from autoglm.engine.scheduler.planner import Job, QueueFullError, SlotState, StepPlanner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
+from autoglm.engine.scheduler.planner import Job, QueueFullError, SlotState, StepPlanner
 from tests.fakes import FakeExecutor
 
 PREFIXES = [[], [5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 20, 21]]  # shared system prompts

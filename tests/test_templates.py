@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from autoglm.engine.errors import BackendError
 from autoglm.engine.tasks.chat import CHATML, render
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from PySide6.QtWidgets import QLabel
+
 from autoglm.app.background import in_background
 from autoglm.app.engine_process import EngineClient
-from PySide6.QtWidgets import QLabel
 
 
 def fetch(client: Callable[[], EngineClient | None], path: str, status: QLabel,

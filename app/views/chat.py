@@ -10,9 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from autoglm.app.background import in_background, on_ui
-from autoglm.app.conversations import ConversationStore
-from autoglm.app.engine_process import EngineClient
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
@@ -30,6 +27,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from autoglm.app.background import in_background, on_ui
+from autoglm.app.conversations import ConversationStore
+from autoglm.app.engine_process import EngineClient
 
 RENDER_EVERY_MS = 50
 

@@ -10,9 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from autoglm.app.background import in_background
-from autoglm.app.engine_process import EngineClient
-from autoglm.app.views import fetch
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -29,6 +26,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from autoglm.app.background import in_background
+from autoglm.app.engine_process import EngineClient
+from autoglm.app.views import fetch
 
 ZERO_SHOT = "(zero-shot: the labels below)"
 

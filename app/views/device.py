@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autoglm.app.engine_process import EngineClient
-from autoglm.app.views import fetch
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QFormLayout,
@@ -21,6 +19,9 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from autoglm.app.engine_process import EngineClient
+from autoglm.app.views import fetch
 
 
 class DeviceView(QWidget):

@@ -9,9 +9,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from autoglm.app.background import in_background, on_ui
-from autoglm.app.engine_process import EngineClient
-from autoglm.app.views import fetch
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -27,6 +24,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+from autoglm.app.background import in_background, on_ui
+from autoglm.app.engine_process import EngineClient
+from autoglm.app.views import fetch
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
 

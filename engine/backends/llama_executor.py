@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
 from autoglm.engine.backends.llama_lib import llama_cpp
 from autoglm.engine.errors import BackendError, InvalidArgumentError
 from autoglm.engine.sampling import SamplingParams

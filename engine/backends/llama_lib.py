@@ -25,8 +25,9 @@ except ImportError:  # an install without the encoders
     onnxruntime = None
 
 import llama_cpp  # noqa: E402 - after onnxruntime, on purpose
-from autoglm.engine.errors import BackendError
 from llama_cpp import _ggml, _logger  # noqa: E402
+
+from autoglm.engine.errors import BackendError
 
 __all__ = ["llama_cpp", "onnxruntime", "backend_dirs", "cpu_variants", "chosen_variant", "llama_log_to"]
 

@@ -35,9 +35,9 @@ class ScheduledBackend:
         return self.backend.control_texts()
 
     def generate(self, tokens: list[int], params: SamplingParams, cancel: threading.Event | None = None,
-                 stats: GenerationStats | None = None) -> Iterator[str]:
+                 stats: GenerationStats | None = None, grammar: str | None = None) -> Iterator[str]:
         """Stream text for ``tokens``; ``stats`` is filled when the generator ends."""
-        req = self.scheduler.submit(tokens, params)
+        req = self.scheduler.submit(tokens, params, grammar)
         try:
             for event in req.stream():
                 if event.error:

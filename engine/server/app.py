@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from autoglm.engine.errors import (
     AutoGLMError,
     ContextOverflowError,
@@ -23,11 +29,6 @@ from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.openai_routes import openai_router
 from autoglm.engine.server.protocol import error
 from autoglm.engine.server.serving import OpenAIServing
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 @dataclass

@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
 
 from autoglm.engine.backends.onnx.convert import convert
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
@@ -18,12 +23,11 @@ from autoglm.engine.models.manager import installed, pull, rollback
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.models.quantize import TARGETS, quantize
 from autoglm.engine.models.store import Manifest
+from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.protocol import error
 from autoglm.engine.tasks.classify import parse_examples, train, zero_shot
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from autoglm.engine.tasks.corrections import correct, install
 
 
 class Example(BaseModel):
@@ -44,6 +48,10 @@ class TrainRequest(BaseModel):
     examples_file: ExamplesFile | None = None
     labels: dict[str, str | None] | None = None  # zero-shot: label -> description
     budget: float = Field(default=1.0, ge=0, le=100)
+
+
+class CorrectionsRequest(BaseModel):
+    corrections: list[Example] = Field(min_length=1, max_length=1000)
 
 
 class PullRequest(BaseModel):
@@ -175,13 +183,27 @@ def management_router(runtime: Runtime) -> APIRouter:
                 texts, labels = [e.text for e in body.examples], [e.label for e in body.examples]
             if not body.labels and len(set(labels)) < 2:
                 raise InvalidArgumentError("the examples need at least two labels")
-            manifest, encoder = runtime.encoder(None)
+            manifest, encoder = runtime.encoder(route("embed"))
             if body.labels:
                 clf = zero_shot(encoder, manifest, body.labels)
+                done = clf.install(body.name)
             else:
                 clf = train(encoder, manifest, texts, labels, budget=body.budget)
-            done = clf.install(body.name)
+                done = install(clf, body.name, texts, labels)
             return {"name": done.name, "version": done.version, "labels": clf.labels, "report": clf.report}
+
+        return await asyncio.to_thread(work)
+
+    @router.post("/classifiers/{name}/corrections")
+    async def correct_classifier(name: str, body: CorrectionsRequest) -> Any:
+        """Labels a user fixed: kept with the classifier's examples; it retrains as a new version."""
+
+        def work() -> dict[str, Any]:
+            started = time.perf_counter()
+            old = store.require(name)
+            done = correct(name, [(c.text, c.label) for c in body.corrections], opener=runtime.encoder)
+            return {"name": name, "from": old.version, "version": done.version,
+                    "seconds": round(time.perf_counter() - started, 2)}
 
         return await asyncio.to_thread(work)
 

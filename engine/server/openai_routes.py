@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingRequest
 from autoglm.engine.server.serving import OpenAIServing
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
 
 
 def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:

@@ -9,9 +9,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from autoglm.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field
+
+from autoglm.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from autoglm.engine import loader
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.models.store import sweep_stale_stages
 from autoglm.engine.planner import Overrides
+from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.app import ServerConfig, create_app
 
@@ -124,8 +125,8 @@ def serve(settings: ServeSettings) -> int:
     except OSError as exc:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     sweep_stale_stages()  # staging left by a pull that was killed
-    prepared = loader.prepare(settings.model, Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers,
-                                                        safe=settings.safe))
+    overrides = Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers, safe=settings.safe)
+    prepared = loader.prepare(route("chat", settings.model), overrides)
     parallel = settings.parallel or prepared.plan.slots
     model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue,
                                   speculative=not settings.no_speculate)

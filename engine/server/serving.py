@@ -8,14 +8,17 @@ encoder calls) runs in a worker thread, never on the event loop, so one request 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from autoglm.engine.backends.llama_lib import llama_cpp
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler import Event, QueueFullError
@@ -33,41 +36,18 @@ from autoglm.engine.server.protocol import (
     sse_error,
 )
 from autoglm.engine.tasks.classify import zero_shot
-from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from autoglm.engine.tasks.extract import schema_grammar
 
 DISCONNECT_POLL_S = 1.0
 
 
-MAX_SCHEMA_CHARS = 32 << 10  # OpenAI takes about as much (500 enum values, 15,000 enum characters)
-MAX_GRAMMAR_CHARS = 64 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
-
-
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
-    """The request's response format as a GBNF grammar, with its size bounded before and after the
-    conversion: llama.cpp compiles the grammar for every token's sampling, so its size is work."""
+    """The request's response format as a GBNF grammar (bounded: see ``schema_grammar``)."""
     if fmt is None or fmt.type == "text":
         return None
-    grammars = llama_cpp.llama_grammar
     if fmt.type == "json_object":
-        return grammars.JSON_GBNF
-    try:
-        schema = json.dumps(fmt.json_schema.schema_ if fmt.json_schema else {})
-        if len(schema) > MAX_SCHEMA_CHARS:
-            raise InvalidArgumentError(f"response_format json_schema is {len(schema)} characters; at most "
-                                       f"{MAX_SCHEMA_CHARS} are taken")
-        grammar = grammars.json_schema_to_gbnf(schema)
-    except InvalidArgumentError:
-        raise
-    except RecursionError:
-        raise InvalidArgumentError("response_format json_schema is nested too deeply") from None
-    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
-        raise InvalidArgumentError(f"response_format json_schema is not supported: {exc}") from None
-    if len(grammar) > MAX_GRAMMAR_CHARS:
-        raise InvalidArgumentError(f"response_format json_schema asks for too much structure (a grammar of "
-                                   f"{len(grammar)} characters; at most {MAX_GRAMMAR_CHARS}): lower its "
-                                   "minItems, minLength or repetition counts")
-    return grammar
+        return llama_cpp.llama_grammar.JSON_GBNF
+    return schema_grammar(fmt.json_schema.schema_ if fmt.json_schema else {}, "response_format json_schema")
 
 
 def _finish_reason(ev: Event) -> str:
@@ -222,7 +202,7 @@ class OpenAIServing:
             return error(400, "input must be a non-empty string or list of strings", param="input")
 
         def work() -> tuple[str, Any]:
-            manifest, encoder = self.runtime.encoder(body.model)
+            manifest, encoder = self.runtime.encoder(route("embed", body.model))
             return manifest.name, encoder.embed(texts)[0]
 
         name, vectors = await asyncio.to_thread(work)
@@ -237,17 +217,19 @@ class OpenAIServing:
 
         def work() -> Any:
             if body.labels:
-                manifest, encoder = self.runtime.encoder(None)
+                manifest, encoder = self.runtime.encoder(route("embed"))
                 clf = zero_shot(encoder, manifest, dict.fromkeys(body.labels))
-            elif body.model:
-                clf, encoder = self.runtime.classifier(body.model)
+            elif model := route("classify", body.model):
+                clf, encoder = self.runtime.classifier(model)
             else:
-                raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot)")
+                raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot), or route "
+                                           "classify to a classifier")
             return clf.classify(encoder, texts, exact=body.exact)
 
         preds, truncated = await asyncio.to_thread(work)
         return {"object": "list", "truncated": truncated,
-                "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer}
+                "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
+                          "review": p.review}
                          for i, p in enumerate(preds)]}
 
     def health(self) -> JSONResponse:

@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from autoglm.engine.errors import BackendError, ContextOverflowError
-from autoglm.engine.sampling import GenerationStats, SamplingParams
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from autoglm.engine.errors import BackendError, ContextOverflowError
+from autoglm.engine.sampling import GenerationStats, SamplingParams
 
 # Used only when a model ships no template: ChatML, which most small instruct models follow.
 CHATML = (

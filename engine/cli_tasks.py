@@ -86,7 +86,8 @@ def cmd_classify_train(args: argparse.Namespace) -> int:
     texts, labels = load_examples(args.examples) if args.examples else ([], [])
     enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision)
     if args.labels:
-        manifest = zero_shot(encoder, enc_manifest, parse_labels(args.labels)).install(args.name)
+        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
+        manifest = clf.install(args.name)
     else:
         clf = train(encoder, enc_manifest, texts, labels, budget=args.budget)
         manifest = install(clf, args.name, texts, labels)

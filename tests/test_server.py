@@ -270,3 +270,22 @@ def test_a_non_streaming_client_that_disconnects_cancels_its_generation(srv):
             break
         threading.Event().wait(0.1)
     assert health["active"] == 0
+
+
+def test_extract_endpoint_gives_valid_objects_and_one_line_errors(srv):
+    import jsonschema
+
+    from tests.test_extract import PERSON
+
+    url = srv[0]
+    body = {"model": "default", "schema": PERSON, "input": ["Ann Smith, 34, lives in Oslo.", "Bo Lee, 51, from Lyon."]}
+    reply = httpx.post(f"{url}/v1/extract", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert reply.status_code == 200, reply.json()
+    data = reply.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and data[0]["object"]["city"] == "Oslo"
+    for d in data:
+        jsonschema.validate(d["object"], PERSON)
+    for bad, status in (({**body, "schema": {"type": "array"}}, 400), ({**body, "model": "gpt-9"}, 404),
+                        ({**body, "input": ["x"] * 65}, 400), ({"input": "x"}, 400)):
+        reply = httpx.post(f"{url}/v1/extract", json.dumps(bad).encode(), {"Content-Type": "application/json"})
+        assert reply.status_code == status and "\n" not in reply.json()["error"]["message"]

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from autoglm.engine.server.metrics import Metrics
-from autoglm.engine.server.protocol import ChatRequest, ClassifyRequest, CompletionRequest, EmbeddingRequest
+from autoglm.engine.server.protocol import (
+    ChatRequest,
+    ClassifyRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ExtractRequest,
+)
 from autoglm.engine.server.serving import OpenAIServing
 
 
@@ -41,6 +47,11 @@ def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
     @router.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> Any:
         return await serving.classify(body)
+
+    @router.post("/v1/extract")
+    async def extract(body: ExtractRequest, request: Request) -> Any:
+        """Objects that validate against ``schema``, one per input text (not part of OpenAI's API)."""
+        return await serving.extract(body, request)
 
     @router.get("/metrics")
     async def prometheus() -> PlainTextResponse:

@@ -58,6 +58,9 @@ class JsonSchemaFormat(BaseModel):
     strict: bool | None = None
 
 
+MAX_EXTRACT_INPUTS = 64  # a request holds the connection until all are done; more is a job for the CLI
+
+
 class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
@@ -96,6 +99,13 @@ class ClassifyRequest(BaseModel):
     input: Text | list[Text]
     labels: list[Text] | None = None  # zero-shot instead
     exact: bool = False
+
+
+class ExtractRequest(BaseModel):
+    model: str | None = None  # the served chat model ("default" or its name)
+    input: Text | list[Text] = Field(max_length=MAX_EXTRACT_INPUTS)
+    schema_: dict[str, Any] = Field(alias="schema")
+    max_tokens: int = Field(default=512, ge=1, le=8192)
 
 
 # --- responses ---------------------------------------------------------------------------------

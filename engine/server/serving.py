@@ -28,6 +28,7 @@ from autoglm.engine.server.protocol import (
     ClassifyRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ExtractRequest,
     Reply,
     ResponseFormat,
     Sampling,
@@ -36,7 +37,7 @@ from autoglm.engine.server.protocol import (
     sse_error,
 )
 from autoglm.engine.tasks.classify import zero_shot
-from autoglm.engine.tasks.extract import schema_grammar
+from autoglm.engine.tasks.extract import Extraction, Extractor, schema_grammar
 
 DISCONNECT_POLL_S = 1.0
 
@@ -231,6 +232,31 @@ class OpenAIServing:
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
                           "review": p.review}
                          for i, p in enumerate(preds)]}
+
+    async def extract(self, body: ExtractRequest, request: Request) -> Any:
+        self.check_model(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            return error(400, "input must not be empty", param="input")
+        cancel = threading.Event()
+
+        def work() -> list[Extraction]:
+            runtime = self.runtime
+            extractor = Extractor(runtime.model, body.schema_, max_tokens=body.max_tokens, prompts=runtime.prompts)
+            return list(extractor.extract_many(texts, min(len(texts), runtime.scheduler.parallel), cancel))
+
+        task = asyncio.ensure_future(asyncio.to_thread(work))
+        try:
+            while not task.done():  # a client that goes away stops its texts' generations
+                await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+                if not task.done() and await request.is_disconnected():
+                    cancel.set()
+        finally:
+            if not task.done():  # the handler itself was cancelled (shutdown)
+                cancel.set()
+        results = task.result()
+        return {"object": "list", "model": self.runtime.model_name,
+                "data": [{"index": i, "object": r.data, "error": r.error} for i, r in enumerate(results)]}
 
     def health(self) -> JSONResponse:
         ok, reason = self.runtime.health()

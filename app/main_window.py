@@ -12,6 +12,7 @@ from autoglm.app.screenshots import take
 from autoglm.app.views.chat import ChatView
 from autoglm.app.views.classify import ClassifyView
 from autoglm.app.views.device import DeviceView
+from autoglm.app.views.extract import ExtractView
 from autoglm.app.views.models import ModelsView
 from autoglm.app.views.performance import PerformanceView
 
@@ -39,6 +40,7 @@ class MainWindow(QMainWindow):
         self.models = ModelsView(self.client)
         self.models.done.connect(self._refresh_chat_models)
         self.classify = ClassifyView(self.client)
+        self.extract = ExtractView(self.client)
         self.device = DeviceView(self.client)
         self.device.apply_requested.connect(self.apply_overrides)
         self.performance = PerformanceView()
@@ -46,6 +48,7 @@ class MainWindow(QMainWindow):
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.classify, "Classify")
+        self.tabs.addTab(self.extract, "Extract")
         self.tabs.addTab(self.models, "Models")
         self.tabs.addTab(self.device, "Device")
         self.tabs.addTab(self.performance, "Performance")

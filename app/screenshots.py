@@ -1,7 +1,7 @@
 """``autoglm gui --screenshots DIR``: every view with real content, saved as PNG, then exit.
 
 The chat view gets a real exchange with the default model, the classify view a real zero-shot
-run, the others what the engine reports; nothing is staged by hand.
+run, the extract view a real extraction, the others what the engine reports; nothing is staged by hand.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
         raise RuntimeError("the classify view got no results in time")
     if classify.status.text().startswith("⚠"):
         raise RuntimeError(f"the classify view failed: {classify.status.text()}")
+    extract = window.extract
+    extract.use_example("Person")
+    extract.input.setPlainText("Ann Smith, 34, lives in Oslo and works as a nurse.\nBo Lee (51) moved to Lyon.")
+    extract.extract(extract.input.toPlainText().splitlines())
+    if not _wait(lambda: extract.table.rowCount() == 2 or extract.status.text().startswith("⚠"), timeout):
+        raise RuntimeError("the extract view got no results in time")
+    if extract.status.text().startswith("⚠"):
+        raise RuntimeError(f"the extract view failed: {extract.status.text()}")
     window.models.refresh()
     window.device.refresh()
     if not _wait(lambda: window.models.table.rowCount() > 0 and window.device.reasons.rowCount() > 0, timeout):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -167,7 +168,41 @@ def test_classify_round_trip_train_classify_export(qtbot, window, tmp_path):
     assert {view.table.item(r, 3).text() for r in range(2)} == {"6"}
     out = tmp_path / "results.csv"
     view.export_csv(str(out))
-    assert out.read_text().splitlines()[0] == "text,label,confidence,exit_layer"
+    assert out.read_text().splitlines()[0] == "text,label,confidence,exit_layer,review"
+
+    # a user corrects a label: the classifier retrains from it as a new version
+    before = {m["name"]: m["version"] for m in window.client().get("/autoglm/models")["data"]}["gui-reviews"]
+    assert not view.correct_btn.isEnabled()
+    view.table.cellWidget(0, 1).setCurrentText("rotten")
+    assert view.correct_btn.isEnabled() and view.corrections() == [{"text": "a great fun film", "label": "rotten"}]
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        view.save_corrections()
+    assert "retrained gui-reviews with 1 correction(s)" in view.status.text(), view.status.text()
+    after = {m["name"]: m["version"] for m in window.client().get("/autoglm/models")["data"]}["gui-reviews"]
+    assert after != before and not view.correct_btn.isEnabled()
+
+
+def test_extract_view_fills_a_table_and_shows_schema_mistakes(qtbot, window, tmp_path):
+    view = window.extract
+    window.tabs.setCurrentWidget(view)
+    view.use_example("Person")
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        view.extract(["Ann Smith, 34, lives in Oslo and works as a nurse.", "", "Bo Lee, 51, from Lyon."])
+    assert view.table.rowCount() == 2, view.status.text()
+    headers = [view.table.horizontalHeaderItem(c).text() for c in range(view.table.columnCount())]
+    assert headers == ["Text", "name", "age", "city", "Error"]
+    assert [view.table.item(0, c).text() for c in (1, 2, 3)] == ["Ann Smith", "34", "Oslo"]
+    out = tmp_path / "objects.jsonl"
+    view.export_jsonl(str(out))
+    assert json.loads(out.read_text().splitlines()[0]) == {"name": "Ann Smith", "age": 34, "city": "Oslo"}
+    view.schema.setPlainText("{broken")
+    with qtbot.waitSignal(view.done, timeout=10_000):
+        view.extract(["x"])
+    assert view.status.text().startswith("⚠ the schema is not JSON")
+    view.schema.setPlainText('{"type": "array"}')
+    with qtbot.waitSignal(view.done, timeout=60_000):
+        view.extract(["x"])
+    assert "must describe an object" in view.status.text() and view.table.rowCount() == 2  # results kept
 
 
 def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, window):
@@ -211,7 +246,8 @@ def test_screenshots_render_every_view_with_content(default_model, tmp_path, pla
     out = run_cli("gui", "--screenshots", str(tmp_path / "shots"), env=env)
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "shots").glob("*.png"))
-    assert names == ["1-chat.png", "2-classify.png", "3-models.png", "4-device.png", "5-performance.png"]
+    assert names == ["1-chat.png", "2-classify.png", "3-extract.png", "4-models.png", "5-device.png",
+                     "6-performance.png"]
     digests = set()
     for name in names:
         image = QImage(str(tmp_path / "shots" / name))

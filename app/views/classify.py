@@ -1,6 +1,10 @@
 """Classify view: pick, define (zero-shot labels) or train (examples file) a classifier, classify
 typed text or a file, see label, confidence and exit layer per text, export CSV. Work runs on a
-thread; ``exact`` runs the full model so the early-exit gain is visible."""
+thread; ``exact`` runs the full model so the early-exit gain is visible.
+
+With a trained classifier each label is a drop-down: results the engine marks for review are
+highlighted, a user fixes the wrong ones and saves the corrections, and the classifier retrains
+from them as a new version (the Models view rolls it back)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from PySide6.QtCore import Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -32,6 +37,7 @@ from autoglm.app.engine_process import EngineClient
 from autoglm.app.views import fetch
 
 ZERO_SHOT = "(zero-shot: the labels below)"
+REVIEW_COLOR = "#fff1c2"  # unsure results: a person should check them
 
 
 class ClassifyView(QWidget):
@@ -42,6 +48,8 @@ class ClassifyView(QWidget):
         self.client = client
         self.select_after: str | None = None
         self.texts: list[str] = []
+        self.predicted: list[str] = []
+        self.shown_classifier: str | None = None  # the stored classifier the table's results came from
 
         self.picker = QComboBox()
         self.labels = QLineEdit(placeholderText="labels: sports, politics=elections and parliament, tech")
@@ -54,11 +62,15 @@ class ClassifyView(QWidget):
         self.exact = QCheckBox("Exact (no early exit, no pruning)")
         classify_btn, file_btn, export_btn = QPushButton("Classify"), QPushButton("Classify file…"), \
             QPushButton("Export CSV…")
+        self.correct_btn = QPushButton("Save corrections")
+        self.correct_btn.setToolTip("Retrain the classifier with the labels you changed (a new version)")
+        self.correct_btn.setEnabled(False)
+        self.correct_btn.clicked.connect(self.save_corrections)
         classify_btn.clicked.connect(lambda: self.classify(self.input.toPlainText().splitlines()))
         file_btn.clicked.connect(self.classify_file)
         export_btn.clicked.connect(self.export_csv)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Text", "Label", "Confidence", "Exit layer"])
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["Text", "Label", "Confidence", "Exit layer", "Review"])
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.status = QLabel()
 
@@ -75,7 +87,7 @@ class ClassifyView(QWidget):
         layout.addLayout(make)
         layout.addWidget(self.input)
         run = QHBoxLayout()
-        for w in (classify_btn, file_btn, self.exact, export_btn):
+        for w in (classify_btn, file_btn, self.exact, export_btn, self.correct_btn):
             run.addWidget(w)
         layout.addLayout(run)
         layout.addWidget(self.table, 1)
@@ -128,9 +140,9 @@ class ClassifyView(QWidget):
             body["model"] = self.picker.currentText()
         self.texts = texts
 
-        def work(client: EngineClient) -> tuple[list[dict], float]:
+        def work(client: EngineClient) -> tuple[dict[str, Any], float]:
             started = time.perf_counter()
-            return client.post("/v1/classify", body)["data"], time.perf_counter() - started
+            return client.post("/v1/classify", body), time.perf_counter() - started
 
         self._run(work, lambda result: self._show(*result))
 
@@ -173,15 +185,61 @@ class ClassifyView(QWidget):
         self.status.setText(f"saved classifier {name}")
         self.refresh(then=self.done.emit)
 
-    def _show(self, rows: list[dict], seconds: float) -> None:
+    def _show(self, reply: dict[str, Any], seconds: float) -> None:
+        rows = reply["data"]
+        stored = self.picker.currentText() not in ("", ZERO_SHOT)
+        self.shown_classifier = self.picker.currentText() if stored else None
+        self.predicted = [row["label"] for row in rows]
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
+            review = "check" if row.get("review") else ""
             for c, value in enumerate((self.texts[row["index"]], row["label"], f"{row['confidence']:.3f}",
-                                       str(row["exit_layer"]))):
-                self.table.setItem(r, c, QTableWidgetItem(value))
+                                       str(row["exit_layer"]), review)):
+                item = QTableWidgetItem(value)
+                if review:
+                    item.setBackground(QColor(REVIEW_COLOR))
+                self.table.setItem(r, c, item)
+            if stored:  # a drop-down to correct the label with
+                pick = QComboBox()
+                pick.addItems(reply.get("labels") or [row["label"]])
+                pick.setCurrentText(row["label"])
+                pick.currentTextChanged.connect(self._corrections_changed)
+                self.table.setCellWidget(r, 1, pick)
+        self.correct_btn.setEnabled(False)
+        marked = sum(1 for row in rows if row.get("review"))
         mode = "exact" if self.exact.isChecked() else "early exit"
-        self.status.setText(f"{len(rows)} text(s) in {seconds * 1000:.0f} ms ({mode})")
+        self.status.setText(f"{len(rows)} text(s) in {seconds * 1000:.0f} ms ({mode})"
+                            + (f"; {marked} marked for review" if marked else ""))
         self.done.emit()
+
+    def label_at(self, row: int) -> str:
+        pick = self.table.cellWidget(row, 1)
+        return pick.currentText() if isinstance(pick, QComboBox) else self.table.item(row, 1).text()
+
+    def corrections(self) -> list[dict[str, str]]:
+        return [{"text": self.table.item(r, 0).text(), "label": self.label_at(r)}
+                for r in range(self.table.rowCount()) if self.label_at(r) != self.predicted[r]]
+
+    def _corrections_changed(self) -> None:
+        count = len(self.corrections())
+        self.correct_btn.setEnabled(count > 0)
+        self.correct_btn.setText(f"Save {count} correction(s)" if count else "Save corrections")
+
+    def save_corrections(self) -> None:
+        fixes, name = self.corrections(), self.shown_classifier
+        if not fixes or not name:
+            self._failed("change a label in the table first (trained classifiers only)")
+            return
+
+        def saved(reply: dict[str, Any]) -> None:
+            self.predicted = [self.label_at(r) for r in range(self.table.rowCount())]
+            self._corrections_changed()
+            self.status.setText(f"retrained {name} with {len(fixes)} correction(s) as version {reply['version']} "
+                                f"in {reply['seconds']:.1f}s (Models → Roll back undoes it)")
+            self.done.emit()
+
+        self._run(lambda client: client.post(f"/autoglm/classifiers/{name}/corrections", {"corrections": fixes}),
+                  saved)
 
     def _failed(self, message: str) -> None:
         self.status.setText(f"⚠ {message}")
@@ -194,7 +252,8 @@ class ClassifyView(QWidget):
             return
         with open(path, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["text", "label", "confidence", "exit_layer"])
+            writer.writerow(["text", "label", "confidence", "exit_layer", "review"])
             for r in range(self.table.rowCount()):
-                writer.writerow([self.table.item(r, c).text() for c in range(4)])
+                writer.writerow([self.table.item(r, 0).text(), self.label_at(r),
+                                 *(self.table.item(r, c).text() for c in (2, 3, 4))])
         self.status.setText(f"exported {self.table.rowCount()} row(s) to {path}")

@@ -225,10 +225,10 @@ class OpenAIServing:
             else:
                 raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot), or route "
                                            "classify to a classifier")
-            return clf.classify(encoder, texts, exact=body.exact)
+            return (*clf.classify(encoder, texts, exact=body.exact), clf.labels)
 
-        preds, truncated = await asyncio.to_thread(work)
-        return {"object": "list", "truncated": truncated,
+        preds, truncated, labels = await asyncio.to_thread(work)
+        return {"object": "list", "truncated": truncated, "labels": labels,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
                           "review": p.review}
                          for i, p in enumerate(preds)]}

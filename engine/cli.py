@@ -397,10 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     from autoglm.engine.cli_extract import add_parser as add_extract
+    from autoglm.engine.cli_prompt import add_parser as add_prompt
     from autoglm.engine.cli_tasks import add_parsers
 
     add_parsers(sub, models)
     add_extract(sub)
+    add_prompt(sub)
     p = sub.add_parser("route", help="which model serves each task (chat, extract, classify, embed)")
     p.add_argument("task", nargs="?", help="a task to route")
     p.add_argument("model", nargs="?", help="an installed model for it; `default` for the built-in default")

@@ -12,11 +12,12 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from autoglm.engine.errors import InvalidArgumentError
 
 
-def _lines(path: str) -> Iterator[str]:
+def lines(path: str) -> Iterator[str]:
     """Texts of a file (``-``: stdin), one per non-empty line, read as they are needed."""
     try:
         handle = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")
@@ -31,7 +32,7 @@ def _lines(path: str) -> Iterator[str]:
             raise InvalidArgumentError(f"{path} is not UTF-8 text") from None
 
 
-def _count(path: str) -> int | None:
+def count(path: str) -> int | None:
     if path == "-":
         return None
     try:
@@ -41,28 +42,58 @@ def _count(path: str) -> int | None:
         return None
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+def load_chat(args: argparse.Namespace, task: str, single: bool = False) -> tuple[Any, Any]:
+    """(prepared, model) for a batch task: the router's model, as many sequences as the plan's slots."""
     from autoglm.engine import loader
     from autoglm.engine.cli_progress import progress_bar
     from autoglm.engine.planner import Overrides
     from autoglm.engine.router import route
-    from autoglm.engine.tasks.extract import Extractor, load_schema
 
-    schema = load_schema(args.schema)
+    option = lambda name: getattr(args, name, None)  # noqa: E731 - commands share some of these flags
+    overrides = Overrides(threads=option("threads"), gpu_layers=option("gpu_layers"), safe=bool(option("safe")))
+    chosen = option("chat_model") if hasattr(args, "chat_model") else option("model")  # classify's --model is not
+    prepared = loader.prepare(route(task, chosen), overrides, progress=progress_bar())
+    parallel = 1 if single else (option("parallel") or prepared.plan.slots)
+    if parallel < 1:
+        raise InvalidArgumentError(f"--parallel must be at least 1, got {parallel}")
+    ctx = option("ctx") or min(prepared.plan.n_ctx, 4096)
+    return prepared, loader.load_scheduled(prepared, parallel=parallel, ctx_per_seq=ctx)
+
+
+def tuned_runner(model: Any, tuned: Any) -> Any:
+    """A tuned prompt over the loaded model, with the encoder that picks its few-shot examples."""
+    from autoglm.engine.tasks.embed import open_encoder
+    from autoglm.engine.tasks.prompt_tune import PromptRunner, encoder_embed
+
+    embed = encoder_embed(open_encoder(tuned.encoder)[1]) if tuned.shots else None
+    return PromptRunner(model, tuned, embed)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from autoglm.engine.tasks.extract import Extractor, load_schema
+    from autoglm.engine.tasks.prompt_tune import TunedPrompt
+
+    tuned = TunedPrompt.load(args.prompt) if args.prompt else None
+    if tuned is not None and tuned.task != "extract":
+        raise InvalidArgumentError(f"{args.prompt} is a {tuned.task} prompt, not an extract prompt")
+    if args.schema:
+        schema = load_schema(args.schema)
+    elif tuned is not None and tuned.schema:
+        schema = tuned.schema
+    else:
+        raise InvalidArgumentError("give --schema FILE (or --prompt NAME, a tuned extract prompt)")
     if bool(args.text) == bool(args.file):
         raise InvalidArgumentError("give one text, or --file with one text per line (- for stdin)")
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"max tokens must be at least 1, got {args.max_tokens}")
-    overrides = Overrides(threads=args.threads, gpu_layers=args.gpu_layers, safe=args.safe)
-    prepared = loader.prepare(route("extract", args.model), overrides, progress=progress_bar())
-    parallel = 1 if args.text else (args.parallel or prepared.plan.slots)
-    if parallel < 1:
-        raise InvalidArgumentError(f"--parallel must be at least 1, got {parallel}")
-    model = loader.load_scheduled(prepared, parallel=parallel, ctx_per_seq=args.ctx or min(prepared.plan.n_ctx, 4096))
+    _, model = load_chat(args, "extract", single=bool(args.text))
     try:
-        extractor = Extractor(model, schema, max_tokens=args.max_tokens)
+        extractor = Extractor(model, schema, max_tokens=args.max_tokens,
+                              instruction=tuned.instruction if tuned else None)
+        if tuned is not None and tuned.shots:
+            extractor.shots = tuned_runner(model, tuned).shots_one
         if args.text:
             result = extractor.extract(args.text)
             if result.data is None:
@@ -70,9 +101,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(json.dumps(result.data, ensure_ascii=False))
             return 0
         failed = total = 0
-        bar = tqdm(total=_count(args.file), unit="text", file=sys.stderr, disable=None)
+        bar = tqdm(total=count(args.file), unit="text", file=sys.stderr, disable=None)
         with bar:
-            for total, result in enumerate(extractor.extract_many(_lines(args.file), parallel), 1):
+            for total, result in enumerate(extractor.extract_many(lines(args.file), model.scheduler.parallel), 1):
                 if result.data is None:
                     failed += 1
                     bar.write(f"line {total}: {result.error}", file=sys.stderr)
@@ -88,7 +119,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="JSON objects that follow a schema, from texts (JSON lines)")
     p.add_argument("text", nargs="?")
-    p.add_argument("--schema", "-s", required=True, help="JSON schema file (an object schema)")
+    p.add_argument("--schema", "-s", help="JSON schema file (an object schema)")
+    p.add_argument("--prompt", help="a tuned extract prompt (`autoglm prompt tune`): its instruction and schema")
     p.add_argument("--file", help="one text per line (- for stdin); prints one line per text, null if it failed")
     p.add_argument("--model", "-m", help="chat model (default: the task router's, else SmolLM2)")
     p.add_argument("--max-tokens", type=int, default=512, help="longest answer per text (default 512)")

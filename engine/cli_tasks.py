@@ -46,15 +46,21 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from autoglm.engine.cli_prompt import classify_with_prompt
+    from autoglm.engine.models import store
     from autoglm.engine.router import route
     from autoglm.engine.tasks.classify import open_classifier, parse_labels, zero_shot
     from autoglm.engine.tasks.embed import open_encoder
 
     texts = _texts(args)
+    if args.prompt:
+        return classify_with_prompt(args.prompt, texts, args)
     if args.labels:
         enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision or "int8")
         clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
     elif model := route("classify", args.model):
+        if (manifest := store.get(model)) is not None and manifest.format == "prompt":
+            return classify_with_prompt(model, texts, args)
         clf, encoder = open_classifier(model, args.precision)
     else:
         raise InvalidArgumentError("give --model NAME (a trained classifier), --labels a,b,c (zero-shot), "
@@ -137,6 +143,8 @@ def cmd_models_convert(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAction) -> None:
+    from autoglm.engine.cli_prompt import add_chat_options
+
     p = sub.add_parser("embed", help="sentence embeddings as JSON lines")
     p.add_argument("text", nargs="?")
     p.add_argument("--file", help="one text per line")
@@ -153,6 +161,8 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--exact", action="store_true", help="full model: no early exit, no token pruning")
     p.add_argument("--precision", choices=["int8", "fp32"], help="encoder precision (default: the classifier's)")
+    p.add_argument("--prompt", help="a tuned classify prompt (`autoglm prompt tune`): the chat model labels")
+    add_chat_options(p, model_flag="--chat-model")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("classify-train", help=argparse.SUPPRESS)

@@ -29,7 +29,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 # task -> the store formats a model for it may have (a classifier is trained over an encoder)
-TASKS: dict[str, tuple[str, ...]] = {"chat": ("gguf",), "extract": ("gguf",), "classify": ("classifier",),
+TASKS: dict[str, tuple[str, ...]] = {"chat": ("gguf",), "extract": ("gguf",), "classify": ("classifier", "prompt"),
                                      "embed": ("onnx-encoder", "hf")}
 
 

@@ -33,7 +33,8 @@ _LAYERS: list[tuple[str, list[str]]] = [
 ]
 LAYERS = [(name, [f"autoglm.{p}" if p else "autoglm" for p in patterns]) for name, patterns in _LAYERS]
 # entry points: `autoglm --help` must not load llama.cpp; `import autoglm.engine.x` must not load the API
-LAZY_OK = {"autoglm.engine.cli", "autoglm.engine.cli_tasks", "autoglm.engine.cli_extract", "autoglm"}
+LAZY_OK = {"autoglm.engine.cli", "autoglm.engine.cli_tasks", "autoglm.engine.cli_extract", "autoglm.engine.cli_prompt",
+           "autoglm"}
 # The one upward edge: the `autoglm` command is the launcher of every front end, the window included.
 ALLOWED_UP = {("autoglm.engine.cli", "autoglm.app.main_window")}
 APP_MAY_USE = {"autoglm.engine.paths", "autoglm.engine.process"}  # how to start the engine child and where its files go

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,20 +103,27 @@ class Extractor:
         self.instruction = instruction or INSTRUCTION
         self.examples = examples or []
         self.max_tokens = max_tokens
+        # few-shot examples picked per text (a tuned prompt's nearest examples); else ``examples``
+        self.shots: Callable[[str], list[tuple[str, dict[str, Any]]]] | None = None
 
-    def messages(self, text: str) -> list[dict[str, str]]:
-        system = f"{self.instruction}\n\nJSON schema:\n{json.dumps(self.schema, ensure_ascii=False)}"
-        msgs = [{"role": "system", "content": system}]
-        for example_text, answer in self.examples:
+    def messages(self, text: str, examples: list[tuple[str, dict[str, Any]]] | None = None,
+                 instruction: str | None = None) -> list[dict[str, str]]:
+        schema = json.dumps(self.schema, ensure_ascii=False)
+        msgs = [{"role": "system", "content": f"{instruction or self.instruction}\n\nJSON schema:\n{schema}"}]
+        for example_text, answer in self.examples if examples is None else examples:
             msgs += [{"role": "user", "content": example_text},
                      {"role": "assistant", "content": json.dumps(answer, ensure_ascii=False)}]
         return msgs + [{"role": "user", "content": text}]
 
-    def extract(self, text: str, cancel: threading.Event | None = None) -> Extraction:
+    def extract(self, text: str, cancel: threading.Event | None = None,
+                examples: list[tuple[str, dict[str, Any]]] | None = None, instruction: str | None = None) -> Extraction:
         """Never raises for one text's failure (too long, JSON cut off, a value the schema refuses):
-        a batch of a thousand texts goes on, and each failure says why."""
+        a batch of a thousand texts goes on, and each failure says why. ``examples`` and
+        ``instruction`` replace the extractor's own for this text (few-shot picks per text)."""
         try:
-            tokens = self.prompts.tokens(self.messages(text))
+            if examples is None and self.shots is not None:
+                examples = self.shots(text)
+            tokens = self.prompts.tokens(self.messages(text, examples, instruction))
             room = self.model.n_ctx - len(tokens)
             if room < 8:
                 return Extraction(text, None, f"the text is {len(tokens)} tokens with the prompt; a sequence "

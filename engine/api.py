@@ -23,6 +23,7 @@ import numpy as np
 
 from autoglm.engine import loader
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
+from autoglm.engine.models import store
 from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
@@ -181,13 +182,19 @@ class Engine:
     def classify(self, texts: str | list[str], *, model: str | None = None, labels: Sequence[str] | None = None,
                  exact: bool = False) -> Prediction | list[Prediction]:
         """``labels``: zero-shot over these names; else the classifier ``model`` (default: the router's).
-        Each prediction has ``review`` set when its confidence is too low to trust unseen."""
+        Each prediction has ``review`` set when its confidence is too low to trust unseen. A tuned
+        prompt (``autoglm prompt tune``) as ``model`` labels with the chat model: no confidence then."""
         batch = [texts] if isinstance(texts, str) else list(texts)
         runtime = self._rt()
         if labels:
             manifest, encoder = runtime.encoder(route("embed"))
             clf = zero_shot(encoder, manifest, dict.fromkeys(labels))
         elif name := route("classify", model):
+            if (manifest := store.get(name)) is not None and manifest.format == "prompt":  # the chat model labels
+                runner = runtime.prompt_runner(name)
+                labels_out = runner.run(batch, parallel=runtime.scheduler.parallel)
+                predictions = [Prediction(t, lab, None, 0) for t, lab in zip(batch, labels_out, strict=True)]
+                return predictions[0] if isinstance(texts, str) else predictions
             clf, encoder = runtime.classifier(name)
         else:
             raise InvalidArgumentError("give labels (zero-shot) or model (a trained classifier), or route classify")

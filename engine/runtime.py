@@ -22,6 +22,7 @@ from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
 from autoglm.engine.tasks.classify import Classifier, open_classifier
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
+from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed
 
 
 class Runtime:
@@ -87,6 +88,17 @@ class Runtime:
         manifest = store.require(name)
         return self._cached(("classifier", manifest.name, manifest.version),
                             lambda: open_classifier(name, opener=self.encoder))
+
+    def prompt_runner(self, name: str) -> PromptRunner:
+        """A tuned classify/extract prompt over the chat model, with the encoder that picks its shots."""
+        manifest = store.require(name)
+
+        def make() -> PromptRunner:
+            tuned = TunedPrompt.load(name)
+            embed = encoder_embed(self.encoder(tuned.encoder)[1]) if tuned.shots else None
+            return PromptRunner(self.model, tuned, embed, self.prompts)
+
+        return self._cached(("prompt", manifest.name, manifest.version), make)
 
     def close(self) -> None:
         self._cache.clear()

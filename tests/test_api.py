@@ -90,3 +90,15 @@ def test_train_classify_and_close(default_model):
     engine.close()  # twice is fine
     with pytest.raises(Exception, match="closed"):
         engine.chat(QUESTION)
+
+
+def test_a_tuned_prompt_classifies_through_the_api(engine, tmp_path):
+    """A prompt tuned by `autoglm prompt tune` is a model like any other: classify(model=...) uses it."""
+    from autoglm.engine.tasks.prompt_tune import TunedPrompt
+
+    pool = [{"text": t, "answer": a} for t, a in [
+        ("The goalkeeper saved a penalty in the cup match", "sport"), ("The team won the league title", "sport"),
+        ("Bank profits rose as interest rates climbed", "finance"), ("The stock index fell two percent", "finance")]]
+    TunedPrompt("classify", "Label the text as {labels}.", 2, ["sport", "finance"], pool=pool).install("api-prompt")
+    got = engine.classify(["The striker scored twice in the final", "Shares fell on Wall Street"], model="api-prompt")
+    assert [p.label for p in got] == ["sport", "finance"] and got[0].confidence is None

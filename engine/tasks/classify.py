@@ -41,8 +41,8 @@ EXAMPLES_FILE = "examples.jsonl"  # a trained classifier keeps its examples: cor
 class Prediction:
     text: str
     label: str
-    confidence: float
-    exit_layer: int
+    confidence: float | None  # None: labeled by a tuned prompt, which measures none
+    exit_layer: int  # 0: not an encoder's
     review: bool = False  # confidence under the classifier's review threshold: a person should check it
 
 

@@ -23,7 +23,6 @@ import numpy as np
 
 from autoglm.engine import loader
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
-from autoglm.engine.models import store
 from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
@@ -37,6 +36,7 @@ from autoglm.engine.sampling import (
 from autoglm.engine.tasks import corrections
 from autoglm.engine.tasks.classify import Prediction, load_examples, train, zero_shot
 from autoglm.engine.tasks.extract import Extraction, Extractor, check_schema, load_schema
+from autoglm.engine.tasks.prompt_tune import is_prompt
 
 __all__ = ["AutoGLMError", "ChatResult", "Engine", "Extraction", "Prediction"]
 
@@ -190,10 +190,8 @@ class Engine:
             manifest, encoder = runtime.encoder(route("embed"))
             clf = zero_shot(encoder, manifest, dict.fromkeys(labels))
         elif name := route("classify", model):
-            if (manifest := store.get(name)) is not None and manifest.format == "prompt":  # the chat model labels
-                runner = runtime.prompt_runner(name)
-                labels_out = runner.run(batch, parallel=runtime.scheduler.parallel)
-                predictions = [Prediction(t, lab, None, 0) for t, lab in zip(batch, labels_out, strict=True)]
+            if is_prompt(name):  # the chat model labels
+                predictions, _ = runtime.prompt_classify(name, batch)
                 return predictions[0] if isinstance(texts, str) else predictions
             clf, encoder = runtime.classifier(name)
         else:

@@ -47,10 +47,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from autoglm.engine.cli_prompt import classify_with_prompt
-    from autoglm.engine.models import store
     from autoglm.engine.router import route
     from autoglm.engine.tasks.classify import open_classifier, parse_labels, zero_shot
     from autoglm.engine.tasks.embed import open_encoder
+    from autoglm.engine.tasks.prompt_tune import is_prompt
 
     texts = _texts(args)
     if args.prompt:
@@ -59,7 +59,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision or "int8")
         clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
     elif model := route("classify", args.model):
-        if (manifest := store.get(model)) is not None and manifest.format == "prompt":
+        if is_prompt(model):
             return classify_with_prompt(model, texts, args)
         clf, encoder = open_classifier(model, args.precision)
     else:

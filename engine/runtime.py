@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm.engine.backends.onnx.encoder import Encoder
+from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.models import store
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.planner import onnx_threads
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
-from autoglm.engine.tasks.classify import Classifier, open_classifier
+from autoglm.engine.tasks.classify import Classifier, Prediction, open_classifier
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
 from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed
 
@@ -99,6 +100,14 @@ class Runtime:
             return PromptRunner(self.model, tuned, embed, self.prompts)
 
         return self._cached(("prompt", manifest.name, manifest.version), make)
+
+    def prompt_classify(self, name: str, texts: list[str]) -> tuple[list[Prediction], list[str]]:
+        """Labels from the chat model with a tuned classify prompt (it measures no confidence), and its labels."""
+        runner = self.prompt_runner(name)
+        if runner.prompt.task != "classify":
+            raise InvalidArgumentError(f"{name} is a {runner.prompt.task} prompt, not a classify prompt")
+        got = runner.run(texts, parallel=min(len(texts), self.scheduler.parallel))
+        return [Prediction(t, lab, None, 0) for t, lab in zip(texts, got, strict=True)], runner.prompt.labels
 
     def close(self) -> None:
         self._cache.clear()

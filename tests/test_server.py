@@ -289,3 +289,19 @@ def test_extract_endpoint_gives_valid_objects_and_one_line_errors(srv):
                         ({**body, "input": ["x"] * 65}, 400), ({"input": "x"}, 400)):
         reply = httpx.post(f"{url}/v1/extract", json.dumps(bad).encode(), {"Content-Type": "application/json"})
         assert reply.status_code == status and "\n" not in reply.json()["error"]["message"]
+
+
+def test_classify_with_a_tuned_prompt_and_the_routes_in_the_model_list(srv):
+    from autoglm.engine.tasks.prompt_tune import TunedPrompt
+
+    pool = [{"text": t, "answer": a} for t, a in [
+        ("The goalkeeper saved a penalty in the cup match", "sport"), ("The team won the league title", "sport"),
+        ("Bank profits rose as interest rates climbed", "finance"), ("The stock index fell two percent", "finance")]]
+    TunedPrompt("classify", "Label the text as {labels}.", 2, ["finance", "sport"], pool=pool).install("srv-prompt")
+    body = {"model": "srv-prompt", "input": ["The striker scored twice in the final", "Shares fell on Wall Street"]}
+    reply = httpx.post(f"{srv[0]}/v1/classify", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    assert reply.status_code == 200, reply.text
+    got = reply.json()
+    assert [d["label"] for d in got["data"]] == ["sport", "finance"] and got["data"][0]["confidence"] is None
+    assert got["correctable"] is False and got["labels"] == ["finance", "sport"]
+    assert httpx.get(f"{srv[0]}/autoglm/models").json()["routes"] == {}

@@ -101,9 +101,10 @@ class ClassifyView(QWidget):
         current = self.picker.currentText()
         self.picker.clear()
         self.picker.addItem(ZERO_SHOT)
-        names = [m["name"] for m in reply["data"] if m["format"] == "classifier"]
+        names = [m["name"] for m in reply["data"] if m["format"] in ("classifier", "prompt")]
         self.picker.addItems(names)
-        wanted = self.select_after or current
+        routed = reply.get("routes", {}).get("classify")  # the task router's classifier, on first show
+        wanted = self.select_after or (current if current not in ("", ZERO_SHOT) else routed) or current
         self.select_after = None
         if wanted in names:
             self.picker.setCurrentText(wanted)
@@ -187,13 +188,14 @@ class ClassifyView(QWidget):
 
     def _show(self, reply: dict[str, Any], seconds: float) -> None:
         rows = reply["data"]
-        stored = self.picker.currentText() not in ("", ZERO_SHOT)
+        stored = self.picker.currentText() not in ("", ZERO_SHOT) and bool(reply.get("correctable"))
         self.shown_classifier = self.picker.currentText() if stored else None
         self.predicted = [row["label"] for row in rows]
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             review = "check" if row.get("review") else ""
-            for c, value in enumerate((self.texts[row["index"]], row["label"], f"{row['confidence']:.3f}",
+            confidence = "—" if row["confidence"] is None else f"{row['confidence']:.3f}"  # a prompt measures none
+            for c, value in enumerate((self.texts[row["index"]], row["label"], confidence,
                                        str(row["exit_layer"]), review)):
                 item = QTableWidgetItem(value)
                 if review:

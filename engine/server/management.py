@@ -23,7 +23,7 @@ from autoglm.engine.models.manager import installed, pull, rollback
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.models.quantize import TARGETS, quantize
 from autoglm.engine.models.store import Manifest
-from autoglm.engine.router import route
+from autoglm.engine.router import route, routes
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.protocol import error
 from autoglm.engine.tasks.classify import parse_examples, train, zero_shot
@@ -131,8 +131,15 @@ def management_router(runtime: Runtime) -> APIRouter:
     async def models() -> dict[str, Any]:
         """The store, with the quants the quantize endpoint takes."""
         keys = ("name", "version", "format", "quant", "size", "source")
+
+        def configured() -> dict[str, str]:
+            try:
+                return routes()
+            except AutoGLMError:  # a broken config.toml: the CLI says why; the list still shows
+                return {}
+
         return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)],
-                "quantize_targets": list(TARGETS)}
+                "quantize_targets": list(TARGETS), "routes": await asyncio.to_thread(configured)}
 
     @router.post("/models/pull")
     async def pull_model(body: PullRequest) -> StreamingResponse:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from autoglm.engine.backends.llama_lib import llama_cpp
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.models import store
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
@@ -36,8 +37,9 @@ from autoglm.engine.server.protocol import (
     error,
     sse_error,
 )
-from autoglm.engine.tasks.classify import zero_shot
+from autoglm.engine.tasks.classify import EXAMPLES_FILE, zero_shot
 from autoglm.engine.tasks.extract import Extraction, Extractor, schema_grammar
+from autoglm.engine.tasks.prompt_tune import is_prompt
 
 DISCONNECT_POLL_S = 1.0
 
@@ -221,14 +223,20 @@ class OpenAIServing:
                 manifest, encoder = self.runtime.encoder(route("embed"))
                 clf = zero_shot(encoder, manifest, dict.fromkeys(body.labels))
             elif model := route("classify", body.model):
+                if is_prompt(model):  # the chat model labels
+                    preds, labels = self.runtime.prompt_classify(model, texts)
+                    return preds, 0, labels, False
                 clf, encoder = self.runtime.classifier(model)
+                correctable = EXAMPLES_FILE in {f.path for f in store.require(model).files}
+                return (*clf.classify(encoder, texts, exact=body.exact), clf.labels, correctable)
             else:
                 raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot), or route "
                                            "classify to a classifier")
-            return (*clf.classify(encoder, texts, exact=body.exact), clf.labels)
+            return (*clf.classify(encoder, texts, exact=body.exact), clf.labels, False)
 
-        preds, truncated, labels = await asyncio.to_thread(work)
-        return {"object": "list", "truncated": truncated, "labels": labels,
+        preds, truncated, labels, correctable = await asyncio.to_thread(work)
+        # correctable: a trained classifier that keeps its examples (POST /autoglm/classifiers/NAME/corrections)
+        return {"object": "list", "truncated": truncated, "labels": labels, "correctable": correctable,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
                           "review": p.review}
                          for i, p in enumerate(preds)]}

@@ -90,6 +90,12 @@ class TunedPrompt:
         return cls(**json.loads(manifest.primary_path.read_text(encoding="utf-8")))
 
 
+def is_prompt(name: str) -> bool:
+    """Whether the installed model ``name`` is a tuned prompt (a classify route may name one)."""
+    manifest = store.get(name)
+    return manifest is not None and manifest.format == "prompt"
+
+
 def label_grammar(labels: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(label) for label in labels)
 

@@ -1,13 +1,28 @@
-"""The main window: views in tabs, a banner when the engine child dies, engine start off the UI thread."""
+"""The main window: views in tabs, a banner when the engine child dies, engine start off the UI thread;
+a View menu for the theme, Settings for the engine's options, and the window's size, position and
+tab remembered between launches."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton, QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication
+from PySide6.QtWidgets import (
+    QApplication,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
+from autoglm.app import settings, theme
 from autoglm.app.background import in_background
 from autoglm.app.conversations import ConversationStore
 from autoglm.app.engine_process import EngineClient, EngineProcess
+from autoglm.app.icons import app_icon
 from autoglm.app.screenshots import take
 from autoglm.app.views.chat import ChatView
 from autoglm.app.views.classify import ClassifyView
@@ -21,12 +36,15 @@ class MainWindow(QMainWindow):
     def __init__(self, engine: EngineProcess, store: ConversationStore) -> None:
         super().__init__()
         self.setWindowTitle("Open-AutoGLM")
+        self.setWindowIcon(app_icon())
         self.resize(1100, 720)
         self.engine, self.store = engine, store
+        self.remember_state = True  # off while taking screenshots
         self._client: EngineClient | None = None
 
         self.banner = QFrame(objectName="banner")
-        self.banner.setStyleSheet("#banner { background: #fde2e1; border: 1px solid #e0a0a0; }")
+        self.banner.setStyleSheet("#banner { background: #fde2e1; border: 1px solid #e0a0a0; } "
+                                  "#banner QLabel { color: #5a1a1a; }")
         self.banner_text = QLabel(wordWrap=True)
         self.restart_btn = QPushButton("Restart in safe mode")
         self.restart_btn.clicked.connect(self.restart_safe)
@@ -45,6 +63,7 @@ class MainWindow(QMainWindow):
         self.device.apply_requested.connect(self.apply_overrides)
         self.performance = PerformanceView()
         self.chat.measured.connect(self.performance.record)
+        self.classify.measured.connect(self.performance.record_classify)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.classify, "Classify")
@@ -58,8 +77,71 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.banner)
         layout.addWidget(self.tabs, 1)
         self.setCentralWidget(central)
+        self._menus()
+        self._restore_state()
+        hints = QGuiApplication.styleHints()
+        if hasattr(hints, "colorSchemeChanged"):  # the OS switched between light and dark (Qt 6.5+)
+            hints.colorSchemeChanged.connect(lambda *_: self.set_theme(settings.theme_mode(), save=False))
         self.watch = QTimer(self, interval=500, timeout=self._check_engine)
         self.start_engine()
+
+    def _menus(self) -> None:
+        view = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        self.theme_actions: dict[str, QAction] = {}
+        for mode in theme.MODES:
+            action = QAction(f"{mode.capitalize()} theme" if mode != "system" else "Theme of the system", self,
+                             checkable=True, checked=mode == settings.theme_mode())
+            action.triggered.connect(lambda _=False, m=mode: self.set_theme(m))
+            group.addAction(action)
+            view.addAction(action)
+            self.theme_actions[mode] = action
+        tools = self.menuBar().addMenu("&Tools")
+        tools.addAction("&Settings…", self.open_settings)
+
+    def set_theme(self, mode: str, save: bool = True) -> None:
+        if save:
+            store = settings.store()
+            store.setValue("theme", mode)
+            store.sync()
+        theme.apply(QApplication.instance(), mode)
+        self.theme_actions[mode].setChecked(True)
+        self.chat.render()  # the transcript's HTML carries its colours
+        self.performance.update()
+
+    def open_settings(self) -> None:
+        dialog = settings.SettingsDialog(self)
+        if dialog.exec():
+            mode, engine_changed = dialog.save()
+            self.set_theme(mode, save=False)
+            if engine_changed:
+                self._apply_engine_settings()
+                self.start_engine()
+
+    def _apply_engine_settings(self) -> None:
+        chosen = settings.engine_options()
+        options = self.engine.options
+        options.threads, options.ctx, options.gpu_layers = chosen["threads"], chosen["ctx"], chosen["gpu_layers"]
+        options.parallel = chosen["parallel"] or options.parallel
+        options.safe = bool(chosen["safe"])
+
+    def _restore_state(self) -> None:
+        store = settings.store()
+        geometry = store.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        tab = store.value("window/tab")
+        if tab is not None and str(tab).isdigit() and int(tab) < self.tabs.count():
+            self.tabs.setCurrentIndex(int(tab))
+        self._apply_engine_settings()
+
+    def _save_state(self) -> None:
+        if not self.remember_state:
+            return
+        store = settings.store()
+        store.setValue("window/geometry", self.saveGeometry())
+        store.setValue("window/tab", self.tabs.currentIndex())
+        store.sync()
 
     def _tab_changed(self, index: int) -> None:
         widget = self.tabs.widget(index)
@@ -135,6 +217,7 @@ class MainWindow(QMainWindow):
         self.start_engine()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self._save_state()
         self.watch.stop()
         self.chat.stop()
         self.engine.stop()
@@ -146,9 +229,8 @@ def run(screenshots: str | None = None) -> int:
     import sys
     from pathlib import Path
 
-    from PySide6.QtWidgets import QApplication
-
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    theme.apply(app, settings.theme_mode())
     store = ConversationStore()
     window = MainWindow(EngineProcess(), store)
     window.show()

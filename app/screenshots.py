@@ -1,4 +1,5 @@
-"""``autoglm gui --screenshots DIR``: every view with real content, saved as PNG, then exit.
+"""``autoglm gui --screenshots DIR``: every view with real content in both themes, saved as PNG
+(``3-extract-dark.png``: position, view, theme), then exit.
 
 The chat view gets a real exchange with the default model, the classify view a real zero-shot
 run, the extract view a real extraction, the others what the engine reports; nothing is staged by hand.
@@ -26,6 +27,8 @@ def _wait(cond: Callable[[], bool], timeout: float) -> bool:
 
 def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
+    window.remember_state = False  # the user's own size, tab and theme stay as they were
+    window.resize(1100, 720)  # the same pictures whatever size the window was left at
     if not _wait(lambda: window.client() is not None, timeout):
         raise RuntimeError(f"the engine did not start: {window.engine.describe_exit()}")
     chat = window.chat
@@ -57,10 +60,13 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
     if not _wait(lambda: window.models.table.rowCount() > 0 and window.device.reasons.rowCount() > 0, timeout):
         raise RuntimeError("the models and device views got no answer from the engine in time")
     saved = []
-    for index in range(window.tabs.count()):
-        window.tabs.setCurrentIndex(index)
-        _wait(lambda: False, 0.3)  # let the view lay out and paint
-        path = directory / f"{index + 1}-{window.tabs.tabText(index).lower()}.png"
-        window.grab().save(str(path))
-        saved.append(path)
+    for mode in ("light", "dark"):
+        window.set_theme(mode, save=False)
+        for index in range(window.tabs.count()):
+            window.tabs.setCurrentIndex(index)
+            _wait(lambda: False, 0.3)  # let the view lay out and paint
+            name = window.tabs.tabText(index).lower().replace("&", "").replace(" ", "-")
+            path = directory / f"{index + 1}-{name}-{mode}.png"
+            window.grab().save(str(path))
+            saved.append(path)
     return saved

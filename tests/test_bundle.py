@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_gui import VIEWS
+
 ROOT = Path(__file__).resolve().parent.parent
 PARIS = "What is the capital of France? Answer in one word."
 
@@ -76,5 +78,5 @@ def test_gui_bundle_renders_every_view(tmp_path):
     out = subprocess.run([*_clean_env(tmp_path / "home", QT_QPA_PLATFORM="offscreen"), str(exe), "gui",
                           "--screenshots", str(shots)], capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert sorted(p.name for p in shots.glob("*.png")) == [
-        "1-chat.png", "2-classify.png", "3-models.png", "4-device.png", "5-performance.png"]
+    assert sorted(p.name for p in shots.glob("*.png")) == sorted(
+        f"{i + 1}-{view}-{theme}.png" for theme in ("light", "dark") for i, view in enumerate(VIEWS))

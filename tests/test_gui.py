@@ -16,6 +16,8 @@ from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
 from autoglm.app.main_window import MainWindow  # noqa: E402
 
+VIEWS = ["chat", "classify", "extract", "models", "device", "performance"]
+
 
 def _ui_thread_calls(monkeypatch) -> list[str]:
     """A spy on the real client (it still makes the call): engine calls that the window's own code
@@ -236,7 +238,7 @@ def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, wind
 
 @pytest.mark.parametrize("platform", ["offscreen", "xvfb"])
 def test_screenshots_render_every_view_with_content(default_model, tmp_path, platform, request):
-    from PySide6.QtGui import QImage
+    from PySide6.QtGui import QColor, QImage
 
     from tests.conftest import run_cli
 
@@ -246,8 +248,8 @@ def test_screenshots_render_every_view_with_content(default_model, tmp_path, pla
     out = run_cli("gui", "--screenshots", str(tmp_path / "shots"), env=env)
     assert out.returncode == 0, out.stderr
     names = sorted(p.name for p in (tmp_path / "shots").glob("*.png"))
-    assert names == ["1-chat.png", "2-classify.png", "3-extract.png", "4-models.png", "5-device.png",
-                     "6-performance.png"]
+    assert names == sorted(f"{i + 1}-{view}-{theme}.png" for theme in ("light", "dark") for i, view in
+                           enumerate(VIEWS))
     digests = set()
     for name in names:
         image = QImage(str(tmp_path / "shots" / name))
@@ -256,6 +258,15 @@ def test_screenshots_render_every_view_with_content(default_model, tmp_path, pla
         assert len(colors) > 20, f"{name} looks empty"
         digests.add(bytes(image.constBits()))
     assert len(digests) == len(names)
+
+    def lightness(name: str) -> float:
+        image = QImage(str(tmp_path / "shots" / name))
+        samples = [QColor(image.pixel(x, y)).lightness() for x in range(0, image.width(), 11)
+                   for y in range(0, image.height(), 11)]
+        return sum(samples) / len(samples)
+
+    for i, view in enumerate(VIEWS):  # the dark theme really is dark, every view of it
+        assert lightness(f"{i + 1}-{view}-dark.png") < 100 < lightness(f"{i + 1}-{view}-light.png")
 
 
 def test_models_view_pull_verify_rollback_delete(qtbot, window):

@@ -2,6 +2,10 @@
 
 Replies stream from the engine child on a worker thread; pieces reach the UI through queued Qt
 signals and the transcript is re-rendered at most every 50 ms, so typing and resizing stay smooth.
+The transcript follows the newest text unless the user has scrolled up to read; each code block
+has a Copy link; a new conversation gets a short title from the model after its first reply (the
+user's rename always wins). Keys: Enter sends, Shift+Enter starts a new line, Esc stops the reply,
+Ctrl+N starts a new chat.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QGuiApplication
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeyEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -31,14 +35,52 @@ from PySide6.QtWidgets import (
 from autoglm.app.background import in_background, on_ui
 from autoglm.app.conversations import ConversationStore
 from autoglm.app.engine_process import EngineClient
+from autoglm.app.markdown import COPY_SCHEME, DARK, LIGHT, TranscriptRenderer
+from autoglm.app.theme import is_dark
 
 RENDER_EVERY_MS = 50
+NEW_TITLE = "New chat"
+TITLE_PROMPT = ("Write a title of at most six words for a conversation that begins with this message. Reply with "
+                "the title only, no quotes.\n\n{message}")
+BOTTOM_SLACK = 8  # pixels: within this of the end, the transcript counts as following the reply
+
+
+def fallback_title(text: str, limit: int = 40) -> str:
+    """The first line, cut at a word: the title until (or if) the model gives a better one."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + "…"
+
+
+def clean_title(raw: str) -> str | None:
+    """A model's title, tidied; None when it gave nothing usable."""
+    title = " ".join(raw.replace("*", "").replace("#", "").split()).strip(" \"'.:")
+    if title.lower().startswith("title"):
+        title = title[5:].lstrip(" :-")
+    words = title.split()
+    return " ".join(words[:8]) if 1 <= len(words) and len(title) >= 3 else None
+
+
+class _ComposerKeys(QObject):
+    """Enter sends, Shift+Enter inserts a new line (as in every chat app)."""
+
+    def __init__(self, send: Callable[[], None]) -> None:
+        super().__init__()
+        self.send = send
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+            enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                self.send()
+                return True
+        return False
 
 
 class ChatView(QWidget):
     reply_finished = Signal()
     measured = Signal(int, float, float)  # tokens, tokens/s, time to first token (ms)
     model_needed = Signal(str)  # this chat's model is not the one the engine serves: restart it with this one
+    titled = Signal(int)  # a conversation's automatic title came back (or failed)
 
     def __init__(self, store: ConversationStore, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
@@ -54,6 +96,8 @@ class ChatView(QWidget):
         self.pieces = 0
         self.render_timer = QTimer(self, interval=RENDER_EVERY_MS, timeout=self._render_if_dirty)
         self.dirty = False
+        self.code_blocks: list[str] = []
+        self.renamed_by_user: set[int] = set()
 
         self.search = QLineEdit(placeholderText="Search conversations")
         self.search.textChanged.connect(self.refresh_list)
@@ -77,9 +121,14 @@ class ChatView(QWidget):
         self.model = QComboBox(toolTip="the model for this chat; switching restarts the engine with it",
                                sizeAdjustPolicy=QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.model.activated.connect(self.choose_model)
-        self.transcript = QTextBrowser(openExternalLinks=True)
-        self.input = QPlainTextEdit(placeholderText="Message (Ctrl+Enter to send)")
+        self.transcript = QTextBrowser(openLinks=False)
+        self.transcript.anchorClicked.connect(self._anchor)
+        self.input = QPlainTextEdit(placeholderText="Message (Enter sends, Shift+Enter for a new line)")
         self.input.setMaximumHeight(110)
+        self._keys = _ComposerKeys(self.send)
+        self.input.installEventFilter(self._keys)
+        QShortcut(QKeySequence(Qt.Key.Key_Escape), self, self.stop)
+        QShortcut(QKeySequence.StandardKey.New, self, self.new_conversation)
         self.send_btn, self.stop_btn = QPushButton("Send"), QPushButton("Stop")
         self.regen_btn, self.edit_btn, self.copy_btn = QPushButton("Regenerate"), QPushButton("Edit last"), \
             QPushButton("Copy reply")
@@ -175,8 +224,12 @@ class ChatView(QWidget):
         conv = self.store.get(self.conversation_id)
         title, ok = QInputDialog.getText(self, "Rename", "Title:", text=conv.title if conv else "")
         if ok and title.strip():
-            self.store.update(self.conversation_id, title=title.strip())
-            self.refresh_list()
+            self.rename(self.conversation_id, title.strip())
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        self.renamed_by_user.add(conversation_id)  # an automatic title arriving later does not replace it
+        self.store.update(conversation_id, title=title)
+        self.refresh_list()
 
     def _delete(self) -> None:
         if self.conversation_id is not None and not self.streaming:
@@ -191,17 +244,27 @@ class ChatView(QWidget):
 
     # --- messages -----------------------------------------------------------------------------
     def render(self) -> None:
-        parts = []
+        turns: list[tuple[str, str, str | None]] = []
         if self.conversation_id is not None:
-            for m in self.store.messages(self.conversation_id):
-                who = "**You**" if m.role == "user" else "**Assistant**"
-                parts.append(f"{who}\n\n{m.content}" + (f"\n\n*{m.stats}*" if m.stats else ""))
+            turns = [(m.role, m.content, m.stats) for m in self.store.messages(self.conversation_id)]
         if self.streaming:
-            parts.append(f"**Assistant**\n\n{self.reply or '…'}")
-        self.transcript.setMarkdown("\n\n---\n\n".join(parts))
+            turns.append(("assistant", self.reply, None))
         bar = self.transcript.verticalScrollBar()
-        bar.setValue(bar.maximum())
+        following = bar.value() >= bar.maximum() - BOTTOM_SLACK
+        kept = bar.value()
+        rendered = TranscriptRenderer(DARK if is_dark() else LIGHT).render(turns)
+        self.code_blocks = rendered.code_blocks
+        self.transcript.setHtml(rendered.html)
+        bar.setValue(bar.maximum() if following else kept)  # a user reading above keeps their place
         self.dirty = False
+
+    def _anchor(self, url: QUrl) -> None:
+        if url.scheme() == COPY_SCHEME:
+            index = int(url.path()) if url.path().isdigit() else -1
+            if 0 <= index < len(self.code_blocks):
+                QGuiApplication.clipboard().setText(self.code_blocks[index])
+        elif url.scheme() in ("http", "https", "mailto"):
+            QDesktopServices.openUrl(url)
 
     def _render_if_dirty(self) -> None:
         if self.dirty:
@@ -215,7 +278,7 @@ class ChatView(QWidget):
             self.new_conversation()
         assert self.conversation_id is not None
         if not self.store.messages(self.conversation_id):
-            self.store.update(self.conversation_id, title=text[:40])
+            self.store.update(self.conversation_id, title=fallback_title(text))
         self.store.add(self.conversation_id, "user", text)  # committed before the reply starts
         self.input.clear()
         self._start_reply()
@@ -287,12 +350,33 @@ class ChatView(QWidget):
     def _finish(self, stats: str | None) -> None:
         if self.conversation_id is not None and self.reply:
             self.store.add(self.conversation_id, "assistant", self.reply, stats)
+            if len(self.store.messages(self.conversation_id)) == 2:
+                self.name_conversation(self.conversation_id)
         self.streaming = False
         self.render_timer.stop()
         self._set_busy(False)
         self.refresh_list()
         self.render()
         self.reply_finished.emit()
+
+    def name_conversation(self, conversation_id: int) -> None:
+        """Ask the model for a short title after the first reply; a rename by the user meanwhile wins."""
+        client = self.client()
+        first = next((m.content for m in self.store.messages(conversation_id) if m.role == "user"), "")
+        if client is None or not first:
+            return
+        messages = [{"role": "user", "content": TITLE_PROMPT.format(message=first[:1000])}]
+
+        def work() -> str | None:
+            return clean_title("".join(client.chat_stream(messages, max_tokens=16, temperature=0.0)))
+
+        def done(title: str | None) -> None:
+            if title and conversation_id not in self.renamed_by_user and self.store.get(conversation_id):
+                self.store.update(conversation_id, title=title)
+                self.refresh_list()
+            self.titled.emit(conversation_id)
+
+        in_background(work, done, lambda _msg: self.titled.emit(conversation_id), name="chat-title")
 
     def _on_done(self, _unused: str) -> None:
         end = time.perf_counter()

@@ -42,6 +42,7 @@ REVIEW_COLOR = "#fff1c2"  # unsure results: a person should check them
 
 class ClassifyView(QWidget):
     done = Signal()
+    measured = Signal(int, float)  # texts, seconds: the performance view's classify chart
 
     def __init__(self, client: Callable[[], EngineClient | None]) -> None:
         super().__init__()
@@ -208,6 +209,7 @@ class ClassifyView(QWidget):
                 pick.currentTextChanged.connect(self._corrections_changed)
                 self.table.setCellWidget(r, 1, pick)
         self.correct_btn.setEnabled(False)
+        self.measured.emit(len(rows), seconds)
         marked = sum(1 for row in rows if row.get("review"))
         mode = "exact" if self.exact.isChecked() else "early exit"
         self.status.setText(f"{len(rows)} text(s) in {seconds * 1000:.0f} ms ({mode})"

@@ -1,0 +1,93 @@
+"""Chat turns as HTML for a QTextBrowser: Markdown (markdown-it-py, CommonMark with tables and
+strikethrough), code blocks highlighted by Pygments with a copy link each, turns set apart.
+
+QTextBrowser renders a subset of HTML 4 with inline styles, so the turns are one-cell tables with a
+background (its divs take none) and the highlighting uses inline colours, not CSS classes. Model
+output is untrusted text: markdown-it escapes raw HTML (``html=False``), so a reply cannot inject
+markup, images from the network or links other than http(s)/mailto.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from markdown_it import MarkdownIt
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import TextLexer, get_lexer_by_name, guess_lexer
+from pygments.util import ClassNotFound
+
+COPY_SCHEME = "copy"  # <a href="copy:N"> copies code block N
+
+
+@dataclass
+class Palette:
+    user_bg: str
+    assistant_bg: str
+    text: str
+    muted: str
+    code_bg: str
+    link: str
+    pygments_style: str
+
+
+LIGHT = Palette("#e8f0fe", "#f6f6f6", "#1f1f1f", "#707070", "#fbfbfb", "#1a5fb4", "friendly")
+DARK = Palette("#27344a", "#2b2b2b", "#e6e6e6", "#9a9a9a", "#1e1e1e", "#78aeed", "monokai")
+
+
+@dataclass
+class Rendered:
+    html: str
+    code_blocks: list[str] = field(default_factory=list)  # the raw code behind each copy link
+
+
+class TranscriptRenderer:
+    def __init__(self, palette: Palette = LIGHT) -> None:
+        self.palette = palette
+        self.md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"])
+        self.md.validateLink = lambda url: url.lower().startswith(("http://", "https://", "mailto:"))
+
+    def _code(self, code: str, lang: str, blocks: list[str]) -> str:
+        try:
+            lexer = get_lexer_by_name(lang) if lang else guess_lexer(code)
+        except ClassNotFound:
+            lexer = TextLexer()
+        if not lang and lexer.analyse_text(code) < 0.3:  # a weak guess colours prose like code
+            lexer = TextLexer()
+        body = highlight(code, lexer, HtmlFormatter(noclasses=True, nowrap=True, style=self.palette.pygments_style))
+        index = len(blocks)
+        blocks.append(code)
+        p = self.palette
+        label = html.escape(lang or getattr(lexer, "name", "text").lower())
+        return (f'<table width="100%" cellpadding="6" cellspacing="0" bgcolor="{p.code_bg}" '
+                f'style="margin: 4px 0;"><tr><td><span style="color:{p.muted}; font-size:small;">{label}</span>'
+                f'&nbsp;&nbsp;<a href="{COPY_SCHEME}:{index}" style="color:{p.link}; font-size:small;">Copy</a>'
+                f'<pre style="margin:2px 0 0 0;">{body}</pre></td></tr></table>')
+
+    def markdown(self, text: str, blocks: list[str]) -> str:
+        tokens = self.md.parse(text)
+        out: list[str] = []
+        start = 0
+        for i, tok in enumerate(tokens):  # code fences become highlighted tables; the rest stays markdown-it's
+            if tok.type in ("fence", "code_block") and tok.level == 0:
+                out.append(self.md.renderer.render(tokens[start:i], self.md.options, {}))
+                out.append(self._code(tok.content.rstrip("\n"), tok.info.strip().split(" ")[0], blocks))
+                start = i + 1
+        out.append(self.md.renderer.render(tokens[start:], self.md.options, {}))
+        return "".join(out)
+
+    def turn(self, role: str, content: str, stats: str | None, blocks: list[str]) -> str:
+        p = self.palette
+        who, bg = ("You", p.user_bg) if role == "user" else ("Assistant", p.assistant_bg)
+        body = self.markdown(content, blocks) if content else f'<span style="color:{p.muted};">…</span>'
+        foot = f'<p style="color:{p.muted}; font-size:small; margin:0;">{html.escape(stats)}</p>' if stats else ""
+        return (f'<table width="100%" cellpadding="10" cellspacing="0" bgcolor="{bg}" style="margin-bottom:8px;">'
+                f'<tr><td><p style="margin:0 0 4px 0; color:{p.muted}; font-weight:600;">{who}</p>'
+                f'<div style="color:{p.text};">{body}</div>{foot}</td></tr></table>')
+
+    def render(self, turns: list[tuple[str, str, str | None]]) -> Rendered:
+        """``turns``: (role, content, stats line or None), oldest first."""
+        blocks: list[str] = []
+        parts = [self.turn(role, content, stats, blocks) for role, content, stats in turns]
+        return Rendered("".join(parts), blocks)

@@ -1,0 +1,212 @@
+"""The desktop app's polish with real widgets (offscreen): the transcript's Markdown and code blocks,
+following the reply, the keys, titles, themes, settings, remembered state and the charts."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest  # noqa: E402
+from PySide6.QtCore import (
+    Qt,  # noqa: E402
+    QUrl,  # noqa: E402
+)
+from PySide6.QtGui import QGuiApplication  # noqa: E402
+
+from autoglm.app.conversations import ConversationStore  # noqa: E402
+from autoglm.app.markdown import DARK, LIGHT, TranscriptRenderer  # noqa: E402
+from autoglm.app.views.chat import ChatView, clean_title, fallback_title  # noqa: E402
+
+CODE_REPLY = "Sure:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nThen:\n\n```\nplain text\n```"
+
+
+@pytest.fixture
+def gui_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def chat(qtbot, tmp_path):
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    view = ChatView(store, lambda: None)  # no engine: the view's own behaviour
+    qtbot.addWidget(view)
+    view.resize(800, 500)
+    view.show()
+    yield view
+    store.close()
+
+
+def test_markdown_highlights_code_escapes_html_and_drops_script_links():
+    out = TranscriptRenderer(LIGHT).render([
+        ("user", "<b>bold?</b> [x](javascript:alert(1)) [ok](https://example.org)", None),
+        ("assistant", CODE_REPLY, "12 tokens · 40.0 tok/s")])
+    assert out.code_blocks == ["def add(a, b):\n    return a + b", "plain text"]
+    assert '<a href="copy:0"' in out.html and '<a href="copy:1"' in out.html
+    assert "&lt;b&gt;bold?&lt;/b&gt;" in out.html and "javascript:" not in out.html.replace("[x](javascript", "")
+    assert 'href="https://example.org"' in out.html
+    assert 'font-weight: bold">def</span>' in out.html  # python keywords coloured
+    assert "12 tokens · 40.0 tok/s" in out.html and LIGHT.user_bg in out.html and LIGHT.assistant_bg in out.html
+    assert DARK.user_bg in TranscriptRenderer(DARK).render([("user", "hi", None)]).html
+
+
+def test_titles():
+    assert fallback_title("What is the capital of France? And of Spain, and of Italy too?") == \
+        "What is the capital of France? And of…"
+    assert clean_title('"Title: The Capital of France."') == "The Capital of France"
+    assert clean_title("  ") is None and clean_title("**a**") is None
+
+
+def test_each_code_block_has_a_copy_link(chat):
+    conv = chat.store.new()
+    chat.store.add(conv.id, "user", "add two numbers in python")
+    chat.store.add(conv.id, "assistant", CODE_REPLY, "20 tokens")
+    chat.open(conv.id)
+    chat.transcript.anchorClicked.emit(QUrl("copy:0"))
+    assert QGuiApplication.clipboard().text() == "def add(a, b):\n    return a + b"
+    chat.transcript.anchorClicked.emit(QUrl("copy:1"))
+    assert QGuiApplication.clipboard().text() == "plain text"
+    chat.transcript.anchorClicked.emit(QUrl("copy:7"))  # a stale link does nothing
+    assert QGuiApplication.clipboard().text() == "plain text"
+
+
+def test_streaming_follows_the_bottom_unless_the_user_scrolled_up(chat):
+    conv = chat.store.new()
+    for i in range(30):
+        chat.store.add(conv.id, "user", f"question {i}")
+        chat.store.add(conv.id, "assistant", f"answer {i}\n\n" + "words " * 60)
+    chat.open(conv.id)
+    bar = chat.transcript.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() == bar.maximum()
+    chat.streaming, chat.reply = True, "a reply that grows " * 40
+    chat.render()
+    assert bar.value() == bar.maximum()  # following
+    bar.setValue(100)  # the user scrolls up to read
+    chat.reply += "and grows " * 200
+    chat.render()
+    assert bar.value() == 100 and bar.maximum() > 100
+    bar.setValue(bar.maximum())  # back to the bottom: following again
+    chat.reply += "more " * 100
+    chat.render()
+    assert bar.value() == bar.maximum()
+    chat.streaming = False
+
+
+def test_keys_enter_sends_shift_enter_newline_esc_stops_ctrl_n_new(qtbot, chat):
+    chat.input.setFocus()
+    qtbot.keyClicks(chat.input, "first line")
+    qtbot.keyClick(chat.input, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(chat.input, "second line")
+    assert chat.input.toPlainText() == "first line\nsecond line"
+    qtbot.keyClick(chat.input, Qt.Key.Key_Return)
+    assert chat.input.toPlainText() == ""  # sent: stored, the reply waits for the engine
+    conv = chat.conversation_id
+    assert [m.content for m in chat.store.messages(conv)] == ["first line\nsecond line"]
+    assert chat.store.get(conv).title == "first line second line"
+    qtbot.keyClick(chat.input, Qt.Key.Key_Escape)
+    assert chat.cancel.is_set()
+    qtbot.keyClick(chat.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
+    assert chat.conversation_id != conv and not chat.store.messages(chat.conversation_id)
+
+
+def test_theme_and_settings_are_saved_in_the_data_folder(qapp, gui_home):
+    from PySide6.QtGui import QPalette
+
+    from autoglm.app import settings, theme
+
+    assert settings.theme_mode() == "system" and settings.engine_options()["threads"] is None
+    dialog = settings.SettingsDialog()
+    dialog.theme.setCurrentIndex(theme.MODES.index("dark"))
+    dialog.threads.setValue(3)
+    dialog.gpu_layers.setValue(0)
+    mode, changed = dialog.save()
+    assert (mode, changed) == ("dark", True) and (gui_home / "gui.ini").is_file()
+    assert settings.engine_options() == {"threads": 3, "ctx": None, "gpu_layers": 0, "parallel": None, "safe": False}
+    assert theme.apply(qapp, settings.theme_mode()) and theme.is_dark()
+    assert qapp.palette().color(QPalette.ColorRole.Window).lightness() < 80
+    assert not theme.apply(qapp, "light") and qapp.palette().color(QPalette.ColorRole.Window).lightness() > 180
+    assert settings.SettingsDialog().save() == ("dark", False)  # unchanged engine options need no restart
+    settings.store().setValue("theme", "neon")
+    assert settings.theme_mode() == "system"  # a hand-edited bad value falls back
+
+
+def test_charts_have_a_time_window_and_round_axes(qtbot):
+    from autoglm.app.views.performance import LineChart, PerformanceView, nice_top
+
+    assert [nice_top(v) for v in (0, 0.03, 3, 42, 100, 101)] == [1.0, 0.05, 5.0, 50.0, 100.0, 200.0]
+    now = [1000.0]
+    chart = LineChart("speed", "tok/s", "#000", clock=lambda: now[0])
+    qtbot.addWidget(chart)
+    chart.add(10.0)
+    now[0] += 400
+    chart.add(20.0)
+    assert [v for _, v in chart.visible()] == [20.0]  # the first is older than 5 minutes
+    chart.window = None
+    assert [v for _, v in chart.visible()] == [10.0, 20.0]
+    chart.grab()  # paints without error, empty or not
+    view = PerformanceView()
+    qtbot.addWidget(view)
+    view.record_classify(30, 0.5)
+    view.window.setCurrentText("Everything")
+    assert view.classify_rate.window is None and [v for _, v in view.classify_rate.visible()] == [60.0]
+    view.grab()
+
+
+@pytest.fixture
+def window(qtbot, default_model, tmp_path):
+    from autoglm.app.engine_process import EngineOptions, EngineProcess
+    from autoglm.app.main_window import MainWindow
+
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
+    win = MainWindow(engine, store)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
+    yield win
+    win.close()
+    store.close()
+
+
+def test_first_reply_names_the_conversation_and_a_rename_wins(qtbot, window):
+    chat = window.chat
+    chat.temperature.setValue(0.0)
+    chat.input.setPlainText("What is the capital of France? Answer in one word.")
+    with qtbot.waitSignal(chat.titled, timeout=120_000):
+        chat.send()
+    title = chat.store.get(chat.conversation_id).title
+    assert title and len(title.split()) <= 8 and "\n" not in title
+    chat.new_conversation()
+    chat.input.setPlainText("Name a primary colour. One word.")
+    conv = None
+
+    def renamed_first() -> None:  # the user renames while the reply streams
+        nonlocal conv
+        conv = chat.conversation_id
+        chat.rename(conv, "My colours")
+
+    chat.reply_finished.connect(renamed_first)
+    with qtbot.waitSignal(chat.titled, timeout=120_000):
+        chat.send()
+    assert chat.store.get(conv).title == "My colours"
+
+
+def test_window_state_and_theme_are_remembered(qtbot, window, tmp_path):
+    from autoglm.app import settings
+    from autoglm.app.main_window import MainWindow
+
+    window.set_theme("dark")
+    window.resize(760, 560)  # within the offscreen screen (800 wide)
+    window.tabs.setCurrentWidget(window.performance)
+    size = (window.width(), window.height())  # at least the views' minimum
+    window.close()
+    assert settings.theme_mode() == "dark"
+    again = MainWindow(window.engine, ConversationStore(tmp_path / "other.sqlite3"))
+    qtbot.addWidget(again)
+    try:
+        assert again.tabs.currentWidget() is again.performance and again.theme_actions["dark"].isChecked()
+        assert (again.width(), again.height()) == size
+    finally:
+        again.set_theme("system")
+        again.close()

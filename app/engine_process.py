@@ -66,7 +66,7 @@ class EngineProcess:
         log = self.log_path.open("w")
         self.proc = subprocess.Popen(self.options.argv(), stdout=subprocess.PIPE, stderr=log, text=True,
                                      env={**os.environ, "AUTOGLM_API_KEY": self.key,
-                                          "AUTOGLM_MANAGE_KEY": self.key})
+                                          "AUTOGLM_MANAGE_KEY": self.key, "AUTOGLM_PROGRESS": "json"})
         log.close()
         banner: list[str] = []
         reader = threading.Thread(target=lambda: banner.append(self.proc.stdout.readline()), daemon=True)
@@ -89,6 +89,23 @@ class EngineProcess:
         except OSError:
             return []
 
+    def progress(self) -> tuple[str, int, int] | None:
+        """The child's latest progress report while it starts (a first run installs the default model)."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+                tail = fh.read().decode(errors="replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(tail):
+            if line.startswith('{"progress"'):
+                try:
+                    report = json.loads(line)
+                    return str(report["progress"]), int(report["done"]), int(report["total"])
+                except (ValueError, KeyError, TypeError):
+                    return None
+        return None
+
     def describe_exit(self) -> str:
         """How the child ended, in words a user can act on."""
         if self.proc is None:
@@ -103,7 +120,7 @@ class EngineProcess:
                 how = f"killed by signal {-code}"
         else:
             how = f"exited with code {code}"
-        tail = [ln for ln in self.log_tail() if ln.strip()]
+        tail = [ln for ln in self.log_tail() if ln.strip() and not ln.startswith('{"progress"')]
         return how + (f"; last log line: {tail[-1]}" if tail else "")
 
     def stop(self) -> None:

@@ -24,12 +24,14 @@ from autoglm.app.conversations import ConversationStore
 from autoglm.app.engine_process import EngineClient, EngineProcess
 from autoglm.app.icons import app_icon
 from autoglm.app.screenshots import take
+from autoglm.app.views import fetch
 from autoglm.app.views.chat import ChatView
 from autoglm.app.views.classify import ClassifyView
 from autoglm.app.views.device import DeviceView
 from autoglm.app.views.extract import ExtractView
 from autoglm.app.views.models import ModelsView
 from autoglm.app.views.performance import PerformanceView
+from autoglm.app.views.welcome import SAMPLE_CHAT, SAMPLE_LABELS, SAMPLE_TEXTS, WelcomeView
 
 
 class MainWindow(QMainWindow):
@@ -71,6 +73,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.models, "Models")
         self.tabs.addTab(self.device, "Device")
         self.tabs.addTab(self.performance, "Performance")
+        self.welcome = WelcomeView(self.engine.progress)
+        self.welcome.sample_chat.connect(self.sample_chat)
+        self.welcome.sample_classify.connect(self.sample_classify)
+        self.welcome.dismissed.connect(self.dismiss_welcome)
         self.tabs.currentChanged.connect(self._tab_changed)
         central = QWidget()
         layout = QVBoxLayout(central)
@@ -79,11 +85,39 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(central)
         self._menus()
         self._restore_state()
+        if str(settings.store().value("welcomed", "false")) != "true":
+            self.show_welcome()
         hints = QGuiApplication.styleHints()
         if hasattr(hints, "colorSchemeChanged"):  # the OS switched between light and dark (Qt 6.5+)
             hints.colorSchemeChanged.connect(lambda *_: self.set_theme(settings.theme_mode(), save=False))
         self.watch = QTimer(self, interval=500, timeout=self._check_engine)
         self.start_engine()
+
+    def show_welcome(self) -> None:
+        if self.tabs.indexOf(self.welcome) < 0:
+            self.tabs.insertTab(0, self.welcome, "Welcome")
+        self.tabs.setCurrentWidget(self.welcome)
+        if self._client is not None:
+            fetch(self.client, "/autoglm/device", self.welcome.install_label, self.welcome.engine_ready)
+
+    def dismiss_welcome(self) -> None:
+        self.tabs.removeTab(self.tabs.indexOf(self.welcome))
+        store = settings.store()
+        store.setValue("welcomed", "true")
+        store.sync()
+
+    def sample_chat(self) -> None:
+        self.tabs.setCurrentWidget(self.chat)
+        self.chat.new_conversation()
+        self.chat.input.setPlainText(SAMPLE_CHAT)
+        self.chat.send()
+
+    def sample_classify(self) -> None:
+        self.tabs.setCurrentWidget(self.classify)
+        self.classify.picker.setCurrentIndex(0)  # zero-shot
+        self.classify.labels.setText(SAMPLE_LABELS)
+        self.classify.input.setPlainText("\n".join(SAMPLE_TEXTS))
+        self.classify.classify(SAMPLE_TEXTS)
 
     def _menus(self) -> None:
         view = self.menuBar().addMenu("&View")
@@ -98,6 +132,7 @@ class MainWindow(QMainWindow):
             self.theme_actions[mode] = action
         tools = self.menuBar().addMenu("&Tools")
         tools.addAction("&Settings…", self.open_settings)
+        tools.addAction("&Welcome", self.show_welcome)
 
     def set_theme(self, mode: str, save: bool = True) -> None:
         if save:
@@ -130,9 +165,10 @@ class MainWindow(QMainWindow):
         geometry = store.value("window/geometry")
         if geometry is not None:
             self.restoreGeometry(geometry)
-        tab = store.value("window/tab")
-        if tab is not None and str(tab).isdigit() and int(tab) < self.tabs.count():
-            self.tabs.setCurrentIndex(int(tab))
+        tab = str(store.value("window/tab", ""))  # by name: the Welcome tab comes and goes
+        for index in range(self.tabs.count()):
+            if self.tabs.tabText(index) == tab:
+                self.tabs.setCurrentIndex(index)
         self._apply_engine_settings()
 
     def _save_state(self) -> None:
@@ -140,7 +176,7 @@ class MainWindow(QMainWindow):
             return
         store = settings.store()
         store.setValue("window/geometry", self.saveGeometry())
-        store.setValue("window/tab", self.tabs.currentIndex())
+        store.setValue("window/tab", self.tabs.tabText(self.tabs.currentIndex()))
         store.sync()
 
     def _tab_changed(self, index: int) -> None:
@@ -177,6 +213,8 @@ class MainWindow(QMainWindow):
         self.chat.engine_ready(serving)
         self.classify.refresh()
         self.device.refresh()
+        if self.tabs.indexOf(self.welcome) >= 0:
+            fetch(self.client, "/autoglm/device", self.welcome.install_label, self.welcome.engine_ready)
         self.watch.start()
 
     def _check_engine(self) -> None:
@@ -191,6 +229,7 @@ class MainWindow(QMainWindow):
         self.banner.show()
         self.statusBar().showMessage("the engine is not running")
         self.chat.engine_failed(message)
+        self.welcome.engine_failed(message)
 
     def apply_overrides(self, threads: int | None, ctx: int | None, gpu_layers: int | None = None) -> None:
         """Device-view overrides take effect by restarting the engine child with them."""

@@ -31,6 +31,9 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
     window.resize(1100, 720)  # the same pictures whatever size the window was left at
     if not _wait(lambda: window.client() is not None, timeout):
         raise RuntimeError(f"the engine did not start: {window.engine.describe_exit()}")
+    window.show_welcome()  # the first-run view is a view too
+    if not _wait(lambda: window.welcome.chat_btn.isEnabled(), timeout):
+        raise RuntimeError("the welcome view got no device report in time")
     chat = window.chat
     chat.temperature.setValue(0.0)
     chat.input.setPlainText("What is the capital of France? Answer in one word.")

@@ -1,14 +1,34 @@
-"""Progress bars for the CLI's long jobs (pull, quantize, convert)."""
+"""Progress bars for the CLI's long jobs (pull, quantize, convert); JSON lines instead when a program
+reads them (``AUTOGLM_PROGRESS=json``: the desktop app shows its engine child's first-run install)."""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
+
+JSON_EVERY_S = 0.25
+
+
+def _json_lines() -> Callable[[str, int, int], None]:
+    last = [0.0]
+
+    def update(label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= JSON_EVERY_S:
+            last[0] = now
+            print(json.dumps({"progress": label, "done": done, "total": total}), file=sys.stderr, flush=True)
+
+    return update
 
 
 def progress_bar(unit: str = "B") -> Callable[[str, int, int], None]:
     """tqdm bars on stderr (rate, ETA; bytes, or counted ``unit``s), one per file, made on its first report."""
+    if os.environ.get("AUTOGLM_PROGRESS") == "json":
+        return _json_lines()
     state: dict[str, Any] = {}
 
     def update(label: str, done: int, total: int) -> None:

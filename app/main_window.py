@@ -25,6 +25,7 @@ from autoglm.app.engine_process import EngineClient, EngineProcess
 from autoglm.app.icons import app_icon
 from autoglm.app.screenshots import take
 from autoglm.app.views import fetch
+from autoglm.app.views.catalog import CatalogView
 from autoglm.app.views.chat import ChatView
 from autoglm.app.views.classify import ClassifyView
 from autoglm.app.views.device import DeviceView
@@ -61,6 +62,8 @@ class MainWindow(QMainWindow):
         self.models.done.connect(self._refresh_chat_models)
         self.classify = ClassifyView(self.client)
         self.extract = ExtractView(self.client)
+        self.catalog = CatalogView(self.client)
+        self.catalog.pull_requested.connect(self.pull_from_catalog)
         self.device = DeviceView(self.client)
         self.device.apply_requested.connect(self.apply_overrides)
         self.performance = PerformanceView()
@@ -70,6 +73,7 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.chat, "Chat")
         self.tabs.addTab(self.classify, "Classify")
         self.tabs.addTab(self.extract, "Extract")
+        self.tabs.addTab(self.catalog, "Catalog")
         self.tabs.addTab(self.models, "Models")
         self.tabs.addTab(self.device, "Device")
         self.tabs.addTab(self.performance, "Performance")
@@ -105,6 +109,11 @@ class MainWindow(QMainWindow):
         store = settings.store()
         store.setValue("welcomed", "true")
         store.sync()
+
+    def pull_from_catalog(self, source: str) -> None:
+        """The Models view runs the pull: its progress bar, cancel and the refreshed list."""
+        self.tabs.setCurrentWidget(self.models)
+        self.models.pull(source)
 
     def sample_chat(self) -> None:
         self.tabs.setCurrentWidget(self.chat)
@@ -185,6 +194,8 @@ class MainWindow(QMainWindow):
             self.models.refresh()
         elif widget is self.classify:
             self.classify.refresh()
+        elif widget is self.catalog:
+            self.catalog.refresh()
         elif widget is self.device:
             self.device.refresh()
 

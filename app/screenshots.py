@@ -58,6 +58,10 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
         raise RuntimeError("the extract view got no results in time")
     if extract.status.text().startswith("⚠"):
         raise RuntimeError(f"the extract view failed: {extract.status.text()}")
+    window.catalog.refresh()
+    if not _wait(lambda: window.catalog.table.rowCount() > 0 or window.catalog.status.text().startswith("⚠"),
+                 timeout):
+        raise RuntimeError("the catalog view got no answer from the engine in time")
     window.models.refresh()
     window.device.refresh()
     if not _wait(lambda: window.models.table.rowCount() > 0 and window.device.reasons.rowCount() > 0, timeout):

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.models import store
+from autoglm.engine.models.catalog import Reference
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.planner import onnx_threads
+from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
@@ -108,6 +111,21 @@ class Runtime:
             raise InvalidArgumentError(f"{name} is a {runner.prompt.task} prompt, not a classify prompt")
         got = runner.run(texts, parallel=min(len(texts), self.scheduler.parallel))
         return [Prediction(t, lab, None, 0) for t, lab in zip(texts, got, strict=True)], runner.prompt.labels
+
+    def speed_reference(self) -> Reference:
+        """The chat model's decode speed, measured once (32 tokens): what the catalog scales from."""
+
+        def measure() -> Reference:
+            stats = GenerationStats()
+            tokens = self.model.tokenize("The quick brown fox jumps over", True)
+            params = SamplingParams(max_tokens=33, temperature=0.0, ignore_eos=True)
+            for _ in self.model.generate(tokens, params, stats=stats):
+                pass
+            plan = self.model.plan
+            size = Path(plan.model_path).stat().st_size if plan else 0
+            return Reference(self.model_name, size, round(stats.decode_tps, 1), bool(plan and plan.gpu_layers))
+
+        return self._cached(("speed",), measure)
 
     def close(self) -> None:
         self._cache.clear()

@@ -1,7 +1,7 @@
 """A Hugging Face-compatible HTTP server on 127.0.0.1 that serves real files, with faults on demand.
 
-It speaks the parts of the Hub protocol that ``huggingface_hub`` uses to list and download a
-model repo: ``/api/models/<repo>/revision/<rev>`` (with LFS sha256s) and HEAD/GET
+It speaks the parts of the Hub protocol that ``huggingface_hub`` uses to search (``/api/models?search=``),
+list and download a model repo: ``/api/models/<repo>/revision/<rev>`` (with LFS sha256s) and HEAD/GET
 ``/<repo>/resolve/<rev>/<file>`` (X-Repo-Commit, X-Linked-Etag, X-Linked-Size, Range requests).
 """
 
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -97,6 +97,17 @@ class HubServer:
         path = unquote(urlparse(h.path).path)
         self.faults.requests.append(("HEAD" if head else "GET", path, h.headers.get("Range")))
         parts = path.strip("/").split("/")
+        if parts == ["api", "models"]:  # a search: repos whose id holds ?search=, as the Hub lists them
+            query = parse_qs(urlparse(h.path).query).get("search", [""])[0].lower()
+            found = [{"id": r, "modelId": r, "downloads": 7, "likes": 1, "tags": ["gguf"]}
+                     for r in sorted(self.repos) if query in r.lower()]
+            body = json.dumps(found).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+            return
         if parts[:2] == ["api", "models"]:
             repo_id = "/".join(parts[2:4])
             repo = self._repo(h, repo_id)

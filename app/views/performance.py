@@ -58,7 +58,7 @@ class LineChart(QWidget):
             (QColor("#333333"), QColor("#dddddd"), QColor("#ffffff"))
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
-        left, right, top_pad, bottom = 64, 12, 26, 24
+        left, right, top_pad, bottom = 52, 12, 26, 24
         w, h = self.width(), self.height()
         plot = QRectF(left, top_pad, max(10, w - left - right), max(10, h - top_pad - bottom))
         p.fillRect(self.rect(), bg)
@@ -68,15 +68,15 @@ class LineChart(QWidget):
         span = max(now - start, 1.0)
         top = nice_top(max((v for _, v in pts), default=0.0) * 1.05)
         p.setPen(fg)
-        last = f"{pts[-1][1]:.1f} {self.unit}" if pts else "nothing measured in this window yet"
-        p.drawText(QPointF(left, 17), f"{self.title}: {last}")
+        last = f"last {pts[-1][1]:.1f}" if pts else "nothing measured in this window yet"
+        p.drawText(QPointF(left, 17), f"{self.title} ({self.unit}): {last}")
         for i in range(5):  # y grid and labels: 0, 1/4 ... top
             y = plot.bottom() - plot.height() * i / 4
             p.setPen(QPen(grid, 1))
             p.drawLine(QPointF(plot.left(), y), QPointF(plot.right(), y))
             p.setPen(fg)
             p.drawText(QRectF(0, y - 8, left - 6, 16), int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
-                       f"{top * i / 4:g} {self.unit}" if i else "0")
+                       f"{top * i / 4:g}")
         p.setPen(fg)
         p.drawText(QRectF(plot.left(), plot.bottom() + 4, 120, 16), int(Qt.AlignmentFlag.AlignLeft),
                    f"-{span_label(span)}")

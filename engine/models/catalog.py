@@ -77,9 +77,9 @@ def fit(size: int, device: DeviceFacts) -> tuple[bool, str]:
     need = int(size * (1 + KV_SHARE)) + RUNTIME_BYTES
     vram = max((g.memory_free for g in device.gpus), default=0) if device.llama_gpu_offload else 0
     if vram >= need:
-        return True, f"fits on the GPU ({need / 1e9:.1f} of {vram / 1e9:.1f} GB free)"
+        return True, f"fits on the GPU ({need / 1e9:.1f} of {vram / 1e9:.0f} GB)"
     if device.ram_available >= need:
-        return True, f"fits in memory ({need / 1e9:.1f} of {device.ram_available / 1e9:.1f} GB free)"
+        return True, f"fits in RAM ({need / 1e9:.1f} of {device.ram_available / 1e9:.0f} GB)"
     return False, f"needs about {need / 1e9:.1f} GB; {device.ram_available / 1e9:.1f} GB of memory is free"
 
 

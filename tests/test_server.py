@@ -304,4 +304,7 @@ def test_classify_with_a_tuned_prompt_and_the_routes_in_the_model_list(srv):
     got = reply.json()
     assert [d["label"] for d in got["data"]] == ["sport", "finance"] and got["data"][0]["confidence"] is None
     assert got["correctable"] is False and got["labels"] == ["finance", "sport"]
+    many = {"model": "srv-prompt", "input": ["x"] * 65}  # a generation per text: bounded like extract
+    reply = httpx.post(f"{srv[0]}/v1/classify", json.dumps(many).encode(), {"Content-Type": "application/json"})
+    assert reply.status_code == 400 and "at most 64 texts" in reply.json()["error"]["message"]
     assert httpx.get(f"{srv[0]}/autoglm/models").json()["routes"] == {}

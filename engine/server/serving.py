@@ -25,6 +25,7 @@ from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler import Event, QueueFullError
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import (
+    MAX_EXTRACT_INPUTS,
     ChatRequest,
     ClassifyRequest,
     CompletionRequest,
@@ -223,7 +224,10 @@ class OpenAIServing:
                 manifest, encoder = self.runtime.encoder(route("embed"))
                 clf = zero_shot(encoder, manifest, dict.fromkeys(body.labels))
             elif model := route("classify", body.model):
-                if is_prompt(model):  # the chat model labels
+                if is_prompt(model):  # the chat model labels: a generation per text, so bounded like extract
+                    if len(texts) > MAX_EXTRACT_INPUTS:
+                        raise InvalidArgumentError(f"a tuned prompt labels at most {MAX_EXTRACT_INPUTS} texts per "
+                                                   f"request, got {len(texts)}")
                     preds, labels = self.runtime.prompt_classify(model, texts)
                     return preds, 0, labels, False
                 clf, encoder = self.runtime.classifier(model)

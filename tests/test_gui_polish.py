@@ -42,8 +42,8 @@ def test_markdown_highlights_code_escapes_html_and_drops_script_links():
     out = TranscriptRenderer(LIGHT).render([
         ("user", "<b>bold?</b> [x](javascript:alert(1)) [ok](https://example.org)", None),
         ("assistant", CODE_REPLY, "12 tokens · 40.0 tok/s")])
-    assert out.code_blocks == ["def add(a, b):\n    return a + b", "plain text"]
-    assert '<a href="copy:0"' in out.html and '<a href="copy:1"' in out.html
+    assert out.code_blocks == {"1.0": "def add(a, b):\n    return a + b", "1.1": "plain text"}
+    assert '<a href="copy:1.0"' in out.html and '<a href="copy:1.1"' in out.html
     assert "&lt;b&gt;bold?&lt;/b&gt;" in out.html and "javascript:" not in out.html.replace("[x](javascript", "")
     assert 'href="https://example.org"' in out.html
     assert 'font-weight: bold">def</span>' in out.html  # python keywords coloured
@@ -63,11 +63,11 @@ def test_each_code_block_has_a_copy_link(chat):
     chat.store.add(conv.id, "user", "add two numbers in python")
     chat.store.add(conv.id, "assistant", CODE_REPLY, "20 tokens")
     chat.open(conv.id)
-    chat.transcript.anchorClicked.emit(QUrl("copy:0"))
+    chat.transcript.anchorClicked.emit(QUrl("copy:1.0"))
     assert QGuiApplication.clipboard().text() == "def add(a, b):\n    return a + b"
-    chat.transcript.anchorClicked.emit(QUrl("copy:1"))
+    chat.transcript.anchorClicked.emit(QUrl("copy:1.1"))
     assert QGuiApplication.clipboard().text() == "plain text"
-    chat.transcript.anchorClicked.emit(QUrl("copy:7"))  # a stale link does nothing
+    chat.transcript.anchorClicked.emit(QUrl("copy:7.0"))  # a stale link does nothing
     assert QGuiApplication.clipboard().text() == "plain text"
 
 
@@ -311,3 +311,18 @@ def test_settings_reach_the_engine_child(qtbot, window, gui_home):
     for flag, value in (("--threads", "1"), ("--ctx", "1024"), ("--gpu-layers", "0"), ("--parallel", "3")):
         assert argv[argv.index(flag) + 1] == value
     assert "--safe" in argv
+
+
+def test_finished_turns_are_rendered_once_while_a_reply_streams():
+    """Streaming re-renders every 50 ms: a long conversation with code must not be highlighted again each time."""
+    renderer = TranscriptRenderer(LIGHT)
+    calls: list[int] = []
+    real = renderer.turn
+    renderer.turn = lambda i, *rest: calls.append(i) or real(i, *rest)  # type: ignore[method-assign]
+    turns = [("user", "q", None), ("assistant", CODE_REPLY, "stats")] * 3
+    first = renderer.render(turns)
+    assert calls == list(range(6))
+    for n in range(5):
+        again = renderer.render([*turns, ("assistant", "grow " * n, None)], streaming=True)
+    assert calls == [*range(6), 6, 6, 6, 6, 6]  # only the growing reply, each time
+    assert again.html.startswith(first.html) and again.code_blocks == first.code_blocks

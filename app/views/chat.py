@@ -96,7 +96,8 @@ class ChatView(QWidget):
         self.pieces = 0
         self.render_timer = QTimer(self, interval=RENDER_EVERY_MS, timeout=self._render_if_dirty)
         self.dirty = False
-        self.code_blocks: list[str] = []
+        self.code_blocks: dict[str, str] = {}
+        self.renderers = {False: TranscriptRenderer(LIGHT), True: TranscriptRenderer(DARK)}
         self.renamed_by_user: set[int] = set()
 
         self.search = QLineEdit(placeholderText="Search conversations")
@@ -252,7 +253,7 @@ class ChatView(QWidget):
         bar = self.transcript.verticalScrollBar()
         following = bar.value() >= bar.maximum() - BOTTOM_SLACK
         kept = bar.value()
-        rendered = TranscriptRenderer(DARK if is_dark() else LIGHT).render(turns)
+        rendered = self.renderers[is_dark()].render(turns, streaming=self.streaming)
         self.code_blocks = rendered.code_blocks
         self.transcript.setHtml(rendered.html)
         bar.setValue(bar.maximum() if following else kept)  # a user reading above keeps their place
@@ -260,9 +261,8 @@ class ChatView(QWidget):
 
     def _anchor(self, url: QUrl) -> None:
         if url.scheme() == COPY_SCHEME:
-            index = int(url.path()) if url.path().isdigit() else -1
-            if 0 <= index < len(self.code_blocks):
-                QGuiApplication.clipboard().setText(self.code_blocks[index])
+            if url.path() in self.code_blocks:  # a stale link (another conversation) does nothing
+                QGuiApplication.clipboard().setText(self.code_blocks[url.path()])
         elif url.scheme() in ("http", "https", "mailto"):
             QDesktopServices.openUrl(url)
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import shiboken6
 from PySide6.QtCore import QObject, Signal
 
 from autoglm.app.engine_process import EngineError
@@ -37,6 +38,12 @@ def on_ui(fn: Callable[[], Any]) -> None:
     _poster.call.emit(fn)
 
 
+def _alive(fn: Callable[..., Any]) -> bool:
+    """False when ``fn`` is a method of a widget Qt has deleted meanwhile (its window was closed)."""
+    owner = getattr(fn, "__self__", None)
+    return not isinstance(owner, QObject) or shiboken6.isValid(owner)
+
+
 def in_background(work: Callable[[], T], on_done: Callable[[T], Any],
                   on_error: Callable[[str], Any] | None = None, name: str = "engine-call") -> None:
     """``work()`` on a thread; then ``on_done(result)`` or ``on_error(message)`` on the UI thread."""
@@ -47,8 +54,8 @@ def in_background(work: Callable[[], T], on_done: Callable[[T], Any],
         except EngineError as exc:
             message = str(exc)
             if on_error is not None:
-                on_ui(lambda: on_error(message))
+                on_ui(lambda: on_error(message) if _alive(on_error) else None)
             return
-        on_ui(lambda: on_done(result))
+        on_ui(lambda: on_done(result) if _alive(on_done) else None)
 
     threading.Thread(target=run, name=name, daemon=True).start()

@@ -43,6 +43,7 @@ class MainWindow(QMainWindow):
         self.resize(1100, 720)
         self.engine, self.store = engine, store
         self.remember_state = True  # off while taking screenshots
+        self.closed = False  # an engine start finishing after close must not touch deleted widgets
         self._client: EngineClient | None = None
 
         self.banner = QFrame(objectName="banner")
@@ -215,6 +216,8 @@ class MainWindow(QMainWindow):
         in_background(work, self._on_started, self._on_crash, name="engine-start")
 
     def _on_started(self, serving: str) -> None:
+        if self.closed:  # the window closed while the engine was starting: nothing left to update
+            return
         self._client = self.engine.client()
         self.banner.hide()
         mode = " (safe mode)" if self.engine.options.safe else ""
@@ -233,6 +236,8 @@ class MainWindow(QMainWindow):
             self._on_crash(f"The engine stopped: {self.engine.describe_exit()}")
 
     def _on_crash(self, message: str) -> None:
+        if self.closed:
+            return
         self._client = None
         self.watch.stop()
         tail = "\n".join(self.engine.log_tail(4))
@@ -267,6 +272,7 @@ class MainWindow(QMainWindow):
         self.start_engine()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        self.closed = True
         self._save_state()
         self.watch.stop()
         self.chat.stop()

@@ -44,3 +44,20 @@ def test_engine_errors_arrive_as_one_line_on_the_ui_thread(qtbot):
         threading.current_thread() is threading.main_thread()))).start()
     qtbot.waitUntil(lambda: bool(thread_calls), timeout=5000)
     assert thread_calls == [True]
+
+
+def test_a_reply_for_a_deleted_widget_is_dropped(qtbot):
+    """A window closed (and deleted) while its engine call ran: the answer must not touch it."""
+    import threading
+
+    import shiboken6
+    from PySide6.QtWidgets import QLabel
+
+    from autoglm.app.background import in_background
+
+    label = QLabel()
+    release = threading.Event()
+    in_background(lambda: release.wait(10) and "late", label.setText)
+    shiboken6.delete(label)
+    release.set()
+    qtbot.wait(200)  # the queued call runs and is dropped, no "already deleted" error

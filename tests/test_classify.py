@@ -92,7 +92,7 @@ def test_train_2000_examples_then_classify_after_a_restart(encoder_model, review
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["text"] for r in rows] == texts
-    assert all(set(r) == {"text", "label", "confidence", "exit_layer"} for r in rows)
+    assert all(set(r) == {"text", "label", "confidence", "exit_layer", "review"} for r in rows)
     accuracy = np.mean([r["label"] == t for r, t in zip(rows, reviews.test_labels, strict=True)])
     assert accuracy > 0.68  # the full model gets about 0.75 on these snippets
     assert 1 <= np.mean([r["exit_layer"] for r in rows]) < 6  # early exit happens

@@ -83,3 +83,46 @@ def xvfb_display():
     yield f":{number}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def _ui_thread_calls(monkeypatch) -> list[str]:
+    """A spy on the real client (it still makes the call): engine calls that the window's own code
+    makes on the UI thread, which would freeze the window while the engine works."""
+    import threading
+    import traceback
+
+    from autoglm.app.engine_process import EngineClient
+
+    calls: list[str] = []
+    real = EngineClient._request
+
+    def watched(self, method, path, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            stack = traceback.extract_stack()[:-1]
+            if any("/app/" in f.filename and not f.filename.endswith("engine_process.py") for f in stack):
+                calls.append(f"{method} {path}")
+        return real(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(EngineClient, "_request", watched)
+    return calls
+
+
+@pytest.fixture
+def window(qtbot, default_model, tmp_path, monkeypatch):
+    """The desktop window (offscreen) over a real engine child and the real default model; it fails
+    the test if the window's own code made an engine call on the UI thread."""
+    from autoglm.app.conversations import ConversationStore
+    from autoglm.app.engine_process import EngineOptions, EngineProcess
+    from autoglm.app.main_window import MainWindow
+
+    blocking = _ui_thread_calls(monkeypatch)
+    store = ConversationStore(tmp_path / "chats.sqlite3")
+    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
+    win = MainWindow(engine, store)
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
+    yield win
+    win.close()
+    store.close()
+    assert not blocking, f"engine calls made on the UI thread: {blocking}"

@@ -101,12 +101,7 @@ class HubServer:
             query = parse_qs(urlparse(h.path).query).get("search", [""])[0].lower()
             found = [{"id": r, "modelId": r, "downloads": 7, "likes": 1, "tags": ["gguf"]}
                      for r in sorted(self.repos) if query in r.lower()]
-            body = json.dumps(found).encode()
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
+            self._json(h, found)
             return
         if parts[:2] == ["api", "models"]:
             repo_id = "/".join(parts[2:4])
@@ -115,13 +110,8 @@ class HubServer:
                 siblings = [{"rfilename": n, "size": p.stat().st_size,
                              "lfs": {"sha256": repo.sha[n], "size": p.stat().st_size, "pointerSize": 134}}
                             for n, p in repo.files.items()]
-                body = json.dumps({"id": repo_id, "modelId": repo_id, "sha": COMMIT, "private": repo.private,
-                                   "siblings": siblings}).encode()
-                h.send_response(200)
-                h.send_header("Content-Type", "application/json")
-                h.send_header("Content-Length", str(len(body)))
-                h.end_headers()
-                h.wfile.write(body)
+                self._json(h, {"id": repo_id, "modelId": repo_id, "sha": COMMIT, "private": repo.private,
+                                "siblings": siblings})
             return
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, filename = "/".join(parts[:2]), "/".join(parts[4:])
@@ -134,6 +124,15 @@ class HubServer:
             self._send_file(h, repo, filename, head)
             return
         self._error(h, 404, "RepoNotFound", "no such route")
+
+    @staticmethod
+    def _json(h: BaseHTTPRequestHandler, data: object) -> None:
+        body = json.dumps(data).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
 
     def _send_file(self, h: BaseHTTPRequestHandler, repo: Repo, name: str, head: bool) -> None:
         data_path = repo.files[name]

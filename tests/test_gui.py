@@ -5,50 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
-import traceback
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 
 from autoglm.app.conversations import ConversationStore  # noqa: E402
-from autoglm.app.engine_process import EngineClient, EngineOptions, EngineProcess  # noqa: E402
-from autoglm.app.main_window import MainWindow  # noqa: E402
 
 VIEWS = ["welcome", "chat", "classify", "extract", "catalog", "models", "device", "performance"]
-
-
-def _ui_thread_calls(monkeypatch) -> list[str]:
-    """A spy on the real client (it still makes the call): engine calls that the window's own code
-    makes on the UI thread, which would freeze the window while the engine works."""
-    calls: list[str] = []
-    real = EngineClient._request
-
-    def watched(self, method, path, *args, **kwargs):
-        if threading.current_thread() is threading.main_thread():
-            stack = traceback.extract_stack()[:-1]
-            if any("/app/" in f.filename and not f.filename.endswith("engine_process.py") for f in stack):
-                calls.append(f"{method} {path}")
-        return real(self, method, path, *args, **kwargs)
-
-    monkeypatch.setattr(EngineClient, "_request", watched)
-    return calls
-
-
-@pytest.fixture
-def window(qtbot, default_model, tmp_path, monkeypatch):
-    blocking = _ui_thread_calls(monkeypatch)
-    store = ConversationStore(tmp_path / "chats.sqlite3")
-    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
-    win = MainWindow(engine, store)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
-    yield win
-    win.close()
-    store.close()
-    assert not blocking, f"engine calls made on the UI thread: {blocking}"
 
 
 def test_the_qt_binding_does_not_leak_a_reference_per_signal(qapp):

@@ -153,22 +153,6 @@ def test_charts_have_a_time_window_and_round_axes(qtbot):
     view.grab()
 
 
-@pytest.fixture
-def window(qtbot, default_model, tmp_path):
-    from autoglm.app.engine_process import EngineOptions, EngineProcess
-    from autoglm.app.main_window import MainWindow
-
-    store = ConversationStore(tmp_path / "chats.sqlite3")
-    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
-    win = MainWindow(engine, store)
-    qtbot.addWidget(win)
-    win.show()
-    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
-    yield win
-    win.close()
-    store.close()
-
-
 def test_first_reply_names_the_conversation_and_a_rename_wins(qtbot, window):
     chat = window.chat
     chat.temperature.setValue(0.0)

@@ -30,6 +30,7 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength
     ('{"type": "object", "properties": {"a": {"type": "nosuchtype"}}}',
      "is not a valid JSON schema (properties/a/type)"),
     ('{"type": "object", "properties": {"a": {"enum": ["' + "x" * MAX_SCHEMA_CHARS + '"]}}}', "a schema of at most"),
+    ('{"type": "object", "properties": {"a": ' * 400 + '{"type": "string"}' + "}}" * 400, "is nested too deeply"),
 ])
 def test_a_bad_schema_file_is_one_line(tmp_path, content, message):
     path = tmp_path / "schema.json"

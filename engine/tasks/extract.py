@@ -64,6 +64,8 @@ def check_schema(schema: Any, what: str = "the schema") -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.path) or "top level"
         raise InvalidArgumentError(f"{what} is not a valid JSON schema ({where}): {exc.message}") from None
+    except RecursionError:  # the metaschema check recurses per level: a few hundred levels are too many
+        raise InvalidArgumentError(f"{what} is nested too deeply") from None
     return schema
 
 
@@ -78,6 +80,8 @@ def load_schema(path: str | Path) -> dict[str, Any]:
         schema = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"{path} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise InvalidArgumentError(f"{path} is nested too deeply") from None
     return check_schema(schema, str(path))
 
 
@@ -145,7 +149,10 @@ class Extractor:
                    "or bound the schema's strings with maxLength)" if stats.finish_reason == "length"
                    else "the answer is not JSON")
             return Extraction(text, None, why, stats)
-        error = next(iter(self.validator.iter_errors(data)), None)
+        try:
+            error = next(iter(self.validator.iter_errors(data)), None)
+        except RecursionError:
+            return Extraction(text, None, "the answer is nested too deeply to check against the schema", stats)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "top level"
             return Extraction(text, None, f"the answer does not match the schema at {where}: {error.message}", stats)

@@ -14,6 +14,7 @@ flat, so it is written by hand rather than with a TOML writer dependency).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -38,18 +39,28 @@ def config_path() -> Path:
     return Path(env).expanduser() if env else paths.home() / "config.toml"
 
 
+_parsed: dict[tuple[str, int, int], dict] = {}  # (path, mtime, size) -> its tables: a stat per request
+
+
 def _read() -> dict:
     path = config_path()
     try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key in _parsed:
+            return copy.deepcopy(_parsed[key])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgumentError(f"{path} is not valid TOML: {exc}") from None
+    _parsed.clear()
+    _parsed[key] = data
+    return copy.deepcopy(data)
 
 
 def routes() -> dict[str, str]:

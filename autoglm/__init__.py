@@ -8,7 +8,15 @@ The repository's engine/ and app/ folders are installed here as ``autoglm.engine
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+# Run from a checkout (``python -m autoglm`` at the repository root, with or without an install),
+# this folder stands beside engine/ and app/ rather than holding them: look there as well, or the
+# checkout's facade would hide an installed copy and find no autoglm.engine at all.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "pyproject.toml").is_file() and (_checkout / "engine" / "__init__.py").is_file():
+    __path__.append(str(_checkout))  # type: ignore[name-defined]  # noqa: F821 - a package's own __path__
 
 __all__ = ["Engine", "ChatResult", "Prediction", "AutoGLMError"]
 

@@ -199,3 +199,12 @@ def test_the_wheel_puts_only_autoglm_at_the_top_of_site_packages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "autoglm/engine/cli.py" in names and "autoglm/app/main_window.py" in names
     assert "autoglm/engine/backends/onnx/encoder.py" in names
+
+
+def test_a_checkout_imports_the_engine_without_any_install():
+    """``python -m autoglm`` at the repository root: the checkout's autoglm/ is found first, so it must
+    reach engine/ itself (``-S``: no site-packages, so no editable install's hook to lean on)."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import autoglm.engine.errors as e; print(e.__file__)"
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(ROOT / "engine" / "errors.py")

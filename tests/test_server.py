@@ -174,6 +174,16 @@ def test_overload_gets_429_with_retry_after(default_model):
         assert "429" in results and "ok" in results
         assert httpx.get(url + "/health").json()["status"] == "ok"
 
+        from tests.test_extract import PERSON  # extract too: more texts than the queue holds is a 429, not a 500
+
+        body = json.dumps({"schema": PERSON, "input": ["Ann Smith, 34, lives in Oslo."] * 6}).encode()
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: httpx.post(url + "/v1/extract", body,
+                                                         {"Content-Type": "application/json"}), range(4)))
+        statuses = sorted(r.status_code for r in replies)
+        assert 429 in statuses and set(statuses) <= {200, 429}, [r.text[:200] for r in replies]
+        assert all(r.json()["error"]["code"] == "queue_full" for r in replies if r.status_code == 429)
+
 
 def test_api_key_required_off_loopback(default_model):
     refused = subprocess.run([sys.executable, "-m", "autoglm", "serve", "--host", "0.0.0.0", "--port", "0"],

@@ -94,6 +94,10 @@ class OpenAIServing:
         return self._relay
 
     # --- text generation ----------------------------------------------------------------------
+    def at_capacity(self) -> JSONResponse:
+        return error(429, "the server is at capacity; retry shortly", "rate_limit_error", code="queue_full",
+                     headers={"Retry-After": str(self.retry_after_s)})
+
     def check_model(self, model: str | None) -> None:
         """The ``model`` field is honoured: a name this engine does not serve is a 404, never another
         model's answer. ``default`` (or none) means the served one."""
@@ -162,8 +166,7 @@ class OpenAIServing:
         try:
             first = await events.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
         except QueueFullError:
-            return error(429, "the server is at capacity; retry shortly", "rate_limit_error", code="queue_full",
-                         headers={"Retry-After": str(self.retry_after_s)})
+            return self.at_capacity()
         if body.stream:
             return StreamingResponse(self._sse(reply, first, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -238,7 +241,10 @@ class OpenAIServing:
                                            "classify to a classifier")
             return (*clf.classify(encoder, texts, exact=body.exact), clf.labels, False)
 
-        preds, truncated, labels, correctable = await asyncio.to_thread(work)
+        try:
+            preds, truncated, labels, correctable = await asyncio.to_thread(work)
+        except QueueFullError:  # a tuned prompt generates: the queue can be full
+            return self.at_capacity()
         # correctable: a trained classifier that keeps its examples (POST /autoglm/classifiers/NAME/corrections)
         return {"object": "list", "truncated": truncated, "labels": labels, "correctable": correctable,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
@@ -266,7 +272,10 @@ class OpenAIServing:
         finally:
             if not task.done():  # the handler itself was cancelled (shutdown)
                 cancel.set()
-        results = task.result()
+        try:
+            results = task.result()
+        except QueueFullError:  # more clients than the queue holds: a 429 for the whole request, as for chat
+            return self.at_capacity()
         return {"object": "list", "model": self.runtime.model_name,
                 "data": [{"index": i, "object": r.data, "error": r.error} for i, r in enumerate(results)]}
 

@@ -237,7 +237,8 @@ def _make_read_only(root: Path) -> list[str]:
         subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
         return ["chmod", "-R", "u+w", str(root)]
     if shutil.which("chattr") is None or subprocess.run(["chattr", "-R", "+i", str(root)]).returncode != 0:
-        pytest.skip("running as root on a file system without chattr +i: cannot make a store read-only")
+        pytest.skip("running as root, where file permissions do not apply, and chattr +i is unavailable here: "
+                    "no way to make a read-only store (as a normal user the chmod path runs)")
     return ["chattr", "-R", "-i", str(root)]
 
 

@@ -174,6 +174,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         value = plan.get(key, "")
         print(f"  {key:<16}{str(value):<14} {reason}")
     print(f"\nDeterminism\n  {report['determinism']}")
+    if report.get("tuned"):
+        from autoglm.engine.cli_tune import render
+        from autoglm.engine.tuning.search import Tuned
+
+        print("\nMeasured settings (autoglm tune)\n  " + render(Tuned.from_dict(report["tuned"])).replace("\n", "\n  "))
+    else:
+        print("\nMeasured settings\n  none yet: `autoglm tune` measures threads, batch sizes, flash attention, KV "
+              "cache type and thread waiting here, and later runs use the fastest")
     return 0
 
 
@@ -399,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     from autoglm.engine.cli_extract import add_parser as add_extract
     from autoglm.engine.cli_prompt import add_parser as add_prompt
     from autoglm.engine.cli_tasks import add_parsers
+    from autoglm.engine.cli_tune import add_parser as add_tune
 
     add_parsers(sub, models)
     add_extract(sub)
     add_prompt(sub)
+    add_tune(sub)
     p = sub.add_parser("route", help="which model serves each task (chat, extract, classify, embed)")
     p.add_argument("task", nargs="?", help="a task to route")
     p.add_argument("model", nargs="?", help="an installed model for it; `default` for the built-in default")

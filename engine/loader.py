@@ -18,6 +18,8 @@ from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.planner import MIN_CHUNK
 from autoglm.engine.scheduler.session import ScheduledBackend
+from autoglm.engine.tuning import cache as tuning_cache
+from autoglm.engine.tuning.search import Tuned
 
 
 @dataclass
@@ -27,11 +29,13 @@ class Prepared:
     verdict: selftest.Verdict | None
     plan: Plan
     gpu_verdict: selftest.Verdict | None = None  # the GPU offload self-test, when the plan wanted the GPU
+    tuned: Tuned | None = None  # what `autoglm tune` measured for this model on this device
 
 
 def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progress | None = None,
-            install: bool = True) -> Prepared:
-    """Everything short of loading: cheap after the first run (probe, facts and verdicts are cached)."""
+            install: bool = True, measured: bool = True) -> Prepared:
+    """Everything short of loading: cheap after the first run (probe, facts and verdicts are cached).
+    ``measured``: use what `autoglm tune` measured for this model here, when it has."""
     overrides = overrides or Overrides()
     overrides.validate()
     model = resolve(ref, progress=progress, install=install)
@@ -43,7 +47,11 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
         gpu_verdict = selftest.check_gpu(device, model.path, model.facts.quant)
         if not gpu_verdict.ok:
             plan = make_plan(model.facts, device, verdict, overrides, gpu_verdict)
-    return Prepared(model, device, verdict, plan, gpu_verdict)
+    tuned = (tuning_cache.lookup(device, tuning_cache.model_key(model), plan.gpu_layers)
+             if measured and not overrides.safe else None)
+    if tuned is not None:
+        plan = make_plan(model.facts, device, verdict, overrides, gpu_verdict, tuned)
+    return Prepared(model, device, verdict, plan, gpu_verdict, tuned)
 
 
 def describe(prepared: Prepared) -> dict:
@@ -54,6 +62,7 @@ def describe(prepared: Prepared) -> dict:
             "selftest": prepared.verdict.__dict__ if prepared.verdict else None,
             "gpu_selftest": prepared.gpu_verdict.__dict__ if prepared.gpu_verdict else None,
             "plan": prepared.plan.to_dict(), "determinism": determinism(prepared.plan),
+            "tuned": prepared.tuned.to_dict() if prepared.tuned else None,
             "onnx": {p: dict(zip(("provider", "reason"), onnx_provider(device, p), strict=True))
                      for p in ("int8", "fp32")}}
 
@@ -75,6 +84,8 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
     executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx,
                              n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
                              threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
-                             offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type)
+                             offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type, n_ubatch=plan.n_ubatch)
     scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative)
+    if plan.threads_busy:
+        scheduler.adapt_threads((plan.threads, plan.threads_batch), (plan.threads_busy, plan.threads_batch))
     return ScheduledBackend(backend, scheduler, plan)

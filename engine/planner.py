@@ -15,6 +15,7 @@ from autoglm.engine.hardware import DeviceFacts
 if TYPE_CHECKING:  # the model manager imports the planner (quant choice); keep the import one-way
     from autoglm.engine.models.gguf_info import ModelFacts
     from autoglm.engine.selftest import Verdict
+    from autoglm.engine.tuning.search import Tuned
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -67,6 +68,9 @@ class Plan:
     kv_type: str = "f16"  # q8_0 when f16 would not leave a useful context in free VRAM
     kv_tokens: int = 0  # KV cells that fit where the cache lives (RAM or VRAM): the server's budget
     slots: int = CPU_SLOTS  # parallel sequences `serve` runs unless told otherwise
+    threads_busy: int = 0  # decode threads while other processes load the cores (0: no switch); measured
+    wait_policy: str = "spin"  # OpenMP workers between steps: "spin" (llama.cpp's default) or "passive"
+    measured: bool = False  # settings from `autoglm tune` rather than rules
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,8 +230,45 @@ def _slots(kv_tokens: int, on_gpu: bool) -> tuple[int, str]:
     return n, f"{n}: the model runs (at least partly) on the CPU, where more sequences add latency, not throughput"
 
 
+def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | None) -> Plan:
+    """What `autoglm tune` measured beats the rules: each knob it moved, with the numbers; the
+    user's own settings and safe mode still win."""
+    if ov.safe or not tuned.best.ok:
+        return plan
+    best, base, idle, r = tuned.best, tuned.base, tuned.idle, plan.reasons
+    ago = f"`autoglm tune`, {tuned.seconds:.0f} s"
+    if not ov.threads:
+        plan.threads, plan.threads_batch = idle.threads, idle.threads_batch
+        r["threads"] = (f"measured: {idle.threads} for decode ({best.decode:.0f} tok/s), {idle.threads_batch} for "
+                        f"prefill ({best.prefill:.0f} tok/s); the rule's {base.decode:.0f} / {base.prefill:.0f} "
+                        f"({ago})")
+        if tuned.busy is not None and tuned.busy_best and tuned.busy_base and tuned.busy.threads != idle.threads:
+            plan.threads_busy = tuned.busy.threads
+            r["threads_busy"] = (f"measured with another process on one core: {tuned.busy.threads} decode thread(s) "
+                                 f"{tuned.busy_best.decode:.0f} tok/s, {idle.threads}: {tuned.busy_base.decode:.0f}; "
+                                 "switched to while other processes keep a core busy")
+    if idle.flash_attn != plan.flash_attn:
+        plan.flash_attn = idle.flash_attn
+        r["flash_attn"] = f"{'on' if idle.flash_attn else 'off'}: measured faster here ({ago})"
+    if idle.kv_type != plan.kv_type and plan.kv_type == "f16" and plan.flash_attn:
+        plan.kv_type = idle.kv_type
+        r["kv_type"] = f"{idle.kv_type}: measured faster here ({ago})"
+    if not ov.batch and idle.n_ubatch < plan.n_batch:
+        plan.n_ubatch = idle.n_ubatch
+        r["n_ubatch"] = f"{idle.n_ubatch}-token micro-batches: measured faster prefill here ({ago})"
+    if idle.extra_bufts != plan.use_extra_bufts and (not idle.extra_bufts or (verdict and verdict.ok)):
+        plan.use_extra_bufts = idle.extra_bufts
+        r["use_extra_bufts"] += f"; {'on' if idle.extra_bufts else 'off'}: measured faster here"
+    plan.wait_policy = idle.wait
+    plan.measured = True
+    r["measured"] = (f"{ago}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "
+                     f"(the rules' settings: {base.prefill:.0f} / {base.decode:.0f})")
+    return plan
+
+
 def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = None,
-              overrides: Overrides | None = None, gpu_verdict: Verdict | None = None) -> Plan:
+              overrides: Overrides | None = None, gpu_verdict: Verdict | None = None,
+              tuned: Tuned | None = None) -> Plan:
     """Choose how to run ``model`` on ``device``; pure, so it is tested with recorded profiles."""
     ov = overrides or Overrides()
     ov.validate()
@@ -252,12 +293,13 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     mmap = model.size < device.ram_available * RAM_HEADROOM
     reasons["use_mmap"] = ("on: the file maps into memory and loads instantly" if mmap else
                            f"off: {_fmt_gib(model.size)} model exceeds free RAM; reading it avoids page thrash")
-    return Plan(
+    plan = Plan(
         backend="llamacpp", model_path=model.path, threads=threads, threads_batch=threads,
         gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
         flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons, kv_type=kv_type, kv_tokens=kv_tokens,
         slots=slots,
     )
+    return _apply_tuned(plan, tuned, ov, verdict) if tuned is not None else plan
 
 
 # Best quality first; F16/F32 are left out of automatic choice (2-4x the memory traffic per token).

@@ -72,6 +72,14 @@ def _store(device: DeviceFacts, verdict: Verdict) -> None:
     write_cache(_cache_path(), json.dumps(cache, indent=2))
 
 
+def signal_name(returncode: int) -> str:
+    """SIGSEGV for a child's return code -11."""
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
+
+
 def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT_S) -> Verdict:
     """Run one probe child and classify how it ended; never raises for a native crash."""
     started = time.time()
@@ -80,11 +88,7 @@ def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT
     except subprocess.TimeoutExpired:
         return Verdict(config, False, "timeout", f"no answer in {timeout:.0f}s", model, started)
     if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return Verdict(config, False, "crashed", f"child killed by {name}", model, started)
+        return Verdict(config, False, "crashed", f"child killed by {signal_name(proc.returncode)}", model, started)
     if proc.returncode != 0 or "SELFTEST OK" not in proc.stdout:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         # llama.cpp's own reason, when it logged one, says more than the Python exception after it

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
+
 from autoglm.engine.sampling import SamplingParams
 
 EOG = 0
@@ -24,7 +26,7 @@ class FakeExecutor:
         self.fail_on_step, self.eog_after, self.copy_period = fail_on_step, eog_after, copy_period
         self.steps = 0
         self.max_rows = 0
-        self.logits: dict[int, int] = {}
+        self.outputs: dict[int, int] = {}
         self.samplers = 0  # live samplers: a leak check
         self.closed = False
         self.slow: set[int] = set()
@@ -46,12 +48,12 @@ class FakeExecutor:
             raise RuntimeError(f"injected failure on step {self.steps}")
         assert 0 < len(rows) <= self.n_batch, f"batch of {len(rows)} rows exceeds n_batch {self.n_batch}"
         self.max_rows = max(self.max_rows, len(rows))
-        self.logits = {}
+        self.outputs = {}
         for i, row in enumerate(rows):
             assert row.pos == len(self.kv[row.seq]), f"seq {row.seq}: pos {row.pos} after {len(self.kv[row.seq])}"
             self.kv[row.seq].append(row.token)
             if row.logits:
-                self.logits[i] = self.next_token(self.kv[row.seq])
+                self.outputs[i] = self.next_token(self.kv[row.seq])
 
     def clear(self) -> None:
         self.kv = [[] for _ in range(self.n_seq)]
@@ -68,12 +70,18 @@ class FakeExecutor:
         return made
 
     def sample(self, sampler: object, row: int) -> int:
-        return self.logits[row]
+        return self.outputs[row]
 
     def sample_all(self, picks: list[tuple[object, int]]) -> list[int]:
         if any(id(sampler) in self.slow for sampler, _ in picks):
             time.sleep(0.12)
-        return [self.logits[row] for _, row in picks]
+        return [self.outputs[row] for _, row in picks]
+
+    def logits(self, row: int) -> np.ndarray:
+        """So peaked on the predicted token that a sampled stream draws it too (text stays comparable)."""
+        out = np.zeros(self.vocab, dtype=np.float32)
+        out[self.outputs[row]] = 100.0
+        return out
 
     def free_sampler(self, sampler: object) -> None:
         self.samplers -= 1

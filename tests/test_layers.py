@@ -22,19 +22,21 @@ _LAYERS: list[tuple[str, list[str]]] = [
     ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.gguf_header",
                "engine.models.progress"]),
     ("backends", ["engine.backends.*"]),
-    ("decisions", ["engine.planner", "engine.selftest", "engine.router"]),
+    ("decisions", ["engine.planner", "engine.selftest", "engine.router", "engine.tuning", "engine.tuning.search",
+                   "engine.tuning.cache"]),
     ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",
                       "engine.models.catalog", "engine.models.sources.*"]),
-    ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime"]),
+    ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime",
+                 "engine.tuning.*"]),
     ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
-                    "engine.api", "engine.cli_extract", "engine.cli_prompt"]),
+                    "engine.api", "engine.cli_extract", "engine.cli_prompt", "engine.cli_tune"]),
     ("app", ["app", "app.*"]),
     ("facade", ["", "__main__"]),  # autoglm itself: `from autoglm import Engine`, imported lazily
 ]
 LAYERS = [(name, [f"autoglm.{p}" if p else "autoglm" for p in patterns]) for name, patterns in _LAYERS]
 # entry points: `autoglm --help` must not load llama.cpp; `import autoglm.engine.x` must not load the API
 LAZY_OK = {"autoglm.engine.cli", "autoglm.engine.cli_tasks", "autoglm.engine.cli_extract", "autoglm.engine.cli_prompt",
-           "autoglm"}
+           "autoglm.engine.cli_tune", "autoglm"}
 # The one upward edge: the `autoglm` command is the launcher of every front end, the window included.
 ALLOWED_UP = {("autoglm.engine.cli", "autoglm.app.main_window")}
 APP_MAY_USE = {"autoglm.engine.paths", "autoglm.engine.process"}  # how to start the engine child and where its files go

@@ -31,19 +31,20 @@ GREEDY = object()  # temperature 0, no grammar: an argmax over the logits, no sa
 class LlamaExecutor:
     def __init__(self, model: Any, *, n_seq: int, ctx_per_seq: int, n_batch: int, threads: int,
                  threads_batch: int | None = None, flash_attn: bool = True, offload_kqv: bool = True,
-                 kv_type: str = "f16") -> None:
+                 kv_type: str = "f16", n_ubatch: int | None = None) -> None:
         self.model, self.n_seq, self.n_batch = model, n_seq, n_batch
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_seq * ctx_per_seq
-        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = min(n_ubatch or n_batch, n_batch)
         cparams.n_seq_max = n_seq
         cparams.kv_unified = False  # one KV stream per sequence: batching never mixes their attention
         cparams.n_threads, cparams.n_threads_batch = threads, threads_batch or threads
         cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                    else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        if kv_type == "q8_0":  # planned only on a GPU with flash attention, which a quantized V cache needs
+        if kv_type == "q8_0":  # planned only with flash attention, which a quantized V cache needs
             cparams.type_k = cparams.type_v = llama_cpp.GGML_TYPE_Q8_0
         cparams.offload_kqv = offload_kqv  # False with no layer on a GPU: no GPU buffers for nothing
         if hasattr(cparams, "op_offload"):
@@ -117,14 +118,23 @@ class LlamaExecutor:
         """The next token for each (sampler, batch row) of the last step. Greedy rows take one
         argmax over every output's logits at once (the first highest, as llama.cpp's greedy
         sampler picks); others run their sampler chain."""
-        best = None
-        if any(sampler is GREEDY for sampler, _ in picks):
-            n_out = len(self._outputs)
-            address = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value
-            table = np.frombuffer((ctypes.c_float * (n_out * self.n_vocab)).from_address(address), dtype=np.float32)
-            best = table.reshape(n_out, self.n_vocab).argmax(axis=1)
+        best = self._logits_table().argmax(axis=1) if any(sampler is GREEDY for sampler, _ in picks) else None
         return [int(best[self._outputs[row]]) if sampler is GREEDY else
                 llama_cpp.llama_sampler_sample(sampler, self.ctx, row) for sampler, row in picks]
+
+    def logits(self, row: int) -> np.ndarray:
+        """Batch row ``row``'s logits from the last step (a view: valid until the next decode)."""
+        return self._logits_table()[self._outputs[row]]
+
+    def _logits_table(self) -> np.ndarray:
+        n_out = len(self._outputs)
+        address = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value
+        table = np.frombuffer((ctypes.c_float * (n_out * self.n_vocab)).from_address(address), dtype=np.float32)
+        return table.reshape(n_out, self.n_vocab)
+
+    def set_threads(self, threads: int, threads_batch: int) -> None:
+        """Switch thread counts between steps (a cheap call): fewer when other processes take the cores."""
+        llama_cpp.llama_set_n_threads(self.ctx, threads, threads_batch)
 
     def free_sampler(self, sampler: Any) -> None:
         if sampler is not GREEDY:

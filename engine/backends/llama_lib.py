@@ -19,6 +19,27 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from autoglm.engine import paths
+from autoglm.engine.errors import BackendError
+
+WAIT_POLICY_FILE = "omp-wait-policy"  # written by `autoglm tune` when sleeping workers measured faster
+
+
+def _wait_policy() -> None:
+    """libgomp reads OMP_WAIT_POLICY once, when it loads (with llama.cpp, below): a measured
+    choice must be in the environment before then. The user's own setting wins."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    try:
+        policy = (paths.cache_dir() / WAIT_POLICY_FILE).read_text().strip()
+    except OSError:
+        return
+    if policy == "PASSIVE":
+        os.environ["OMP_WAIT_POLICY"] = policy
+
+
+_wait_policy()
+
 try:  # first, always: onnxruntime imported after a CUDA build of llama.cpp segfaults (seen on an H100)
     import onnxruntime
 except ImportError:  # an install without the encoders
@@ -26,8 +47,6 @@ except ImportError:  # an install without the encoders
 
 import llama_cpp  # noqa: E402 - after onnxruntime, on purpose
 from llama_cpp import _ggml, _logger  # noqa: E402
-
-from autoglm.engine.errors import BackendError
 
 __all__ = ["llama_cpp", "onnxruntime", "backend_dirs", "cpu_variants", "chosen_variant", "llama_log_to"]
 

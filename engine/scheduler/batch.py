@@ -20,8 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from autoglm.engine.errors import AutoGLMError
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
+from autoglm.engine.scheduler import rejection
+from autoglm.engine.scheduler.load import ThreadSwitch
 from autoglm.engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
 
@@ -59,6 +63,7 @@ class Request:
     decoder: Any = None
     text: str = ""
     grammar_s: float = 0.0  # time its grammar has cost the scheduler thread so far
+    rng: np.random.Generator | None = None  # draws for verified drafts of a sampled stream (seeded by its seed)
 
     def put(self, event: Event) -> None:
         (self.sink or self.events.put)(event)
@@ -83,6 +88,7 @@ class Scheduler:
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
         self.on_fatal = on_fatal
+        self.thread_switch: ThreadSwitch | None = None  # set by adapt_threads
         self.lock = threading.Condition()
         self.stopping = False
         self.failed: str | None = None  # the reason, once a step failed
@@ -105,13 +111,20 @@ class Scheduler:
             try:
                 if refusal:
                     raise SchedulerFailedError(refusal)
-                greedy = params.temperature <= 0 and grammar is None  # drafts are verified by argmax
-                self.planner.enqueue(Job(prompt, params.max_tokens, req, speculate=self.speculative and greedy))
+                # drafts are verified by argmax (temperature 0) or by the rejection rule; a grammar's
+                # state cannot be rolled back past a rejected draft, so constrained streams do not draft
+                self.planner.enqueue(Job(prompt, params.max_tokens, req,
+                                         speculate=self.speculative and grammar is None))
             except Exception:
                 self.executor.free_sampler(req.sampler)
                 raise
             self.lock.notify()
         return req
+
+    def adapt_threads(self, idle: tuple[int, int], busy: tuple[int, int]) -> None:
+        """Decode with ``busy`` thread counts while other processes keep cores busy (measured by
+        `autoglm tune`), with ``idle`` ones otherwise; checked between steps, once a second."""
+        self.thread_switch = ThreadSwitch(idle, busy) if busy != idle else None
 
     @property
     def queue_depth(self) -> int:
@@ -185,6 +198,9 @@ class Scheduler:
                 req.stats.prompt_evaluated = len(slot.job.prompt) - slot.reused
         if not step.rows:
             return
+        if self.thread_switch is not None and (threads := self.thread_switch.check()) is not None:
+            self.executor.set_threads(*threads)
+            self.stats["thread_switches"] = self.thread_switch.switches
         started = time.perf_counter()
         self.executor.decode(step.rows)
         elapsed = time.perf_counter() - started
@@ -197,9 +213,14 @@ class Scheduler:
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused
         plain = [slot for slot in step.sample if slot.job.owner.grammar is None]
-        picks = [(s.job.owner.sampler, row) for s in plain for row in (s.row, *s.draft_rows)]
+        drawn = {id(s) for s in plain if s.draft and s.job.owner.params.temperature > 0}
+        direct = [s for s in plain if id(s) not in drawn]
+        picks = [(s.job.owner.sampler, row) for s in direct for row in (s.row, *s.draft_rows)]
         sampled = iter(self.executor.sample_all(picks))
-        tokens = {id(s): [next(sampled) for _ in range(1 + len(s.draft))] for s in plain}
+        tokens = {id(s): [next(sampled) for _ in range(1 + len(s.draft))] for s in direct}
+        for slot in plain:
+            if id(slot) in drawn:
+                tokens[id(slot)] = self._draw_verified(slot)
         for slot in step.sample:
             if id(slot) not in tokens:
                 self._emit_constrained(slot)
@@ -207,6 +228,16 @@ class Scheduler:
                 self._emit_verified(slot, tokens[id(slot)])
             else:
                 self._emit(slot, tokens[id(slot)][0])
+
+    def _draw_verified(self, slot: Slot) -> list[int]:
+        """A sampled stream's draft, verified by the rejection rule: its text is distributed exactly
+        as without drafting."""
+        req: Request = slot.job.owner
+        if req.rng is None:
+            req.rng = np.random.default_rng(req.params.seed)
+        rows = (slot.row, *slot.draft_rows)
+        return rejection.verify(slot.draft, lambda i: rejection.target_dist(self.executor.logits(rows[i]), req.params),
+                                req.rng)
 
     def _emit_verified(self, slot: Slot, predicted: list[int]) -> None:
         """A drafted slot: keep the drafts the model agrees with, drop the others' KV cells, and

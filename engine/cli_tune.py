@@ -1,0 +1,61 @@
+"""``autoglm tune [MODEL]``: measure llama.cpp's settings for a model on this device and keep the
+fastest for every later run (the planner then says "measured"). Lazy imports, as in every
+command module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+
+from autoglm.engine.errors import InvalidArgumentError
+
+MIN_BUDGET_S = 5
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from autoglm.engine import loader
+    from autoglm.engine.cli_progress import progress_bar
+    from autoglm.engine.planner import Overrides
+    from autoglm.engine.router import route
+    from autoglm.engine.tuning.runner import tune
+
+    if args.budget < MIN_BUDGET_S:
+        raise InvalidArgumentError(f"--budget must be at least {MIN_BUDGET_S} seconds, got {args.budget}")
+    prepared = loader.prepare(route("chat", args.model), Overrides(gpu_layers=args.gpu_layers),
+                              progress=progress_bar(), measured=False)
+    print(f"Measuring {prepared.model.label} for at most {args.budget:.0f} s (each setting in a child process)",
+          file=sys.stderr)
+
+    def on_trial(config, speed) -> None:  # noqa: ANN001 - tuning.search types, imported lazily
+        result = f"{speed.prefill:7.0f} {speed.decode:7.1f}" if speed.ok else f"  {speed.error}"
+        print(f"  {config.label():<58}{result}", file=sys.stderr)
+
+    tuned = tune(prepared, args.budget, on_trial)
+    if not tuned.base.ok:
+        print(f"autoglm: error: the planned settings could not be measured: {tuned.base.error}", file=sys.stderr)
+        return 1
+    print(render(tuned))
+    return 0
+
+
+def render(tuned) -> str:  # noqa: ANN001 - a tuning.search.Tuned
+    """The table doctor and `tune` print: the rules' choice, the measured one, and under load."""
+    rows = [("rules (planner)", tuned.trials[0].config.label(), tuned.base),
+            ("measured best", tuned.idle.label(), tuned.best)]
+    if tuned.busy is not None and tuned.busy_base and tuned.busy_best:
+        rows += [("busy: same threads", replace(tuned.idle, busy=True).label(), tuned.busy_base),
+                 ("busy: measured", tuned.busy.label(), tuned.busy_best)]
+    lines = [f"{'':<22}{'settings':<58}{'prefill':>9}{'decode':>9}   tok/s"]
+    lines += [f"{name:<22}{label:<58}{s.prefill:>9.0f}{s.decode:>9.1f}" for name, label, s in rows]
+    lines.append(f"{len(tuned.trials)} settings measured in {tuned.seconds:.0f} s; kept for this model, device and "
+                 "llama.cpp build (`autoglm doctor` shows the plan that uses them)")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="measure llama.cpp settings for a model on this device; later runs use the fastest")
+    p.add_argument("model", nargs="?", help="installed model or source (default: the chat model)")
+    p.add_argument("--budget", type=float, default=60.0, help="seconds to spend measuring (default 60)")
+    p.add_argument("--gpu-layers", type=int, help="tune for this many layers on the GPU (default: planned)")
+    p.set_defaults(func=cmd_tune)

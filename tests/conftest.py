@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# Servers started by tests would measure their model's settings once idle for 30 s (the GUI's engine
+# child is): tests that want it turn it on (test_tuning); the others keep the rules' plans and the CPU.
+os.environ.setdefault("AUTOGLM_AUTOTUNE", "0")
 
 
 @pytest.fixture(scope="session")

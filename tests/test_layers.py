@@ -27,7 +27,7 @@ _LAYERS: list[tuple[str, list[str]]] = [
     ("install jobs", ["engine.models.manager", "engine.models.install", "engine.models.quantize",
                       "engine.models.catalog", "engine.models.sources.*"]),
     ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime",
-                 "engine.tuning.*"]),
+                 "engine.tuning.child", "engine.tuning.runner", "engine.tuning.background"]),
     ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
                     "engine.api", "engine.cli_extract", "engine.cli_prompt", "engine.cli_tune"]),
     ("app", ["app", "app.*"]),

@@ -23,6 +23,7 @@ from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.app import ServerConfig, create_app
+from autoglm.engine.tuning.background import start_if_wanted
 
 
 @dataclass
@@ -133,6 +134,7 @@ def serve(settings: ServeSettings) -> int:
                                   speculative=not settings.no_speculate)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
+    idle_tuner = start_if_wanted(prepared, model.scheduler, bool(settings.safe))  # tunes while nobody waits
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
@@ -142,7 +144,11 @@ def serve(settings: ServeSettings) -> int:
                           loopback_only=_is_loopback(settings.host), manage_key=settings.manage_key)
     if settings.manage_key is None:
         print("management API off (--manage-key KEY turns it on)", file=sys.stderr, flush=True)
-    return run(runtime, config, sock)
+    try:
+        return run(runtime, config, sock)
+    finally:
+        if idle_tuner is not None:
+            idle_tuner.stop()
 
 
 def run(runtime: Runtime, config: ServerConfig, sock: socket.socket) -> int:

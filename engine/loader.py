@@ -12,6 +12,7 @@ from autoglm.engine import hardware, selftest
 from autoglm.engine.backends import native
 from autoglm.engine.backends.llama_executor import LlamaExecutor
 from autoglm.engine.backends.llamacpp import LlamaBackend
+from autoglm.engine.errors import ModelNotFoundError
 from autoglm.engine.models.manager import ResolvedModel, resolve
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
@@ -40,6 +41,9 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     overrides.validate()
     model = resolve(ref, progress=progress, install=install)
     device = native.probe_device()
+    variant = None
+    if measured and not overrides.safe:  # a faster quant of it that passed the quality gate here
+        model, variant = _measured_variant(model, device)
     verdict = None if overrides.safe else selftest.check(device, model.path, model.facts.quant)
     plan = make_plan(model.facts, device, verdict, overrides)
     gpu_verdict = None
@@ -51,7 +55,19 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
              if measured and not overrides.safe else None)
     if tuned is not None:
         plan = make_plan(model.facts, device, verdict, overrides, gpu_verdict, tuned)
+    if variant:
+        plan.reasons["model"] = variant
     return Prepared(model, device, verdict, plan, gpu_verdict, tuned)
+
+
+def _measured_variant(model: ResolvedModel, device: hardware.DeviceFacts) -> tuple[ResolvedModel, str | None]:
+    choice = tuning_cache.lookup_variant(device, tuning_cache.model_key(model))
+    if choice is None or model.manifest is None or choice["name"] == model.manifest.name:
+        return model, choice["reason"] if choice else None
+    try:
+        return resolve(choice["name"], install=False), choice["reason"]
+    except ModelNotFoundError:  # the chosen version was deleted since: the original, as asked
+        return model, None
 
 
 def describe(prepared: Prepared) -> dict:

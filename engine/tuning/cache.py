@@ -54,4 +54,16 @@ def store(device: DeviceFacts, model_sha: str, gpu_layers: int, tuned: Tuned) ->
     write_cache(_path(), json.dumps(data, indent=1))
 
 
-__all__ = ["key", "lookup", "model_key", "store"]
+def lookup_variant(device: DeviceFacts, model_sha: str) -> dict | None:
+    """The version of this model `tune --quants` chose here: {"name", "reason", "variants"}."""
+    entry = _load().get("variant|" + key(device, model_sha, 0))
+    return entry if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
+
+
+def store_variant(device: DeviceFacts, model_sha: str, choice: dict) -> None:
+    data = _load()
+    data["variant|" + key(device, model_sha, 0)] = choice
+    write_cache(_path(), json.dumps(data, indent=1))
+
+
+__all__ = ["key", "lookup", "lookup_variant", "model_key", "store", "store_variant"]

@@ -1,7 +1,8 @@
 """Speculative decoding against plain decoding and llama.cpp's llama-server, side by side in one run.
 
-Single stream, temperature 0, one workload at a time: copy-heavy ones (repeat a text, fix its
-spelling, extract fields from a document, edit code) where drafts from the context pay, and
+Single stream, temperature 0 (``--temperature T``: sampled), one workload at a time: copy-heavy
+ones (repeat a text, fix its spelling, extract fields from a document, edit code) where drafts
+from the context pay, and
 free-form chat where they must not cost. Each row is the median of ``--rounds`` requests per
 server (the servers take turns); tokens/s is completion tokens over the request's wall time.
 Then the same with 8 concurrent streams (copy and chat mixed), where speculation must not lose.
@@ -42,11 +43,14 @@ WORKLOADS = {
 }
 
 
+TEMPERATURE = [0.0]  # --temperature; > 0: sampled streams, verified by the rejection rule
+
+
 def one(url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
     started = time.perf_counter()
     r = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
-                                       temperature=0, max_tokens=max_tokens)
+                                       temperature=TEMPERATURE[0], max_tokens=max_tokens)
     return time.perf_counter() - started, r.usage.completion_tokens
 
 
@@ -63,12 +67,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above: sampled")
     args = parser.parse_args()
+    TEMPERATURE[0] = args.temperature
     plan = loader.prepare(args.model).plan
     kw = {"parallel": 8, "threads": args.threads, "ctx": 2048}
     binary = os.environ.get("LLAMA_SERVER")
     print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, GPU layers {plan.gpu_layers}, "
-          f"temperature 0, max_tokens {args.max_tokens}, median of {args.rounds}")
+          f"temperature {args.temperature:g}, max_tokens {args.max_tokens}, median of {args.rounds}")
     with ours(plan, **kw) as spec_url, ours(plan, extra=["--no-speculate"], **kw) as plain_url:
         servers = {"plain": plain_url, "n-gram": spec_url}
         if binary:

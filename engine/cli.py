@@ -40,7 +40,7 @@ def _open(args: argparse.Namespace):
     from autoglm.engine.router import route
 
     prepared = loader.prepare(route("chat", args.model), _overrides(args), progress=progress_bar())
-    return prepared, loader.load_scheduled(prepared)  # the same scheduler the server runs
+    return prepared, loader.load_scheduled(prepared, draft=args.draft)  # the same scheduler the server runs
 
 
 def _stream(pieces: Iterator[str]) -> None:
@@ -313,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from autoglm.engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
-            "cors_origins", "manage_key", "no_manage", "no_speculate")
+            "cors_origins", "manage_key", "no_manage", "no_speculate", "draft")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -324,6 +324,7 @@ def _model_options(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--gpu-layers", type=int, help="layers to offload to the GPU, -1 for all (default: planned)")
     p.add_argument("--safe", action="store_true", help="most conservative kernels, CPU only")
     if sampling:
+        p.add_argument("--draft", help="a smaller model with the same vocabulary that drafts tokens to verify")
         p.add_argument("--temperature", type=float, default=limits.DEFAULT_TEMPERATURE,
                        help=f"0 (greedy) to {limits.TEMPERATURE_MAX:g}")
         p.add_argument("--top-p", type=float, default=limits.DEFAULT_TOP_P)
@@ -399,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="management API off even if a key is configured")
     p.add_argument("--no-speculate", action="store_true", default=None,
                    help="no speculative decoding (temperature-0 requests otherwise verify drafts from their context)")
+    p.add_argument("--draft", help="a smaller model of the same family (same vocabulary) that drafts tokens for "
+                   "the model to verify: faster where its guesses are often right, text unchanged")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")

@@ -17,6 +17,7 @@ from autoglm.engine.models.manager import ResolvedModel, resolve
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
 from autoglm.engine.scheduler.batch import Scheduler
+from autoglm.engine.scheduler.draft_model import ModelDrafter, check_vocab
 from autoglm.engine.scheduler.planner import MIN_CHUNK
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tuning import cache as tuning_cache
@@ -91,17 +92,36 @@ def determinism(plan: Plan) -> str:
     return "CPU: temperature-0 text is the same alone, batched or from the prefix cache; batching changes speed only"
 
 
+def load_draft(prepared: Prepared, target: LlamaBackend, ref: str, parallel: int, ctx_per_seq: int,
+               n_batch: int) -> ModelDrafter:
+    """The ``--draft`` model in its own context beside the target, with the target's threads and
+    device (all on the GPU when the target is), after checking that its tokens mean the same."""
+    plan = prepared.plan
+    model = resolve(ref, install=False)
+    extra = plan.use_extra_bufts and selftest.check(prepared.device, model.path, model.facts.quant).ok
+    backend = LlamaBackend(str(model.path), threads=plan.threads, gpu_layers=-1 if plan.gpu_layers else 0,
+                           use_extra_bufts=extra, use_mmap=True)
+    check_vocab(target, backend, prepared.model.label, model.label)
+    executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq, n_batch=n_batch,
+                             threads=plan.threads, threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
+                             offload_kqv=plan.gpu_layers > 0)
+    return ModelDrafter(executor, keep=backend)
+
+
 def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | None = None,
-                   max_queue: int = 64, speculative: bool = True) -> ScheduledBackend:
+                   max_queue: int = 64, speculative: bool = True, draft: str | None = None) -> ScheduledBackend:
     """The planned model behind the continuous-batching scheduler: the one generation path."""
     plan = prepared.plan
     backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=plan.gpu_layers,
                            use_extra_bufts=plan.use_extra_bufts, use_mmap=plan.use_mmap)
+    n_batch = max(plan.n_batch, parallel + MIN_CHUNK)
+    drafter = load_draft(prepared, backend, draft, parallel, ctx_per_seq or plan.n_ctx, n_batch) if draft else None
     executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx,
-                             n_batch=max(plan.n_batch, parallel + MIN_CHUNK), threads=plan.threads,
+                             n_batch=n_batch, threads=plan.threads,
                              threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                              offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type, n_ubatch=plan.n_ubatch)
-    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative)
+    scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative,
+                          draft=drafter)
     if plan.threads_busy:
         scheduler.adapt_threads((plan.threads, plan.threads_batch), (plan.threads_busy, plan.threads_batch))
     return ScheduledBackend(backend, scheduler, plan)

@@ -4,6 +4,8 @@ drafts are accepted) and one that does not (so they are rejected and their cells
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from autoglm.engine.sampling import SamplingParams
@@ -134,3 +136,76 @@ def test_real_model_text_is_identical_with_and_without_speculation(backend, monk
     finally:
         scheduler.speculative = True
 
+
+
+def _run_draft(draft_vocab: int | None, params: SamplingParams, prompts: list[list[int]]):
+    from autoglm.engine.scheduler.draft_model import ModelDrafter
+
+    target = FakeExecutor(n_seq=3, n_batch=48)
+    drafter = ModelDrafter(FakeExecutor(n_seq=3, n_batch=48, vocab=draft_vocab)) if draft_vocab else None
+    s = Scheduler(target, parallel=3, ctx_per_seq=128, draft=drafter, speculative=drafter is not None)
+    try:
+        reqs = [s.submit(p, params) for p in prompts]
+        return ["".join(e.text for e in r.stream()) for r in reqs], dict(s.stats), drafter
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("draft_vocab", [50, 47])
+def test_a_draft_model_changes_steps_never_text(draft_vocab):
+    """50: the draft model predicts as the target does (every draft accepted); 47: it mostly
+    guesses wrong (drafts rejected, their cells dropped in both contexts). The fake executors
+    check every KV position in the target's and the draft's context alike."""
+    prompts = [[3, 1, 4, 1, 5], [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13]]
+    plain, plain_stats, _ = _run_draft(None, GREEDY, prompts)
+    texts, stats, drafter = _run_draft(draft_vocab, GREEDY, prompts)
+    assert texts == plain and stats["tokens_generated"] == plain_stats["tokens_generated"]
+    assert stats["draft_tokens"] > 0 and drafter.executor.closed
+    if draft_vocab == 50:
+        # fewer steps; how many fewer depends on the measured (here: noise) cost of a draft step
+        assert stats["draft_accepted"] == stats["draft_tokens"] and stats["steps"] < plain_stats["steps"]
+    else:
+        assert stats["draft_accepted"] < stats["draft_tokens"] * 0.5
+
+
+def test_draft_models_must_share_the_vocabulary():
+    from types import SimpleNamespace
+
+    from autoglm.engine.errors import InvalidArgumentError
+    from autoglm.engine.scheduler.draft_model import check_vocab
+
+    def model(n: int, texts: dict[int, str] | None = None, eos: int = 2):
+        return SimpleNamespace(n_vocab=n, eos=eos, token_text=lambda i: (texts or {}).get(i, f"t{i}"))
+
+    check_vocab(model(100), model(100), "a", "b")
+    with pytest.raises(InvalidArgumentError, match="vocabulary of 90 tokens"):
+        check_vocab(model(100), model(90), "a", "b")
+    with pytest.raises(InvalidArgumentError, match="token 7 differs"):
+        check_vocab(model(100), model(100, {7: "x"}), "a", "b")
+    with pytest.raises(InvalidArgumentError, match="end-of-text"):
+        check_vocab(model(100), model(100, eos=3), "a", "b")
+
+
+def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_path):
+    """The model's own Q4_0 re-quantization (llama.cpp's quantizer) drafts for the Q4_1 model:
+    same vocabulary, mostly the same guesses. Temperature 0: text identical to plain decoding."""
+    from autoglm.engine import loader
+    from autoglm.engine.models.quantize import quantize_file
+    from autoglm.engine.tasks.chat import PromptBuilder
+
+    draft_file = tmp_path / "draft.Q4_0.gguf"
+    quantize_file(Path(backend.plan.model_path), draft_file, "Q4_0")
+    drafted = loader.load_scheduled(loader.prepare(None), parallel=2, draft=str(draft_file))
+    builder = PromptBuilder(backend)
+    try:
+        backend.scheduler.speculative = False
+        for prompt in PROMPTS[:6]:
+            tokens = builder.tokens([{"role": "user", "content": prompt}])
+            plain = "".join(e.text for e in backend.scheduler.submit(tokens, GREEDY).stream())
+            mine = "".join(e.text for e in drafted.scheduler.submit(tokens, GREEDY).stream())
+            assert mine == plain, prompt
+        stats = drafted.scheduler.stats
+        assert stats["draft_tokens"] > 20 and stats["draft_accepted"] > stats["draft_tokens"] * 0.3
+    finally:
+        backend.scheduler.speculative = True
+        drafted.close()

@@ -82,6 +82,14 @@ class LlamaBackend:
     def token_text(self, token_id: int) -> str:
         return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
 
+    @property
+    def n_vocab(self) -> int:
+        return self.llm.n_vocab()
+
+    @property
+    def eos(self) -> int:
+        return self.llm.token_eos()
+
     def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
         """``special=False``: control-token text (``<|im_end|>``) stays text, as a user's words must."""
         return self.llm.tokenize(text.encode("utf-8", "replace"), add_bos=add_bos, special=special)

@@ -25,6 +25,7 @@ import numpy as np
 from autoglm.engine.errors import AutoGLMError
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.scheduler import rejection
+from autoglm.engine.scheduler.draft_model import ModelDrafter
 from autoglm.engine.scheduler.load import ThreadSwitch
 from autoglm.engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
@@ -82,11 +83,14 @@ class Request:
 
 class Scheduler:
     def __init__(self, executor: Any, parallel: int = 4, ctx_per_seq: int = 2048, max_queue: int = 64,
-                 on_fatal: Callable[[str], None] | None = None, speculative: bool = True) -> None:
-        self.executor, self.speculative = executor, speculative
+                 on_fatal: Callable[[str], None] | None = None, speculative: bool = True,
+                 draft: ModelDrafter | None = None) -> None:
+        self.executor, self.speculative, self.draft = executor, speculative, draft
         self.step_cost = StepCost()
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
+        if draft is not None:
+            self.planner.propose = draft.propose
         self.on_fatal = on_fatal
         self.thread_switch: ThreadSwitch | None = None  # set by adapt_threads
         self.lock = threading.Condition()
@@ -145,6 +149,8 @@ class Scheduler:
             log.error("the scheduler thread did not stop in %.0fs; its llama.cpp context is left allocated", timeout)
             return
         self.executor.close()
+        if self.draft is not None:
+            self.draft.executor.close()
 
     # --- the scheduler thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -174,6 +180,8 @@ class Scheduler:
             self._end(job.owner, "error", f"the engine failed: {reason}")
         try:
             self.executor.clear()
+            if self.draft is not None:
+                self.draft.clear()
         except Exception:  # noqa: BLE001 - best effort; the process is about to be restarted
             pass
         if self.on_fatal is not None:
@@ -209,6 +217,8 @@ class Scheduler:
         if len(step.rows) == len(step.sample) + drafted:  # decode rows only (no prompt chunk)
             self.step_cost.observe(len(step.rows), elapsed, drafted)
             self.planner.row_cost = self.step_cost.ratio()
+        if self.draft is not None and self.step_cost.plain.get(1):  # a draft step against a one-row step
+            self.planner.draft_cost = min(self.draft.step_s / self.step_cost.plain[1], 5.0)
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -98,6 +99,10 @@ class StepPlanner:
         self.prompt_tokens = self.prompt_reused = 0
         self._streams_running = False  # did the last step decode running streams (for the chunk AIMD)
         self.row_cost = PRIOR_ROW_COST  # an extra row's cost relative to a step: set by the scheduler
+        # A draft model (``--draft``): asked for every drafting slot's tokens at once, [(seq, tokens, k)] ->
+        # {seq: draft}; a drafted token then also costs ``draft_cost`` (its draft step relative to a step).
+        self.propose: Callable[[list[tuple[int, list[int], int]]], dict[int, list[int]]] | None = None
+        self.draft_cost = PRIOR_ROW_COST  # until measured
 
     # --- queue ----------------------------------------------------------------------------
     def check(self, prompt: list[int]) -> None:
@@ -159,16 +164,24 @@ class StepPlanner:
         self._streams_running = bool(rows)
         prefilling = any(s.state is SlotState.PREFILL for s in self.slots)  # (waiting ones have no slot yet)
         spare = 0 if prefilling else self.n_batch - len(rows)  # prompts first: prefill is the batch's best work
+        asks = []
         for slot in sample:  # then drafts to verify, within what prompt chunks can spare
             if not slot.job.speculate or spare <= 0:
                 continue
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
-            slot.draft = slot.drafter.draft(slot.cached, limit, self.row_cost, len(rows))
-            for i, tok in enumerate(slot.draft):
-                slot.draft_rows.append(len(rows))
-                rows.append(Row(tok, pos + 1 + i, slot.seq, True))
-            spare -= len(slot.draft)
+            if self.propose is None:
+                slot.draft = slot.drafter.draft(slot.cached, limit, self.row_cost, len(rows))
+                self._add_draft(rows, slot)
+                spare -= len(slot.draft)
+            elif (k := slot.drafter.length(limit, self.row_cost + self.draft_cost, len(rows) + spare_used(asks))) > 0:
+                asks.append((slot, k))
+                spare -= k
+        if asks:  # a draft model: one call drafts for every slot (its steps batch them)
+            drafts = self.propose([(slot.seq, slot.cached, k) for slot, k in asks])
+            for slot, k in asks:
+                slot.draft = drafts.get(slot.seq, [])[:k]
+                self._add_draft(rows, slot)
         budget = min(self.chunk, self.n_batch - len(rows))
         for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
             if budget <= 0:
@@ -185,6 +198,13 @@ class StepPlanner:
                 sample.append(slot)
         assert len(rows) <= self.n_batch, "the step planner broke its batch budget"
         return Step(trims, rows, sample)
+
+    @staticmethod
+    def _add_draft(rows: list[Row], slot: Slot) -> None:
+        pos = len(slot.cached) - 1
+        for i, tok in enumerate(slot.draft):
+            slot.draft_rows.append(len(rows))
+            rows.append(Row(tok, pos + 1 + i, slot.seq, True))
 
     def observe(self, elapsed_s: float) -> None:
         """Adapt the prompt chunk to the step-latency target while streams are running (AIMD)."""
@@ -233,6 +253,10 @@ class StepPlanner:
             slot.cached = []
         self.waiting.clear()
         return jobs
+
+
+def spare_used(asks: list[tuple[Slot, int]]) -> int:
+    return sum(k for _, k in asks)
 
 
 def _common(a: list[int], b: list[int]) -> int:

@@ -93,13 +93,17 @@ class Drafter:
                     self.index[tuple(tokens[end + 1 - n:end + 1])] = end + 1
         self.indexed = len(tokens)
 
-    def draft(self, tokens: list[int], limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
-        """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
-        many as pay at this acceptance rate and row cost, or none."""
+    def length(self, limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> int:
+        """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
         self.idle += 1
         if self.idle > PAUSE_TOKENS:
             self.accepted_w, self.rejected_w, self.idle = PRIOR_ACCEPTED, PRIOR_REJECTED, 0
-        want = best_k(self.p, row_cost, limit, rows)
+        return best_k(self.p, row_cost, limit, rows)
+
+    def draft(self, tokens: list[int], limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
+        """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
+        many as pay at this acceptance rate and row cost, or none."""
+        want = self.length(limit, row_cost, rows)
         if want <= 0:
             return []
         self._grow(tokens)

@@ -40,6 +40,7 @@ class ServeSettings:
     manage_key: str | None = None  # the management API's own key; without one it is off
     no_manage: bool = False
     no_speculate: bool = False  # greedy requests verify drafts from their own context unless this is set
+    draft: str | None = None  # a draft model with the target's vocabulary: drafts for every unconstrained stream
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
@@ -131,7 +132,7 @@ def serve(settings: ServeSettings) -> int:
     prepared = loader.prepare(route("chat", settings.model), overrides, progress=progress_bar())  # a first run pulls
     parallel = settings.parallel or prepared.plan.slots
     model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue,
-                                  speculative=not settings.no_speculate)
+                                  speculative=not settings.no_speculate, draft=settings.draft)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
     idle_tuner = start_if_wanted(prepared, model.scheduler, bool(settings.safe))  # tunes while nobody waits

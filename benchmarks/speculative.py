@@ -18,6 +18,7 @@ import statistics
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import openai
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above: sampled")
+    parser.add_argument("--draft", help="also a server with this draft model (same vocabulary as --model)")
     args = parser.parse_args()
     TEMPERATURE[0] = args.temperature
     plan = loader.prepare(args.model).plan
@@ -75,42 +77,44 @@ def main() -> None:
     binary = os.environ.get("LLAMA_SERVER")
     print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, GPU layers {plan.gpu_layers}, "
           f"temperature {args.temperature:g}, max_tokens {args.max_tokens}, median of {args.rounds}")
-    with ours(plan, **kw) as spec_url, ours(plan, extra=["--no-speculate"], **kw) as plain_url:
+    with ExitStack() as stack:
+        plain_url = stack.enter_context(ours(plan, extra=["--no-speculate"], **kw))
+        spec_url = stack.enter_context(ours(plan, **kw))
         servers = {"plain": plain_url, "n-gram": spec_url}
+        if args.draft:
+            servers["draft"] = stack.enter_context(ours(plan, extra=["--draft", args.draft], **kw))
         if binary:
-            ctx = llama_server(binary, plan, **kw)
-            servers["llama-server"] = ctx.__enter__()
-        try:
-            for url in servers.values():
-                one(url, "Say hi.", 8)  # warm-up
-            names = list(servers)
-            print(f"{'workload':<24}" + "".join(f"{n + ' tok/s':>20}" for n in names) + f"{'accepted':>10}"
-                  + f"{'n-gram/plain':>14}" + (f"{'n-gram/llama-server':>21}" if binary else ""))
-            for workload, prompt in WORKLOADS.items():
-                rates: dict[str, list[float]] = {n: [] for n in names}
-                before = drafts(spec_url)
-                for round_ in range(args.rounds):
-                    for name in (names if round_ % 2 == 0 else names[::-1]):
-                        seconds, tokens = one(servers[name], prompt, args.max_tokens)
-                        rates[name].append(tokens / seconds)
-                after = drafts(spec_url)
-                accepted = (after[1] - before[1]) / max(after[0] - before[0], 1)
-                med = {n: statistics.median(v) for n, v in rates.items()}
-                row = f"{workload:<24}" + "".join(f"{med[n]:>20.1f}" for n in names) + f"{accepted:>10.0%}"
-                row += f"{med['n-gram'] / med['plain']:>13.2f}x"
-                if binary:
-                    row += f"{med['n-gram'] / med['llama-server']:>20.2f}x"
-                print(row, flush=True)
-            prompts = list(WORKLOADS.values()) + list(WORKLOADS.values())[:2]
-            print("\n8 concurrent streams (all the workloads at once), aggregate tok/s:")
-            for name in names:
-                started = time.perf_counter()
-                with ThreadPoolExecutor(8) as pool:
-                    done = list(pool.map(lambda p, u=servers[name]: one(u, p, args.max_tokens), prompts))
-                print(f"  {name:<14}{sum(t for _, t in done) / (time.perf_counter() - started):>10.1f}", flush=True)
-        finally:
+            servers["llama-server"] = stack.enter_context(llama_server(binary, plan, **kw))
+        for url in servers.values():
+            one(url, "Say hi.", 8)  # warm-up
+        names = list(servers)
+        print(f"{'workload':<24}" + "".join(f"{n + ' tok/s':>20}" for n in names) + f"{'accepted':>10}"
+              + f"{'n-gram/plain':>14}" + (f"{'draft/plain':>14}" if args.draft else "")
+              + (f"{'n-gram/llama-server':>21}" if binary else ""))
+        for workload, prompt in WORKLOADS.items():
+            rates: dict[str, list[float]] = {n: [] for n in names}
+            before = drafts(spec_url)
+            for round_ in range(args.rounds):
+                for name in (names if round_ % 2 == 0 else names[::-1]):
+                    seconds, tokens = one(servers[name], prompt, args.max_tokens)
+                    rates[name].append(tokens / seconds)
+            after = drafts(spec_url)
+            accepted = (after[1] - before[1]) / max(after[0] - before[0], 1)
+            med = {n: statistics.median(v) for n, v in rates.items()}
+            row = f"{workload:<24}" + "".join(f"{med[n]:>20.1f}" for n in names) + f"{accepted:>10.0%}"
+            row += f"{med['n-gram'] / med['plain']:>13.2f}x"
+            if args.draft:
+                row += f"{med['draft'] / med['plain']:>13.2f}x"
             if binary:
-                ctx.__exit__(None, None, None)
+                row += f"{med['n-gram'] / med['llama-server']:>20.2f}x"
+            print(row, flush=True)
+        prompts = list(WORKLOADS.values()) + list(WORKLOADS.values())[:2]
+        print("\n8 concurrent streams (all the workloads at once), aggregate tok/s:")
+        for name in names:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                done = list(pool.map(lambda p, u=servers[name]: one(u, p, args.max_tokens), prompts))
+            print(f"  {name:<14}{sum(t for _, t in done) / (time.perf_counter() - started):>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

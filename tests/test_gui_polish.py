@@ -310,3 +310,21 @@ def test_finished_turns_are_rendered_once_while_a_reply_streams():
         again = renderer.render([*turns, ("assistant", "grow " * n, None)], streaming=True)
     assert calls == [*range(6), 6, 6, 6, 6, 6]  # only the growing reply, each time
     assert again.html.startswith(first.html) and again.code_blocks == first.code_blocks
+
+
+def test_device_view_shows_the_measured_settings_table(qtbot):
+    """The doctor's table, from the engine's JSON: the rules, the measured best, and under load."""
+    from autoglm.app.views.device import DeviceView
+    from autoglm.engine.tuning.search import Search
+    from tests.test_tuning import BASE, cpu_model
+
+    view = DeviceView(lambda: None)
+    qtbot.addWidget(view)
+    view._show_measured(None)
+    assert view.measured.isHidden() and "not measured yet" in view.measured_note.text()
+    tuned = Search(cpu_model, 60).run(BASE, 4, True, True).to_dict()
+    view._show_measured(tuned)
+    cells = [[view.measured.item(r, c).text() for c in range(4)] for r in range(view.measured.rowCount())]
+    assert [row[0] for row in cells] == ["rules (planner)", "measured best", "busy: same threads", "busy: measured"]
+    assert cells[1][3] == "130.0" and cells[3][1].startswith("2 threads") and cells[3][3] == "90.0"
+    assert not view.measured.isHidden() and "settings in" in view.measured_note.text()

@@ -34,6 +34,10 @@ class DeviceView(QWidget):
         self.reasons = QTableWidget(0, 3)
         self.reasons.setHorizontalHeaderLabels(["Setting", "Value", "Why"])
         self.reasons.horizontalHeader().setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.measured = QTableWidget(0, 4)  # what `autoglm tune` (or the idle engine) measured
+        self.measured.setHorizontalHeaderLabels(["Measured", "Settings", "Prefill tok/s", "Decode tok/s"])
+        self.measured.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.measured_note = QLabel(wordWrap=True)
         self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="planned")
         self.ctx = QSpinBox(minimum=0, maximum=262144, singleStep=512, specialValueText="planned")
         # -2 shows "planned", -1 means every layer; the tooltip says so
@@ -53,6 +57,8 @@ class DeviceView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(self.summary)
         layout.addWidget(self.reasons, 1)
+        layout.addWidget(self.measured_note)
+        layout.addWidget(self.measured)
         layout.addLayout(overrides)
         layout.addWidget(self.status)
 
@@ -93,4 +99,37 @@ class DeviceView(QWidget):
         for r, (key, why) in enumerate(reasons.items()):
             for c, text in enumerate((key, str(plan.get(key, "")), why)):
                 self.reasons.setItem(r, c, QTableWidgetItem(text))
+        self._show_measured(report.get("tuned"))
         self.status.setText("")
+
+    def _show_measured(self, tuned: dict[str, Any] | None) -> None:
+        rows = measured_rows(tuned) if tuned else []
+        self.measured.setVisible(bool(rows))
+        self.measured_note.setText(
+            f"Measured on this device: {len(tuned['trials'])} settings in {tuned['seconds']:.0f} s; the plan above "
+            "uses the fastest (busy: with another program taking a core)" if rows else
+            "Settings not measured yet: the engine measures them once it has been idle for a while "
+            "(or run `autoglm tune`); the plan above follows the rules meanwhile")
+        self.measured.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                self.measured.setItem(r, c, QTableWidgetItem(text))
+
+
+def _label(config: dict[str, Any]) -> str:
+    return (f"{config['threads']} threads (prefill {config['threads_batch']}), flash attention "
+            f"{'on' if config['flash_attn'] else 'off'}, KV {config['kv_type']}, micro-batch {config['n_ubatch']}, "
+            f"repack {'on' if config['extra_bufts'] else 'off'}, waiting {config['wait']}")
+
+
+def measured_rows(tuned: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The doctor's table, from the engine's JSON (the window reaches the engine only over HTTP)."""
+    def speed(s: dict[str, Any]) -> tuple[str, str]:
+        return f"{s['prefill']:.0f}", f"{s['decode']:.1f}"
+
+    rows = [("rules (planner)", _label(tuned["trials"][0]["config"]), *speed(tuned["base"])),
+            ("measured best", _label(tuned["idle"]), *speed(tuned["best"]))]
+    if tuned.get("busy") and tuned.get("busy_base") and tuned.get("busy_best"):
+        rows += [("busy: same threads", _label(tuned["idle"]), *speed(tuned["busy_base"])),
+                 ("busy: measured", _label(tuned["busy"]), *speed(tuned["busy_best"]))]
+    return rows

@@ -54,7 +54,9 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 @contextmanager
 def _running(argv: list[str], port: int):
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # no tuning in the background: an idle server of the comparison would measure while another is timed
+    env = {**os.environ, "AUTOGLM_AUTOTUNE": "0"}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         _wait(f"http://127.0.0.1:{port}", proc)
         yield f"http://127.0.0.1:{port}"

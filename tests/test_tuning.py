@@ -210,9 +210,16 @@ def test_the_idle_tuner_waits_for_quiet_and_gives_way_to_requests():
         return "tuned"
 
     prepared = SimpleNamespace(tuned=None, model=SimpleNamespace(label="m"))
-    tuner = IdleTuner(prepared, lambda: busy[0], idle_s=0.2, budget_s=5, run=run).start()
+    tuner = IdleTuner(prepared, lambda: busy[0], idle_s=0.2, budget_s=5, run=run, load=FakeLoad([0.0] * 100)).start()
     tuner.thread.join(10)
     assert tuner.result == "tuned" and tuner.interruptions == 1 and runs == [10, 10]
+    # another program keeps the machine busy: no measuring starts
+    runs.clear()
+    loaded = IdleTuner(prepared, lambda: False, idle_s=0.5, budget_s=5, run=run, load=FakeLoad([0.9] * 1000)).start()
+    time.sleep(1.5)
+    loaded.stop()
+    loaded.thread.join(5)
+    assert runs == [] and loaded.result is None
     assert enabled(prepared, safe=False, env={}) and not enabled(prepared, safe=True, env={})
     assert not enabled(prepared, safe=False, env={"AUTOGLM_AUTOTUNE": "0"})
     assert not enabled(SimpleNamespace(tuned="x"), safe=False, env={})

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm.engine.loader import Prepared
+from autoglm.engine.scheduler.load import OtherLoad
 from autoglm.engine.tuning.runner import tune
 from autoglm.engine.tuning.search import Config, Speed, Tuned
 
 log = logging.getLogger(__name__)
 ATTEMPTS = 3
 NICE = 10
+QUIET_CORES = 0.3  # other processes' CPU use (in cores) under which the machine counts as idle
 
 
 class Interrupted(Exception):
@@ -35,10 +37,11 @@ def enabled(prepared: Prepared, safe: bool, env: dict[str, str] | None = None) -
 
 class IdleTuner:
     def __init__(self, prepared: Prepared, busy: Callable[[], bool], idle_s: float | None = None,
-                 budget_s: float | None = None, run: Callable[..., Tuned] = tune) -> None:
+                 budget_s: float | None = None, run: Callable[..., Tuned] = tune, load: Any = None) -> None:
         self.prepared, self.busy, self.run = prepared, busy, run
         self.idle_s = float(os.environ.get("AUTOGLM_AUTOTUNE_IDLE", "30")) if idle_s is None else idle_s
         self.budget_s = float(os.environ.get("AUTOGLM_AUTOTUNE_BUDGET", "60")) if budget_s is None else budget_s
+        self.load = load or OtherLoad()
         self.stopping = threading.Event()
         self.result: Tuned | None = None
         self.interruptions = 0
@@ -52,10 +55,14 @@ class IdleTuner:
         self.stopping.set()
 
     def _idle_for(self, seconds: float) -> bool:
-        """Wait until the server has been idle for ``seconds`` in a row; False when stopping."""
+        """Wait until the server has had no request and the machine's other processes have used
+        less than ``QUIET_CORES`` for ``seconds`` in a row; False when stopping. Measuring on a
+        busy machine would both slow its work and measure the wrong thing (two engines on one
+        machine: one would tune while the other serves)."""
         since = time.monotonic()
         while not self.stopping.wait(0.5):
-            if self.busy():
+            others = self.load.sample()
+            if self.busy() or (others is not None and others > QUIET_CORES):
                 since = time.monotonic()
             elif time.monotonic() - since >= seconds:
                 return True

@@ -20,7 +20,8 @@ class FakeExecutor:
     would abort the process). The "model" predicts a deterministic next token from the sequence."""
 
     def __init__(self, n_seq: int = 4, n_batch: int = 64, vocab: int = 50, fail_on_step: int | None = None,
-                 eog_after: int | None = None, copy_period: int | None = None) -> None:
+                 eog_after: int | None = None, copy_period: int | None = None, step_s: float = 0.0,
+                 row_s: float = 0.0) -> None:
         self.n_seq, self.n_batch, self.vocab = n_seq, n_batch, vocab
         self.kv: list[list[int]] = [[] for _ in range(n_seq)]
         self.fail_on_step, self.eog_after, self.copy_period = fail_on_step, eog_after, copy_period
@@ -30,6 +31,7 @@ class FakeExecutor:
         self.samplers = 0  # live samplers: a leak check
         self.closed = False
         self.slow: set[int] = set()
+        self.step_s, self.row_s = step_s, row_s  # simulated time per step and per row (for the step cost model)
 
     def trim(self, seq: int, keep: int) -> None:
         assert 0 <= keep <= len(self.kv[seq]), (seq, keep, len(self.kv[seq]))
@@ -48,6 +50,8 @@ class FakeExecutor:
             raise RuntimeError(f"injected failure on step {self.steps}")
         assert 0 < len(rows) <= self.n_batch, f"batch of {len(rows)} rows exceeds n_batch {self.n_batch}"
         self.max_rows = max(self.max_rows, len(rows))
+        if self.step_s or self.row_s:
+            time.sleep(self.step_s + self.row_s * len(rows))
         self.outputs = {}
         for i, row in enumerate(rows):
             assert row.pos == len(self.kv[row.seq]), f"seq {row.seq}: pos {row.pos} after {len(self.kv[row.seq])}"

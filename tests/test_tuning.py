@@ -19,6 +19,7 @@ from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.load import ThreadSwitch
 from autoglm.engine.tuning import cache
+from autoglm.engine.tuning.runner import BUSY_LOOP
 from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, thread_counts
 from tests.conftest import run_cli
 from tests.fakes import FakeExecutor
@@ -175,7 +176,7 @@ def test_decode_drops_to_the_busy_thread_count_while_another_process_spins(backe
     """The real scheduler beside a real busy process: the measured load switches its threads."""
     scheduler = backend.scheduler
     scheduler.adapt_threads((2, 2), (1, 2))
-    spinner = subprocess.Popen(["sh", "-c", "while :; do :; done"])
+    spinner = subprocess.Popen(BUSY_LOOP)
     try:
         deadline = time.monotonic() + 20
         while scheduler.thread_switch.switches == 0 and time.monotonic() < deadline:

@@ -89,8 +89,12 @@ class Scheduler:
         self.step_cost = StepCost()
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
+        self.planner.row_cost = self.step_cost  # the measured curve of step time by rows
         if draft is not None:
+            if draft.step_s is None:
+                draft.calibrate()
             self.planner.propose = draft.propose
+            self.planner.draft_cost = draft.step_s
         self.on_fatal = on_fatal
         self.thread_switch: ThreadSwitch | None = None  # set by adapt_threads
         self.lock = threading.Condition()
@@ -216,9 +220,8 @@ class Scheduler:
         drafted = sum(len(s.draft) for s in step.sample)
         if len(step.rows) == len(step.sample) + drafted:  # decode rows only (no prompt chunk)
             self.step_cost.observe(len(step.rows), elapsed, drafted)
-            self.planner.row_cost = self.step_cost.ratio()
-        if self.draft is not None and self.step_cost.plain.get(1):  # a draft step against a one-row step
-            self.planner.draft_cost = min(self.draft.step_s / self.step_cost.plain[1], 5.0)
+        if self.draft is not None and self.step_cost.times and self.draft.step_s is not None:
+            self.planner.draft_cost = self.draft.step_s  # one draft step, in the step curve's unit (seconds)
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused

@@ -52,7 +52,18 @@ class ModelDrafter:
         self.executor, self.keep = executor, keep  # keep: the loaded draft model, alive as long as its context
         self.greedy = executor.sampler(SamplingParams(temperature=0))
         self.mirror: dict[int, list[int]] = {}  # seq -> tokens with cells in the draft context
-        self.step_s = 0.0  # recent time of one batched draft step (for the step cost)
+        self.step_s: float | None = None  # recent time of one batched draft step (for the step cost)
+
+    def calibrate(self, runs: int = 3) -> None:
+        """Time one-token draft steps before serving: without a measured draft cost the planner
+        would have to guess it, and a pessimistic guess would never draft, so never measure it."""
+        for _ in range(runs):
+            started = time.perf_counter()
+            self.executor.decode([DraftRow(0, 0, 0, True)])
+            took = time.perf_counter() - started
+            self.executor.trim(0, 0)
+            self.step_s = took if self.step_s is None else min(self.step_s, took)
+        self.mirror.pop(0, None)
 
     def clear(self) -> None:
         self.executor.clear()
@@ -94,7 +105,8 @@ class ModelDrafter:
             started = time.perf_counter()
             self._decode(rows)
             picked = self.executor.sample_all([(self.greedy, i) for i in range(len(rows))])
-            self.step_s += 0.2 * (time.perf_counter() - started - self.step_s)
+            took = time.perf_counter() - started
+            self.step_s = took if self.step_s is None else self.step_s + 0.2 * (took - self.step_s)
             following = []
             for row, token in zip(rows, picked, strict=True):
                 drafts[row.seq].append(token)

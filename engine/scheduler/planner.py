@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any
 
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
-from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Drafter
+from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Acceptance, Cost, Drafter, step_time
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
 MIN_CHUNK = 32
@@ -98,11 +98,12 @@ class StepPlanner:
         self._order = itertools.count()
         self.prompt_tokens = self.prompt_reused = 0
         self._streams_running = False  # did the last step decode running streams (for the chunk AIMD)
-        self.row_cost = PRIOR_ROW_COST  # an extra row's cost relative to a step: set by the scheduler
+        self.row_cost: Cost = PRIOR_ROW_COST  # a step's time by rows: the scheduler sets its measured curve
         # A draft model (``--draft``): asked for every drafting slot's tokens at once, [(seq, tokens, k)] ->
-        # {seq: draft}; a drafted token then also costs ``draft_cost`` (its draft step relative to a step).
+        # {seq: draft}; each drafted token then also costs one draft step, ``draft_cost`` (seconds, measured).
         self.propose: Callable[[list[tuple[int, list[int], int]]], dict[int, list[int]]] | None = None
-        self.draft_cost = PRIOR_ROW_COST  # until measured
+        self.draft_cost: float | None = None
+        self.acceptance = Acceptance()  # across sequences: where a new one's estimate starts
 
     # --- queue ----------------------------------------------------------------------------
     def check(self, prompt: list[int]) -> None:
@@ -145,7 +146,7 @@ class StepPlanner:
             slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
             slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
             slot.produced, slot.fresh, slot.reused = 0, False, keep
-            slot.drafter.reset()
+            slot.drafter.reset(self.acceptance.prior())
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep
@@ -174,7 +175,8 @@ class StepPlanner:
                 slot.draft = slot.drafter.draft(slot.cached, limit, self.row_cost, len(rows))
                 self._add_draft(rows, slot)
                 spare -= len(slot.draft)
-            elif (k := slot.drafter.length(limit, self.row_cost + self.draft_cost, len(rows) + spare_used(asks))) > 0:
+            elif (k := slot.drafter.length(limit, self._with_drafting(len(rows) + spare_used(asks)),
+                                           len(rows) + spare_used(asks))) > 0:
                 asks.append((slot, k))
                 spare -= k
         if asks:  # a draft model: one call drafts for every slot (its steps batch them)
@@ -198,6 +200,12 @@ class StepPlanner:
                 sample.append(slot)
         assert len(rows) <= self.n_batch, "the step planner broke its batch budget"
         return Step(trims, rows, sample)
+
+    def _with_drafting(self, rows: int) -> Callable[[int], float]:
+        """The step's time with n rows when the drafts beyond ``rows`` each take a draft-model step
+        first (unmeasured: the prior's share of a one-row step)."""
+        per_draft = self.draft_cost if self.draft_cost is not None else PRIOR_ROW_COST * step_time(self.row_cost, 1)
+        return lambda n: step_time(self.row_cost, n) + per_draft * max(n - rows, 0)
 
     @staticmethod
     def _add_draft(rows: list[Row], slot: Slot) -> None:
@@ -234,6 +242,7 @@ class StepPlanner:
             accepted += 1
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         slot.drafter.observe(len(slot.draft), accepted)
+        self.acceptance.observe(len(slot.draft), accepted)
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
     def release(self, slot: Slot) -> Job | None:

@@ -9,62 +9,101 @@ unchanged. Kept per slot: an index of n-grams -> where they last continued, grow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
 MAX_K = 10
+PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed two-thirds acceptable
 PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)
 PRIOR_ROW_COST = 0.3  # an extra row's cost relative to a one-row step, until steps are measured
+EXPLORE_ROW_COST = 0.05  # the same beyond the longest step measured so far: trying it is how it gets measured
 
 
-def best_k(p: float, row_cost: float, limit: int, rows: int = 1) -> int:
+Cost = float | Callable[[int], float]  # a step's time for n rows: a linear model's row cost, or measured
+
+
+def step_time(cost: Cost, n: int) -> float:
+    return cost(n) if callable(cost) else 1.0 + cost * n
+
+
+def best_k(p: float, cost: Cost, limit: int, rows: int = 1) -> int:
     """The draft length that makes the step yield the most tokens per unit of time. The step
     already holds ``rows`` rows (one per running stream, drafts already added); ``k`` drafts each
-    accepted with probability ``p`` (until the first miss) add ``p + ... + p^k`` tokens to its
-    ``rows`` for ``row_cost * k`` more time (a step costs ``1 + row_cost * rows``). Alone, an
-    extra row must be likely; in a full batch it must be nearly certain, since it slows every
-    stream's step."""
-    best, best_rate = 0, rows / (1.0 + row_cost * rows)
+    accepted with probability ``p`` (until the first miss) add ``p + ... + p^k`` tokens for the
+    step's longer time, ``cost(rows + k)`` against ``cost(rows)``. Alone, an extra row must be
+    likely; in a full batch it must be nearly certain, since it slows every stream's step."""
+    best, best_rate = 0, rows / step_time(cost, rows)
     gain, term = float(rows), 1.0
     for k in range(1, min(limit, MAX_K) + 1):
         term *= p
         gain += term
-        rate = gain / (1.0 + row_cost * (rows + k))
+        rate = gain / step_time(cost, rows + k)
         if rate > best_rate:
             best, best_rate = k, rate
     return best
 
 
 class StepCost:
-    """What one more row costs relative to a step's fixed cost: on a GPU an extra row is almost
-    free and drafts are long; on a small CPU with plain kernels it costs about a whole step and
-    only drafts that are nearly always accepted pay. Measured as it runs: each step without drafts
-    keeps the time of a step of that many rows; each step with drafts compares itself with it.
-    Slowly averaged, so one noisy step (another process took the cores) cannot switch drafting
-    off for good."""
+    """How long a decode step of n rows takes, measured as it runs (seconds, slowly averaged per
+    row count). The curve is what matters, not a straight line through it: on a CPU the second
+    row can cost much more than the tenth (kernels switch from vector to matrix code), so a linear
+    fit through short drafts would forbid the long ones that pay. Row counts not seen yet are
+    interpolated between measured ones, or extrapolated hopefully (so they get tried); a step far slower
+    than its row count's average (another process took the cores) moves the average only a
+    bounded amount, so one such step cannot switch drafting off."""
 
-    def __init__(self, weight: float = 0.1) -> None:
+    def __init__(self, weight: float = 0.2) -> None:
         self.weight = weight
-        self.plain: dict[int, float] = {}  # rows -> recent time of a step without drafts
-        self.rho = PRIOR_ROW_COST
+        self.times: dict[int, float] = {}  # rows -> recent step time
+
+    @property
+    def plain(self) -> dict[int, float]:  # the rows without drafts are rows too
+        return self.times
 
     def observe(self, rows: int, seconds: float, drafted: int = 0) -> None:
-        base_rows = rows - drafted
-        base = self.plain.get(base_rows)
-        if not drafted:
-            self.plain[base_rows] = seconds if base is None else base + 0.2 * (seconds - base)
-            return
-        if base is None:
-            return
-        per_row = max(seconds - base, 0.0) / drafted
-        fixed = base - per_row * base_rows
-        if fixed > 0:
-            sample = min(per_row / fixed, 5.0)
-            self.rho += self.weight * (sample - self.rho)
+        known = self.times.get(rows)
+        if known is None:
+            self.times[rows] = seconds
+        else:
+            self.times[rows] = known + self.weight * (min(seconds, 3 * known) - known)
 
-    def ratio(self) -> float:
-        return self.rho
+    def __call__(self, n: int) -> float:
+        if n in self.times:
+            return self.times[n]
+        if not self.times:
+            return 1.0 + PRIOR_ROW_COST * n
+        below = max((k for k in self.times if k < n), default=None)
+        above = min((k for k in self.times if k > n), default=None)
+        if below is not None and above is not None:
+            t0, t1 = self.times[below], self.times[above]
+            return t0 + (t1 - t0) * (n - below) / (above - below)
+        if below is not None:  # beyond what was measured: hopeful, so that longer drafts get tried and measured
+            return self.times[below] + EXPLORE_ROW_COST * self.times[min(self.times)] * (n - below)
+        return self.times[above]
+
+
+PRIOR_CAP = 0.93  # a new sequence is never presumed surer: one rejected draft stops it where rows are dear
+
+
+class Acceptance:
+    """How often drafts were accepted across recent sequences: a new sequence starts from it (as
+    much evidence as one rejection), not from a fixed guess. Where extra rows are dear (a small
+    CPU) a fixed guess of two in three never drafts, so never learns that this workload copies."""
+
+    DECAY = 0.98  # per observed draft: the last hundred or so count
+
+    def __init__(self) -> None:
+        self.accepted_w, self.rejected_w = PRIOR_ACCEPTED, PRIOR_REJECTED
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.accepted_w = self.DECAY * self.accepted_w + accepted
+        self.rejected_w = self.DECAY * self.rejected_w + (accepted < drafted)
+
+    def prior(self) -> tuple[float, float]:
+        p = min(self.accepted_w / (self.accepted_w + self.rejected_w), PRIOR_CAP)
+        return p / (1 - p) * PRIOR_REJECTED, PRIOR_REJECTED
 
 
 @dataclass
@@ -74,11 +113,15 @@ class Drafter:
     accepted_w: float = PRIOR_ACCEPTED  # accepted drafted tokens, with the prior
     rejected_w: float = PRIOR_REJECTED  # drafts that ended in a rejection, with the prior
     idle: int = 0  # tokens since the last draft
+    prior: tuple[float, float] = (PRIOR_ACCEPTED, PRIOR_REJECTED)  # where a new or paused sequence starts
+    proven: bool = False  # a draft of this sequence was accepted since it started or paused
 
-    def reset(self) -> None:
+    def reset(self, prior: tuple[float, float] | None = None) -> None:
         self.index.clear()
         self.indexed, self.idle = 0, 0
-        self.accepted_w, self.rejected_w = PRIOR_ACCEPTED, PRIOR_REJECTED
+        self.prior = prior or (PRIOR_ACCEPTED, PRIOR_REJECTED)
+        self.accepted_w, self.rejected_w = self.prior
+        self.proven = False
 
     @property
     def p(self) -> float:
@@ -93,14 +136,16 @@ class Drafter:
                     self.index[tuple(tokens[end + 1 - n:end + 1])] = end + 1
         self.indexed = len(tokens)
 
-    def length(self, limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> int:
+    def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
         """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
         self.idle += 1
         if self.idle > PAUSE_TOKENS:
-            self.accepted_w, self.rejected_w, self.idle = PRIOR_ACCEPTED, PRIOR_REJECTED, 0
+            (self.accepted_w, self.rejected_w), self.idle, self.proven = self.prior, 0, False
+        if not self.proven:  # nothing of this stretch accepted yet: a short probe, so a miss costs little
+            limit = min(limit, PROBE_K)
         return best_k(self.p, row_cost, limit, rows)
 
-    def draft(self, tokens: list[int], limit: int, row_cost: float = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
+    def draft(self, tokens: list[int], limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
         """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
         many as pay at this acceptance rate and row cost, or none."""
         want = self.length(limit, row_cost, rows)
@@ -115,5 +160,6 @@ class Drafter:
 
     def observe(self, drafted: int, accepted: int) -> None:
         self.idle = 0
+        self.proven = self.proven or accepted > 0
         self.accepted_w += accepted
         self.rejected_w += accepted < drafted

@@ -18,7 +18,8 @@ def _path() -> Path:
 
 
 def model_key(model) -> str:  # noqa: ANN001 - a ResolvedModel (models.manager sits above this layer)
-    """The model file's sha256: from its manifest when installed, else hashed once per size and mtime."""
+    """The model file's sha256 from its manifest when installed; a file used in place is known by its
+    path, size and modification time (hashing a multi-GB file at every start would cost more than tuning saves)."""
     if model.manifest is not None and model.manifest.files:
         return model.manifest.files[0].sha256
     stat = Path(model.path).stat()

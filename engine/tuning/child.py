@@ -1,4 +1,5 @@
-"""The measuring child of ``autoglm tune``: ``python -m autoglm.engine.tuning.child MODEL GPU_LAYERS``.
+"""The measuring child of ``autoglm tune``: ``python -m autoglm.engine.tuning.child MODEL GPU_LAYERS``
+(or ``--spin``: the busy process beside the "busy" measurements).
 
 A setting may crash llama.cpp natively (the extra-buffer path did on one Xeon class), so the
 settings are tried in a child: one JSON config per stdin line, one ``RESULT {...}`` line back.
@@ -71,5 +72,13 @@ def main(path: str, gpu_layers: int) -> None:
         print("RESULT " + json.dumps(result), flush=True)
 
 
+def spin() -> None:
+    """The other program of a busy machine, for the "busy" measurements: one core, no rest."""
+    while True:
+        pass
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--spin"]:
+        spin()
     main(sys.argv[1], int(sys.argv[2]))

@@ -24,7 +24,7 @@ from autoglm.engine.tuning import cache
 from autoglm.engine.tuning.search import Config, Search, Speed, Tuned
 
 MEASURE_TIMEOUT_S = 60.0  # one configuration, model load included
-BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
+BUSY_LOOP = module_command("autoglm.engine.tuning.child", "--spin")  # a bundle has no `python -c`, Windows no sh
 
 
 class Children:
@@ -71,14 +71,17 @@ class Children:
             log = tempfile.TemporaryFile("w+")  # llama.cpp's log: read back only to say why a child died
             argv = module_command("autoglm.engine.tuning.child", self.model_path, str(self.gpu_layers))
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                    preexec_fn=self._lower)
+                                    **self._lower())
             self.procs[wait] = (proc, log)
         return self.procs[wait]
 
-    def _lower(self) -> None:
-        """In the child, before exec: a background tune yields the CPU to everything else."""
-        if self.nice:
-            os.nice(self.nice)
+    def _lower(self) -> dict:
+        """Popen arguments for a lower priority: a background tune yields the CPU to everything else."""
+        if not self.nice:
+            return {}
+        if os.name == "nt":
+            return {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS}
+        return {"preexec_fn": lambda: os.nice(self.nice)}
 
     def _drop(self, wait: str) -> None:
         proc, log = self.procs.pop(wait)
@@ -89,7 +92,7 @@ class Children:
 
     def _busy(self, on: bool) -> None:
         if on and self.spinner is None:
-            self.spinner = subprocess.Popen(BUSY_LOOP, preexec_fn=self._lower)
+            self.spinner = subprocess.Popen(BUSY_LOOP, **self._lower())
         elif not on and self.spinner is not None:
             self.spinner.kill()
             self.spinner.wait()

@@ -25,7 +25,7 @@ import numpy as np
 from autoglm.engine.errors import AutoGLMError
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.scheduler import rejection
-from autoglm.engine.scheduler.draft_model import ModelDrafter
+from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
 from autoglm.engine.scheduler.load import ThreadSwitch
 from autoglm.engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
@@ -91,6 +91,9 @@ class Scheduler:
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
         self.planner.row_cost = self.step_cost  # the measured curve of step time by rows
         if draft is not None:
+            # Both one-row steps measured before serving, in the same unit: the target's alone, with
+            # warm caches, is what drafting must beat (steps right after a draft step run colder).
+            self.step_cost.observe(1, one_row_step(executor))
             if draft.step_s is None:
                 draft.calibrate()
             self.planner.propose = draft.propose
@@ -199,6 +202,7 @@ class Scheduler:
             for slot in self.planner.active:
                 if slot.job.owner.cancelled.is_set():
                     self._finish(slot, "cancelled")
+            proposed = self.draft.calls if self.draft is not None else 0
             step = self.planner.plan()
         for seq, keep in step.trims:
             self.executor.trim(seq, keep)
@@ -218,7 +222,8 @@ class Scheduler:
         elapsed = time.perf_counter() - started
         self.planner.observe(elapsed)
         drafted = sum(len(s.draft) for s in step.sample)
-        if len(step.rows) == len(step.sample) + drafted:  # decode rows only (no prompt chunk)
+        cold = not drafted and self.draft is not None and self.draft.calls != proposed  # the draft model ran
+        if len(step.rows) == len(step.sample) + drafted and not cold:  # decode rows only (no prompt chunk)
             self.step_cost.observe(len(step.rows), elapsed, drafted)
         if self.draft is not None and self.step_cost.times and self.draft.step_s is not None:
             self.planner.draft_cost = self.draft.step_s  # one draft step, in the step curve's unit (seconds)

@@ -91,13 +91,7 @@ class Scheduler:
         self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
         self.planner.row_cost = self.step_cost  # the measured curve of step time by rows
         if draft is not None:
-            # Both one-row steps measured before serving, in the same unit: the target's alone, with
-            # warm caches, is what drafting must beat (steps right after a draft step run colder).
-            self.step_cost.observe(1, one_row_step(executor))
-            if draft.step_s is None:
-                draft.calibrate()
             self.planner.propose = draft.propose
-            self.planner.draft_cost = draft.step_s
         self.on_fatal = on_fatal
         self.thread_switch: ThreadSwitch | None = None  # set by adapt_threads
         self.lock = threading.Condition()
@@ -160,8 +154,21 @@ class Scheduler:
             self.draft.executor.close()
 
     # --- the scheduler thread -----------------------------------------------------------------
+    def _calibrate(self) -> None:
+        """With a draft model, both one-row steps are timed before serving, in the same unit: the
+        target's alone, with warm caches, is what drafting must beat (steps right after a draft
+        step run colder). On this thread: llama.cpp's OpenMP workers belong to the thread that
+        calls it, and a second team (the caller's) measured slower steps for both."""
+        if self.draft is None:
+            return
+        self.step_cost.observe(1, one_row_step(self.executor))
+        if self.draft.step_s is None:
+            self.draft.calibrate()
+        self.planner.draft_cost = self.draft.step_s
+
     def _run(self) -> None:
         try:
+            self._calibrate()
             while self._wait():
                 self._step()
         except BaseException as exc:  # noqa: BLE001 - whatever broke, every caller must hear of it

@@ -216,9 +216,10 @@ def split(labels: np.ndarray, held_out: float = HELD_OUT, seed: int = 0) -> tupl
 
 # --- training -------------------------------------------------------------------------------------
 def train(encoder: Encoder, enc_manifest: Manifest, texts: list[str], labels: list[str],
-          budget: float = 1.0, seed: int = 0) -> Classifier:
+          budget: float = 1.0, seed: int = 0, weights: list[float] | None = None) -> Classifier:
     """Heads for every layer from labeled examples, then the exit rule and pruning calibrated
-    on a held-out split so accuracy stays within ``budget`` points of the full model."""
+    on a held-out split so accuracy stays within ``budget`` points of the full model.
+    ``weights``: how much each example counts in the fit (a user's correction counts more)."""
     if budget < 0 or budget > 100:
         raise InvalidArgumentError("--budget is in accuracy points, between 0 and 100")
     started = time.perf_counter()
@@ -230,11 +231,13 @@ def train(encoder: Encoder, enc_manifest: Manifest, texts: list[str], labels: li
                                    f"{2 * len(names)}, better a few dozen per label")
     feats, truncated = encoder.layer_features(texts)  # [L, N, H], exact
     onehot = np.eye(len(names), dtype=np.float32)[y]
-    fits = {l2: fit_head(feats[-1][tr], onehot[tr], l2=l2, seed=seed) for l2 in L2_GRID}
+    w = None if weights is None else np.asarray(weights, dtype=np.float32)[tr]
+    fits = {l2: fit_head(feats[-1][tr], onehot[tr], l2=l2, seed=seed, weights=w) for l2 in L2_GRID}
     l2 = max(fits, key=lambda k: (fits[k].probs(feats[-1][ho]).argmax(1) == y[ho]).mean())
     final = fits[l2]
     teacher = final.probs(feats[-1][tr])  # self-distillation: the final head teaches every layer
-    heads: list[Head | None] = [fit_head(feats[i][tr], teacher, l2=l2, seed=seed) for i in range(len(feats) - 1)]
+    heads: list[Head | None] = [fit_head(feats[i][tr], teacher, l2=l2, seed=seed, weights=w)
+                                for i in range(len(feats) - 1)]
     heads.append(final)
     held_probs = np.stack([h.probs(feats[i][ho]) for i, h in enumerate(heads) if h is not None])
     rule, measured = calibrate(held_probs, y[ho], budget)

@@ -30,7 +30,7 @@ class Head:
 
 
 def fit_head(features: np.ndarray, targets: np.ndarray, l2: float = 0.1, steps: int = 300,
-             lr: float = 0.02, seed: int = 0) -> Head:
+             lr: float = 0.02, seed: int = 0, weights: np.ndarray | None = None) -> Head:
     """Softmax regression by full-batch Adam; ``targets`` are one-hot labels or soft probabilities.
 
     Written out because it is 20 lines of numpy and a second of work; pulling scikit-learn in for
@@ -41,6 +41,7 @@ def fit_head(features: np.ndarray, targets: np.ndarray, l2: float = 0.1, steps: 
     x = (features - mean) / scale
     n, classes = len(x), targets.shape[1]
     rng = np.random.default_rng(seed)
+    share = None if weights is None else (weights / weights.sum())[:, None].astype(np.float32)  # per example
     w = rng.normal(0, 0.01, (x.shape[1], classes)).astype(np.float32)
     b = np.zeros(classes, np.float32)
     m_w, v_w, m_b, v_b = np.zeros_like(w), np.zeros_like(w), np.zeros_like(b), np.zeros_like(b)
@@ -49,7 +50,7 @@ def fit_head(features: np.ndarray, targets: np.ndarray, l2: float = 0.1, steps: 
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
-        grad = (p - targets) / n
+        grad = (p - targets) / n if weights is None else (p - targets) * share
         g_w = x.T @ grad + l2 * w
         g_b = grad.sum(axis=0)
         for g, m, v in ((g_w, m_w, v_w), (g_b, m_b, v_b)):

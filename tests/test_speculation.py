@@ -20,9 +20,11 @@ GREEDY_LONG = SamplingParams(max_tokens=120, temperature=0)
 def test_the_drafter_proposes_what_followed_the_last_ngram():
     d = Drafter()
     tokens = [1, 2, 3, 4, 5, 6, 7, 9, 9, 2, 3, 4]
+    assert d.draft(tokens, 2, row_cost=0.0) == []  # a first probe needs a 4-token match; (2, 3, 4) is 3
+    probe = Drafter()
+    assert probe.draft([1, 2, 3, 4, 5, 6, 1, 2, 3, 4], 10, row_cost=0.0) == [5, 6, 1, 2]  # at most 4 long
+    d.observe(1, 1)  # proven: 3-token matches draft too, and long
     assert d.draft(tokens, 2, row_cost=0.0) == [5, 6]
-    assert d.draft(tokens, 10, row_cost=0.0) == [5, 6, 7, 9]  # nothing accepted yet: a short probe
-    d.observe(4, 4)
     assert d.draft(tokens, 10, row_cost=0.0) == [5, 6, 7, 9, 9, 2, 3, 4]  # to the end of what is known
     assert Drafter().draft([1, 2, 3, 4], 5) == []  # nothing repeats
     tokens += [5, 6, 7, 9]  # grows incrementally: the newest occurrence wins
@@ -91,8 +93,7 @@ def test_speculation_changes_steps_never_text(copy_period):
     assert spec_stats["draft_tokens"] > 0
     if copy_period == 5:
         assert spec_stats["draft_accepted"] > 60 and spec_stats["steps"] < plain_stats["steps"] * 0.5
-    if copy_period == 3:
-        assert spec_stats["draft_accepted"] < spec_stats["draft_tokens"]
+    # (rejected drafts and their dropped cells: the draft-model test with a wrong guesser, and the real model)
 
 
 def test_a_stop_inside_accepted_drafts_ends_the_request_there():

@@ -152,7 +152,9 @@ class Drafter:
         if want <= 0:
             return []
         self._grow(tokens)
-        for n in NGRAMS:
+        # a probe needs the longest match: free text repeats three tokens ("one of the") far more
+        # often than it copies, and each failed probe costs a step's worth of rows where rows are dear
+        for n in NGRAMS if self.proven else NGRAMS[:1]:
             start = self.index.get(tuple(tokens[-n:])) if len(tokens) > n else None
             if start is not None:
                 return tokens[start:start + want]

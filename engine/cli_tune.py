@@ -22,7 +22,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from autoglm.engine.tuning.runner import tune
     from autoglm.engine.tuning.variants import parse_quants
 
-    if args.budget < MIN_BUDGET_S:
+    if not args.budget >= MIN_BUDGET_S:  # (nan too)
         raise InvalidArgumentError(f"--budget must be at least {MIN_BUDGET_S} seconds, got {args.budget}")
     quants = parse_quants(args.quants) if args.quants else None
     if not 0 <= args.max_kl or not 0 <= args.min_top1 <= 1:

@@ -7,6 +7,7 @@ machines we do not have (ARM boards, GPU desktops, old CPUs) test the same code 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -83,6 +84,13 @@ class DeviceFacts:
 
     def has(self, flag: str) -> bool:
         return flag in self.cpu.flags
+
+    def fingerprint(self, gpus: bool = True) -> str:
+        """What a cached measurement or verdict was made on: CPU model and flags, GPUs (when they
+        matter to it) and the llama.cpp build. Another of any of these measures again."""
+        flags = hashlib.sha256(" ".join(self.cpu.flags).encode()).hexdigest()[:12]
+        names = ",".join(g.name for g in self.gpus) if gpus else ""
+        return f"{self.cpu.model}|{flags}|{names}|llama_cpp {self.llama_cpp_version}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,6 @@ The child is ``python -m engine.selftest MODEL``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -44,9 +43,7 @@ class Verdict:
 
 
 def cache_key(device: DeviceFacts, config: str) -> str:
-    flags = hashlib.sha256(" ".join(device.cpu.flags).encode()).hexdigest()[:12]
-    gpus = ",".join(g.name for g in device.gpus) if config.startswith(GPU_OFFLOAD) else ""
-    return f"{config}|{device.cpu.model}|{flags}|{gpus}|llama_cpp {device.llama_cpp_version}"
+    return f"{config}|{device.fingerprint(gpus=config.startswith(GPU_OFFLOAD))}"
 
 
 def _cache_path() -> Path:

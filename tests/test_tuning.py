@@ -308,3 +308,14 @@ def test_tune_quants_requantizes_measures_quality_and_later_runs_follow(default_
         assert doctor["model"]["label"].startswith("smol-q8-0") and "KL" in doctor["plan"]["reasons"]["model"]
     else:
         assert doctor["model"]["label"].startswith("smol ") and "no other version" in doctor["plan"]["reasons"]["model"]
+
+
+def test_a_winner_the_budget_left_no_time_to_confirm_is_not_taken():
+    now = [0.0]
+
+    def measure(config: Config) -> Speed:
+        now[0] += 1.0
+        return cpu_model(config)
+
+    tuned = Search(measure, budget_s=6, clock=lambda: now[0]).run(BASE, 4, True, True)
+    assert tuned.idle == BASE and tuned.best == tuned.base  # 3 threads won once, unconfirmed

@@ -3,7 +3,6 @@ build, another CPU or another file measures again; the same ones never do."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -27,10 +26,7 @@ def model_key(model) -> str:  # noqa: ANN001 - a ResolvedModel (models.manager s
 
 
 def key(device: DeviceFacts, model_sha: str, gpu_layers: int) -> str:
-    flags = hashlib.sha256(" ".join(device.cpu.flags).encode()).hexdigest()[:12]
-    gpus = ",".join(g.name for g in device.gpus)
-    return (f"{model_sha}|{device.cpu.model}|{flags}|{device.cpu.logical_cores}|{gpus}|"
-            f"llama_cpp {device.llama_cpp_version}|ngl {gpu_layers}")
+    return f"{model_sha}|{device.fingerprint()}|cores {device.cpu.logical_cores}|ngl {gpu_layers}"
 
 
 def _load() -> dict[str, dict]:

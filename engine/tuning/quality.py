@@ -52,13 +52,11 @@ class Quality:
         return asdict(self)
 
 
-def calibration_tokens(backend: LlamaBackend) -> list[int]:
-    return backend.tokenize(CALIBRATION)[:CALIBRATION_TOKENS]
-
-
-def log_probs(path: str, tokens: list[int], threads: int) -> np.ndarray:
-    """Log-softmax of the next-token logits at every position of ``tokens`` (one decode, all rows)."""
+def log_probs(path: str, threads: int, tokens: list[int] | None = None) -> tuple[list[int], np.ndarray]:
+    """Log-softmax of the next-token logits at every position of ``tokens`` (one decode, all rows);
+    without tokens, the calibration text as this model tokenizes it (the reference's, then reused)."""
     backend = LlamaBackend(path, threads=threads, gpu_layers=0, use_extra_bufts=False, use_mmap=True)
+    tokens = tokens or backend.tokenize(CALIBRATION)[:CALIBRATION_TOKENS]
     executor = LlamaExecutor(backend.model, n_seq=1, ctx_per_seq=len(tokens) + 8, n_batch=len(tokens),
                              threads=threads)
     try:
@@ -67,7 +65,7 @@ def log_probs(path: str, tokens: list[int], threads: int) -> np.ndarray:
     finally:
         executor.close()
     logits -= logits.max(axis=1, keepdims=True)
-    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return tokens, logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Quality:

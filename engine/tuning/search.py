@@ -181,6 +181,8 @@ class Search:
             for config in (base, best):
                 if self._left(IDLE_SHARE):
                     runs[config].append(self.measure(config))
+        if len(runs[best]) == 1:  # no time left to confirm it: an unconfirmed winner is not trusted
+            return base, base_speed, base_speed
         base_speed, best_speed = _median(runs[base]), _median(runs[best])
         if score(best_speed, base_speed) > 1.0 + NOISE:
             return best, base_speed, best_speed

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autoglm.engine.backends.llamacpp import LlamaBackend
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.loader import Prepared
 from autoglm.engine.models import store
 from autoglm.engine.models.quantize import TARGETS, quantize
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.tuning import cache
-from autoglm.engine.tuning.quality import MAX_KL, MIN_TOP1, Variant, calibration_tokens, choose, compare, log_probs
+from autoglm.engine.tuning.quality import MAX_KL, MIN_TOP1, Variant, choose, compare, log_probs
 from autoglm.engine.tuning.runner import Children, base_config
 
 Note = Callable[[str], None]
@@ -51,9 +50,7 @@ def measure(prepared: Prepared, quants: list[str], max_kl: float = MAX_KL, min_t
     versions = [original, *[m for q, m in sorted(have.items()) if q != original.quant]]
     threads = prepared.plan.threads
     reference = prepared.model.path
-    tokens = calibration_tokens(LlamaBackend(str(reference), threads=threads, gpu_layers=0, use_extra_bufts=False,
-                                             use_mmap=True))
-    ref_lp = log_probs(str(reference), tokens, threads)
+    tokens, ref_lp = log_probs(str(reference), threads)
     config = base_config(prepared)
     children = Children(str(reference), prepared.plan.gpu_layers)
     rows = []
@@ -63,7 +60,7 @@ def measure(prepared: Prepared, quants: list[str], max_kl: float = MAX_KL, min_t
             children.close()  # a child per file
             children.model_path = path
             speed = children.measure(config)
-            quality = None if manifest is original else compare(ref_lp, log_probs(path, tokens, threads))
+            quality = None if manifest is original else compare(ref_lp, log_probs(path, threads, tokens)[1])
             rows.append(Variant(manifest.name, manifest.quant, speed.prefill if speed.ok else 0.0,
                                 speed.decode if speed.ok else 0.0, quality))
             note(f"{manifest.quant:<8} prefill {speed.prefill:7.0f}  decode {speed.decode:6.1f} tok/s"

@@ -204,6 +204,9 @@ def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_
     draft_file = tmp_path / "draft.Q4_0.gguf"
     quantize_file(Path(backend.plan.model_path), draft_file, "Q4_0")
     drafted = loader.load_scheduled(loader.prepare(None), parallel=2, draft=str(draft_file))
+    # drafts made to look free, so every step drafts (the most verifying); whether this draft pays is
+    # the cost model's call, which here rightly says no (it costs as much as the target)
+    drafted.scheduler.planner._with_drafting = lambda rows: (lambda n: 1.0)
     builder = PromptBuilder(backend)
     try:
         backend.scheduler.speculative = False

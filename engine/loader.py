@@ -89,7 +89,10 @@ def determinism(plan: Plan) -> str:
     if plan.gpu_layers > 0:
         return ("GPU: temperature-0 text may differ with batching and prefix reuse (other kernel shapes sum "
                 "in another order); answers stay correct, exact text is not reproducible")
-    return "CPU: temperature-0 text is the same alone, batched or from the prefix cache; batching changes speed only"
+    return ("CPU: a decode step does the same arithmetic for a stream alone or batched, but llama.cpp's attention "
+            "takes other kernels for 64+ prompt tokens in one step and for one sequence past 512 tokens, so a "
+            "prompt evaluated in other pieces (prefix reuse, a shared step) can tip a near-tie: answers stay "
+            "correct, exact temperature-0 text is not guaranteed")
 
 
 def load_draft(prepared: Prepared, target: LlamaBackend, ref: str, parallel: int, ctx_per_seq: int,

@@ -14,6 +14,17 @@ from autoglm.engine.sampling import SamplingParams
 EOG = 0
 
 
+def _graphs(rows: list[Any]) -> int:
+    """How many graphs llama.cpp runs a batch as, with a KV stream per sequence: one per run of
+    consecutive sequence ids, and more while some sequence has tokens left over (drafts, prompts)."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        counts[row.seq] = counts.get(row.seq, 0) + 1
+    seqs = sorted(counts)
+    runs = 1 + sum(1 for a, b in zip(seqs, seqs[1:], strict=False) if b != a + 1)
+    return runs + (len(set(counts.values())) > 1)
+
+
 class FakeExecutor:
     """Keeps each sequence's KV cells as a token list and checks every row against them: positions
     must continue the sequence exactly, and a batch over ``n_batch`` fails the test (llama.cpp
@@ -51,7 +62,8 @@ class FakeExecutor:
         assert 0 < len(rows) <= self.n_batch, f"batch of {len(rows)} rows exceeds n_batch {self.n_batch}"
         self.max_rows = max(self.max_rows, len(rows))
         if self.step_s or self.row_s:
-            time.sleep(self.step_s + self.row_s * len(rows))
+            graphs = _graphs(rows)
+            time.sleep(self.step_s * graphs + self.row_s * len(rows))
         self.outputs = {}
         for i, row in enumerate(rows):
             assert row.pos == len(self.kv[row.seq]), f"seq {row.seq}: pos {row.pos} after {len(self.kv[row.seq])}"

@@ -68,8 +68,10 @@ def test_acceptance_is_learnt_per_sequence_and_forgotten_after_a_pause():
 
 def _run(copy_period: int | None, speculative: bool, prompts: list[list[int]],
          params: list[SamplingParams]) -> tuple[list[list[str]], dict[str, int]]:
-    s = Scheduler(FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period), parallel=3, ctx_per_seq=128,
-                  speculative=speculative)
+    # a step's fixed cost dominates, as for a small model on a GPU: drafts are nearly free alone and cost a
+    # second graph beside other streams
+    s = Scheduler(FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period, step_s=0.002, row_s=0.00002),
+                  parallel=3, ctx_per_seq=128, speculative=speculative)
     try:
         reqs = [s.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
         texts = [[e.text for e in r.stream()] for r in reqs]
@@ -84,15 +86,15 @@ def test_speculation_changes_steps_never_text(copy_period):
     propose some drafts the model rejects (their cells must go); None: a model of its own."""
     first = [5, 2, 3, 1, 1, 3, 4, 5, 1, 3, 4, 3, 5, 2] if copy_period == 3 else [3, 1, 4, 1, 5] * 6
     prompts = [first, [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13]]
-    # the sampled one drafts too (verified by the rejection rule; the fake's peaked logits make its draws certain)
-    params = [GREEDY, GREEDY, SamplingParams(max_tokens=10, temperature=0.8, seed=1)]
+    # the first runs alone at the end, where its drafts pay (beside other streams they cost a second graph)
+    params = [GREEDY_LONG, GREEDY, SamplingParams(max_tokens=10, temperature=0.8, seed=1)]
     plain, plain_stats = _run(copy_period, False, prompts, params)
     spec, spec_stats = _run(copy_period, True, prompts, params)
     assert ["".join(t) for t in spec] == ["".join(t) for t in plain]
     assert spec_stats["tokens_generated"] == plain_stats["tokens_generated"]
     assert spec_stats["draft_tokens"] > 0
     if copy_period == 5:
-        assert spec_stats["draft_accepted"] > 60 and spec_stats["steps"] < plain_stats["steps"] * 0.5
+        assert spec_stats["draft_accepted"] > 25 and spec_stats["steps"] < plain_stats["steps"] * 0.8
     # (rejected drafts and their dropped cells: the draft-model test with a wrong guesser, and the real model)
 
 
@@ -146,14 +148,58 @@ def test_real_model_text_is_identical_with_and_without_speculation(backend, monk
 
 
 
-def _run_draft(draft_vocab: int | None, params: SamplingParams, prompts: list[list[int]]):
+def test_padding_rows_for_idle_streams_change_steps_never_text(default_model, monkeypatch):
+    """Eight real streams, the fourth ending first: the others run with a throwaway row for its
+    idle sequence (one graph instead of two). Texts are those of the same batch without padding,
+    and the padding cells are gone afterwards (llama.cpp refuses a batch whose positions skip or
+    repeat, and a left-over cell would change the idle stream's next reuse)."""
+    from autoglm.engine import loader
+    from autoglm.engine.scheduler.planner import StepPlanner
+    from autoglm.engine.tasks.chat import PromptBuilder
+
+    model = loader.load_scheduled(loader.prepare(None), parallel=8, ctx_per_seq=512, speculative=False)
+    try:
+        scheduler = model.scheduler
+        builder = PromptBuilder(model)
+        prompts = [builder.tokens([{"role": "user", "content": p}]) for p in PROMPTS[:8]]
+        params = [SamplingParams(max_tokens=4 if i == 3 else 40, temperature=0) for i in range(8)]
+
+        def together() -> list[str]:
+            with scheduler.lock:  # every run starts from empty streams: the same prompt pieces, the same slots
+                scheduler.executor.clear()
+                for slot in scheduler.planner.slots:
+                    slot.cached = []
+            reqs = [scheduler.submit(t, sp) for t, sp in zip(prompts, params, strict=True)]
+            return ["".join(e.text for e in r.stream()) for r in reqs]
+
+        monkeypatch.setattr(StepPlanner, "_padded", lambda self, rows: (rows, []))
+        split = together()
+        monkeypatch.undo()
+        monkeypatch.setattr(scheduler.planner, "row_cost", 0.0)  # rows look free: every gap is padded
+        padded = together()
+        assert scheduler.stats["padding_rows"] > 20
+        assert padded == split
+        held = [len(slot.cached) for slot in scheduler.planner.slots]
+        assert [llama_cells(scheduler.executor, seq) for seq in range(8)] == held
+    finally:
+        model.close()
+
+
+def llama_cells(executor, seq: int) -> int:
+    """How many positions llama.cpp holds for a sequence (its cells are 0..max)."""
+    from autoglm.engine.backends.llama_lib import llama_cpp
+
+    return llama_cpp.llama_memory_seq_pos_max(executor.memory, seq) + 1
+
+
+def _run_draft(draft_vocab: int | None, params: list[SamplingParams], prompts: list[list[int]]):
     from autoglm.engine.scheduler.draft_model import ModelDrafter
 
     target = FakeExecutor(n_seq=3, n_batch=48, step_s=0.003, row_s=0.0001)  # a model 10x the draft's cost
     drafter = ModelDrafter(FakeExecutor(n_seq=3, n_batch=48, vocab=draft_vocab, step_s=0.0003)) if draft_vocab else None
     s = Scheduler(target, parallel=3, ctx_per_seq=128, draft=drafter, speculative=drafter is not None)
     try:
-        reqs = [s.submit(p, params) for p in prompts]
+        reqs = [s.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
         return ["".join(e.text for e in r.stream()) for r in reqs], dict(s.stats), drafter
     finally:
         s.close()
@@ -165,8 +211,9 @@ def test_a_draft_model_changes_steps_never_text(draft_vocab):
     guesses wrong (drafts rejected, their cells dropped in both contexts). The fake executors
     check every KV position in the target's and the draft's context alike."""
     prompts = [[3, 1, 4, 1, 5], [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13]]
-    plain, plain_stats, _ = _run_draft(None, GREEDY, prompts)
-    texts, stats, drafter = _run_draft(draft_vocab, GREEDY, prompts)
+    params = [GREEDY_LONG, GREEDY, GREEDY]  # the first runs alone at the end, where drafting pays most
+    plain, plain_stats, _ = _run_draft(None, params, prompts)
+    texts, stats, drafter = _run_draft(draft_vocab, params, prompts)
     assert texts == plain and stats["tokens_generated"] == plain_stats["tokens_generated"]
     assert stats["draft_tokens"] > 0 and drafter.executor.closed
     if draft_vocab == 50:
@@ -206,7 +253,7 @@ def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_
     drafted = loader.load_scheduled(loader.prepare(None), parallel=2, draft=str(draft_file))
     # drafts made to look free, so every step drafts (the most verifying); whether this draft pays is
     # the cost model's call, which here rightly says no (it costs as much as the target)
-    drafted.scheduler.planner._with_drafting = lambda rows: (lambda n: 1.0)
+    drafted.scheduler.planner._with_drafting = lambda cost, rows: (lambda n: 1.0)
     builder = PromptBuilder(backend)
     try:
         backend.scheduler.speculative = False

@@ -50,6 +50,8 @@ class Driver:
         if not step.rows:
             return
         self.fake.decode(step.rows)
+        for seq, keep in step.pads:
+            self.fake.trim(seq, keep)
         self.planner.observe(0.01)
         for slot in step.sample:
             if not slot.draft:
@@ -198,3 +200,49 @@ def test_forget_empties_every_slot_and_returns_every_job():
     jobs = d.planner.forget()
     assert sorted(j.owner for j in jobs) == list(range(5))
     assert not d.planner.busy and all(not s.cached for s in d.planner.slots)
+
+
+# step times measured on this 2-core CPU with SmolLM2-135M Q4_1 (ms, one graph of n rows)
+MEASURED_MS = {1: 6.5, 2: 13.4, 3: 16.5, 4: 18.7, 5: 23.4, 6: 25.6, 7: 28.9, 8: 27.7}
+
+
+def _gapped(finished: set[int], ctx: int = 256) -> Driver:
+    """Eight streams decoding, then those in ``finished`` end: their sequences leave gaps."""
+    from autoglm.engine.scheduler.speculation import StepCost
+
+    d = Driver(8, 64, ctx=ctx)
+    d.planner.row_cost = cost = StepCost()
+    cost.times = {n: ms / 1000 for n, ms in MEASURED_MS.items()}
+    for i in range(8):
+        d.arrive(0, 5 + i, 2 if i in finished else 40)
+        d.enqueued[-1].speculate = False
+    d.step()
+    while any(s.job is not None and s.seq in finished for s in d.planner.slots):
+        d.step()
+    return d
+
+
+def test_a_gap_in_the_running_sequences_is_padded_when_one_graph_is_cheaper():
+    """Streams 0-2 and 4-7 would run as two graphs (3 + 4 rows: 35 ms); with a throwaway row for
+    idle stream 3 they run as one of 8 (28 ms). The padding cell is dropped after the step."""
+    d = _gapped({3})
+    held = len(d.fake.kv[3])
+    step = d.planner.plan()
+    assert [r.seq for r in step.rows] == list(range(8)) and step.single
+    assert step.pads == [(3, held)] and not step.rows[3].logits
+    assert all(step.rows[s.row].seq == s.seq for s in step.sample)  # each stream's logits row follows it
+    d.fake.decode(step.rows)
+    for seq, keep in step.pads:
+        d.fake.trim(seq, keep)
+    assert len(d.fake.kv[3]) == held
+
+
+def test_gaps_stay_when_split_graphs_are_cheaper_or_a_stream_is_full():
+    spread = _gapped({1, 3, 5, 7})  # four single rows (26 ms) beat one graph of seven (29 ms)
+    step = spread.planner.plan()
+    assert [r.seq for r in step.rows] == [0, 2, 4, 6] and not step.pads and not step.single
+    full = _gapped({3}, ctx=64)
+    full.planner.slots[3].cached = list(range(64))  # no cell left to lend
+    full.fake.kv[3] = list(range(64))
+    step = full.planner.plan()
+    assert 3 not in [r.seq for r in step.rows] and not step.pads

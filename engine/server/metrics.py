@@ -31,6 +31,8 @@ class Metrics:
               registry=self.registry).set_function(lambda: scheduler.stats.get("draft_tokens", 0))
         Gauge("autoglm_draft_accepted", "drafted tokens the model agreed with since start",
               registry=self.registry).set_function(lambda: scheduler.stats.get("draft_accepted", 0))
+        Gauge("autoglm_padding_rows", "rows for idle sequences that kept a batch in one graph, since start",
+              registry=self.registry).set_function(lambda: scheduler.stats.get("padding_rows", 0))
         self._last = (time.monotonic(), 0)
         Gauge("autoglm_tokens_per_second", "generation rate since the previous scrape",
               registry=self.registry).set_function(self._rate)

@@ -58,6 +58,16 @@ def _finish_reason(ev: Event) -> str:
     return "length" if ev.finish_reason == "length" else "stop"
 
 
+async def _watch_disconnect(request: Request, req: Any) -> None:
+    """Polled by the clock, not only when tokens stop: a non-streamed reply generates tokens all
+    along, and its client may have gone away long ago."""
+    while not req.cancelled.is_set():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+        if await request.is_disconnected():
+            req.cancel()
+            return
+
+
 class Relay:
     """Hands the scheduler thread's events to the event loop, one wake-up per batch: a step emits
     a token for every running stream at once, and one ``call_soon_threadsafe`` (a syscall and a
@@ -126,43 +136,32 @@ class OpenAIServing:
                               top_p=body.top_p, seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
     async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
-                      request: Request) -> AsyncIterator[Event]:
+                      request: Request, streamed: bool) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         relay = self.relay()
         req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
-                                      lambda ev: relay.put(queue, ev))
-        started, first = time.perf_counter(), True
-        checked = time.monotonic()
+                                      lambda ev: relay.put(queue, ev), streamed)
+        started = time.perf_counter()
+        watcher = asyncio.create_task(_watch_disconnect(request, req))
         try:
             while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), timeout=DISCONNECT_POLL_S)
-                except TimeoutError:
-                    event = None
-                # polled by the clock, not only when tokens stop: a non-streamed reply generates
-                # tokens all along, and its client may have gone away long ago
-                if time.monotonic() - checked >= DISCONNECT_POLL_S:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        req.cancel()
-                if event is None:
-                    continue
-                if first and event.text:
-                    self.metrics.ttft.observe(time.perf_counter() - started)
-                    first = False
+                event = await queue.get()  # a plain get: a timer per token is loop work that takes a core
                 if event.done:
+                    if req.first_token_at is not None:  # stamped by the scheduler (a non-streamed reply has one event)
+                        self.metrics.ttft.observe(req.first_token_at - req.submitted)
                     self.metrics.latency.observe(time.perf_counter() - started)
                 yield event
                 if event.done:
                     return
         finally:
+            watcher.cancel()
             req.cancel()  # a client that went away (or an error) stops its generation
 
     async def _respond(self, kind: Literal["chat", "text"], body: Sampling, tokens: list[int], grammar: str | None,
                        request: Request) -> Any:
         params = self._params(body, len(tokens))
         reply = Reply(kind, self.runtime.model_name)
-        events = self._events(tokens, params, grammar, request)
+        events = self._events(tokens, params, grammar, request, streamed=bool(body.stream))
         try:
             first = await events.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
         except QueueFullError:

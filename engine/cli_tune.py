@@ -79,8 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="installed model or source (default: the chat model)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds to spend measuring (default 60)")
     p.add_argument("--gpu-layers", type=int, help="tune for this many layers on the GPU (default: planned)")
-    p.add_argument("--quants", help="also re-quantize to these (e.g. Q4_0,Q8_0), measure speed and quality against "
-                   "the original, and run the fastest within the quality budget from now on")
+    p.add_argument("--quants", help="also these versions (e.g. Q4_0,Q8_0: an hf: model's repo files, else "
+                   "re-quantized), measure speed and quality against the most precise, and run the fastest "
+                   "within the quality budget from now on")
     p.add_argument("--max-kl", type=float, default=0.05, help="quality budget: mean KL divergence, nats per token "
                    "(default 0.05)")
     p.add_argument("--min-top1", type=float, default=0.90, help="quality budget: top-1 agreement (default 0.90)")

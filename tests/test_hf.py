@@ -184,3 +184,34 @@ def test_progress_callback_and_cancel_then_resume(home, hub, monkeypatch):
     assert manifest.name == "cancel-gguf-q4_0" and reports[-1][1:] == (size, size)
     (resumed,) = _ranges_since(hub, start, name)
     assert resumed == f"bytes={stopped_at}-"
+
+
+def test_tune_quants_takes_the_repos_own_files_and_its_most_precise_one_as_reference(hub, tmp_path):
+    """A model pulled from a repo that offers several quants: `tune --quants` downloads the repo's
+    own files of those quants (same commit) instead of re-quantizing the installed one, measures
+    every version against the most precise (Q8_0 here, not the Q4_1 that was installed) and keeps
+    the fastest inside the quality budget for later runs."""
+    import json
+
+    e = env(hub, AUTOGLM_HOME=str(tmp_path))
+    out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q4_1", env=e)
+    assert out.returncode == 0, out.stderr
+    bad = run_cli("tune", "smollm2-gguf-q4_1", "--quants", "IQ4_XS", env=e)  # neither offered nor makeable
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "offers Q4_0, Q4_1, Q8_0" in bad.stderr
+    hub.faults.requests.clear()
+    result = run_cli("tune", "smollm2-gguf-q4_1", "--quants", "Q8_0,Q4_0", "--budget", "6", env=e)
+    assert result.returncode == 0, result.stderr
+    assert "downloading Q8_0" in result.stderr and "quantizing" not in result.stderr
+    fetched = {p.rsplit("/", 1)[1] for m, p, _ in hub.faults.requests if m == "GET" and p.endswith(".gguf")}
+    assert fetched == {"SmolLM2-135M-Instruct-Q8_0.gguf", "SmolLM2-135M-Instruct-Q4_0.gguf"}
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()
+            if line.startswith("smollm2-gguf") and len(line.split()) > 2}
+    assert "(ref)" in rows["Q8_0"] and "KL" not in rows["Q8_0"]
+    assert float(rows["Q4_1"].split()[4]) < float(rows["Q4_0"].split()[4])  # Q4_0 strays further from Q8_0
+    listed = run_cli("models", "list", env=e).stdout
+    assert "smollm2-gguf-q8_0" in listed and "smollm2-gguf-q4_0" in listed
+    chosen = next(name for name, line in rows.items() if "<- chosen" in line)
+    doctor = json.loads(run_cli("doctor", "--json", "--model", "smollm2-gguf-q4_1", env=e).stdout)
+    assert doctor["model"]["label"].lower().startswith(f"smollm2-gguf-{chosen.lower()}")
+    assert ("instead of" if chosen != "Q8_0" else "no other version") in doctor["plan"]["reasons"]["model"]

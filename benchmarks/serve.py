@@ -65,10 +65,13 @@ def _running(argv: list[str], port: int):
         proc.wait()
 
 
-def ours(plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = None):
+def ours(plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = None, model: str | None = None):
+    """Our server on the plan's file, or on ``model`` by name (then what `autoglm tune` measured applies:
+    its settings and the version its quality gate chose)."""
     port = _free_port()
     return _running([sys.executable, "-m", "autoglm", "serve", "--port", str(port), "--parallel", str(parallel),
-                     "--threads", str(threads), "--ctx", str(ctx), "--model", plan.model_path, *(extra or [])], port)
+                     "--threads", str(threads), "--ctx", str(ctx), "--model", model or plan.model_path,
+                     *(extra or [])], port)
 
 
 def llama_server(binary: str, plan, parallel: int, threads: int, ctx: int):

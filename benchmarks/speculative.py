@@ -70,9 +70,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above: sampled")
     parser.add_argument("--draft", help="also a server with this draft model (same vocabulary as --model)")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also our server on the model by name, as `autoglm tune [--quants]` left it (n-gram on)")
     args = parser.parse_args()
     TEMPERATURE[0] = args.temperature
-    plan = loader.prepare(args.model).plan
+    plan = loader.prepare(args.model, measured=False).plan  # the file as installed: what llama-server gets too
     kw = {"parallel": 8, "threads": args.threads, "ctx": 2048}
     binary = os.environ.get("LLAMA_SERVER")
     print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, GPU layers {plan.gpu_layers}, "
@@ -83,6 +85,13 @@ def main() -> None:
         servers = {"plain": plain_url, "n-gram": spec_url}
         if args.draft:
             servers["draft"] = stack.enter_context(ours(plan, extra=["--draft", args.draft], **kw))
+        if args.tuned:
+            prepared = loader.prepare(args.model)
+            name = prepared.model.manifest.name if prepared.model.manifest else None
+            if name is None:
+                raise SystemExit("--tuned needs an installed model")
+            print(f"tuned: {prepared.model.label}; {prepared.plan.reasons.get('model', 'no measured version')}")
+            servers["tuned"] = stack.enter_context(ours(plan, model=name, **kw))
         if binary:
             servers["llama-server"] = stack.enter_context(llama_server(binary, plan, **kw))
         for url in servers.values():
@@ -90,7 +99,8 @@ def main() -> None:
         names = list(servers)
         print(f"{'workload':<24}" + "".join(f"{n + ' tok/s':>20}" for n in names) + f"{'accepted':>10}"
               + f"{'n-gram/plain':>14}" + (f"{'draft/plain':>14}" if args.draft else "")
-              + (f"{'n-gram/llama-server':>21}" if binary else ""))
+              + (f"{'n-gram/llama-server':>21}" if binary else "")
+              + (f"{'tuned/llama-server':>21}" if binary and args.tuned else ""))
         for workload, prompt in WORKLOADS.items():
             rates: dict[str, list[float]] = {n: [] for n in names}
             before = drafts(spec_url)
@@ -107,14 +117,22 @@ def main() -> None:
                 row += f"{med['draft'] / med['plain']:>13.2f}x"
             if binary:
                 row += f"{med['n-gram'] / med['llama-server']:>20.2f}x"
+            if binary and args.tuned:
+                row += f"{med['tuned'] / med['llama-server']:>20.2f}x"
             print(row, flush=True)
         prompts = list(WORKLOADS.values()) + list(WORKLOADS.values())[:2]
-        print("\n8 concurrent streams (all the workloads at once), aggregate tok/s:")
+        print(f"\n8 concurrent streams (all the workloads at once), aggregate tok/s, median of {args.rounds}:")
+        together: dict[str, list[float]] = {n: [] for n in names}
+        for round_ in range(args.rounds):  # the servers take turns, as above
+            for name in (names if round_ % 2 == 0 else names[::-1]):
+                started = time.perf_counter()
+                with ThreadPoolExecutor(8) as pool:
+                    done = list(pool.map(lambda p, u=servers[name]: one(u, p, args.max_tokens), prompts))
+                together[name].append(sum(t for _, t in done) / (time.perf_counter() - started))
+        med = {n: statistics.median(v) for n, v in together.items()}
         for name in names:
-            started = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                done = list(pool.map(lambda p, u=servers[name]: one(u, p, args.max_tokens), prompts))
-            print(f"  {name:<14}{sum(t for _, t in done) / (time.perf_counter() - started):>10.1f}", flush=True)
+            print(f"  {name:<14}{med[name]:>10.1f}  ({med[name] / med['plain']:.2f}x plain"
+                  + (f", {med[name] / med['llama-server']:.2f}x llama-server)" if binary else ")"), flush=True)
 
 
 if __name__ == "__main__":

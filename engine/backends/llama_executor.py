@@ -59,6 +59,8 @@ class LlamaExecutor:
         self._outputs: dict[int, int] = {}  # batch row -> index of its logits among this step's outputs
         self._pieces: dict[int, bytes] = {}  # token text and end-of-generation, asked once per token
         self._eog: dict[int, bool] = {}
+        self._table: np.ndarray | None = None  # the last logits view and its (address, rows)
+        self._table_key: tuple[int | None, int] = (None, 0)
 
     # --- the step ---------------------------------------------------------------------------
     def trim(self, seq: int, keep: int) -> None:
@@ -131,10 +133,14 @@ class LlamaExecutor:
         return self._logits_table()
 
     def _logits_table(self) -> np.ndarray:
+        """A view of llama.cpp's output buffer, made again only when the buffer moved or the number
+        of output rows changed (a decode stream asks every step: a few ctypes calls fewer each time)."""
         n_out = len(self._outputs)
         address = ctypes.cast(llama_cpp.llama_get_logits(self.ctx), ctypes.c_void_p).value
-        table = np.frombuffer((ctypes.c_float * (n_out * self.n_vocab)).from_address(address), dtype=np.float32)
-        return table.reshape(n_out, self.n_vocab)
+        if self._table is None or self._table_key != (address, n_out):
+            table = np.frombuffer((ctypes.c_float * (n_out * self.n_vocab)).from_address(address), dtype=np.float32)
+            self._table, self._table_key = table.reshape(n_out, self.n_vocab), (address, n_out)
+        return self._table
 
     def set_threads(self, threads: int, threads_batch: int) -> None:
         """Switch thread counts between steps (a cheap call): fewer when other processes take the cores."""

@@ -136,28 +136,34 @@ class Drafter:
                     self.index[tuple(tokens[end + 1 - n:end + 1])] = end + 1
         self.indexed = len(tokens)
 
-    def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
-        """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
+    def _tick(self) -> None:
         self.idle += 1
         if self.idle > PAUSE_TOKENS:
             (self.accepted_w, self.rejected_w), self.idle, self.proven = self.prior, 0, False
+
+    def _best(self, limit: int, row_cost: Cost, rows: int) -> int:
         if not self.proven:  # nothing of this stretch accepted yet: a short probe, so a miss costs little
             limit = min(limit, PROBE_K)
         return best_k(self.p, row_cost, limit, rows)
 
+    def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
+        """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
+        self._tick()
+        return self._best(limit, row_cost, rows)
+
     def draft(self, tokens: list[int], limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
         """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
-        many as pay at this acceptance rate and row cost, or none."""
-        want = self.length(limit, row_cost, rows)
-        if want <= 0:
-            return []
+        many as pay at this acceptance rate and row cost, or none. The lookup comes first: most
+        steps of free text find no match, and the draft length costs more to work out."""
+        self._tick()
         self._grow(tokens)
         # a probe needs the longest match: free text repeats three tokens ("one of the") far more
         # often than it copies, and each failed probe costs a step's worth of rows where rows are dear
         for n in NGRAMS if self.proven else NGRAMS[:1]:
             start = self.index.get(tuple(tokens[-n:])) if len(tokens) > n else None
             if start is not None:
-                return tokens[start:start + want]
+                want = self._best(limit, row_cost, rows)
+                return tokens[start:start + want] if want > 0 else []
         return []
 
     def observe(self, drafted: int, accepted: int) -> None:

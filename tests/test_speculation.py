@@ -10,7 +10,15 @@ import pytest
 
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
-from autoglm.engine.scheduler.speculation import MAX_K, PAUSE_TOKENS, PRIOR_ROW_COST, Drafter, StepCost, best_k
+from autoglm.engine.scheduler.speculation import (
+    MAX_BACKOFF,
+    MAX_K,
+    PAUSE_TOKENS,
+    PRIOR_ROW_COST,
+    Drafter,
+    StepCost,
+    best_k,
+)
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(max_tokens=60, temperature=0)
@@ -61,9 +69,40 @@ def test_acceptance_is_learnt_per_sequence_and_forgotten_after_a_pause():
     for _ in range(10):
         d.observe(4, 0)
     assert d.p < 0.25 and d.draft([1, 2, 1, 2, 1, 2], 5, row_cost=0.5) == []
-    for _ in range(PAUSE_TOKENS):
+    # ten probes in a row found nothing: the pause before the prior returns is 8x the usual
+    for _ in range(PAUSE_TOKENS * (1 << MAX_BACKOFF) - 1):
         d.draft([1, 2, 1, 2, 1, 2], 5, row_cost=0.5)
+    assert d.p < 0.25
+    d.draft([1, 2, 1, 2, 1, 2], 5, row_cost=0.5)
     assert d.p == Drafter().p  # the prior again: the text may have turned to copying
+    d.observe(4, 2)  # one accepted draft ends the backoff
+    assert d.misses == 0
+
+
+def test_a_failed_probe_stops_a_sequence_until_its_pause_ends():
+    """Copy-heavy traffic makes recent acceptance high; a new sequence of free text starts from it,
+    and its first probe that finds nothing stops it (until the pause ends) where rows are dear."""
+    from autoglm.engine.scheduler.speculation import Acceptance
+
+    shared = Acceptance()
+    for _ in range(200):
+        shared.observe(8, 8)
+    d = Drafter()
+    d.reset(shared.prior())
+    dear = {1: 1.0, 2: 2.06, 3: 2.53, 4: 2.93, 5: 3.54}  # Q4_1 here: one-row steps by rows
+    probe = d.draft([7, 1, 2, 3, 4, 9, 1, 2, 3, 4], 10, _curve(dear))
+    assert probe and probe == [9, 1, 2, 3][:len(probe)]  # a probe of what followed the last 4 tokens
+    d.observe(len(probe), 0)
+    assert d.draft([7, 1, 2, 3, 4, 9, 1, 2, 3, 4], 10, _curve(dear)) == []
+    for _ in range(2 * PAUSE_TOKENS):
+        d.draft([7, 1, 2, 3, 4, 9, 1, 2, 3, 4], 10, _curve(dear))
+    assert d.draft([7, 1, 2, 3, 4, 9, 1, 2, 3, 4], 10, _curve(dear))  # the pause (doubled) is over: a new probe
+
+
+def _curve(times: dict[int, float]) -> StepCost:
+    cost = StepCost()
+    cost.times = dict(times)
+    return cost
 
 
 def _run(copy_period: int | None, speculative: bool, prompts: list[list[int]],

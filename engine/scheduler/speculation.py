@@ -16,8 +16,9 @@ NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little 
 MAX_K = 10
 PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed two-thirds acceptable
-PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying) ...
-MAX_BACKOFF = 3  # ... and twice as long after each probe in a row that found nothing (up to 8x)
+PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)
+PROBE_GAP = 8  # tokens before the next probe after one that found nothing; doubled per miss in a row ...
+MAX_BACKOFF = 3  # ... up to 8x (64 tokens)
 PRIOR_ROW_COST = 0.3  # an extra row's cost relative to a one-row step, until steps are measured
 EXPLORE_ROW_COST = 0.05  # the same beyond the longest step measured so far: trying it is how it gets measured
 
@@ -117,8 +118,8 @@ class Drafter:
     idle: int = 0  # tokens since the last draft
     prior: tuple[float, float] = (PRIOR_ACCEPTED, PRIOR_REJECTED)  # where a new or paused sequence starts
     proven: bool = False  # a draft of this sequence was accepted since it started or paused
-    misses: int = 0  # probes in a row with nothing accepted: each doubles the pause before the next
-    may_probe: bool = True  # an unproven stretch probes once; after a miss it waits for the pause
+    misses: int = 0  # probes in a row with nothing accepted
+    probe_wait: int = 0  # tokens to go before an unproven sequence may probe again
 
     def reset(self, prior: tuple[float, float] | None = None) -> None:
         self.index.clear()
@@ -126,7 +127,7 @@ class Drafter:
         self.prior = prior or (PRIOR_ACCEPTED, PRIOR_REJECTED)
         self.accepted_w, self.rejected_w = self.prior
         self.proven = False
-        self.misses, self.may_probe = 0, True
+        self.misses, self.probe_wait = 0, 0
 
     @property
     def p(self) -> float:
@@ -142,16 +143,14 @@ class Drafter:
         self.indexed = len(tokens)
 
     def _tick(self) -> None:
-        """Free text repeats four tokens now and then without copying: a sequence whose probes keep
-        finding nothing waits longer before each next one, so its failed probes stay rare."""
         self.idle += 1
-        if self.idle > PAUSE_TOKENS << min(self.misses, MAX_BACKOFF):
+        self.probe_wait = max(self.probe_wait - 1, 0)
+        if self.idle > PAUSE_TOKENS:
             (self.accepted_w, self.rejected_w), self.idle, self.proven = self.prior, 0, False
-            self.may_probe = True
 
     def _best(self, limit: int, row_cost: Cost, rows: int) -> int:
-        if not self.proven:  # nothing of this stretch accepted yet: one short probe, so a miss costs little
-            if not self.may_probe:
+        if not self.proven:  # nothing of this stretch accepted yet: short probes, so a miss costs little
+            if self.probe_wait:
                 return 0
             limit = min(limit, PROBE_K)
         return best_k(self.p, row_cost, limit, rows)
@@ -179,7 +178,10 @@ class Drafter:
     def observe(self, drafted: int, accepted: int) -> None:
         self.idle = 0
         self.misses = self.misses + 1 if accepted == 0 else 0
-        self.may_probe = self.may_probe and (accepted > 0 or self.proven)
+        if self.misses and not self.proven:
+            # free text repeats four tokens now and then without copying: a sequence whose probes keep
+            # finding nothing waits longer before each next one, so its failed probes stay rare
+            self.probe_wait = PROBE_GAP << min(self.misses - 1, MAX_BACKOFF)
         self.proven = self.proven or accepted > 0
         self.accepted_w += accepted
         self.rejected_w += accepted < drafted

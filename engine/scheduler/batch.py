@@ -70,7 +70,7 @@ class Request:
 
     def put(self, event: Event) -> None:
         """Hand an event to the caller. Each hand-over wakes its thread, which then competes with
-        llama.cpp's threads for the cores (a measured 2-6% of decode speed on 2 cores): a caller
+        llama.cpp's threads for the cores (2-3% of decode speed measured on 2 cores): a caller
         that wants only the whole text gets it in the final event."""
         if not self.streamed:
             if not event.done:

@@ -4,8 +4,10 @@
 #                                                (its vendored sources: the library, llama-bench and
 #                                                llama-server in one build), installed into $GPU_WORK/site
 #                                                with the carried wheels of what the machine lacks
-#   benchmarks/gpu.sh test MODEL.gguf            doctor, run, the gpu tests, then the decode and serve
-#                                                benchmarks against llama-bench / llama-server -ngl 99
+#   benchmarks/gpu.sh test MODEL.gguf            doctor, run, the gpu tests, `autoglm tune` with part of
+#                                                the model offloaded (it measures other layer splits), then
+#                                                the decode and serve benchmarks against llama-bench /
+#                                                llama-server -ngl 99
 # SRC.tgz: the sdist unpacked, minus its .git pack, docs and test models (about 11 MB).
 set -euo pipefail
 W=${GPU_WORK:-/tmp/autoglm-gpu}
@@ -28,9 +30,10 @@ build)
 test)
   export PYTHONPATH="$W/site:$PWD" PYTHONUNBUFFERED=1 AUTOGLM_HOME="$W/home" AUTOGLM_GPU_MODEL="$2"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -m engine.cli doctor --model "$2"
-  python3 -m engine.cli run --model "$2" --temperature 0 --max-tokens 16 "What is the capital of France? Answer in one word."
+  python3 -m autoglm doctor --model "$2"
+  python3 -m autoglm run --model "$2" --temperature 0 --max-tokens 16 "What is the capital of France? Answer in one word."
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -s
+  python3 -m autoglm tune "$2" --gpu-layers "${SPLIT:-12}" --budget "${TUNE_S:-60}"
   LLAMA_BENCH="$W/build/bin/llama-bench" python3 benchmarks/decode.py --model "$2" --reps "${REPS:-5}"
   LLAMA_SERVER="$W/build/bin/llama-server" python3 benchmarks/serve.py --model "$2" --streams "${STREAMS:-1,8,32,64}" \
     --parallel "${PARALLEL:-64}" --ctx 1024 --rounds "${ROUNDS:-5}" --no-prefix

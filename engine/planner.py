@@ -259,6 +259,10 @@ def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | Non
     if idle.extra_bufts != plan.use_extra_bufts and (not idle.extra_bufts or (verdict and verdict.ok)):
         plan.use_extra_bufts = idle.extra_bufts
         r["use_extra_bufts"] += f"; {'on' if idle.extra_bufts else 'off'}: measured faster here"
+    if ov.gpu_layers is None and idle.gpu_layers and idle.gpu_layers != plan.gpu_layers:
+        r["gpu_layers"] = (f"{idle.gpu_layers} of the model's layers: measured faster here than the {plan.gpu_layers} "
+                           f"the free memory suggested ({ago})")
+        plan.gpu_layers = idle.gpu_layers
     plan.wait_policy = idle.wait
     plan.measured = True
     r["measured"] = (f"{ago}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "

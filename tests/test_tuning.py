@@ -20,10 +20,10 @@ from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.load import ThreadSwitch
 from autoglm.engine.tuning import cache
 from autoglm.engine.tuning.runner import BUSY_LOOP
-from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, thread_counts
+from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, layer_choices, thread_counts
 from tests.conftest import run_cli
 from tests.fakes import FakeExecutor
-from tests.test_planner import PASSED, SMOLLM2, device
+from tests.test_planner import LLAMA_8B, PASSED, SMOLLM2, device
 
 BASE = Config(threads=4, threads_batch=4, n_ubatch=512, extra_bufts=True)
 
@@ -97,6 +97,33 @@ def test_the_plan_uses_measured_settings_and_says_so():
     assert user.threads == 1 and user.reasons["threads"] == "set by the user" and user.threads_busy == 0
     safe = make_plan(SMOLLM2, dev, PASSED, Overrides(safe=True), tuned=tuned)
     assert not safe.measured and not safe.use_extra_bufts
+
+
+def test_a_partial_gpu_split_is_measured_and_the_plan_takes_the_faster_one():
+    """Part of an 8B model on a 6 GB card: the search also tries a few more and fewer layers; a
+    split that does not fit fails in its child and is never chosen; the plan then offloads the
+    fastest that ran and says so, unless the user set the layers."""
+    dev = device("desktop-rtx2060-6gb")
+    planned = make_plan(LLAMA_8B, dev, PASSED)
+    assert 0 < planned.gpu_layers < LLAMA_8B.n_layers
+    choices = layer_choices(planned.gpu_layers, LLAMA_8B.n_layers)
+    assert sorted(choices) == [planned.gpu_layers - 2, planned.gpu_layers + 2, planned.gpu_layers + 4]
+    assert layer_choices(0, 32) == layer_choices(32, 32) == []  # nothing or everything on the GPU
+    fits = planned.gpu_layers + 2
+
+    def gpu_model(config: Config) -> Speed:
+        if config.gpu_layers > fits:
+            return Speed(error="failed: CUDA error: out of memory")
+        return Speed(prefill=100.0 + 20 * config.gpu_layers, decode=5.0 + config.gpu_layers)
+
+    base = Config(threads=6, threads_batch=6, gpu_layers=planned.gpu_layers)
+    tuned = Search(gpu_model, budget_s=60).run(base, 6, False, False, layers=choices)
+    assert tuned.idle.gpu_layers == fits and "ngl=" in tuned.idle.label()
+    assert any(t.knob == "gpu_layers" and not t.speed.ok for t in tuned.trials)
+    plan = make_plan(LLAMA_8B, dev, PASSED, tuned=tuned)
+    assert plan.gpu_layers == fits and "measured" in plan.reasons["gpu_layers"]
+    user = make_plan(LLAMA_8B, dev, PASSED, Overrides(gpu_layers=planned.gpu_layers), tuned=tuned)
+    assert user.gpu_layers == planned.gpu_layers
 
 
 def test_the_cache_is_per_model_device_and_build(tmp_path, monkeypatch):

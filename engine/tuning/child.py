@@ -59,16 +59,20 @@ def measure(model: Any, prompt: list[int], config: dict[str, Any]) -> dict[str, 
 
 
 def main(path: str, gpu_layers: int) -> None:
-    models: dict[bool, LlamaBackend] = {}
+    models: dict[tuple[bool, int], LlamaBackend] = {}
     for line in sys.stdin:
         config = json.loads(line)
-        extra = bool(config["extra_bufts"])
-        if extra not in models:
-            models[extra] = LlamaBackend(path, threads=config["threads"], gpu_layers=gpu_layers,
-                                         use_extra_bufts=extra, use_mmap=True)
-        backend = models[extra]
+        layers = int(config.get("gpu_layers") or gpu_layers)
+        key = (bool(config["extra_bufts"]), layers)
+        if key not in models:
+            if layers:  # one GPU split at a time: another one would not fit beside it
+                for old in [k for k in models if k[1]]:
+                    models.pop(old).llm.close()
+            models[key] = LlamaBackend(path, threads=config["threads"], gpu_layers=layers,
+                                       use_extra_bufts=key[0], use_mmap=True)
+        backend = models[key]
         prompt = backend.tokenize(TEXT * 4)[:PROMPT_TOKENS]
-        result = measure(backend.model, prompt, {**config, "gpu_layers": gpu_layers})
+        result = measure(backend.model, prompt, {**config, "gpu_layers": layers})
         print("RESULT " + json.dumps(result), flush=True)
 
 

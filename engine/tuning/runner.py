@@ -21,7 +21,7 @@ from autoglm.engine.fs import write_cache
 from autoglm.engine.loader import Prepared
 from autoglm.engine.process import module_command
 from autoglm.engine.tuning import cache
-from autoglm.engine.tuning.search import Config, Search, Speed, Tuned
+from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, layer_choices
 
 MEASURE_TIMEOUT_S = 60.0  # one configuration, model load included
 BUSY_LOOP = module_command("autoglm.engine.tuning.child", "--spin")  # a bundle has no `python -c`, Windows no sh
@@ -116,7 +116,8 @@ def base_config(prepared: Prepared) -> Config:
     plan = prepared.plan
     return Config(threads=plan.threads, threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                   kv_type=plan.kv_type, n_ubatch=plan.n_ubatch, extra_bufts=plan.use_extra_bufts,
-                  wait="passive" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else "spin")
+                  wait="passive" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else "spin",
+                  gpu_layers=plan.gpu_layers)
 
 
 def tune(prepared: Prepared, budget_s: float = 60.0,
@@ -135,7 +136,9 @@ def tune(prepared: Prepared, budget_s: float = 60.0,
     try:
         tuned = Search(measure, budget_s).run(base_config(prepared), cores,
                                               extra_bufts_ok=bool(prepared.verdict and prepared.verdict.ok),
-                                              wait_policies=True)
+                                              wait_policies=True,
+                                              layers=layer_choices(prepared.plan.gpu_layers,
+                                                                   prepared.model.facts.n_layers))
     finally:
         children.close()
     if tuned.base.ok:

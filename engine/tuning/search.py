@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,11 +34,12 @@ class Config:
     extra_bufts: bool = False
     wait: str = "spin"
     busy: bool = False  # measured while another process keeps one core busy
+    gpu_layers: int = 0  # layers offloaded; measured when the planner put only part of the model on a GPU
 
     def label(self) -> str:
         return (f"t{self.threads}/{self.threads_batch} fa={'on' if self.flash_attn else 'off'} kv={self.kv_type} "
                 f"ub={self.n_ubatch} xbuf={'on' if self.extra_bufts else 'off'} {self.wait}"
-                + (" busy" if self.busy else ""))
+                + (f" ngl={self.gpu_layers}" if self.gpu_layers else "") + (" busy" if self.busy else ""))
 
 
 @dataclass
@@ -99,6 +100,16 @@ def thread_counts(cores: int) -> list[int]:
     return sorted(counts)
 
 
+def layer_choices(planned: int, n_layers: int) -> list[int]:
+    """Other splits to measure when the planner put only part of the model on the GPU: its count
+    comes from free memory and estimated buffers, so a few more layers may still fit (a split that
+    does not fit fails in its child and is never chosen), and a few fewer can be faster when the
+    GPU's compute buffers were squeezed. None with nothing or everything offloaded."""
+    if not 0 < planned < n_layers:
+        return []
+    return [n for n in (planned + 4, planned + 2, planned - 2) if 0 < n <= n_layers]
+
+
 def score(speed: Speed, ref: Speed) -> float:
     """Prefill and decode both matter to a user (time to first token, then reading speed): their
     ratios to the reference, geometric mean."""
@@ -125,9 +136,11 @@ class Search:
         self.trials.append(Trial(config, speed, knob))
         return speed
 
-    def run(self, base: Config, cores: int, extra_bufts_ok: bool, wait_policies: bool) -> Tuned:
-        """Idle knobs first (each decides on the whole score, threads on decode and prefill apart),
-        then the busy machine: threads and wait policy for decode with one core taken."""
+    def run(self, base: Config, cores: int, extra_bufts_ok: bool, wait_policies: bool,
+            layers: Sequence[int] = ()) -> Tuned:
+        """Idle knobs first (each decides on the whole score, threads on decode and prefill apart;
+        ``layers``: other GPU splits to try), then the busy machine: threads for decode with one
+        core taken."""
         base_speed = self._try(base, "base")
         if not base_speed.ok:
             return Tuned(base, None, base_speed, base_speed, None, None, self.trials, seconds=self._elapsed())
@@ -146,6 +159,7 @@ class Search:
             if score(best_speed, base_speed) < 1.0:  # the split measured worse together: back to the plan
                 best, best_speed = base, base_speed
         knobs: list[tuple[str, Callable[[Config], Config]]] = [
+            *[("gpu_layers", lambda c, n=n: replace(c, gpu_layers=n)) for n in layers],
             ("flash_attn", lambda c: replace(c, flash_attn=not c.flash_attn, kv_type="f16")),
             ("kv_type", lambda c: replace(c, kv_type="q8_0") if c.flash_attn and c.kv_type == "f16" else c),
             *[("n_ubatch", lambda c, u=u: replace(c, n_ubatch=u)) for u in UBATCHES],

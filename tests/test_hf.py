@@ -196,10 +196,12 @@ def test_tune_quants_takes_the_repos_own_files_and_its_most_precise_one_as_refer
     e = env(hub, AUTOGLM_HOME=str(tmp_path))
     out = run_cli("models", "pull", "hf:test-org/SmolLM2-GGUF:Q4_1", env=e)
     assert out.returncode == 0, out.stderr
-    bad = run_cli("tune", "smollm2-gguf-q4_1", "--quants", "IQ4_XS", env=e)  # neither offered nor makeable
+    hub.faults.requests.clear()
+    bad = run_cli("tune", "smollm2-gguf-q4_1", "--quants", "Q8_0,IQ4_XS", env=e)  # IQ4_XS: neither offered nor makeable
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1, bad.stderr
     assert "offers Q4_0, Q4_1, Q8_0" in bad.stderr
-    hub.faults.requests.clear()
+    # refused before any download
+    assert not [p for m, p, _ in hub.faults.requests if m == "GET" and p.endswith(".gguf")]
     result = run_cli("tune", "smollm2-gguf-q4_1", "--quants", "Q8_0,Q4_0", "--budget", "6", env=e)
     assert result.returncode == 0, result.stderr
     assert "downloading Q8_0" in result.stderr and "quantizing" not in result.stderr

@@ -72,24 +72,21 @@ def versions(original: Manifest, quants: list[str], note: Note) -> tuple[list[Ma
     from_weights = {m.quant: m for m in siblings(original)}
     made = {m.quant: m for m in derived(original)}
     origin = hf_origin(original)
-    offered: set[str] | None = None
-    for quant in quants:
-        if quant == original.quant or quant in from_weights:
-            continue
-        if origin is not None:
-            if offered is None:
-                offered = {f.quant for f in hf.list_files(origin[0], origin[1])[1]}
-            if quant in offered:
-                note(f"downloading {quant} from {origin[0]} (quantized from the original weights)")
-                from_weights[quant] = pull(f"hf:{origin[0]}@{origin[1]}:{quant}")
-                continue
-        if quant in made:
-            continue
-        if quant not in TARGETS:
-            where = f"{origin[0]} offers {', '.join(sorted(offered or ())) or 'no other quant'}; " if origin else ""
+    offered: set[str] = set()
+    wanted = [q for q in quants if q != original.quant and q not in from_weights]
+    if origin is not None and wanted:
+        offered = {f.quant for f in hf.list_files(origin[0], origin[1])[1]}
+    for quant in wanted:  # all checked before anything is fetched or made
+        if quant not in offered and quant not in made and quant not in TARGETS:
+            where = f"{origin[0]} offers {', '.join(sorted(offered)) or 'no other quant'}; " if origin else ""
             raise InvalidArgumentError(f"--quants {quant}: {where}llama.cpp's quantizer makes {', '.join(TARGETS)}")
-        note(f"quantizing {original.name} to {quant} (llama.cpp's quantizer)")
-        made[quant] = quantize(original.name, quant)
+    for quant in wanted:
+        if quant in offered:
+            note(f"downloading {quant} from {origin[0]} (quantized from the original weights)")
+            from_weights[quant] = pull(f"hf:{origin[0]}@{origin[1]}:{quant}")
+        elif quant not in made:
+            note(f"quantizing {original.name} to {quant} (llama.cpp's quantizer)")
+            made[quant] = quantize(original.name, quant)
     reference = min([original, *from_weights.values()], key=lambda m: (_rank(m.quant), m is not original))
     others = {**made, **from_weights}  # a repo's own file beats a re-quantization of the same type
     return [reference, *[m for q, m in sorted(others.items()) if m is not reference and q != original.quant],

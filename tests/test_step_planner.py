@@ -246,3 +246,22 @@ def test_gaps_stay_when_split_graphs_are_cheaper_or_a_stream_is_full():
     full.fake.kv[3] = list(range(64))
     step = full.planner.plan()
     assert 3 not in [r.seq for r in step.rows] and not step.pads
+
+
+def test_gaps_are_filled_where_only_a_long_graph_pays():
+    """Sixteen streams, every other one ended: joining two neighbours costs more than it saves
+    (13 ms as two single rows, 14.6 as one of three), yet one graph of fifteen rows (38 ms) beats
+    eight single rows (52 ms): the choice is made over the whole batch, not pair by pair."""
+    from autoglm.engine.scheduler.speculation import StepCost
+
+    d = Driver(16, 64, ctx=256)
+    d.planner.row_cost = cost = StepCost()
+    cost.times = {n: ms / 1000 for n, ms in {**MEASURED_MS, 16: 40.0}.items()}
+    for i in range(16):
+        d.arrive(0, 5 + i, 40 if i % 2 == 0 else 2)
+        d.enqueued[-1].speculate = False
+    d.step()
+    while any(s.job is not None and s.seq % 2 for s in d.planner.slots):
+        d.step()
+    step = d.planner.plan()
+    assert [r.seq for r in step.rows] == list(range(15)) and len(step.pads) == 7 and step.single

@@ -214,8 +214,9 @@ class StepPlanner:
         """With a KV stream per sequence, llama.cpp splits a batch into one graph per run of
         consecutive sequence ids: streams 0-2 and 4-7 decode as two graphs, measured 21% slower
         than all eight in one. A row for each idle sequence in a gap (its cell dropped after the
-        step) joins the runs; gaps are filled only where the measured step curve says the longer
-        graph beats the split ones (four streams two apart run faster split)."""
+        step) joins the runs; which runs to join is chosen over the whole batch from the measured
+        step curve (four streams two apart run faster split; 256 slots, every other one idle, run
+        faster as one graph), in at most a few milliseconds for 256 slots."""
         running = [row.seq for row in rows]
         runs = [[running[0], running[0]]]
         for seq in running[1:]:
@@ -226,22 +227,32 @@ class StepPlanner:
         if len(runs) == 1:
             return rows, []
 
-        def cost(spans: list[list[int]]) -> float:
-            return sum(step_time(self.row_cost, hi - lo + 1) for lo, hi in spans)
+        times: dict[int, float] = {}
 
-        def fillable(lo: int, hi: int) -> bool:  # a full stream has no cell to lend
-            return all(len(self.slots[q].cached) < self.ctx_per_seq for q in range(lo + 1, hi))
+        def t(n: int) -> float:  # a graph of n rows (asked often: kept for this step)
+            if n not in times:
+                times[n] = step_time(self.row_cost, n)
+            return times[n]
 
-        while True:
-            best, best_cost = None, cost(runs)
-            for i in range(len(runs) - 1):
-                if fillable(runs[i][1], runs[i + 1][0]):
-                    merged = runs[:i] + [[runs[i][0], runs[i + 1][1]]] + runs[i + 2:]
-                    if (c := cost(merged)) < best_cost:
-                        best, best_cost = merged, c
-            if best is None:
-                break
-            runs = best
+        # a gap whose idle streams all have a cell to lend (a full stream has none) can be filled
+        fillable = [all(len(self.slots[q].cached) < self.ctx_per_seq for q in range(a[1] + 1, b[0]))
+                    for a, b in zip(runs, runs[1:], strict=False)]
+        # cheapest way to cover runs 0..j (dynamic programming: joining is worth it only over a distance
+        # sometimes, as one graph of 256 rows against 128 single rows)
+        best: list[tuple[float, int]] = []  # (time, index of the first run joined into run j's graph)
+        for j in range(len(runs)):
+            options = []
+            for i in range(j, -1, -1):
+                if i < j and not fillable[i]:
+                    break
+                options.append(((best[i - 1][0] if i else 0.0) + t(runs[j][1] - runs[i][0] + 1), i))
+            best.append(min(options))
+        joined, j = [], len(runs) - 1
+        while j >= 0:
+            i = best[j][1]
+            joined.append([runs[i][0], runs[j][1]])
+            j = i - 1
+        runs = joined[::-1]
         by_seq = {row.seq: row for row in rows}
         out: list[Row] = []
         pads: list[tuple[int, int]] = []

@@ -65,14 +65,20 @@ def test_the_search_keeps_real_gains_only_and_finds_the_busy_thread_count():
     assert thread_counts(16) == [1, 2, 4, 8, 15, 16] and thread_counts(1) == [1]
 
 
-def test_the_budget_bounds_the_search():
+def _timed(seconds_each: float):
+    """The fake CPU behind a fake clock: every measurement takes ``seconds_each``."""
     now = [0.0]
 
     def measure(config: Config) -> Speed:
-        now[0] += 10.0
+        now[0] += seconds_each
         return cpu_model(config)
 
-    tuned = Search(measure, budget_s=25, clock=lambda: now[0]).run(BASE, 4, True, True)
+    return measure, lambda: now[0]
+
+
+def test_the_budget_bounds_the_search():
+    measure, clock = _timed(10.0)
+    tuned = Search(measure, budget_s=25, clock=clock).run(BASE, 4, True, True)
     assert len(tuned.trials) <= 4 and tuned.base.ok
 
 
@@ -338,11 +344,6 @@ def test_tune_quants_requantizes_measures_quality_and_later_runs_follow(default_
 
 
 def test_a_winner_the_budget_left_no_time_to_confirm_is_not_taken():
-    now = [0.0]
-
-    def measure(config: Config) -> Speed:
-        now[0] += 1.0
-        return cpu_model(config)
-
-    tuned = Search(measure, budget_s=6, clock=lambda: now[0]).run(BASE, 4, True, True)
+    measure, clock = _timed(1.0)
+    tuned = Search(measure, budget_s=6, clock=clock).run(BASE, 4, True, True)
     assert tuned.idle == BASE and tuned.best == tuned.base  # 3 threads won once, unconfirmed

@@ -4,9 +4,10 @@
 #                                                (its vendored sources: the library, llama-bench and
 #                                                llama-server in one build), installed into $GPU_WORK/site
 #                                                with the carried wheels of what the machine lacks
-#   benchmarks/gpu.sh test MODEL.gguf            doctor, run, the gpu tests, `autoglm tune` with part of
-#                                                the model offloaded (it measures other layer splits), then
-#                                                the decode and serve benchmarks against llama-bench /
+#   benchmarks/gpu.sh test MODEL.gguf            doctor, run, the gpu tests, `autoglm tune` of the planned
+#                                                offload (other layer splits are measured when the plan
+#                                                offloads part of the model: a model larger than free VRAM),
+#                                                then the decode and serve benchmarks against llama-bench /
 #                                                llama-server -ngl 99
 # SRC.tgz: the sdist unpacked, minus its .git pack, docs and test models (about 11 MB).
 set -euo pipefail
@@ -33,7 +34,7 @@ test)
   python3 -m autoglm doctor --model "$2"
   python3 -m autoglm run --model "$2" --temperature 0 --max-tokens 16 "What is the capital of France? Answer in one word."
   python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -s
-  python3 -m autoglm tune "$2" --gpu-layers "${SPLIT:-12}" --budget "${TUNE_S:-60}"
+  python3 -m autoglm tune "$2" --budget "${TUNE_S:-60}"
   LLAMA_BENCH="$W/build/bin/llama-bench" python3 benchmarks/decode.py --model "$2" --reps "${REPS:-5}"
   LLAMA_SERVER="$W/build/bin/llama-server" python3 benchmarks/serve.py --model "$2" --streams "${STREAMS:-1,8,32,64}" \
     --parallel "${PARALLEL:-64}" --ctx 1024 --rounds "${ROUNDS:-5}" --no-prefix

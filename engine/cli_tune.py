@@ -43,7 +43,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         result = f"{speed.prefill:7.0f} {speed.decode:7.1f}" if speed.ok else f"  {speed.error}"
         print(f"  {config.label():<58}{result}", file=sys.stderr)
 
-    tuned = tune(prepared, args.budget, on_trial)
+    tuned = tune(prepared, args.budget, on_trial, user_layers=args.gpu_layers is not None)
     if not tuned.base.ok:
         print(f"autoglm: error: the planned settings could not be measured: {tuned.base.error}", file=sys.stderr)
         return 1

@@ -347,3 +347,30 @@ def test_a_winner_the_budget_left_no_time_to_confirm_is_not_taken():
     measure, clock = _timed(1.0)
     tuned = Search(measure, budget_s=6, clock=clock).run(BASE, 4, True, True)
     assert tuned.idle == BASE and tuned.best == tuned.base  # 3 threads won once, unconfirmed
+
+
+def test_a_layer_count_the_user_set_is_not_measured_away(monkeypatch):
+    """`tune --gpu-layers N` tunes for N layers: other splits are measured only when the planner
+    chose the partial offload itself (the plan would not take them over the user's count)."""
+    from types import SimpleNamespace
+
+    from autoglm.engine.tuning import runner
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, measure, budget_s):
+            pass
+
+        def run(self, base, cores, extra_bufts_ok, wait_policies, layers=()):
+            seen.append(list(layers))
+            failed = Speed(error="not measured")
+            return Tuned(base, None, failed, failed, None, None)
+
+    monkeypatch.setattr(runner, "Search", Recorder)
+    plan = make_plan(LLAMA_8B, device("desktop-rtx2060-6gb"), PASSED)
+    prepared = SimpleNamespace(plan=plan, model=SimpleNamespace(path="llama8b.gguf", facts=LLAMA_8B),
+                               device=device("desktop-rtx2060-6gb"), verdict=PASSED)
+    runner.tune(prepared)
+    runner.tune(prepared, user_layers=True)
+    assert seen == [layer_choices(plan.gpu_layers, LLAMA_8B.n_layers), []] and seen[0]

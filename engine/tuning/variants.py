@@ -78,7 +78,8 @@ def versions(original: Manifest, quants: list[str], note: Note) -> tuple[list[Ma
         offered = {f.quant for f in hf.list_files(origin[0], origin[1])[1]}
     for quant in wanted:  # all checked before anything is fetched or made
         if quant not in offered and quant not in made and quant not in TARGETS:
-            where = f"{origin[0]} offers {', '.join(sorted(offered)) or 'no other quant'}; " if origin else ""
+            where = (f"{origin[0]} offers {', '.join(sorted(offered)) or 'no other quant'}; " if origin else
+                     f"{original.name} is not from an hf: repository, so its versions are re-quantized, and ")
             raise InvalidArgumentError(f"--quants {quant}: {where}llama.cpp's quantizer makes {', '.join(TARGETS)}")
     for quant in wanted:
         if quant in offered:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from autoglm.engine import __version__
@@ -35,12 +38,33 @@ def _sampling(args: argparse.Namespace):
     return params
 
 
-def _open(args: argparse.Namespace):
+@contextmanager
+def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """The planned model behind the scheduler the server runs, closed however the command ends: a
+    Ctrl-C that left the scheduler thread decoding while the interpreter shut down segfaulted."""
     from autoglm.engine import loader
     from autoglm.engine.router import route
 
     prepared = loader.prepare(route("chat", args.model), _overrides(args), progress=progress_bar())
-    return prepared, loader.load_scheduled(prepared, draft=args.draft)  # the same scheduler the server runs
+    backend = loader.load_scheduled(prepared, draft=args.draft)
+    try:
+        yield prepared, backend
+    finally:
+        with _signals_held():  # a second Ctrl-C must not cut the close short: the same crash again
+            backend.close()
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _stream(pieces: Iterator[str]) -> None:
@@ -52,23 +76,34 @@ def _stream(pieces: Iterator[str]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from autoglm.engine.sampling import GenerationStats
     from autoglm.engine.tasks.chat import ChatSession
 
+    if not args.prompt.strip():
+        raise InvalidArgumentError('the prompt is empty; give some text, e.g. autoglm run "Hello"')
     params = _sampling(args)
-    _, backend = _open(args)
-    if args.raw or not backend.has_chat_template:
-        tokens = backend.tokenize(args.prompt)
-        _stream(backend.generate(tokens, params))
-    else:
-        _stream(ChatSession(backend, system=args.system).send(args.prompt, params))
+    with _open(args) as (_, backend):
+        if args.raw or not backend.has_chat_template:
+            stats = GenerationStats()
+            _stream(backend.generate(backend.tokenize(args.prompt), params, stats=stats))
+        else:
+            session = ChatSession(backend, system=args.system)
+            _stream(session.send(args.prompt, params))
+            stats = session.last_stats
+    if not args.quiet:
+        print(stats.summary(), file=sys.stderr)
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    params = _sampling(args)
+    with _open(args) as (prepared, backend):
+        return _chat_loop(args, prepared, backend, params)
+
+
+def _chat_loop(args: argparse.Namespace, prepared: Any, backend: Any, params: Any) -> int:
     from autoglm.engine.tasks.chat import ChatSession
 
-    params = _sampling(args)
-    prepared, backend = _open(args)
     session = ChatSession(backend, system=args.system)
     print(f"chatting with {prepared.model.label}; /reset, /system TEXT, /quit", file=sys.stderr)
     while True:
@@ -95,15 +130,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             continue
         try:
             _stream(session.send(text, params))
+        except Terminated:
+            raise
         except KeyboardInterrupt:
             print("\n(stopped)", file=sys.stderr)
             continue
         except AutoGLMError as exc:
             print(f"autoglm: error: {exc}", file=sys.stderr)
             continue
-        st = session.last_stats
-        print(f"[{st.completion_tokens} tokens, {st.decode_tps:.1f} tok/s, first token {st.prefill_s * 1000:.0f} ms, "
-              f"{st.prompt_evaluated}/{st.prompt_tokens} prompt tokens evaluated]", file=sys.stderr)
+        print(session.last_stats.summary(), file=sys.stderr)
 
 
 def _doctor_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--raw", action="store_true",
                    help="plain text completion, no chat template (always so for base models)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no speed line on stderr after the answer")
     _model_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -426,7 +462,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--to", required=True, help="Q4_0, Q4_K_M, Q8_0, ...")
     p.set_defaults(func=cmd_models_quantize)
+    listed = [action.dest for action in sub._choices_actions]  # the commands with help (hidden ones have none)
+    sub.metavar = "{" + ",".join(listed) + "}"
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse, and refuse an unknown flag with the usage of the command it was given to (argparse
+    leaves it to the top level, whose usage says nothing of that command's flags)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        deepest = parser
+        while True:
+            subs = [a for a in deepest._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(args, subs[0].dest, None) if subs else None
+            if name is None or name not in subs[0].choices:
+                break
+            deepest = subs[0].choices[name]
+        deepest.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def default_command(env: dict[str, str], platform: str = sys.platform) -> list[str]:
@@ -437,6 +491,15 @@ def default_command(env: dict[str, str], platform: str = sys.platform) -> list[s
     return ["gui"] if screen and importlib.util.find_spec("PySide6") is not None else ["--help"]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taking Ctrl-C's path (stop, free the model, clean up a half pull) instead of killing
+    the process mid-decode. ``serve`` installs its own handlers."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -445,15 +508,17 @@ def main(argv: list[str] | None = None) -> int:
         argv = default_command(dict(os.environ))
     if argv[:2] in (["classify", "train"], ["classify", "correct"]):  # `classify TEXT` shares the name
         argv = [f"classify-{argv[1]}", *argv[2:]]
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except AutoGLMError as exc:
         print(f"autoglm: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("\nautoglm: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
     except BrokenPipeError:
         return 0
     except OSError as exc:  # the disk refused a write nobody wrapped: still one line for the user

@@ -165,7 +165,8 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     add_chat_options(p, model_flag="--chat-model")
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("classify-train", help=argparse.SUPPRESS)
+    # reached as `classify train` / `classify correct` (main() rewrites them); no help: not listed twice
+    p = sub.add_parser("classify-train", prog="autoglm classify train")
     p.add_argument("--examples", help="CSV (text,label header) or JSONL")
     p.add_argument("--labels", help="zero-shot classifier from label names instead")
     p.add_argument("--encoder", help="converted encoder (default: all-MiniLM-L6-v2)")
@@ -174,7 +175,7 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     p.set_defaults(func=cmd_classify_train)
 
-    p = sub.add_parser("classify-correct", help=argparse.SUPPRESS)
+    p = sub.add_parser("classify-correct", prog="autoglm classify correct")
     p.add_argument("text", nargs="?")
     p.add_argument("--label", help="the right label for TEXT")
     p.add_argument("--file", help="corrections as text,label rows (CSV with a header, or JSONL)")

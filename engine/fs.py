@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from autoglm.engine.errors import StorageError
+from autoglm.engine.errors import InvalidArgumentError, StorageError
 
 # The disk or the system refused: the user's to fix (a read-only store, a full disk, permissions).
 _REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
@@ -41,3 +41,22 @@ def write_cache(path: Path, text: str) -> None:
         write_atomic(path, text)
     except OSError:
         pass
+
+
+def read_user_text(path: str | Path, limit: int, what: str = "file") -> str:
+    """A file the user named, read as UTF-8 text, bounded: a device (``/dev/zero``), a FIFO or a file
+    over ``limit`` bytes is refused in one line before it can hold the process."""
+    p = Path(path).expanduser()
+    try:
+        if p.exists() and not p.is_file():  # checked before opening: opening a FIFO waits for a writer
+            raise InvalidArgumentError(f"{path} is not a regular file; give a {what}")
+        with p.open("rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidArgumentError(f"{path} is over {limit:,} bytes; a {what} of at most that is taken")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{path} is not UTF-8 text (byte {exc.start})") from None

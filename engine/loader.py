@@ -125,6 +125,7 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
                              offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type, n_ubatch=plan.n_ubatch)
     scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative,
                           draft=drafter)
-    if plan.threads_busy:
-        scheduler.adapt_threads((plan.threads, plan.threads_batch), (plan.threads_busy, plan.threads_batch))
+    if plan.threads_adaptive:
+        scheduler.adapt_threads((plan.threads, plan.threads_batch),
+                                (plan.threads_busy, plan.threads_batch) if plan.threads_busy else None)
     return ScheduledBackend(backend, scheduler, plan)

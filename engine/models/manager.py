@@ -1,12 +1,14 @@
 """The model manager's public API, shared by the CLI, the server and the GUI.
 
 A model reference is one of: an installed model's name, a source (``pypi:<package>``,
-``hf:<org>/<repo>``), or a path to a local ``.gguf`` file. ``None`` means the embedded default
+``hf:<org>/<repo>``), a catalog name of a model shipped in parts (``qwen2.5-coder-1.5b``), or a
+path to a local ``.gguf`` file. ``None`` means the embedded default
 model. Long operations take ``progress(label, done, total)`` and a ``threading.Event`` that cancels.
 """
 
 from __future__ import annotations
 
+import difflib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from autoglm.engine.errors import InvalidModelError, ModelNotFoundError, SourceE
 from autoglm.engine.models import store
 from autoglm.engine.models.gguf_info import ModelFacts, facts
 from autoglm.engine.models.progress import Progress
-from autoglm.engine.models.sources import hf, pypi
+from autoglm.engine.models.sources import hf, parts, pypi
 from autoglm.engine.models.sources.local import import_path
 from autoglm.engine.models.store import Manifest, rollback, versions
 
@@ -44,6 +46,8 @@ def installed() -> list[Manifest]:
 def installed_from(source: str) -> Manifest | None:
     """The installed model a source refers to, if any (hf: refs may leave the quant to the planner)."""
     kind, _, rest = source.partition(":")
+    if (model := parts.recipe(source)) is not None:
+        return store.get(model.name)
     if kind == "pypi":
         return store.get(pypi.parse_spec(rest)[0])
     if kind == "hf":
@@ -62,12 +66,15 @@ def pull(source: str, progress: Progress | None = None, cancel: threading.Event 
     """Install ``source`` (fetching again even if present, so a newer version is picked up; the
     version it replaces stays installed for ``rollback``)."""
     source = ALIASES.get(source, source)
+    if (model := parts.recipe(source)) is not None:
+        return parts.pull(model, progress, cancel)
     kind, _, rest = source.partition(":")
     if kind == "pypi" and rest:
         return pypi.pull(rest, progress, cancel)
     if kind == "hf" and rest:
         return hf.pull(rest, progress, cancel)
-    raise SourceError(f"cannot pull '{source}': expected pypi:<package> or hf:<org>/<repo>[:quant]")
+    raise SourceError(f"cannot pull '{source}': expected pypi:<package>, hf:<org>/<repo>[:quant] or a catalog "
+                      f"name ({', '.join(parts.RECIPES)})")
 
 
 def _gguf(manifest: Manifest) -> ResolvedModel:
@@ -91,9 +98,21 @@ def resolve(ref: str | None, progress: Progress | None = None, install: bool = T
     manifest = store.get(ref)
     if manifest is not None:
         return _gguf(manifest)
+    if (model := parts.recipe(ref)) is not None:
+        if (manifest := store.get(model.name)) is None:
+            if not install:
+                raise ModelNotFoundError(f"model {model.name} is not installed "
+                                         f"(run `autoglm models pull {model.name}`)")
+            manifest = parts.pull(model, progress)
+        return _gguf(manifest)
     path = Path(ref).expanduser()
     if path.exists() or path.suffix == ".gguf" or "/" in ref or "\\" in ref:
         return ResolvedModel(path, facts(path), None)
-    raise ModelNotFoundError(
-        f"unknown model '{ref}': not installed and not a file (see `autoglm models list`, or pass a .gguf path)"
-    )
+    raise ModelNotFoundError(f"unknown model '{ref}': not installed and not a file{_did_you_mean(ref)} "
+                             "(see `autoglm models list`, or pass a .gguf path)")
+
+
+def _did_you_mean(ref: str) -> str:
+    known = {m.name for m in store.installed()} | set(parts.RECIPES) | set(ALIASES)
+    close = difflib.get_close_matches(ref.lower(), sorted(known), n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""

@@ -108,6 +108,7 @@ class Scheduler:
         self.lock = threading.Condition()
         self.stopping = False
         self.failed: str | None = None  # the reason, once a step failed
+        self.freed = False
         self.stats = {"steps": 0, "tokens_generated": 0, "prompt_tokens": 0, "prompt_reused": 0,
                       "draft_tokens": 0, "draft_accepted": 0, "padding_rows": 0}
         self.thread = threading.Thread(target=self._run, name="autoglm-scheduler", daemon=True)
@@ -138,10 +139,10 @@ class Scheduler:
             self.lock.notify()
         return req
 
-    def adapt_threads(self, idle: tuple[int, int], busy: tuple[int, int]) -> None:
-        """Decode with ``busy`` thread counts while other processes keep cores busy (measured by
-        `autoglm tune`), with ``idle`` ones otherwise; checked between steps, once a second."""
-        self.thread_switch = ThreadSwitch(idle, busy) if busy != idle else None
+    def adapt_threads(self, idle: tuple[int, int], busy: tuple[int, int] | None = None) -> None:
+        """Decode on fewer threads than ``idle`` while other processes keep cores busy (no more than
+        ``busy``'s, where `autoglm tune` measured them); checked between steps (see ``load``)."""
+        self.thread_switch = ThreadSwitch(idle, busy)
 
     @property
     def queue_depth(self) -> int:
@@ -152,8 +153,10 @@ class Scheduler:
         return len(self.planner.active)
 
     def close(self, timeout: float = 10) -> None:
-        """Stop the loop; the context is freed only once the loop thread has ended (a thread stuck
-        in a native call keeps it: leaking it beats freeing memory that is in use)."""
+        """Stop the loop. The loop thread frees the context itself as it ends (llama.cpp's worker
+        team belongs to the thread that decodes; freeing it from another one while the interpreter
+        shut down segfaulted on Ctrl-C). A thread stuck in a native call keeps it: leaking it beats
+        freeing memory that is in use."""
         with self.lock:
             self.stopping = True
             self.lock.notify()
@@ -161,6 +164,13 @@ class Scheduler:
         if self.thread.is_alive():
             log.error("the scheduler thread did not stop in %.0fs; its llama.cpp context is left allocated", timeout)
             return
+        self._free()  # a loop that ended by failing left it
+
+    def _free(self) -> None:
+        with self.lock:
+            if self.freed:
+                return
+            self.freed = True
         self.executor.close()
         if self.draft is not None:
             self.draft.executor.close()
@@ -190,6 +200,8 @@ class Scheduler:
                 jobs = self.planner.forget() if self.stopping and not self.failed else []
             for job in jobs:
                 self._end(job.owner, "cancelled")
+            if self.stopping:
+                self._free()
 
     def _wait(self) -> bool:
         with self.lock:
@@ -287,6 +299,9 @@ class Scheduler:
         self.executor.trim(slot.seq, keep)
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += len(emit) - 1
+        req: Request = slot.job.owner
+        req.stats.drafted += len(slot.draft)
+        req.stats.accepted += len(emit) - 1
         for i, token in enumerate(emit):
             self._emit(slot, token, evaluated=i < len(emit) - 1)
             if slot.job is None:  # finished part-way (stop, length, end of text): drop the cells past it

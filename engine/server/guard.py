@@ -17,6 +17,7 @@ extra task and memory stream, which on a 2-core board is CPU taken from llama.cp
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Any
 
@@ -27,6 +28,7 @@ OPEN_PATHS = {"/health"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 MANAGEMENT = "/autoglm/"
 DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the client sees the 413, not a reset
+DRAIN_S = 1.0  # but no longer than this: a client that declares 50 MB and sends nothing gets its 413 now
 
 
 class Guard:
@@ -121,7 +123,14 @@ class Guard:
 
 
 async def _drain(receive: Any, already: int) -> None:
-    """Read what is left of a request body, up to DRAIN_LIMIT in all, throwing it away."""
+    """Read what is left of a request body, up to DRAIN_LIMIT or DRAIN_S, throwing it away."""
+    try:
+        await asyncio.wait_for(_read_away(receive, already), DRAIN_S)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def _read_away(receive: Any, already: int) -> None:
     while already < DRAIN_LIMIT:
         message = await receive()
         if message["type"] != "http.request":

@@ -124,7 +124,14 @@ def management_router(runtime: Runtime) -> APIRouter:
     async def device() -> dict[str, Any]:
         """The hardware, the kernel self-test and the plan with its reasons, for the desktop app."""
         scheduler = runtime.scheduler
-        return {**runtime.report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq,
+        report = dict(runtime.report)
+        plan = report.get("plan")
+        if isinstance(plan, dict) and plan.get("slots") not in (None, scheduler.parallel):
+            # the engine was started with --parallel: show what serves, not the planner's default
+            reasons = {**plan.get("reasons", {}), "slots": f"{scheduler.parallel}: set when this engine was started "
+                       f"(--parallel; the planner's default here is {plan['slots']})"}
+            report["plan"] = {**plan, "slots": scheduler.parallel, "reasons": reasons}
+        return {**report, "serving": {"parallel": scheduler.parallel, "ctx": scheduler.ctx_per_seq,
                                               "flash_attn": bool(runtime.model.plan and runtime.model.plan.flash_attn),
                                               "onnx_threads": runtime.onnx_threads,
                                               "onnx_threads_reason": runtime.onnx_threads_reason}}

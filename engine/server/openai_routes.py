@@ -22,9 +22,10 @@ from autoglm.engine.server.serving import OpenAIServing
 def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
-        """200 while the engine serves; 503 with the reason once a step has failed."""
+        """200 while the engine serves; 503 with the reason once a step has failed. HEAD too: load
+        balancers probe with it."""
         return serving.health()
 
     @router.get("/v1/models")

@@ -67,7 +67,7 @@ class ResponseFormat(BaseModel):
 
 
 class Sampling(BaseModel):
-    model: str | None = None
+    model: Text | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=DEFAULT_TEMPERATURE, ge=0, le=TEMPERATURE_MAX)
     top_p: float = Field(default=DEFAULT_TOP_P, gt=0, le=1)
@@ -90,19 +90,19 @@ class CompletionRequest(Sampling):
 
 
 class EmbeddingRequest(BaseModel):
-    model: str | None = None
+    model: Text | None = None
     input: Text | list[Text]
 
 
 class ClassifyRequest(BaseModel):
-    model: str | None = None  # a stored classifier
+    model: Text | None = None  # a stored classifier
     input: Text | list[Text]
     labels: list[Text] | None = None  # zero-shot instead
     exact: bool = False
 
 
 class ExtractRequest(BaseModel):
-    model: str | None = None  # the served chat model ("default" or its name)
+    model: Text | None = None  # the served chat model ("default" or its name)
     input: Text | list[Text] = Field(max_length=MAX_EXTRACT_INPUTS)
     schema_: dict[str, Any] = Field(alias="schema")
     max_tokens: int = Field(default=512, ge=1, le=8192)

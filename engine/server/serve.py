@@ -18,12 +18,15 @@ from typing import Any
 from autoglm.engine import loader
 from autoglm.engine.cli_progress import progress_bar
 from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.fs import read_user_text
 from autoglm.engine.models.store import sweep_stale_stages
 from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.app import ServerConfig, create_app
 from autoglm.engine.tuning.background import start_if_wanted
+
+MAX_QUEUE = 100_000  # waiting requests; each holds a connection and its prompt's tokens
 
 
 @dataclass
@@ -54,9 +57,7 @@ class ServeSettings:
             except ImportError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             try:
-                data = tomllib.loads(Path(config).read_text())
-            except OSError as exc:
-                raise InvalidArgumentError(f"cannot read {config}: {exc.strerror}") from None
+                data = tomllib.loads(read_user_text(config, 1 << 20, "TOML settings file"))
             except tomllib.TOMLDecodeError as exc:
                 raise InvalidArgumentError(f"{config} is not valid TOML: {exc}") from None
             data = data.get("serve", data)
@@ -84,6 +85,8 @@ class ServeSettings:
             raise InvalidArgumentError(f"--parallel must be 1-64, got {self.parallel}")
         if self.ctx < 64:
             raise InvalidArgumentError(f"--ctx must be at least 64, got {self.ctx}")
+        if not 1 <= self.max_queue <= MAX_QUEUE:
+            raise InvalidArgumentError(f"--max-queue must be 1-{MAX_QUEUE}, got {self.max_queue}")
         if not _is_loopback(self.host) and not self.api_key:
             raise InvalidArgumentError(f"refusing to listen on {self.host} without an API key: pass --api-key "
                                        "or set AUTOGLM_API_KEY (loopback needs none)")

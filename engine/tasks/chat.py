@@ -64,7 +64,14 @@ def compile_template(template: str) -> Any:
     try:
         return env.from_string(template)
     except TemplateError as exc:
-        raise BackendError(f"the model's chat template does not compile: {exc}") from None
+        raise BackendError(f"the model's chat template does not compile: {_first_line(exc)}") from None
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:  # a parser driven past its limits
+        raise BackendError(f"the model's chat template does not compile: {type(exc).__name__}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def render(template: str | Any, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "",
@@ -93,9 +100,11 @@ def render(template: str | Any, messages: list[dict[str, str]], bos_token: str =
                 raise _TemplateTooCostly(f"its output passed {RENDER_MAX_CHARS} characters")
             out.append(piece)
     except TemplateError as exc:
-        raise BackendError(f"the model's chat template failed: {exc}") from None
+        raise BackendError(f"the model's chat template failed: {_first_line(exc)}") from None
     except _TemplateTooCostly as exc:
         raise BackendError(f"the model's chat template was stopped: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the template is foreign code: 1/0, endless recursion, str < int
+        raise BackendError(f"the model's chat template failed: {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
         sys.settrace(previous)
     return "".join(out)

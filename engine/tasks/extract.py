@@ -20,6 +20,7 @@ import jsonschema
 
 from autoglm.engine.backends.llama_lib import llama_cpp
 from autoglm.engine.errors import BackendError, InvalidArgumentError
+from autoglm.engine.fs import read_user_text
 from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.tasks.chat import PromptBuilder
 
@@ -70,10 +71,7 @@ def check_schema(schema: Any, what: str = "the schema") -> dict[str, Any]:
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_user_text(path, MAX_SCHEMA_CHARS * 4, "JSON schema file")
     if len(text) > MAX_SCHEMA_CHARS:
         raise InvalidArgumentError(f"{path} is {len(text)} characters; a schema of at most {MAX_SCHEMA_CHARS} is taken")
     try:

@@ -27,6 +27,10 @@ _REF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<se
 QUANT_RE = re.compile(r"(?i)(?<![A-Z0-9])(IQ\d_[A-Z]+|Q\d_K_[SML]|Q\d_K|Q\d_\d|BF16|F16|F32)(?![A-Z0-9])")
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
+# What still works without the Hub, said wherever a pull could not reach it.
+OFFLINE = ("; offline, `autoglm models import FILE` installs a file you have, pypi: sources use your package "
+           "index or mirror, and HF_ENDPOINT points hf: pulls at a Hub mirror")
+
 
 @dataclass
 class RemoteFile:
@@ -64,10 +68,11 @@ def _hub_error(exc: Exception, repo: str) -> Exception:
     if isinstance(exc, errors.EntryNotFoundError):
         return ModelNotFoundError(f"{repo} has no such file")
     if isinstance(exc, errors.OfflineModeIsEnabled):
-        return NetworkError("HF_HUB_OFFLINE is set, so nothing can be downloaded")
+        return NetworkError(f"HF_HUB_OFFLINE is set, so nothing can be downloaded{OFFLINE}")
     if isinstance(exc, errors.HfHubHTTPError):
         return SourceError(f"the Hub refused the request for {repo}: {str(exc).splitlines()[0]}")
-    return NetworkError(f"could not reach the Hub for {repo} ({type(exc).__name__}: {str(exc).splitlines()[0]})")
+    why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return NetworkError(f"could not reach the Hub for {repo} ({why}){OFFLINE}")
 
 
 def list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
@@ -115,7 +120,7 @@ def pull(ref: str, progress: Progress | None = None, cancel: threading.Event | N
 
     repo, revision, selector = parse_ref(ref)
     if constants.HF_HUB_OFFLINE:
-        raise NetworkError("HF_HUB_OFFLINE is set, so nothing can be downloaded")
+        raise NetworkError(f"HF_HUB_OFFLINE is set, so nothing can be downloaded{OFFLINE}")
     commit, files = list_files(repo, revision)
     chosen, _reason = select(files, selector, native.probe_device())
     headers = build_hf_headers()

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
+from autoglm.engine.models.gguf_info import read_gguf
 from autoglm.engine.models.install import install_gguf
 from autoglm.engine.models.progress import Progress, check_cancel
 from autoglm.engine.models.store import CHUNK, FileEntry, Manifest, Staging, check_name, sha256_file
@@ -82,6 +83,7 @@ def import_path(path: str | Path, *, name: str | None = None, link: bool = False
     how = "link" if link else "copy"
     with Staging() as stage:
         if src.is_file() and src.suffix == ".gguf":
+            read_gguf(src)  # refused by the user's own path, before a copy of gigabytes
             sha = _place(src, stage.dir / src.name, link, progress, cancel)
             return install_gguf(stage, name=name, version=sha[:12], source=f"file:{src.resolve()} ({how})",
                                 files=[FileEntry(src.name, sha, src.stat().st_size)])

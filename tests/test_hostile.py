@@ -453,3 +453,61 @@ def test_staging_left_by_a_killed_pull_is_swept(tmp_home):
     (live / ".owner").write_text(str(os.getpid()))
     sweep_stale_stages()
     assert not stage.exists() and live.exists()
+
+
+# --- damaged manifests in the store (fast: the CLI in-process over a store made by hand) ----------
+def _store_with(tmp_path: Path, manifests: dict[str, object]) -> Path:
+    """A store holding one good (small, fake) model and one model per damaged manifest."""
+    good = {"name": "good", "version": "1", "source": "file:x", "format": "gguf", "primary": "m.gguf",
+            "files": [{"path": "m.gguf", "sha256": hashlib.sha256(b"GGUF").hexdigest(), "size": 4}], "size": 4}
+    for name, data in {"good": good, **manifests}.items():
+        folder = tmp_path / "models" / name / "1"
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps(data))
+        (folder / "m.gguf").write_bytes(b"GGUF")
+        (folder.parent / "current").write_text("1")
+    return tmp_path
+
+
+DAMAGED = {
+    "files-string": {"name": "files-string", "version": "1", "source": "s", "format": "gguf", "primary": "m.gguf",
+                     "files": "m.gguf"},
+    "no-primary": {"name": "no-primary", "version": "1", "source": "s", "format": "gguf", "primary": "other.gguf",
+                   "files": [{"path": "m.gguf", "sha256": "0" * 64, "size": 4}]},
+    "a-list": [1, 2, 3],
+    "size-string": {"name": "size-string", "version": "1", "source": "s", "format": "gguf", "primary": "m.gguf",
+                    "files": [{"path": "m.gguf", "sha256": "0" * 64, "size": "4"}], "size": "4"},
+    "escapes": {"name": "escapes", "version": "1", "source": "s", "format": "gguf", "primary": "../../x",
+                "files": [{"path": "../../x", "sha256": "0" * 64, "size": 4}]},
+}
+
+
+def test_damaged_manifests_are_refused_in_one_line_and_the_rest_carry_on(tmp_path, monkeypatch, capsys):
+    from autoglm.engine.cli import main
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(_store_with(tmp_path, DAMAGED)))
+    assert main(["models", "list"]) == 0
+    out, err = capsys.readouterr()
+    assert "good" in out and not any(name in out for name in DAMAGED)
+    assert len(err.strip().splitlines()) == len(DAMAGED) and "manifest.json is damaged" in err
+    assert main(["models", "verify"]) == 1  # the good one verifies; the damaged ones count as failed
+    out, err = capsys.readouterr()
+    assert "good 1: ok" in out and "Traceback" not in err
+    for cmd in (["models", "info", "files-string"], ["models", "verify", "a-list"], ["run", "hi", "-m", "size-string"]):
+        assert main(cmd) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("autoglm: error: model") and len(err.strip().splitlines()) == 1, err
+    assert main(["models", "du"]) == 0 and "total" in capsys.readouterr().out
+    for name in DAMAGED:  # the way out the message names works
+        assert main(["models", "rm", name]) == 0
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["good"]
+
+
+def test_a_model_name_of_300_characters_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from autoglm.engine.cli import main
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
+    gguf = tmp_path / "x.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert main(["models", "import", str(gguf), "--name", "a" * 300]) == 2
+    assert "at most 100 characters" in capsys.readouterr().err

@@ -318,3 +318,19 @@ def test_classify_with_a_tuned_prompt_and_the_routes_in_the_model_list(srv):
     reply = httpx.post(f"{srv[0]}/v1/classify", json.dumps(many).encode(), {"Content-Type": "application/json"})
     assert reply.status_code == 400 and "at most 64 texts" in reply.json()["error"]["message"]
     assert httpx.get(f"{srv[0]}/autoglm/models").json()["routes"] == {}
+
+
+def test_a_declared_50_mb_body_is_a_413_at_once_and_head_health_answers(srv):
+    """A client that declares a body over the limit and sends none used to hold the connection 30 s."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url = urlparse(srv[0])
+    started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {50 << 20}\r\n\r\n".encode())
+        head = sock.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413") and time.monotonic() - started < 3, head
+    assert _http("HEAD", srv[0] + "/health").status_code == 200

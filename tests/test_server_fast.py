@@ -326,3 +326,40 @@ def test_management_mistakes_are_http_statuses_not_200_streams(client, tmp_path,
     assert r.status_code == 422 and "expected pypi:" in r.json()["error"]["message"]
     r = client.post("/autoglm/models/pull", json={"source": "pypi:bad name!"})
     assert r.status_code == 422 and "not a valid package name" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("template, kind", [("{{ 1 / 0 }}", "ZeroDivisionError"),
+                                            ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+                                            ("{{ 'a' < 1 }}", "TypeError")])
+def test_a_chat_template_that_raises_is_a_422_naming_the_template(template, kind):
+    class Raising(FakeBackend):
+        metadata = {"tokenizer.chat_template": template}
+
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("fake-model", ScheduledBackend(Raising(), scheduler), device)
+    c = TestClient(create_app(runtime, ServerConfig()), base_url="http://127.0.0.1:8000")
+    try:
+        r = c.post("/v1/chat/completions", json=MSG)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"].startswith(f"the model's chat template failed: {kind}")
+        assert c.get("/health").status_code == 200
+    finally:
+        scheduler.close()
+
+
+def test_a_lone_surrogate_in_the_model_field_is_a_4xx_on_every_route(client):
+    bodies = {"/v1/chat/completions": MSG, "/v1/completions": {"prompt": "x", "max_tokens": 2},
+              "/v1/embeddings": {"input": "x"}, "/v1/classify": {"input": ["x"]},
+              "/v1/extract": {"input": ["x"], "schema": {"type": "object"}}}
+    for route, body in bodies.items():
+        raw = json.dumps({**body, "model": "\ud800"})  # json.dumps writes the surrogate as \ud800
+        r = client.post(route, content=raw, headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, (route, r.status_code, r.text)
+        assert "error" in r.json()
+    assert client.get("/health").status_code == 200
+
+
+def test_load_balancers_may_probe_health_with_head(client):
+    r = client.head("/health")
+    assert r.status_code == 200 and r.content == b""

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.engine import paths
-from autoglm.engine.errors import IntegrityError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.errors import (
+    IntegrityError,
+    InvalidArgumentError,
+    InvalidModelError,
+    ModelNotFoundError,
+    StorageError,
+)
 from autoglm.engine.fs import storage_error, write_atomic, write_cache
 
 CHUNK = 1 << 20
@@ -62,7 +68,15 @@ class Manifest:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], bundled: Path | None = None) -> Manifest:
+    def from_dict(cls, data: Any, bundled: Path | None = None, folder: str | None = None) -> Manifest:
+        """A manifest read from disk, checked field by field: a damaged or hand-edited one is
+        refused in one line (InvalidModelError) instead of a TypeError wherever it is used.
+        ``folder``: the store folder it was read from, to name the model when its name is damaged."""
+        problem = _manifest_problem(data)
+        if problem:
+            name = folder or (data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else "?")
+            raise InvalidModelError(f"model {name[:64]}: its manifest.json is damaged ({problem}); "
+                                    f"remove it with `autoglm models rm {name[:64]}` and install it again")
         known = {f.name for f in fields(cls)} - {"bundled"}
         data = {k: v for k, v in data.items() if k in known}  # a newer version's fields are read past
         data["files"] = [FileEntry(**{k: f[k] for k in ("path", "sha256", "size")}) for f in data["files"]]
@@ -75,6 +89,39 @@ class Manifest:
     @property
     def primary_path(self) -> Path:
         return self.directory / self.primary
+
+
+_FIELD_TYPES: dict[str, Any] = {"name": str, "version": str, "source": str, "format": str, "primary": str,
+                                "quant": str, "architecture": str, "size": int, "context_length": int,
+                                "license": (str, type(None)), "source_sha256": (str, type(None)),
+                                "installed_at": (int, float)}
+
+
+def _manifest_problem(data: Any) -> str | None:
+    """What is wrong with a manifest's JSON, or None: every field a reader relies on, by type, and
+    every path inside the version folder."""
+    if not isinstance(data, dict):
+        return f"a {type(data).__name__}, not an object"
+    for key in ("name", "version", "source", "format", "files", "primary"):
+        if key not in data:
+            return f"no '{key}'"
+    for key, kind in _FIELD_TYPES.items():
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            return f"'{key}' is a {type(data[key]).__name__}"
+    if not _NAME.match(data["name"]) or not _NAME.match(data["version"]):
+        return "a name or version that is not a plain name"
+    files = data["files"]
+    if not isinstance(files, list) or not files:
+        return "'files' is not a list of files"
+    for f in files:
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not isinstance(f.get("sha256"), str) \
+                or not isinstance(f.get("size"), int) or isinstance(f.get("size"), bool) or f["size"] < 0:
+            return "a file entry without a path, sha256 and size"
+        if f["path"].startswith(("/", "\\")) or ".." in Path(f["path"]).parts or not f["path"]:
+            return f"a file path outside its folder ({f['path'][:64]})"
+    if data["primary"] not in {f["path"] for f in files}:
+        return f"its primary file {data['primary'][:64]!r} is not among its files"
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -151,8 +198,13 @@ class Staging:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+MAX_NAME = 100  # a folder name every file system takes, with room for the version beneath it
+
+
 def check_name(name: str) -> str:
     """A model name users choose (import, classify train): letters, digits, '.', '_', '-'."""
+    if len(name or "") > MAX_NAME:
+        raise InvalidArgumentError(f"a model name of at most {MAX_NAME} characters, please (got {len(name)})")
     if not _NAME.match(name or ""):
         raise InvalidArgumentError(f"'{name}' is not a usable model name: use letters, digits, '.', '_' and '-'")
     return name
@@ -160,7 +212,8 @@ def check_name(name: str) -> str:
 
 def get(name: str) -> Manifest | None:
     """The current version of an installed model, or None (also for anything that is not a plain
-    model name, so a name from a request can never point outside the store)."""
+    model name, so a name from a request can never point outside the store). A damaged manifest
+    raises InvalidModelError: the model is there, but cannot be used."""
     if not _NAME.match(name or ""):
         return None
     for root, bundled in ((paths.models_dir(), None), (paths.bundled_models_dir(), True)):
@@ -169,10 +222,18 @@ def get(name: str) -> Manifest | None:
         current = root / name / "current"
         try:
             version = current.read_text().strip()
-            data = json.loads((current.parent / version / "manifest.json").read_text())
-        except (OSError, ValueError):
+        except OSError:
             continue
-        return Manifest.from_dict(data, bundled=root if bundled else None)
+        if not _NAME.match(version):
+            raise InvalidModelError(f"model {name}: its 'current' file names no version; install it again")
+        try:
+            data = json.loads((current.parent / version / "manifest.json").read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, RecursionError):
+            raise InvalidModelError(f"model {name}: its manifest.json is not readable JSON; remove it with "
+                                    "`autoglm models rm` and install it again") from None
+        return Manifest.from_dict(data, bundled=root if bundled else None, folder=name)
     return None
 
 
@@ -184,7 +245,7 @@ def versions(name: str) -> list[Manifest]:
     for manifest_path in (paths.models_dir() / name).glob("*/manifest.json"):
         try:
             found.append(Manifest.from_dict(json.loads(manifest_path.read_text())))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, RecursionError, InvalidModelError):
             continue
     return sorted(found, key=lambda m: m.installed_at, reverse=True)
 
@@ -204,14 +265,24 @@ def rollback(name: str, to: str | None = None) -> tuple[Manifest, Manifest]:
     return current, others[0]
 
 
-def installed() -> list[Manifest]:
-    """The user's store, plus any models bundled with the app (read-only; the user's copy wins)."""
+def installed(damaged: list[str] | None = None) -> list[Manifest]:
+    """The user's store, plus any models bundled with the app (read-only; the user's copy wins).
+    A model whose manifest is damaged is left out, its one-line reason added to ``damaged``."""
     names = {d.name for d in paths.models_dir().iterdir() if d.is_dir()}
     bundled = paths.bundled_models_dir()
     if bundled is not None:
         names |= {d.name for d in bundled.iterdir() if d.is_dir()}
-    found = [get(name) for name in sorted(names)]
-    return [m for m in found if m is not None]
+    found = []
+    for name in sorted(names):
+        try:
+            manifest = get(name)
+        except InvalidModelError as exc:
+            if damaged is not None:
+                damaged.append(str(exc))
+            continue
+        if manifest is not None:
+            found.append(manifest)
+    return found
 
 
 def require(name: str) -> Manifest:
@@ -289,18 +360,25 @@ def check_intact(manifest: Manifest) -> None:
         write_cache(_stamps_path(), json.dumps(stamps))
 
 
-def remove(name: str) -> Manifest:
-    """Delete every version of ``name``; the 'current' pointer goes first so it never dangles."""
-    manifest = require(name)
-    if manifest.bundled is not None:
+def remove(name: str) -> str:
+    """Delete every version of ``name``; the 'current' pointer goes first so it never dangles. A
+    model whose manifest is damaged is removed all the same: that is how a user gets rid of it."""
+    try:
+        manifest = require(name)
+    except InvalidModelError:
+        manifest = None
+    if manifest is not None and manifest.bundled is not None:
         raise InvalidArgumentError(f"{name} ships inside this app bundle and cannot be removed")
     model_dir = paths.models_dir() / name
     if model_dir.is_symlink():
         raise InvalidArgumentError(f"{name} in the store is a symbolic link to {os.readlink(model_dir)}; autoglm does "
                                    f"not delete through links: remove {model_dir} by hand")
-    (model_dir / "current").unlink()
-    shutil.rmtree(model_dir)
-    return manifest
+    try:
+        (model_dir / "current").unlink(missing_ok=True)
+        shutil.rmtree(model_dir)
+    except OSError as exc:
+        raise storage_error(exc) or StorageError(f"cannot remove {model_dir}: {exc.strerror or exc}") from None
+    return name
 
 
 def disk_usage() -> dict[str, int]:

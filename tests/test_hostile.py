@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,7 +353,14 @@ def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
               f"/health {len(latencies)} polls, worst {worst * 1000:.0f} ms")
         assert plain_replies == [(200, "ok")] * 2 and len(costly) == 3 and latencies
         assert all(status == 422 and "ms per token to enforce" in why for status, why in costly), costly
-        assert worst < 1.0 and beside < alone + 3 * 2.0  # each costly one: its grace and a sample or two
+        # Each costly one may cost the scheduler its grace and about a token's grammar work (that is the
+        # budget); a token's cost is what its refusal measured, so a busy machine's slower tokens count
+        # in its own unit, and the bound tests the budget, not the machine's spare capacity.
+        from autoglm.engine.scheduler.batch import GRAMMAR_GRACE_S
+
+        per_token = [float(re.search(r"costs (\d+) ms per token", why).group(1)) / 1000 for _, why in costly]
+        allowed = sum(GRAMMAR_GRACE_S + 3 * cost for cost in per_token)
+        assert worst < 1.0 and beside < alone + allowed, (beside, alone, per_token)
 
 
 def test_special_token_text_from_a_user_stays_text(backend):

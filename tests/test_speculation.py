@@ -19,6 +19,7 @@ from autoglm.engine.scheduler.speculation import (
     StepCost,
     best_k,
 )
+from tests.conftest import pinned
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(max_tokens=60, temperature=0)
@@ -196,7 +197,7 @@ def test_padding_rows_for_idle_streams_change_steps_never_text(default_model, mo
     from autoglm.engine.scheduler.planner import StepPlanner
     from autoglm.engine.tasks.chat import PromptBuilder
 
-    model = loader.load_scheduled(loader.prepare(None), parallel=8, ctx_per_seq=512, speculative=False)
+    model = loader.load_scheduled(loader.prepare(None, pinned()), parallel=8, ctx_per_seq=512, speculative=False)
     try:
         scheduler = model.scheduler
         builder = PromptBuilder(model)
@@ -289,7 +290,7 @@ def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_
 
     draft_file = tmp_path / "draft.Q4_0.gguf"
     quantize_file(Path(backend.plan.model_path), draft_file, "Q4_0")
-    drafted = loader.load_scheduled(loader.prepare(None), parallel=2, draft=str(draft_file))
+    drafted = loader.load_scheduled(loader.prepare(None, pinned()), parallel=2, draft=str(draft_file))
     # drafts made to look free, so every step drafts (the most verifying); whether this draft pays is
     # the cost model's call, which here rightly says no (it costs as much as the target)
     drafted.scheduler.planner._with_drafting = lambda cost, rows: (lambda n: 1.0)

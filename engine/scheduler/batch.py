@@ -110,7 +110,7 @@ class Scheduler:
         self.failed: str | None = None  # the reason, once a step failed
         self.freed = False
         self.stats = {"steps": 0, "tokens_generated": 0, "prompt_tokens": 0, "prompt_reused": 0,
-                      "draft_tokens": 0, "draft_accepted": 0, "padding_rows": 0}
+                      "draft_tokens": 0, "draft_accepted": 0, "padding_rows": 0, "peak_active": 0}
         self.thread = threading.Thread(target=self._run, name="autoglm-scheduler", daemon=True)
         self.thread.start()
 
@@ -248,6 +248,7 @@ class Scheduler:
         if self.thread_switch is not None and (threads := self.thread_switch.check()) is not None:
             self.executor.set_threads(*threads)
             self.stats["thread_switches"] = self.thread_switch.switches
+        self.stats["peak_active"] = max(self.stats["peak_active"], len(self.planner.active))
         started = time.perf_counter()
         self.executor.decode(step.rows)
         elapsed = time.perf_counter() - started

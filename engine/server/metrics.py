@@ -25,6 +25,8 @@ class Metrics:
             lambda: scheduler.queue_depth)
         Gauge("autoglm_active_sequences", "sequences being generated", registry=self.registry).set_function(
             lambda: scheduler.active)
+        Gauge("autoglm_peak_active_sequences", "the most sequences decoded in one step since start",
+              registry=self.registry).set_function(lambda: scheduler.stats.get("peak_active", 0))
         Gauge("autoglm_tokens_generated", "tokens generated since start", registry=self.registry).set_function(
             lambda: scheduler.stats["tokens_generated"])
         Gauge("autoglm_draft_tokens", "tokens drafted for speculative decoding since start",

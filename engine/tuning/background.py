@@ -42,6 +42,9 @@ class IdleTuner:
         self.idle_s = float(os.environ.get("AUTOGLM_AUTOTUNE_IDLE", "30")) if idle_s is None else idle_s
         self.budget_s = float(os.environ.get("AUTOGLM_AUTOTUNE_BUDGET", "60")) if budget_s is None else budget_s
         self.load = load or OtherLoad()
+        # AUTOGLM_AUTOTUNE_QUIET: how many cores others may use for the machine to count as quiet (a
+        # desktop that is never below 0.3 can accept a noisier measurement rather than none)
+        self.quiet = float(os.environ.get("AUTOGLM_AUTOTUNE_QUIET", QUIET_CORES))
         self.stopping = threading.Event()
         self.result: Tuned | None = None
         self.interruptions = 0
@@ -56,13 +59,13 @@ class IdleTuner:
 
     def _idle_for(self, seconds: float) -> bool:
         """Wait until the server has had no request and the machine's other processes have used
-        less than ``QUIET_CORES`` for ``seconds`` in a row; False when stopping. Measuring on a
+        less than ``self.quiet`` cores for ``seconds`` in a row; False when stopping. Measuring on a
         busy machine would both slow its work and measure the wrong thing (two engines on one
         machine: one would tune while the other serves)."""
         since = time.monotonic()
         while not self.stopping.wait(0.5):
             others = self.load.sample()
-            if self.busy() or (others is not None and others > QUIET_CORES):
+            if self.busy() or (others is not None and others > self.quiet):
                 since = time.monotonic()
             elif time.monotonic() - since >= seconds:
                 return True

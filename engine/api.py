@@ -52,6 +52,19 @@ class ChatResult:
     tokens_per_second: float
 
 
+def _text(text: str) -> str:
+    """Lone surrogates (``"\\ud800"``, from JSON or a broken decoder) are not text: replaced, as the server does."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _texts(texts: Any) -> list[str]:
+    """A text or a list of texts, checked: anything else is one line, not a TypeError deep inside."""
+    batch = [texts] if isinstance(texts, str) else texts
+    if not isinstance(batch, list | tuple) or not all(isinstance(t, str) for t in batch):
+        raise InvalidArgumentError("texts must be a string or a list of strings")
+    return [_text(t) for t in batch]
+
+
 class Engine:
     """Chat, classify, extract and embed on this machine. ``model``: the chat/extract model (a store
     name, ``pypi:``/``hf:`` source or a .gguf path; default: the router's, else SmolLM2)."""
@@ -110,7 +123,12 @@ class Engine:
     def _tokens(self, messages: Messages, system: str | None) -> list[int]:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidArgumentError("messages: a text, or a list of {\"role\": ..., \"content\": ...} dicts")
         msgs = ([{"role": "system", "content": system}] if system else []) + [dict(m) for m in messages]
+        for m in msgs:
+            if isinstance(m.get("content"), str):
+                m["content"] = _text(m["content"])
         return self._rt().prompts.tokens(msgs)
 
     def _params(self, prompt_len: int, max_tokens: int, temperature: float, top_p: float, seed: int | None,
@@ -155,19 +173,20 @@ class Engine:
         ``Extraction`` per text, in order, decoded in parallel; failures carry ``error``.
         ``schema``: a JSON schema (dict) or the path of a schema file."""
         schema = check_schema(schema) if isinstance(schema, dict) else load_schema(schema)
+        texts = _texts(text)
         runtime = self._rt()
         extractor = Extractor(runtime.model, schema, max_tokens=max_tokens, prompts=runtime.prompts)
         if isinstance(text, str):
-            result = extractor.extract(text)
+            result = extractor.extract(texts[0])
             if result.data is None:
                 raise InvalidArgumentError(f"no object extracted: {result.error}")
             return result.data
-        return list(extractor.extract_many(text, parallel=runtime.scheduler.parallel))
+        return list(extractor.extract_many(texts, parallel=runtime.scheduler.parallel))
 
     # --- encoders -------------------------------------------------------------------------------
     def embed(self, texts: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = _texts(texts)
         _, encoder = self._rt().encoder(route("embed", model))
         return encoder.embed(texts)[0]
 
@@ -184,7 +203,7 @@ class Engine:
         """``labels``: zero-shot over these names; else the classifier ``model`` (default: the router's).
         Each prediction has ``review`` set when its confidence is too low to trust unseen. A tuned
         prompt (``autoglm prompt tune``) as ``model`` labels with the chat model: no confidence then."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
+        batch = _texts(texts)
         runtime = self._rt()
         if labels:
             manifest, encoder = runtime.encoder(route("embed"))

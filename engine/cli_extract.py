@@ -18,7 +18,8 @@ from autoglm.engine.errors import InvalidArgumentError
 
 
 def lines(path: str) -> Iterator[str]:
-    """Texts of a file (``-``: stdin), one per non-empty line, read as they are needed."""
+    """Texts of a file (``-``: stdin), one per line, blank ones included (each gets its null line, so
+    output line N answers input line N), read as they are needed."""
     try:
         handle = sys.stdin if path == "-" else Path(path).open(encoding="utf-8")
     except OSError as exc:
@@ -26,8 +27,7 @@ def lines(path: str) -> Iterator[str]:
     with handle:
         try:
             for line in handle:
-                if line.strip():
-                    yield line.strip()
+                yield line.strip()
         except UnicodeDecodeError:
             raise InvalidArgumentError(f"{path} is not UTF-8 text") from None
 
@@ -37,7 +37,7 @@ def count(path: str) -> int | None:
         return None
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
-            return sum(1 for line in handle if line.strip())
+            return sum(1 for _ in handle)
     except OSError:
         return None
 
@@ -104,7 +104,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         bar = tqdm(total=count(args.file), unit="text", file=sys.stderr, disable=None)
         with bar:
             for total, result in enumerate(extractor.extract_many(lines(args.file), model.scheduler.parallel), 1):
-                if result.data is None:
+                if result.data is None and result.text.strip():  # a blank line's null is no failure
                     failed += 1
                     bar.write(f"line {total}: {result.error}", file=sys.stderr)
                 print(json.dumps(result.data, ensure_ascii=False), flush=True)

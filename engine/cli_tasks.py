@@ -123,7 +123,7 @@ def cmd_classify_correct(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("give --model NAME (the classifier to correct), or route classify to one")
     if bool(args.file) == bool(args.text and args.label):
         raise InvalidArgumentError("give TEXT --label RIGHT_LABEL, or --file with text,label rows")
-    pairs = list(zip(*load_examples(args.file), strict=True)) if args.file else [(args.text, args.label)]
+    pairs = list(zip(*load_examples(args.file, min_labels=1), strict=True)) if args.file else [(args.text, args.label)]
     started = time.perf_counter()
     manifest = correct(name, pairs)
     clf_report = json.loads((manifest.directory / "classifier.json").read_text())["report"]

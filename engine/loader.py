@@ -12,7 +12,7 @@ from autoglm.engine import hardware, selftest
 from autoglm.engine.backends import native
 from autoglm.engine.backends.llama_executor import LlamaExecutor
 from autoglm.engine.backends.llamacpp import LlamaBackend
-from autoglm.engine.errors import ModelNotFoundError
+from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
 from autoglm.engine.models.manager import ResolvedModel, resolve
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
@@ -41,6 +41,8 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     overrides = overrides or Overrides()
     overrides.validate()
     model = resolve(ref, progress=progress, install=install)
+    if model.manifest is None:
+        _check_file(model)
     device = native.probe_device()
     variant = None
     if measured and not overrides.safe:  # a faster quant of it that passed the quality gate here
@@ -59,6 +61,15 @@ def prepare(ref: str | None, overrides: Overrides | None = None, progress: Progr
     if variant:
         plan.reasons["model"] = variant
     return Prepared(model, device, verdict, plan, gpu_verdict, tuned)
+
+
+def _check_file(model: ResolvedModel) -> None:
+    """A file used in place loads first in a child (once per file version): nothing an install
+    would have refused reaches llama.cpp in this process."""
+    verdict = selftest.file_check(model.path)
+    if not verdict.ok:
+        why = verdict.detail.partition(": ")[2] if verdict.outcome == "failed" else verdict.summary()
+        raise InvalidModelError(f"{model.path}: llama.cpp cannot load it ({why})")
 
 
 def _measured_variant(model: ResolvedModel, device: hardware.DeviceFacts) -> tuple[ResolvedModel, str | None]:
@@ -101,6 +112,8 @@ def load_draft(prepared: Prepared, target: LlamaBackend, ref: str, parallel: int
     device (all on the GPU when the target is), after checking that its tokens mean the same."""
     plan = prepared.plan
     model = resolve(ref, install=False)
+    if model.manifest is None:
+        _check_file(model)
     extra = plan.use_extra_bufts and selftest.check(prepared.device, model.path, model.facts.quant).ok
     backend = LlamaBackend(str(model.path), threads=plan.threads, gpu_layers=-1 if plan.gpu_layers else 0,
                            use_extra_bufts=extra, use_mmap=True)

@@ -128,10 +128,33 @@ def _cached_or_run(device: DeviceFacts, config: str, model_path: str | Path, fla
 
 
 def load_check(model_path: str | Path) -> Verdict:
-    """Does llama.cpp load this file and decode with it? Asked in a child before a model is
-    installed, so a file that parses but crashes the loader never becomes a model version."""
+    """Does llama.cpp load this file and decode with it, to finite logits? Asked in a child before a
+    model is installed, so a file that parses but crashes the loader (or whose weights are noise)
+    never becomes a model version."""
     argv = module_command("autoglm.engine.selftest", "--safe", str(model_path))
     return run_child(argv, "load", Path(model_path).name)
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return f"load|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def file_check(model_path: str | Path) -> Verdict:
+    """``load_check`` for a file used in place (``--model ./x.gguf``, a ``--draft`` file), cached on
+    its path, size and mtime: store models were checked when installed, and a file no install
+    looked at must not reach llama.cpp in the serving process first (a bad token id aborts it)."""
+    path = Path(model_path)
+    key = _file_key(path)
+    entry = _load_cache().get(key)
+    if entry is not None:
+        return Verdict(**entry)
+    verdict = load_check(path)
+    if verdict.outcome in ("passed", "crashed", "failed"):
+        cache = {k: v for k, v in _load_cache().items() if not k.startswith(f"load|{path.resolve()}|")}
+        cache[key] = asdict(verdict)
+        write_cache(_cache_path(), json.dumps(cache, indent=2))
+    return verdict
 
 
 def _probe(model_path: str, extra_bufts: bool, gpu_layers: int = 0) -> None:
@@ -141,6 +164,15 @@ def _probe(model_path: str, extra_bufts: bool, gpu_layers: int = 0) -> None:
                      n_gpu_layers=gpu_layers, flash_attn=gpu_layers > 0,
                      verbose=True)  # llama.cpp's log on stderr carries its reason for refusing a file
     tokens = llm.tokenize(b"The capital of France is", add_bos=True)
+    llm.eval(tokens)
+    import numpy as np
+
+    logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))  # the last token's
+    if not np.isfinite(logits).all() or float(logits.max()) == float(logits.min()):
+        print("SELFTEST BAD LOGITS: the weights give no usable next-token scores (damaged or random data)",
+              file=sys.stderr, flush=True)
+        sys.exit(3)
+    llm.reset()
     out = []
     for tok in llm.generate(tokens, temp=0.0):
         out.append(tok)

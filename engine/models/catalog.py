@@ -11,6 +11,7 @@ about N times slower on the same device and placement. Installed models show the
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -119,11 +120,18 @@ def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, 
     return out
 
 
-def search_hub(query: str, limit: int = SEARCH_LIMIT, timeout: float = 10.0) -> list[dict[str, Any]]:
+SEARCH_DEADLINE_S = 10.0  # the whole answer, not each read: a server sending a byte every 5 s never timed out
+SEARCH_MAX_BYTES = 4 << 20
+
+
+def search_hub(query: str, limit: int = SEARCH_LIMIT, timeout: float = SEARCH_DEADLINE_S) -> list[dict[str, Any]]:
     """GGUF repos on the Hub (or the mirror ``HF_ENDPOINT`` names) matching ``query``, most downloaded first.
 
     One request through huggingface_hub's session (its endpoint, token and proxies), not ``list_models``:
-    that retries five times with backoff, so being offline took half a minute to say."""
+    that retries five times with backoff, so being offline took half a minute to say. The answer is
+    read within one deadline and a size bound, and every field is checked: the endpoint is not ours."""
+    import time
+
     from huggingface_hub import constants
     from huggingface_hub.utils import build_hf_headers, get_session  # heavy: only a search needs them
 
@@ -131,15 +139,36 @@ def search_hub(query: str, limit: int = SEARCH_LIMIT, timeout: float = 10.0) -> 
     if not query or len(query) > 100:
         raise SourceError("give a search text of 1 to 100 characters")
     params = {"search": query, "filter": "gguf", "sort": "downloads", "direction": "-1", "limit": str(limit)}
+    deadline = time.monotonic() + timeout
     try:
-        reply = get_session().get(f"{constants.ENDPOINT}/api/models", params=params, headers=build_hf_headers(),
-                                  timeout=timeout)
-        reply.raise_for_status()
-        found = reply.json()
+        body = bytearray()
+        with get_session().stream("GET", f"{constants.ENDPOINT}/api/models", params=params,
+                                  headers=build_hf_headers(), timeout=timeout) as reply:
+            reply.raise_for_status()
+            for chunk in reply.iter_bytes():
+                body += chunk
+                if len(body) > SEARCH_MAX_BYTES:
+                    raise SourceError(f"the answer is over {SEARCH_MAX_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise SourceError(f"no complete answer in {timeout:g} s")
+        found = json.loads(body)
+    except SourceError as exc:
+        raise SourceError(f"cannot search Hugging Face: {exc}") from None
     except Exception as exc:  # offline, a proxy, the Hub down, not JSON: one line, whatever was raised
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SourceError(f"cannot search Hugging Face: {reason[:200]}") from None
     if not isinstance(found, list):
         raise SourceError("cannot search Hugging Face: the answer is not a list of models")
-    return [{"source": f"hf:{m['id']}", "title": m["id"], "downloads": int(m.get("downloads") or 0),
-             "likes": int(m.get("likes") or 0)} for m in found[:limit] if isinstance(m, dict) and "id" in m]
+    return [hit for m in found[:limit] if (hit := _hit(m)) is not None]
+
+
+def _hit(m: Any) -> dict[str, Any] | None:
+    """One search result, or None for an entry that is not a model record (a hostile or broken endpoint)."""
+    if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not 0 < len(m["id"]) <= 200:
+        return None
+
+    def count(key: str) -> int:
+        value = m.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    return {"source": f"hf:{m['id']}", "title": m["id"], "downloads": count("downloads"), "likes": count("likes")}

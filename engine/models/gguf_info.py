@@ -129,9 +129,67 @@ def read_gguf(path: str | Path) -> ModelFacts:
         raise InvalidModelError(f"{path} holds no tensors")
     if end > size:
         raise InvalidModelError(f"{path} is truncated: {size} bytes on disk, its tensors need {end}")
+    try:
+        check_tokenizer(reader)
+        return _facts(reader, path, size)
+    except (ValueError, TypeError, OverflowError, IndexError, AttributeError) as exc:  # a value of the wrong type
+        raise InvalidModelError(f"{path} has metadata of the wrong type ({type(exc).__name__}: "
+                                f"{str(exc)[:200]})") from None
+    except _BadTokenizer as exc:
+        raise InvalidModelError(f"{path} has a broken tokenizer: {exc}; llama.cpp would abort on it") from None
+
+
+class _BadTokenizer(Exception):
+    pass
+
+
+# Every token id the metadata may name (llama-vocab.cpp reads these and indexes the vocabulary with
+# them without a bounds check: an id past the end aborts the whole process).
+SPECIAL_IDS = ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask", "cls", "sep",
+               "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep", "prefix", "suffix", "middle")
+_INTS = {"UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64"}
+
+
+def _type_name(reader: Any, key: str) -> str:
+    f = reader.fields[key]
+    return f.types[0].name if f.types else "?"
+
+
+def check_tokenizer(reader: Any) -> None:
+    """What llama.cpp indexes without bounds: special token ids against the vocabulary, and the
+    per-token arrays (types, scores) against its length, each of the type llama.cpp reads."""
+    fields = reader.fields
+    if "tokenizer.ggml.tokens" not in fields:
+        return  # no vocabulary: llama.cpp refuses such a file with an error of its own
+    if _type_name(reader, "tokenizer.ggml.tokens") != "ARRAY":
+        raise _BadTokenizer("tokenizer.ggml.tokens is not a list")
+    n_vocab = len(fields["tokenizer.ggml.tokens"].data)
+    if n_vocab == 0:
+        raise _BadTokenizer("the vocabulary is empty")
+    for name in SPECIAL_IDS:
+        key = f"tokenizer.ggml.{name}_token_id"
+        if key not in fields:
+            continue
+        if _type_name(reader, key) not in _INTS:
+            raise _BadTokenizer(f"{key} is a {_type_name(reader, key).lower()}, not a token id")
+        value = int(fields[key].contents())
+        if not 0 <= value < n_vocab:
+            raise _BadTokenizer(f"{key} is {value}, outside the vocabulary of {n_vocab} tokens")
+    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
+        if key in fields:
+            if _type_name(reader, key) != "ARRAY":
+                raise _BadTokenizer(f"{key} is not a list")
+            if len(fields[key].data) != n_vocab:
+                raise _BadTokenizer(f"{key} has {len(fields[key].data)} entries for {n_vocab} tokens")
+
+
+def _facts(reader: Any, path: Path, size: int) -> ModelFacts:
     arch = str(_field(reader, "general.architecture", "unknown"))
     n_head = int(_field(reader, f"{arch}.attention.head_count", 0) or 0)
-    return ModelFacts(
+    template, licence = _field(reader, "tokenizer.chat_template"), _field(reader, "general.license")
+    if template is not None and not isinstance(template, str):
+        raise TypeError("tokenizer.chat_template is not text")
+    facts = ModelFacts(
         path=str(path),
         size=size,
         architecture=arch,
@@ -143,6 +201,10 @@ def read_gguf(path: str | Path) -> ModelFacts:
         n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head) or n_head),
         context_length=int(_field(reader, f"{arch}.context_length", 2048) or 2048),
         n_params=sum(int(t.n_elements) for t in reader.tensors),
-        chat_template=_field(reader, "tokenizer.chat_template"),
-        license=_field(reader, "general.license"),
+        chat_template=template,
+        license=licence if isinstance(licence, str) else None,
     )
+    for name in ("n_layers", "n_embd", "n_head", "n_head_kv", "context_length"):
+        if not 0 <= getattr(facts, name) < 1 << 31:
+            raise ValueError(f"{name} is {getattr(facts, name)}")
+    return facts

@@ -163,7 +163,20 @@ class Staging:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def commit(self, manifest: Manifest) -> Manifest:
-        """Verify every file, write the manifest, rename into place and make it current."""
+        """Verify every file, write the manifest, rename into place and make it current. The name and
+        version become folder names: whatever source they came from, they must be plain names."""
+        problem = _manifest_problem(manifest.to_dict())
+        if problem:
+            raise InvalidArgumentError(f"cannot install {manifest.name[:64]!r} {manifest.version[:64]!r}: {problem}")
+        try:
+            previous = get(manifest.name)
+        except InvalidModelError:  # a damaged one is replaced: installing again is its cure
+            previous = None
+        if previous is not None and previous.format != manifest.format:
+            # a name belongs to one kind of model: a classifier trained under a chat model's name used to
+            # replace its current version (twice, and the GGUF was pruned for good)
+            raise InvalidArgumentError(f"{manifest.name} is already a {previous.format} model; choose another name "
+                                       f"(or `autoglm models rm {manifest.name}` first)")
         for entry in manifest.files:
             actual = sha256_file(self.dir / entry.path)
             if actual != entry.sha256:
@@ -172,7 +185,6 @@ class Staging:
         (self.dir / ".owner").unlink(missing_ok=True)
         target = paths.models_dir() / manifest.name / manifest.version
         target.parent.mkdir(parents=True, exist_ok=True)
-        previous = get(manifest.name)
         if target.exists():  # same version already installed and verified: keep it
             shutil.rmtree(self.dir, ignore_errors=True)
             manifest = Manifest.from_dict(json.loads((target / "manifest.json").read_text()))

@@ -276,7 +276,9 @@ class Scheduler:
             if id(slot) in drawn:
                 tokens[id(slot)] = self._draw_verified(slot)
         for slot in step.sample:
-            if id(slot) not in tokens:
+            if slot.job.owner.first_token_at is None and not np.isfinite(self.executor.logits(slot.row)).all():
+                self._unusable(slot)
+            elif id(slot) not in tokens:
                 self._emit_constrained(slot)
             elif slot.draft:
                 self._emit_verified(slot, tokens[id(slot)])
@@ -325,6 +327,15 @@ class Scheduler:
             return self._end(req, "error", f"the response_format costs {per_token:.0f} ms per token to enforce "
                                            f"here (at most {GRAMMAR_TOKEN_S * 1000:.0f}); simplify the schema")
         return self._emit(slot, token)
+
+    def _unusable(self, slot: Slot) -> None:
+        """Damaged weights (bit rot the load-time stat check cannot see, random data) give NaN or
+        infinite scores: a request then ends with that said, not with empty text and success.
+        Checked once per request, on the scores its first token comes from."""
+        req: Request = slot.job.owner
+        self.planner.release(slot)
+        self._end(req, "error", "the model gave no usable scores for this prompt (NaN or infinite logits): its "
+                                "weights may be damaged; `autoglm models verify` checks them")
 
     def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
         req: Request = slot.job.owner

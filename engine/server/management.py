@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -64,6 +65,7 @@ class QuantizeRequest(BaseModel):
     to: str = Field(min_length=2, max_length=12)
 
 
+SEARCHES = 2  # catalog searches at once, each on its own thread (they wait on a foreign server)
 FIRST_EVENT_S = 5.0  # a job's own checks fail well within this: their error becomes the HTTP status
 
 
@@ -160,10 +162,21 @@ def management_router(runtime: Runtime) -> APIRouter:
 
         return await asyncio.to_thread(work)
 
+    searches = ThreadPoolExecutor(max_workers=SEARCHES, thread_name_prefix="autoglm-search")
+    in_flight = [0]
+
     @router.get("/catalog/search")
-    async def catalog_search(q: str = "") -> dict[str, Any]:
-        """GGUF repos on Hugging Face (or HF_ENDPOINT's mirror); offline is one line."""
-        return {"data": await asyncio.to_thread(search_hub, q)}
+    async def catalog_search(q: str = "") -> Any:
+        """GGUF repos on Hugging Face (or HF_ENDPOINT's mirror); offline is one line. On threads of
+        their own: eight slow searches on the shared pool held chat and embeddings for two minutes."""
+        if in_flight[0] >= SEARCHES:
+            return error(429, f"{SEARCHES} catalog searches are already running; try again shortly",
+                         code="too_many_searches", headers={"Retry-After": "5"})
+        in_flight[0] += 1
+        try:
+            return {"data": await asyncio.get_running_loop().run_in_executor(searches, search_hub, q)}
+        finally:
+            in_flight[0] -= 1
 
     @router.post("/models/pull")
     async def pull_model(body: PullRequest) -> StreamingResponse:

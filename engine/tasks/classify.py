@@ -21,6 +21,7 @@ import numpy as np
 
 from autoglm.engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
 from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
+from autoglm.engine.fs import read_user_text
 from autoglm.engine.models import store
 from autoglm.engine.models.store import FileEntry, Manifest, Staging, sha256_file
 from autoglm.engine.tasks.early_exit import ExitRule, Head, calibrate, fit_head
@@ -157,17 +158,17 @@ def open_classifier(name: str, precision: str | None = None,
 
 
 # --- examples -------------------------------------------------------------------------------------
-def load_examples(path: str | Path) -> tuple[list[str], list[str]]:
-    """text,label rows from a CSV (with a header) or JSONL file; clear errors for the usual mistakes."""
-    path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_examples(raw, str(path))
+MAX_EXAMPLES_BYTES = 256 << 20
 
 
-def parse_examples(raw: str, name: str) -> tuple[list[str], list[str]]:
+def load_examples(path: str | Path, min_labels: int = 2) -> tuple[list[str], list[str]]:
+    """text,label rows from a CSV (with a header) or JSONL file; clear errors for the usual mistakes.
+    ``min_labels``: 2 to train a classifier; corrections may all fix to one label (1)."""
+    raw = read_user_text(path, MAX_EXAMPLES_BYTES, "text,label examples file")
+    return parse_examples(raw, str(path), min_labels)
+
+
+def parse_examples(raw: str, name: str, min_labels: int = 2) -> tuple[list[str], list[str]]:
     """The rows of an examples file's text; ``name`` (its file name) picks JSONL or CSV and labels errors."""
     path = Path(name)
     if not raw.strip():
@@ -197,7 +198,7 @@ def parse_examples(raw: str, name: str) -> tuple[list[str], list[str]]:
     if not pairs:
         raise InvalidArgumentError(f"{path} has no rows with both a text and a label")
     labels = sorted({lab for _, lab in pairs})
-    if len(labels) < 2:
+    if len(labels) < min_labels:
         raise InvalidArgumentError(f"{path} has only one label ('{labels[0]}'); a classifier needs at least two")
     return [t for t, _ in pairs], [lab for _, lab in pairs]
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from filelock import FileLock
+
+from autoglm.engine import paths
 from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
 from autoglm.engine.models import store
@@ -43,9 +46,20 @@ def examples_of(manifest: Manifest) -> list[dict[str, str]]:
 
 def correct(name: str, corrected: list[tuple[str, str]],
             opener: Callable[[str, str], tuple[Manifest, Encoder]] = open_encoder) -> Manifest:
-    """Retrain ``name`` with ``corrected`` (text, right label) and install it as its new version."""
+    """Retrain ``name`` with ``corrected`` (text, right label) and install it as its new version.
+
+    One correction at a time per classifier, across processes (a file lock in the data folder): each
+    reads the version the one before it installed, so four at once keep all four (without the lock
+    each retrained the same old version and the last to install won)."""
     if not corrected:
         raise InvalidArgumentError("no corrections given")
+    store.check_name(name)
+    with FileLock(str(paths.tmp_dir() / f"correct-{name}.lock")):
+        return _correct(name, corrected, opener)
+
+
+def _correct(name: str, corrected: list[tuple[str, str]],
+             opener: Callable[[str, str], tuple[Manifest, Encoder]]) -> Manifest:
     manifest = store.require(name)
     if manifest.format != "classifier":
         raise InvalidModelError(f"{name} is in {manifest.format} format, not a classifier")

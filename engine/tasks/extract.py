@@ -9,6 +9,7 @@ as if it passed. Many texts go to the scheduler at once: continuous batching dec
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,13 @@ from autoglm.engine.tasks.chat import PromptBuilder
 
 MAX_SCHEMA_CHARS = 32 << 10  # OpenAI takes about as much (500 enum values, 15,000 enum characters)
 MAX_GRAMMAR_CHARS = 64 << 10  # the converter spells repetitions out (minItems: 100000 is 1.8 MB of grammar)
+# ... in Python, before any size can be checked: minLength 1e9 took 56 s and 5.5 GB. So every count is
+# bounded before the conversion; a larger one could not be generated within any max_tokens anyway.
+MAX_REPEAT = 4096
+COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+          "maxContains")
+BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+MAX_BOUND = 1e15  # integers the converter can spell as digit ranges; beyond, floats lose integer precision
 DEFAULT_MAX_TOKENS = 512
 
 INSTRUCTION = ("Extract the information the JSON schema asks for from the user's text. Reply with one JSON "
@@ -40,6 +48,7 @@ def schema_grammar(schema: dict[str, Any] | str, what: str = "the schema") -> st
         text = schema if isinstance(schema, str) else json.dumps(schema)
         if len(text) > MAX_SCHEMA_CHARS:
             raise InvalidArgumentError(f"{what} is {len(text)} characters; at most {MAX_SCHEMA_CHARS} are taken")
+        check_counts(json.loads(text) if isinstance(schema, str) else schema, what)
         grammar = llama_cpp.llama_grammar.json_schema_to_gbnf(text)
     except InvalidArgumentError:
         raise
@@ -51,6 +60,29 @@ def schema_grammar(schema: dict[str, Any] | str, what: str = "the schema") -> st
         raise InvalidArgumentError(f"{what} asks for too much structure (a grammar of {len(grammar)} characters; "
                                    f"at most {MAX_GRAMMAR_CHARS}): lower its minItems, minLength or repetition counts")
     return grammar
+
+
+def check_counts(schema: Any, what: str = "the schema") -> None:
+    """Every repetition count and numeric bound in the schema, checked before the grammar is built:
+    the converter's work (and the grammar llama.cpp then runs per token) grows with them."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in COUNTS and isinstance(value, int | float) and not isinstance(value, bool):
+                if not 0 <= value <= MAX_REPEAT:
+                    raise InvalidArgumentError(f"{what}: {key} {value:g} is out of range (0 to {MAX_REPEAT})")
+            elif key in BOUNDS and isinstance(value, int | float) and not isinstance(value, bool):
+                if not math.isfinite(value) or abs(value) > MAX_BOUND or (key == "multipleOf" and value <= 0):
+                    raise InvalidArgumentError(f"{what}: {key} {value!r} is out of range (at most {MAX_BOUND:g} "
+                                               "either way)")
+            elif isinstance(value, dict | list):
+                stack.append(value)
 
 
 def check_schema(schema: Any, what: str = "the schema") -> dict[str, Any]:
@@ -122,6 +154,8 @@ class Extractor:
         """Never raises for one text's failure (too long, JSON cut off, a value the schema refuses):
         a batch of a thousand texts goes on, and each failure says why. ``examples`` and
         ``instruction`` replace the extractor's own for this text (few-shot picks per text)."""
+        if not text.strip():  # a blank line of a file: its null keeps the output lined up with the input
+            return Extraction(text, None, "a blank text: nothing to extract from")
         try:
             if examples is None and self.shots is not None:
                 examples = self.shots(text)

@@ -23,8 +23,14 @@ DISK_MARGIN = 256 << 20
 
 
 def check_wheel(wheel: zipfile.ZipFile, name: str) -> None:
-    """Refuse the whole wheel if any member could leave its folder or inflates like a bomb."""
-    for info in wheel.infolist():
+    """Refuse the whole wheel if any member could leave its folder or inflates like a bomb, or if
+    its members together do (2,000 members of 1 MiB each, each under the per-member floor)."""
+    members = wheel.infolist()
+    total = sum(i.file_size for i in members)
+    packed = sum(i.compress_size for i in members)
+    if total > RATIO_FLOOR and total > MAX_RATIO * max(packed, 1):
+        raise SourceError(f"{name}: its members inflate {packed} bytes to {total} in all (a zip bomb?); refused")
+    for info in members:
         member = info.filename
         if _escapes(member):
             raise SourceError(f"{name}: member '{member[:120]}' would be written outside its folder; refused")

@@ -40,6 +40,11 @@ class RemoteFile:
     quant: str
 
 
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}\.gguf$")  # a repo path: folders, then a file
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a commit sha (or the revision asked for)
+
+
 def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
     m = _REF.match(ref)
     if not m:
@@ -84,10 +89,20 @@ def list_files(repo: str, revision: str | None) -> tuple[str, list[RemoteFile]]:
     except Exception as exc:  # every failure becomes one of ours, with a message
         raise _hub_error(exc, repo) from None
     files = [RemoteFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None, quant_of(s.rfilename))
-             for s in info.siblings or [] if s.rfilename.endswith(".gguf")]
+             for s in info.siblings or [] if isinstance(s.rfilename, str) and s.rfilename.endswith(".gguf")]
+    for f in files:  # names and hashes come from a server: checked before any of them touches a path
+        if not _SAFE_FILE.match(f.name) or any(part in ("", ".", "..") for part in f.name.split("/")):
+            raise SourceError(f"{repo} lists a file named {f.name[:80]!r}, which is not a plain file name; refused")
+        if f.sha256 is not None and not _SHA256.match(f.sha256):
+            raise SourceError(f"{repo} states a sha256 of {f.sha256[:80]!r} for {f.name}; refused")
+        if not isinstance(f.size, int) or f.size < 0:
+            raise SourceError(f"{repo} states a size of {f.size!r} for {f.name}; refused")
     if not files:
         raise SourceError(f"{repo} has no .gguf files")
-    return info.sha or (revision or "main"), files
+    commit = info.sha or (revision or "main")
+    if not isinstance(commit, str) or not _COMMIT.match(commit):
+        raise SourceError(f"{repo}: the Hub answered with a revision of {str(commit)[:80]!r}; refused")
+    return commit, files
 
 
 def select(files: list[RemoteFile], selector: str | None, device: hardware.DeviceFacts) -> tuple[list[RemoteFile], str]:

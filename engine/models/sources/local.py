@@ -48,9 +48,20 @@ def _place(src: Path, dest: Path, link: bool, progress: Progress | None, cancel:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """The folder's files, without VCS/cache dirs, dotfiles, or a store manifest (ours is rewritten)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / "manifest.json"
-                  and not SKIP_DIRS & set(p.relative_to(folder).parts[:-1]) and not p.name.startswith("."))
+    """The folder's files, without VCS/cache dirs, dotfiles, or a store manifest (ours is rewritten).
+    A symbolic link may point inside the folder, or into the blobs of the Hugging Face cache repo a
+    snapshot folder belongs to (that is how the cache lays files out); any other is refused: a folder
+    someone else made once carried a link to /etc/passwd into the store."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / "manifest.json"
+                   and not SKIP_DIRS & set(p.relative_to(folder).parts[:-1]) and not p.name.startswith("."))
+    allowed = [folder.resolve()]
+    if folder.resolve().parent.name == "snapshots":
+        allowed.append(folder.resolve().parent.parent / "blobs")
+    for p in files:
+        target = p.resolve()  # a file reached through no link resolves inside the folder
+        if not any(target.is_relative_to(root) for root in allowed):
+            raise InvalidModelError(f"{p} is a link to {target}, outside the model folder; refused")
+    return files
 
 
 def _hf_config(folder: Path) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ MAX_REPEAT = 4096
 COUNTS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
           "maxContains")
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+_QUANTIFIER = re.compile(r"\{(\d{1,30})(?:,(\d{0,30}))?\}")
 MAX_BOUND = 1e15  # integers the converter can spell as digit ranges; beyond, floats lose integer precision
 DEFAULT_MAX_TOKENS = 512
 
@@ -81,6 +83,11 @@ def check_counts(schema: Any, what: str = "the schema") -> None:
                 if not math.isfinite(value) or abs(value) > MAX_BOUND or (key == "multipleOf" and value <= 0):
                     raise InvalidArgumentError(f"{what}: {key} {value!r} is out of range (at most {MAX_BOUND:g} "
                                                "either way)")
+            elif key == "pattern" and isinstance(value, str):
+                for low, high in _QUANTIFIER.findall(value):  # the converter spells a{n,m} out too
+                    if max(int(low), int(high or 0)) > MAX_REPEAT:
+                        raise InvalidArgumentError(f"{what}: a pattern that repeats {max(int(low), int(high or 0))} "
+                                                   f"times (at most {MAX_REPEAT})")
             elif isinstance(value, dict | list):
                 stack.append(value)
 

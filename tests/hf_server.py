@@ -44,8 +44,8 @@ class Faults:
 
 
 class HubServer:
-    def __init__(self, repos: dict[str, Repo]) -> None:
-        self.repos = repos
+    def __init__(self, repos: dict[str, Repo], commit: str = COMMIT) -> None:
+        self.repos, self.commit = repos, commit  # commit: what the Hub answers as the revision's sha
         self.faults = Faults()
         server = self
 
@@ -110,7 +110,7 @@ class HubServer:
                 siblings = [{"rfilename": n, "size": p.stat().st_size,
                              "lfs": {"sha256": repo.sha[n], "size": p.stat().st_size, "pointerSize": 134}}
                             for n, p in repo.files.items()]
-                self._json(h, {"id": repo_id, "modelId": repo_id, "sha": COMMIT, "private": repo.private,
+                self._json(h, {"id": repo_id, "modelId": repo_id, "sha": self.commit, "private": repo.private,
                                 "siblings": siblings})
             return
         if len(parts) >= 5 and parts[2] == "resolve":
@@ -142,7 +142,7 @@ class HubServer:
         if rng and rng.startswith("bytes="):
             start = int(rng.removeprefix("bytes=").split("-")[0] or 0)
         h.send_response(206 if start else 200)
-        h.send_header("X-Repo-Commit", COMMIT)
+        h.send_header("X-Repo-Commit", self.commit)
         h.send_header("ETag", f'"{repo.sha[name]}"')
         h.send_header("X-Linked-Etag", f'"{repo.sha[name]}"')
         h.send_header("X-Linked-Size", str(size))

@@ -12,7 +12,7 @@ import pytest
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.models.sources.hf import select
 from tests.conftest import DATA, run_cli, snapshot
-from tests.hf_server import HubServer, Repo
+from tests.hf_server import COMMIT, HubServer, Repo
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,20 @@ def test_tune_quants_takes_the_repos_own_files_and_its_most_precise_one_as_refer
     doctor = json.loads(run_cli("doctor", "--json", "--model", "smollm2-gguf-q4_1", env=e).stdout)
     assert doctor["model"]["label"].lower().startswith(f"smollm2-gguf-{chosen.lower()}")
     assert ("instead of" if chosen != "Q8_0" else "no other version") in doctor["plan"]["reasons"]["model"]
+
+
+@pytest.mark.parametrize("files, commit", [
+    ({"...gguf": "q4_1"}, COMMIT),  # its stem '..' became the model's folder name
+    ({"SmolLM2-Q4_1.gguf": "q4_1"}, "../../../xyz"),  # the version folder, and `current`, outside the store
+    ({"sub/../../escape-Q4_1.gguf": "q4_1"}, COMMIT),
+    ({"/abs-Q4_1.gguf": "q4_1"}, COMMIT),
+])
+def test_names_and_revisions_from_a_hostile_hub_never_touch_a_path(home, quant_files, tmp_path, files, commit):
+    real = {name: quant_files[f"SmolLM2-135M-Instruct-{q.upper()}.gguf"] for name, q in files.items()}
+    before_home, before_around = snapshot(home), sorted(p.name for p in home.parent.iterdir())
+    with HubServer({"test-org/Hostile-GGUF": Repo(real)}, commit=commit) as server:
+        out = run_cli("models", "pull", "hf:test-org/Hostile-GGUF", env=env(server))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "refused" in out.stderr, out.stderr
+    assert snapshot(home) == before_home and sorted(p.name for p in home.parent.iterdir()) == before_around
+    assert not list(home.parent.rglob("xyz")) and not list(home.parent.rglob("escape-Q4_1.gguf"))

@@ -14,7 +14,7 @@ from typing import Any
 from autoglm.engine import paths
 from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
 from autoglm.engine.fs import write_cache
-from autoglm.engine.models.gguf_header import check_header
+from autoglm.engine.models.gguf_header import Header, check_header
 
 GGUF_MAGIC = b"GGUF"
 
@@ -86,11 +86,13 @@ def facts(path: str | Path) -> ModelFacts:
     return result
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
+def _count(value: Any) -> int:
+    """A count from the header: an integer, or the largest of a per-layer array (the KV cache is
+    sized by the layer that needs most)."""
+    if isinstance(value, tuple) and len(value) == 3 and value[2]:
+        return max(value[2])
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"a count of type {type(value).__name__}")
     return value
 
 
@@ -117,90 +119,40 @@ def read_gguf(path: str | Path) -> ModelFacts:
         magic = fh.read(4)
     if magic != GGUF_MAGIC:
         raise InvalidModelError(f"{path} is not a GGUF model (wrong magic bytes {magic!r}, expected b'GGUF')")
-    check_header(path)  # before the gguf reader walks what the header declares
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path, "r")
-        end = max((t.data_offset + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as exc:  # the reader raises many kinds on malformed headers
-        raise InvalidModelError(f"{path} is a damaged GGUF file ({type(exc).__name__}: {exc})") from None
-    if not reader.tensors:
+    header = check_header(path)  # bounded by the file's size; the vocabulary is never materialised
+    if not header.tensors:
         raise InvalidModelError(f"{path} holds no tensors")
+    try:
+        end = header.data_end()
+    except ValueError:
+        raise InvalidModelError(f"{path} has a tensor of a type this llama.cpp does not know") from None
     if end > size:
         raise InvalidModelError(f"{path} is truncated: {size} bytes on disk, its tensors need {end}")
     try:
-        check_tokenizer(reader)
-        return _facts(reader, path, size)
-    except (ValueError, TypeError, OverflowError, IndexError, AttributeError) as exc:  # a value of the wrong type
+        return _facts(header, path, size)
+    except (ValueError, TypeError, OverflowError) as exc:  # a value of the wrong type
         raise InvalidModelError(f"{path} has metadata of the wrong type ({type(exc).__name__}: "
                                 f"{str(exc)[:200]})") from None
-    except _BadTokenizer as exc:
-        raise InvalidModelError(f"{path} has a broken tokenizer: {exc}; llama.cpp would abort on it") from None
 
 
-class _BadTokenizer(Exception):
-    pass
-
-
-# Every token id the metadata may name (llama-vocab.cpp reads these and indexes the vocabulary with
-# them without a bounds check: an id past the end aborts the whole process).
-SPECIAL_IDS = ("bos", "eos", "eot", "eom", "unknown", "seperator", "padding", "mask", "cls", "sep",
-               "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep", "prefix", "suffix", "middle")
-_INTS = {"UINT8", "INT8", "UINT16", "INT16", "UINT32", "INT32", "UINT64", "INT64"}
-
-
-def _type_name(reader: Any, key: str) -> str:
-    f = reader.fields[key]
-    return f.types[0].name if f.types else "?"
-
-
-def check_tokenizer(reader: Any) -> None:
-    """What llama.cpp indexes without bounds: special token ids against the vocabulary, and the
-    per-token arrays (types, scores) against its length, each of the type llama.cpp reads."""
-    fields = reader.fields
-    if "tokenizer.ggml.tokens" not in fields:
-        return  # no vocabulary: llama.cpp refuses such a file with an error of its own
-    if _type_name(reader, "tokenizer.ggml.tokens") != "ARRAY":
-        raise _BadTokenizer("tokenizer.ggml.tokens is not a list")
-    n_vocab = len(fields["tokenizer.ggml.tokens"].data)
-    if n_vocab == 0:
-        raise _BadTokenizer("the vocabulary is empty")
-    for name in SPECIAL_IDS:
-        key = f"tokenizer.ggml.{name}_token_id"
-        if key not in fields:
-            continue
-        if _type_name(reader, key) not in _INTS:
-            raise _BadTokenizer(f"{key} is a {_type_name(reader, key).lower()}, not a token id")
-        value = int(fields[key].contents())
-        if not 0 <= value < n_vocab:
-            raise _BadTokenizer(f"{key} is {value}, outside the vocabulary of {n_vocab} tokens")
-    for key in ("tokenizer.ggml.token_type", "tokenizer.ggml.scores"):
-        if key in fields:
-            if _type_name(reader, key) != "ARRAY":
-                raise _BadTokenizer(f"{key} is not a list")
-            if len(fields[key].data) != n_vocab:
-                raise _BadTokenizer(f"{key} has {len(fields[key].data)} entries for {n_vocab} tokens")
-
-
-def _facts(reader: Any, path: Path, size: int) -> ModelFacts:
-    arch = str(_field(reader, "general.architecture", "unknown"))
-    n_head = int(_field(reader, f"{arch}.attention.head_count", 0) or 0)
-    template, licence = _field(reader, "tokenizer.chat_template"), _field(reader, "general.license")
+def _facts(header: Header, path: Path, size: int) -> ModelFacts:
+    arch = str(header.value("general.architecture", "unknown"))
+    n_head = _count(header.value(f"{arch}.attention.head_count", 0))
+    template, licence = header.value("tokenizer.chat_template"), header.value("general.license")
     if template is not None and not isinstance(template, str):
         raise TypeError("tokenizer.chat_template is not text")
     facts = ModelFacts(
         path=str(path),
         size=size,
         architecture=arch,
-        name=str(_field(reader, "general.name", path.stem)),
-        quant=quant_name(_field(reader, "general.file_type")),
-        n_layers=int(_field(reader, f"{arch}.block_count", 0) or 0),
-        n_embd=int(_field(reader, f"{arch}.embedding_length", 0) or 0),
+        name=str(header.value("general.name", path.stem)),
+        quant=quant_name(header.value("general.file_type")),
+        n_layers=_count(header.value(f"{arch}.block_count", 0)),
+        n_embd=_count(header.value(f"{arch}.embedding_length", 0)),
         n_head=n_head,
-        n_head_kv=int(_field(reader, f"{arch}.attention.head_count_kv", n_head) or n_head),
-        context_length=int(_field(reader, f"{arch}.context_length", 2048) or 2048),
-        n_params=sum(int(t.n_elements) for t in reader.tensors),
+        n_head_kv=_count(header.value(f"{arch}.attention.head_count_kv", n_head)) or n_head,
+        context_length=_count(header.value(f"{arch}.context_length", 2048)) or 2048,
+        n_params=sum(elements for elements, _, _ in header.tensors),
         chat_template=template,
         license=licence if isinstance(licence, str) else None,
     )

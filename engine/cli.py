@@ -205,6 +205,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     plan = report["plan"]
     m = report["model"]
     print(f"\nPlan for {m['label']} ({m['architecture']}, {m['quant']}, {m['size'] / 1e6:.0f} MB)")
+    print(f"  {'integrity':<31}{m['integrity']}")
     for key, reason in plan["reasons"].items():
         value = plan.get(key, "")
         print(f"  {key:<16}{str(value):<14} {reason}")

@@ -86,13 +86,25 @@ def describe(prepared: Prepared) -> dict:
     """What `doctor` prints and the desktop app's device view shows: device, self-test, plan with reasons."""
     device = prepared.device
     return {"device": device.to_dict(), "amx": device.has("amx"),
-            "model": {"label": prepared.model.label, **prepared.model.facts.to_dict()},
+            "model": {"label": prepared.model.label, **prepared.model.facts.to_dict(),
+                      "integrity": integrity(prepared.model)},
             "selftest": prepared.verdict.__dict__ if prepared.verdict else None,
             "gpu_selftest": prepared.gpu_verdict.__dict__ if prepared.gpu_verdict else None,
             "plan": prepared.plan.to_dict(), "determinism": determinism(prepared.plan),
             "tuned": prepared.tuned.to_dict() if prepared.tuned else None,
             "onnx": {p: dict(zip(("provider", "reason"), onnx_provider(device, p), strict=True))
                      for p in ("int8", "fp32")}}
+
+
+def integrity(model: ResolvedModel) -> str:
+    """What was checked of the bytes about to load: a load re-hashes a file only when its size or
+    modification time changed, so bit rot that keeps both goes unseen until `models verify`."""
+    if model.manifest is None:
+        return "a file used in place: loaded once in a child when first seen; no sha256 on record"
+    if model.manifest.bundled is not None:
+        return "shipped inside this app: sizes checked at each load"
+    return ("sha256 checked at install; at each load only size and modification time are compared with that "
+            f"check (a changed file is hashed again). `autoglm models verify {model.manifest.name}` re-hashes it")
 
 
 def determinism(plan: Plan) -> str:

@@ -89,8 +89,9 @@ def run_child(argv: list[str], config: str, model: str, timeout: float = TIMEOUT
     if proc.returncode != 0 or "SELFTEST OK" not in proc.stdout:
         lines = proc.stderr.strip().splitlines() or ["no output"]
         # llama.cpp's own reason, when it logged one, says more than the Python exception after it
-        why = next((ln.split("error loading model:")[-1].strip() for ln in reversed(lines)
-                    if "error loading model:" in ln), lines[-1])
+        why = next((ln.removeprefix("SELFTEST ").strip() for ln in reversed(lines) if ln.startswith("SELFTEST ")),
+                   None) or next((ln.split("error loading model:")[-1].strip() for ln in reversed(lines)
+                                  if "error loading model:" in ln), lines[-1])
         return Verdict(config, False, "failed", f"exit {proc.returncode}: {why[:200]}", model, started)
     return Verdict(config, True, "passed", "", model, started)
 
@@ -169,7 +170,7 @@ def _probe(model_path: str, extra_bufts: bool, gpu_layers: int = 0) -> None:
 
     logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))  # the last token's
     if not np.isfinite(logits).all() or float(logits.max()) == float(logits.min()):
-        print("SELFTEST BAD LOGITS: the weights give no usable next-token scores (damaged or random data)",
+        print("SELFTEST the weights give no usable next-token scores (NaN, infinite or all equal: damaged data)",
               file=sys.stderr, flush=True)
         sys.exit(3)
     llm.reset()

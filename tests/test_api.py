@@ -55,10 +55,19 @@ def test_bad_input_raises_the_engine_error_with_one_line(engine):
     from autoglm import AutoGLMError
 
     for call in (lambda: engine.extract("x", {"type": "array"}), lambda: engine.chat("hi", temperature=9),
-                 lambda: engine.classify("x"), lambda: engine.classify("x", labels=["only-one"])):
+                 lambda: engine.classify("x"), lambda: engine.classify("x", labels=["only-one"]),
+                 lambda: engine.embed([1, 2]), lambda: engine.classify([None], labels=["a", "b"]),
+                 lambda: engine.chat(42)):
         with pytest.raises(AutoGLMError) as err:
             call()
         assert "\n" not in str(err.value)
+
+
+def test_lone_surrogates_are_text_not_a_type_error(engine):
+    """``embed(["\\ud800"])`` raised a raw TypeError from the tokenizer; the server replaced them already."""
+    assert engine.embed(["\ud800 a cat"]).shape[0] == 1
+    assert engine.classify("\ud800 goal!", labels=["sport", "politics"]).label in ("sport", "politics")
+    assert isinstance(engine.chat("\ud800 hi", max_tokens=4, temperature=0).text, str)
 
 
 def test_embed_and_zero_shot_classify(engine):

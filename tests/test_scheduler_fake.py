@@ -137,3 +137,21 @@ def test_a_grammar_that_costs_too_much_per_token_ends_its_request_and_no_other()
         assert done.finish_reason == "length" and done.error is None and s.failed is None
     finally:
         s.close()
+
+
+def test_damaged_weights_end_the_request_with_an_error_not_empty_text():
+    """Bit rot that keeps a file's size and mtime is not re-hashed at load: NaN scores used to become an
+    empty answer and success. The first token's scores are checked; the engine keeps serving."""
+    import numpy as np
+
+    class Rotten(FakeExecutor):
+        def logits(self, row: int) -> np.ndarray:
+            return np.full(self.vocab, np.nan, dtype=np.float32)
+
+    s = Scheduler(Rotten(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    try:
+        events = list(s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=8)).stream(timeout=10))
+        assert events[-1].finish_reason == "error" and "no usable scores" in events[-1].error
+        assert not "".join(e.text for e in events) and s.failed is None and s.active == 0
+    finally:
+        s.close()

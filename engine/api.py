@@ -22,7 +22,7 @@ from typing import Any, overload
 import numpy as np
 
 from autoglm.engine import loader
-from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
+from autoglm.engine.errors import AutoGLMError, ExtractionFailedError, InvalidArgumentError
 from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
@@ -179,7 +179,7 @@ class Engine:
         if isinstance(text, str):
             result = extractor.extract(texts[0])
             if result.data is None:
-                raise InvalidArgumentError(f"no object extracted: {result.error}")
+                raise ExtractionFailedError(f"no object extracted: {result.error}")
             return result.data
         return list(extractor.extract_many(texts, parallel=runtime.scheduler.parallel))
 

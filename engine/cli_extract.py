@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.errors import ExtractionFailedError, InvalidArgumentError
 
 
 def lines(path: str) -> Iterator[str]:
@@ -97,7 +97,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         if args.text:
             result = extractor.extract(args.text)
             if result.data is None:
-                raise InvalidArgumentError(f"no object extracted: {result.error}")
+                raise ExtractionFailedError(f"no object extracted: {result.error}")
             print(json.dumps(result.data, ensure_ascii=False))
             return 0
         failed = total = 0

@@ -44,6 +44,10 @@ class InvalidArgumentError(AutoGLMError):
     exit_code = 2
 
 
+class ExtractionFailedError(AutoGLMError):
+    """No answer of the model validated against the schema (or the model could not be prompted)."""
+
+
 class BackendError(AutoGLMError):
     """The native backend failed to load or run a model."""
 

@@ -76,3 +76,22 @@ def test_an_eos_past_the_vocabulary_is_one_line_not_an_abort(default_model, tmp_
     out = run_cli(*args, timeout=120)
     assert out.returncode == 1 and out.stderr.startswith("autoglm: error:"), (out.returncode, out.stderr[-2000:])
     assert "outside the vocabulary" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("template, kind", [("{{ 1 / 0 }}", "ZeroDivisionError"),
+                                            ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+                                            ("{{ messages[0]['content'] < 1 }}", "TypeError")])
+def test_a_chat_template_that_raises_is_one_line_in_run_chat_and_extract(default_model, tmp_path, template, kind):
+    from tests.conftest import run_cli
+
+    model = Template(default_model.primary_path).write(tmp_path / "t.gguf",
+                                                       {"tokenizer.chat_template": (STR, template)})
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object", "properties": {"a": {"type": "string"}}}')
+    for args, stdin in ((("run", "--model", str(model), "hi"), None), (("chat", "--model", str(model)), "hi\n"),
+                        (("extract", "--model", str(model), "--schema", str(schema), "hi"), None)):
+        out = run_cli(*args, stdin=stdin, timeout=120)
+        assert "Traceback" not in out.stderr and f"the model's chat template failed: {kind}" in out.stderr, \
+            (args, out.stderr[-1500:])
+        if args[0] != "chat":  # chat says it and carries on to the next line (then ends at end of input)
+            assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -43,13 +43,15 @@ def qwen_05b(home: Path):
 
 
 def pinned(**overrides: int):
-    """Overrides with the thread count pinned. llama.cpp's CPU kernels round differently with another
-    thread count (measured: 2 of 5 long greedy replies worded differently on 1 thread than on 2), and
-    an unpinned engine follows the load of other programs; tests that compare texts across runs pin
-    it, so a busy neighbour cannot change their wording. One thread: it keeps its core beside one."""
+    """Overrides with the thread count pinned at the planner's own count. llama.cpp's CPU kernels round
+    differently with another thread count (measured: 2 of 5 long greedy replies worded differently on 1
+    thread than on 2), and an unpinned engine follows the load of other programs; tests that compare
+    texts across runs pin it, so a busy neighbour cannot change their wording. (Pinned at 1 thread,
+    drafts and padding rows changed the text: the multi-row kernels differ there.)"""
+    from autoglm.engine.backends import native
     from autoglm.engine.planner import Overrides
 
-    return Overrides(threads=1, **overrides)
+    return Overrides(threads=native.probe_device().cpu.physical_cores or 1, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -74,12 +74,15 @@ def ours(plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = 
                      *(extra or [])], port)
 
 
-def llama_server(binary: str, plan, parallel: int, threads: int, ctx: int):
-    """llama.cpp's server with what our planner chose for the same model: GPU layers, flash attention."""
+def llama_server(binary: str, plan, parallel: int, threads: int, ctx: int, extra: list[str] | None = None):
+    """llama.cpp's server with what our planner chose for the same model: GPU layers, flash attention,
+    and the repacked (extra-buffer) path only where our self-test let the engine use it (on one Xeon
+    class here it segfaults); ``extra``: more flags (a speculation type, a draft model)."""
     port = _free_port()
     return _running([binary, "-m", plan.model_path, "--port", str(port), "-np", str(parallel), "-t", str(threads),
                      "-tb", str(threads), "-c", str(parallel * ctx), "--no-webui", "-ngl", str(plan.gpu_layers),
-                     "-fa", "on" if plan.flash_attn else "off"], port)
+                     "-fa", "on" if plan.flash_attn else "off", *([] if plan.use_extra_bufts else ["--no-repack"]),
+                     *(extra or [])], port)
 
 
 def _stream(client: openai.OpenAI, messages: list[dict], max_tokens: int) -> tuple[float, int, float]:

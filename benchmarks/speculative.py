@@ -44,6 +44,36 @@ WORKLOADS = {
 }
 
 
+def stdlib_functions(count: int = 4, lines: tuple[int, int] = (10, 80)) -> list[str]:
+    """Functions of Python's own standard library, 10-80 lines each (what users paste to an editor's
+    assistant), chosen by a fixed walk so every run edits the same ones."""
+    import inspect
+    import json.decoder
+    import shlex
+    import string
+    import textwrap
+
+    found = []
+    for module in (textwrap, shlex, string, json.decoder):
+        for _, obj in sorted(inspect.getmembers(module)):
+            for fn in ([obj] if inspect.isfunction(obj) else
+                       [f for _, f in sorted(inspect.getmembers(obj, inspect.isfunction))] if inspect.isclass(obj)
+                       else []):
+                try:
+                    src = textwrap.dedent(inspect.getsource(fn))
+                except (OSError, TypeError):
+                    continue
+                if lines[0] <= src.count("\n") <= lines[1] and src not in found:
+                    found.append(src)
+    return found[:count]
+
+
+for _i, _src in enumerate(stdlib_functions()):
+    WORKLOADS[f"code edit {_i + 1} ({_src.count(chr(10))} lines)"] = (
+        "Add one comment line at the top of this function's body saying what it does, and return the whole "
+        f"function unchanged otherwise:\n\n```python\n{_src}```")
+
+
 TEMPERATURE = [0.0]  # --temperature; > 0: sampled streams, verified by the rejection rule
 
 
@@ -70,6 +100,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); above: sampled")
     parser.add_argument("--draft", help="also a server with this draft model (same vocabulary as --model)")
+    parser.add_argument("--llama-spec", default="",
+                        help="also llama-server with each of these --spec-type values, e.g. "
+                             "ngram-simple,ngram-map-k,ngram-mod (draft-simple uses --draft's file)")
+    parser.add_argument("--workloads", default="", help="only workloads whose name contains one of these")
+    parser.add_argument("--no-batch", action="store_true", help="skip the 8-stream round")
     parser.add_argument("--tuned", action="store_true",
                         help="also our server on the model by name, as `autoglm tune [--quants]` left it (n-gram on)")
     args = parser.parse_args()
@@ -94,6 +129,13 @@ def main() -> None:
             servers["tuned"] = stack.enter_context(ours(plan, model=name, **kw))
         if binary:
             servers["llama-server"] = stack.enter_context(llama_server(binary, plan, **kw))
+            for spec in filter(None, args.llama_spec.split(",")):
+                extra = ["--spec-type", spec]
+                if spec == "draft-simple":
+                    if not args.draft:
+                        raise SystemExit("draft-simple needs --draft MODEL")
+                    extra = ["-md", str(loader.prepare(args.draft, measured=False).plan.model_path)]
+                servers[f"ls {spec}"] = stack.enter_context(llama_server(binary, plan, extra=extra, **kw))
         for url in servers.values():
             one(url, "Say hi.", 8)  # warm-up
         names = list(servers)
@@ -101,7 +143,9 @@ def main() -> None:
               + f"{'n-gram/plain':>14}" + (f"{'draft/plain':>14}" if args.draft else "")
               + (f"{'n-gram/llama-server':>21}" if binary else "")
               + (f"{'tuned/llama-server':>21}" if binary and args.tuned else ""))
-        for workload, prompt in WORKLOADS.items():
+        chosen = {w: p for w, p in WORKLOADS.items()
+                  if not args.workloads or any(k in w for k in args.workloads.split(","))}
+        for workload, prompt in chosen.items():
             rates: dict[str, list[float]] = {n: [] for n in names}
             before = drafts(spec_url)
             for round_ in range(args.rounds):
@@ -113,13 +157,18 @@ def main() -> None:
             med = {n: statistics.median(v) for n, v in rates.items()}
             row = f"{workload:<24}" + "".join(f"{med[n]:>20.1f}" for n in names) + f"{accepted:>10.0%}"
             row += f"{med['n-gram'] / med['plain']:>13.2f}x"
+            best_peer = max((n for n in names if n.startswith("ls ")), key=lambda n: med[n], default=None)
             if args.draft:
                 row += f"{med['draft'] / med['plain']:>13.2f}x"
             if binary:
                 row += f"{med['n-gram'] / med['llama-server']:>20.2f}x"
             if binary and args.tuned:
                 row += f"{med['tuned'] / med['llama-server']:>20.2f}x"
+            if best_peer:
+                row += f"  n-gram/best peer ({best_peer}) {med['n-gram'] / med[best_peer]:.2f}x"
             print(row, flush=True)
+        if args.no_batch:
+            return
         prompts = list(WORKLOADS.values()) + list(WORKLOADS.values())[:2]
         print(f"\n8 concurrent streams (all the workloads at once), aggregate tok/s, median of {args.rounds}:")
         together: dict[str, list[float]] = {n: [] for n in names}

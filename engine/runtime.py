@@ -17,7 +17,7 @@ from typing import Any
 from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.models import store
-from autoglm.engine.models.catalog import Reference
+from autoglm.engine.models.catalog import Reference, remember_speed
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.planner import onnx_threads
 from autoglm.engine.sampling import GenerationStats, SamplingParams
@@ -123,7 +123,9 @@ class Runtime:
                 pass
             plan = self.model.plan
             size = Path(plan.model_path).stat().st_size if plan else 0
-            return Reference(self.model_name, size, round(stats.decode_tps, 1), bool(plan and plan.gpu_layers))
+            reference = Reference(self.model_name, size, round(stats.decode_tps, 1), bool(plan and plan.gpu_layers))
+            remember_speed(self.device, reference)
+            return reference
 
         return self._cached(("speed",), measure)
 

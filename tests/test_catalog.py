@@ -146,3 +146,30 @@ def test_a_hostile_search_endpoint_is_one_line_within_the_deadline(mode):
     else:
         assert out.returncode == 1 and out.stderr.startswith("cannot search Hugging Face:"), out.stderr
         assert out.stderr.count("\n") == 1
+
+
+def test_expected_speed_is_fitted_to_every_size_measured_here():
+    """Two sizes measured: time per token = fixed + per byte (small CPU models are not purely
+    memory-bound); a measured model shows its own figure; GPU figures stay apart from CPU ones."""
+    small = Reference("smollm2", 98_000_000, 54.8, False)
+    mid = Reference("qwen-0.5b", 491_000_000, 21.1, False)
+    gpu = Reference("smollm2", 98_000_000, 400.0, True)
+    assert expected_speed(491_000_000, [small, mid, gpu], "chat", on_gpu=False) == (21.1, "measured here (qwen-0.5b)")
+    rate, basis = expected_speed(1_117_000_000, [small, mid, gpu], "chat", on_gpu=False)
+    per_byte = (1 / 21.1 - 1 / 54.8) / (491e6 - 98e6)
+    fixed = 1 / 54.8 - per_byte * 98e6
+    assert rate == pytest.approx(1 / (fixed + per_byte * 1_117e6), abs=0.1)
+    assert "fitted to 2 models measured here" in basis
+    assert expected_speed(196_000_000, [gpu], "chat", on_gpu=True)[0] == 200.0  # one GPU point: scaled by size
+    assert expected_speed(1, [gpu], "chat", on_gpu=False)[0] is None  # no CPU measurement
+
+
+def test_measured_speeds_are_remembered_per_device(tmp_path, monkeypatch):
+    from autoglm.engine.models.catalog import measured, remember_speed
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    other = replace(device, llama_cpp_version="9.9.9")
+    remember_speed(device, Reference("a", 1, 2.0, False))
+    remember_speed(device, Reference("a", 1, 3.0, False))  # measured again: the newer figure
+    assert measured(device) == [Reference("a", 1, 3.0, False)] and measured(other) == []

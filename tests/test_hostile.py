@@ -187,16 +187,6 @@ def test_a_deeply_nested_schema_is_one_line():
 
 
 # --- through pip and the CLI (slow) ---------------------------------------------------------------
-@pytest.fixture
-def local_index(tmp_path, monkeypatch):
-    """pip sees only this folder (as a package index mirror would look to it)."""
-    index = tmp_path / "index"
-    index.mkdir()
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    return index
-
-
 def test_hostile_wheels_pulled_through_pip_write_nothing_anywhere(home, local_index, tmp_path):
     from autoglm.engine.models.manager import pull
 

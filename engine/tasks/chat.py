@@ -3,8 +3,11 @@
 Chat templates are code shipped inside downloaded files, so they run in an immutable sandbox:
 they can format messages but not reach Python objects or the file system. The sandbox does not
 bound the work, so rendering also has a deadline (checked on every line the compiled template
-runs), an output limit, and refuses string or number products that would be huge: a hostile
-template fails its request with one line instead of holding a thread (and shutdown) forever.
+runs), an output limit, and a memory bound: every value a filter, method call, operator,
+concatenation or output would make is sized from its inputs *before* it is made (a single
+``center(10**9)`` allocates gigabytes well inside the deadline). Every way a template makes a
+value passes one of those checks, so a doubling loop stops at the bound too. A hostile template fails its request
+with one line instead of holding a thread, the memory or shutdown.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from datetime import datetime
 from typing import Any
 
 from jinja2 import TemplateError
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.nodes import Concat
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from autoglm.engine.errors import BackendError, ContextOverflowError
@@ -35,6 +40,8 @@ _MARKS = re.compile(f"{_MARK}(\\d+){_MARK}")
 RENDER_TIMEOUT_S = 2.0
 RENDER_MAX_CHARS = 4 << 20  # a prompt this long is far past any context; more is a template gone wrong
 MAX_PRODUCT = 1 << 20  # largest string/list/number an intercepted * or ** may make
+MAX_VALUE = 4 * RENDER_MAX_CHARS  # characters any one value may reach: room for a long message's .replace()
+_WIDTHS = re.compile(r"[%:{][^%:{}]*?(\d{7,})")  # a field width or precision in a format string
 
 
 def _raise(message: str) -> None:
@@ -45,8 +52,62 @@ class _TemplateTooCostly(Exception):
     pass
 
 
+def _size(value: Any, depth: int = 0) -> int:
+    """Characters ``value`` could become as text: strings and containers (a list of a thousand
+    references to one long string costs nothing to hold and a lot to join or print)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int | float):
+        return 24
+    if depth < 3 and isinstance(value, list | tuple | set | frozenset | dict):
+        items = value.items() if isinstance(value, dict) else value
+        total = len(value)
+        for item in items:
+            total += _size(item, depth + 1)
+            if total > MAX_VALUE:
+                break
+        return total
+    return 0
+
+
+def _check_call(what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a call whose result could pass MAX_VALUE, judged from its arguments: the largest
+    input times (1 + the longest other string: replace, join, indent) plus any count or width."""
+    values = [*args, *kwargs.values()]
+    sizes = sorted((_size(v) for v in values), reverse=True)
+    counts = [abs(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    formats = [int(n) for v in values if isinstance(v, str) for n in _WIDTHS.findall(v[:4096])]
+    estimate = (sizes[0] if sizes else 0) * (1 + (sizes[1] if len(sizes) > 1 else 0)) + max(counts + formats + [0])
+    if estimate > MAX_VALUE:
+        raise _TemplateTooCostly(f"{what} could make over {MAX_VALUE} characters")
+
+
+def _bounded_filter(name: str, func: Any) -> Any:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_call(f"the filter {name}", args, kwargs)
+        return func(*args, **kwargs)
+    guarded.__dict__.update(getattr(func, "__dict__", {}))  # keeps jinja's pass_context / pass_environment marks
+    return guarded
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b ~ c`` to a call the environment can size first (Jinja joins it directly)."""
+
+    def visit_Concat(self, node: Concat, frame: Frame) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
+    code_generator_class = _BoundedCodeGenerator
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(finalize=self._finalize, **options)
+        self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > 64:
@@ -55,7 +116,28 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_PRODUCT:
                     raise _TemplateTooCostly(f"a {type(seq).__name__} of {len(seq)} times {times}")
+        if operator == "+" and _size(left) + _size(right) > MAX_VALUE:
+            raise _TemplateTooCostly(f"a sum could make over {MAX_VALUE} characters")
+        if operator == "%" and isinstance(left, str):
+            _check_call("a % format", (left, right), {})
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's names
+        bound_to = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # "{:>9}".format is wrapped
+        _check_call(f"{getattr(__obj, '__name__', 'a call')}()", (bound_to, *args), kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    @staticmethod
+    def bounded_concat(values: tuple[Any, ...]) -> str:
+        if sum(_size(v) for v in values) > MAX_VALUE:
+            raise _TemplateTooCostly(f"a ~ join could make over {MAX_VALUE} characters")
+        return "".join(map(str, values))
+
+    @staticmethod
+    def _finalize(value: Any) -> Any:
+        if _size(value) > MAX_VALUE:
+            raise _TemplateTooCostly(f"printing a {type(value).__name__} could make over {MAX_VALUE} characters")
+        return value
 
 
 def compile_template(template: str) -> Any:

@@ -47,7 +47,8 @@ class EngineOptions:
                             ("--gpu-layers", self.gpu_layers)):
             if value is not None:
                 args += [flag, str(value)]
-        return args + (["--safe"] if self.safe else []) + self.extra
+        # --grace 0: a window that closes (or restarts its engine) mid-reply has nobody to finish it for
+        return args + ["--grace", "0"] + (["--safe"] if self.safe else []) + self.extra
 
 
 class EngineProcess:
@@ -198,9 +199,12 @@ class EngineClient:
 
     def chat_stream(self, messages: list[dict[str, str]], cancel: threading.Event | None = None,
                     **params: Any) -> Iterator[str]:
-        """Text pieces of a streamed reply."""
+        """Text pieces of a streamed reply; an error event inside the stream (a request the engine
+        found too costly, an engine stopping mid-reply) is an EngineError with the engine's words."""
         body = {"model": "default", "messages": messages, "stream": True, **params}
         for event in self.events("/v1/chat/completions", body, cancel):
+            if "error" in event:
+                raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-reply"))
             delta = event["choices"][0].get("delta", {})
             if delta.get("content"):
                 yield delta["content"]

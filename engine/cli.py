@@ -358,7 +358,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from autoglm.engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
-            "cors_origins", "manage_key", "no_manage", "no_speculate", "draft")
+            "cors_origins", "manage_key", "no_manage", "no_speculate", "draft", "grace")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -449,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft", help="a smaller model of the same family (same vocabulary) that drafts tokens for "
                    "the model to verify: faster where its guesses are often right, text unchanged")
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
+    p.add_argument("--grace", type=float, help="seconds SIGTERM (or Ctrl-C) leaves requests in flight to finish "
+                   "while /health/ready answers 503; a second signal stops at once (default 25)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.set_defaults(func=cmd_serve)

@@ -45,6 +45,19 @@ def test_cancel_stops_the_generation(engine):
     assert client.get("/health")["active"] == 0
 
 
+def test_stopping_the_engine_mid_reply_ends_the_stream_with_its_words_and_exit_0(engine):
+    """Closing the window mid-reply: the child (``--grace 0``) ends the stream with an error event,
+    which the client raises as EngineError (it raised KeyError in a background thread), and exits 0."""
+    client, pieces = engine.client(), []
+    proc = engine.proc
+    with pytest.raises(EngineError, match="shut down before this reply finished"):
+        for piece in client.chat_stream([{"role": "user", "content": "Tell a very long story."}], max_tokens=2000):
+            pieces.append(piece)
+            if len(pieces) == 3:
+                threading.Thread(target=engine.stop).start()
+    assert proc is not None and proc.wait(timeout=30) == 0
+
+
 def test_a_killed_engine_is_described_and_restarts_in_safe_mode(engine):
     os.kill(engine.proc.pid, signal.SIGSEGV)  # what a native crash looks like from outside
     engine.proc.wait(timeout=30)

@@ -54,7 +54,7 @@ def server(*args: str, env: dict[str, str] | None = None):
         yield url, line
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)  # SIGTERM drains what is in flight first
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.scheduler.batch import SchedulerFailedError
 from autoglm.engine.server.guard import Guard
+from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.management import management_router
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.openai_routes import openai_router
@@ -51,13 +52,16 @@ def _status(exc: AutoGLMError) -> int:
     return 404 if isinstance(exc, ModelNotFoundError) else 422
 
 
-def create_app(runtime: Runtime, config: ServerConfig) -> FastAPI:
+def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | None = None) -> FastAPI:
+    """``lifecycle``: the server loop's, so a signal it receives drains these routes (see lifecycle.py)."""
     app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None)
-    metrics = Metrics(runtime.scheduler)
-    serving = OpenAIServing(runtime, metrics, config.retry_after_s)
+    lifecycle = lifecycle or Lifecycle()
+    metrics = Metrics(runtime.scheduler, lifecycle)
+    serving = OpenAIServing(runtime, metrics, config.retry_after_s, lifecycle)
     # added first: inside CORS, so preflights pass
     app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
-                       loopback_only=config.loopback_only, origins=config.cors_origins, manage_key=config.manage_key)
+                       loopback_only=config.loopback_only, origins=config.cors_origins, manage_key=config.manage_key,
+                       lifecycle=lifecycle)
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])

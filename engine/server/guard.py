@@ -21,10 +21,12 @@ import asyncio
 import hmac
 from typing import Any
 
+from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import error
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/health/live", "/health/ready"}
+PROBES = OPEN_PATHS | {"/metrics"}  # answered while draining, and not counted as work in flight
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 MANAGEMENT = "/autoglm/"
 DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the client sees the 413, not a reset
@@ -33,9 +35,11 @@ DRAIN_S = 1.0  # but no longer than this: a client that declares 50 MB and sends
 
 class Guard:
     def __init__(self, app: Any, api_key: str | None, max_body_bytes: int, metrics: Metrics,
-                 loopback_only: bool = True, origins: list[str] | None = None, manage_key: str | None = None) -> None:
+                 loopback_only: bool = True, origins: list[str] | None = None, manage_key: str | None = None,
+                 lifecycle: Lifecycle | None = None) -> None:
         self.app, self.api_key, self.max_body_bytes, self.metrics = app, api_key, max_body_bytes, metrics
         self.loopback_only, self.origins, self.manage_key = loopback_only, set(origins or []), manage_key
+        self.lifecycle = lifecycle or Lifecycle()
 
     def _browser_refusal(self, scope: dict[str, Any], headers: dict[str, str]) -> Any:
         host = headers.get("host", "")
@@ -57,6 +61,9 @@ class Guard:
         browser = self._browser_refusal(scope, headers)
         if browser is not None:
             return browser
+        if self.lifecycle.draining and scope["path"] not in PROBES:
+            return error(503, "the server is shutting down; send this request to another replica or retry "
+                         "once it is back", "server_error", code="draining", headers={"Retry-After": "5"})
         management = scope["path"].startswith(MANAGEMENT)
         if management and self.manage_key is None:
             return error(403, "the management API is off on this server (start it with --manage-key KEY)",
@@ -112,9 +119,12 @@ class Guard:
                 state["body_sent"] = True
             await send(message)
 
+        work = scope["path"] not in PROBES
+        self.lifecycle.in_flight += work  # the event loop's thread only: no lock needed
         try:
             await self.app(scope, counted_receive, send_and_note)
         finally:
+            self.lifecycle.in_flight -= work
             self._count(scope, state["status"])
 
     def _count(self, scope: dict[str, Any], status: int) -> None:

@@ -12,7 +12,7 @@ _BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class Metrics:
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, lifecycle: Any = None) -> None:
         self.registry = CollectorRegistry()
         self.scheduler = scheduler
         self.requests = Counter("autoglm_requests", "HTTP requests by path and status", ["path", "status"],
@@ -25,6 +25,10 @@ class Metrics:
             lambda: scheduler.queue_depth)
         Gauge("autoglm_active_sequences", "sequences being generated", registry=self.registry).set_function(
             lambda: scheduler.active)
+        Gauge("autoglm_slots", "sequences this replica decodes together (its capacity; queue beyond it)",
+              registry=self.registry).set_function(lambda: scheduler.parallel)
+        Gauge("autoglm_draining", "1 while the replica finishes its requests before it stops",
+              registry=self.registry).set_function(lambda: float(bool(lifecycle and lifecycle.draining)))
         Gauge("autoglm_peak_active_sequences", "the most sequences decoded in one step since start",
               registry=self.registry).set_function(lambda: scheduler.stats.get("peak_active", 0))
         Gauge("autoglm_tokens_generated", "tokens generated since start", registry=self.registry).set_function(

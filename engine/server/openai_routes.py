@@ -23,10 +23,17 @@ def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
     @router.api_route("/health", methods=["GET", "HEAD"])
+    @router.api_route("/health/ready", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
-        """200 while the engine serves; 503 with the reason once a step has failed. HEAD too: load
-        balancers probe with it."""
+        """200 while the engine takes requests; 503 with the reason once a step has failed or while
+        it drains before stopping. HEAD too: load balancers probe with it."""
         return serving.health()
+
+    @router.api_route("/health/live", methods=["GET", "HEAD"])
+    async def live() -> JSONResponse:
+        """200 while the process answers at all, draining included: a liveness probe must not kill a
+        replica that is finishing its streams (a failed engine exits by itself for a restart)."""
+        return JSONResponse({"status": "alive"})
 
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:

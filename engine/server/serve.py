@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from autoglm.engine import loader
 from autoglm.engine.cli_progress import progress_bar
 from autoglm.engine.errors import InvalidArgumentError
@@ -24,6 +26,7 @@ from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.app import ServerConfig, create_app
+from autoglm.engine.server.lifecycle import CANCEL_WAIT_S, DEFAULT_GRACE_S, Lifecycle
 from autoglm.engine.tuning.background import start_if_wanted
 
 MAX_QUEUE = 100_000  # waiting requests; each holds a connection and its prompt's tokens
@@ -47,6 +50,7 @@ class ServeSettings:
     max_queue: int = 64
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
+    grace: float = DEFAULT_GRACE_S  # seconds a SIGTERM leaves requests in flight to finish
 
     @classmethod
     def load(cls, config: str | None, overrides: dict[str, Any]) -> ServeSettings:
@@ -85,6 +89,8 @@ class ServeSettings:
             raise InvalidArgumentError(f"--parallel must be 1-64, got {self.parallel}")
         if self.ctx < 64:
             raise InvalidArgumentError(f"--ctx must be at least 64, got {self.ctx}")
+        if not 0 <= self.grace <= 3600:
+            raise InvalidArgumentError(f"--grace must be 0-3600 seconds, got {self.grace:g}")
         if not 1 <= self.max_queue <= MAX_QUEUE:
             raise InvalidArgumentError(f"--max-queue must be 1-{MAX_QUEUE}, got {self.max_queue}")
         if not _is_loopback(self.host) and not self.api_key:
@@ -149,18 +155,19 @@ def serve(settings: ServeSettings) -> int:
     if settings.manage_key is None:
         print("management API off (--manage-key KEY turns it on)", file=sys.stderr, flush=True)
     try:
-        return run(runtime, config, sock)
+        return run(runtime, config, sock, Lifecycle(settings.grace))
     finally:
         if idle_tuner is not None:
             idle_tuner.stop()
 
 
-def run(runtime: Runtime, config: ServerConfig, sock: socket.socket) -> int:
-    """Serve until stopped (0) or until a scheduler step fails (FAILED_EXIT, for the supervisor)."""
-    import uvicorn  # heavy: imported when serving, not when the CLI parses its flags
-
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime, config), log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=5))
+def run(runtime: Runtime, config: ServerConfig, sock: socket.socket, lifecycle: Lifecycle | None = None) -> int:
+    """Serve until stopped (0: a signal, after draining) or until a scheduler step fails
+    (FAILED_EXIT, for the supervisor)."""
+    lifecycle = lifecycle or Lifecycle()
+    server = _DrainingServer(uvicorn.Config(create_app(runtime, config, lifecycle), log_level="warning",
+                                            access_log=False, timeout_graceful_shutdown=int(CANCEL_WAIT_S) + 2),
+                             lifecycle)
 
     def on_fatal(reason: str) -> None:  # from the scheduler thread: the failed requests' replies go out, then stop
         print(f"autoglm: error: the engine failed: {reason}; exiting for a restart", file=sys.stderr, flush=True)
@@ -175,3 +182,25 @@ def run(runtime: Runtime, config: ServerConfig, sock: socket.socket) -> int:
         return FAILED_EXIT
     print("server stopped", file=sys.stderr)
     return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn with a replica's SIGTERM (lifecycle.py): the first SIGTERM or Ctrl-C drains, a
+    second cancels what is left; the loop's tick decides when to stop."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+
+    def handle_exit(self, sig: int, frame: Any) -> None:  # a signal handler: flags only, and no re-raise later
+        if self.lifecycle.draining:
+            self.lifecycle.cancel_all()
+            return
+        self.lifecycle.begin()
+        print(f"autoglm: draining: finishing {self.lifecycle.in_flight} request(s) for up to "
+              f"{self.lifecycle.grace_s:g}s (signal again to stop now)", file=sys.stderr, flush=True)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.lifecycle.should_exit():
+            return True
+        return await super().on_tick(counter)

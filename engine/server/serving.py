@@ -23,6 +23,7 @@ from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler import Event, QueueFullError
+from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import (
     MAX_EXTRACT_INPUTS,
@@ -83,7 +84,10 @@ class Relay:
             self.items.append((queue, event))
             first = len(self.items) == 1
         if first:
-            self.loop.call_soon_threadsafe(self._flush)
+            try:
+                self.loop.call_soon_threadsafe(self._flush)
+            except RuntimeError:  # the loop is closed: a request that outlived the server has nobody to tell
+                pass
 
     def _flush(self) -> None:  # event loop
         with self.lock:
@@ -93,8 +97,10 @@ class Relay:
 
 
 class OpenAIServing:
-    def __init__(self, runtime: Runtime, metrics: Metrics, retry_after_s: int = 1) -> None:
+    def __init__(self, runtime: Runtime, metrics: Metrics, retry_after_s: int = 1,
+                 lifecycle: Lifecycle | None = None) -> None:
         self.runtime, self.metrics, self.retry_after_s = runtime, metrics, retry_after_s
+        self.lifecycle = lifecycle or Lifecycle()
         self._relay: Relay | None = None
 
     def relay(self) -> Relay:
@@ -141,6 +147,7 @@ class OpenAIServing:
         relay = self.relay()
         req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
                                       lambda ev: relay.put(queue, ev), streamed)
+        self.lifecycle.track(req)
         started = time.perf_counter()
         watcher = asyncio.create_task(_watch_disconnect(request, req))
         try:
@@ -156,6 +163,13 @@ class OpenAIServing:
         finally:
             watcher.cancel()
             req.cancel()  # a client that went away (or an error) stops its generation
+            self.lifecycle.untrack(req)
+
+    def _cut_short(self, ev: Event) -> str | None:
+        """Why a reply ended early when the server stopped it (the drain's deadline), else None."""
+        if ev.finish_reason == "cancelled" and self.lifecycle.stopping:
+            return "the server shut down before this reply finished; ask again"
+        return None
 
     async def _respond(self, kind: Literal["chat", "text"], body: Sampling, tokens: list[int], grammar: str | None,
                        request: Request) -> Any:
@@ -173,6 +187,9 @@ class OpenAIServing:
         while not ev.done:
             ev = await events.__anext__()
             parts.append(ev.text)
+        cut = self._cut_short(ev)
+        if cut:
+            return error(503, cut, "server_error", code="shutting_down")
         if ev.error:
             if self.runtime.scheduler.failed:
                 return error(503, ev.error, "server_error", code="engine_failed")
@@ -191,8 +208,9 @@ class OpenAIServing:
                 if ev.text:
                     yield reply.chunk(ev.text)
                 if ev.done:
-                    if ev.error:
-                        yield sse_error(ev.error)
+                    problem = ev.error or self._cut_short(ev)
+                    if problem:
+                        yield sse_error(problem)
                     else:
                         yield reply.chunk(finish=_finish_reason(ev))
                     yield "data: [DONE]\n\n"
@@ -280,7 +298,10 @@ class OpenAIServing:
 
     def health(self) -> JSONResponse:
         ok, reason = self.runtime.health()
+        if ok and self.lifecycle.draining:
+            ok, reason = False, "draining: finishing the requests in flight before stopping"
+        status = "ok" if ok else ("draining" if self.lifecycle.draining else "failed")
         scheduler = self.runtime.scheduler
-        return JSONResponse({"status": "ok" if ok else "failed", "reason": None if ok else reason,
+        return JSONResponse({"status": status, "reason": None if ok else reason,
                              "model": self.runtime.model_name, "active": scheduler.active,
                              "queued": scheduler.queue_depth}, status_code=200 if ok else 503)

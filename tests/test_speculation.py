@@ -22,8 +22,6 @@ from autoglm.engine.scheduler.speculation import (
 from tests.conftest import pinned
 from tests.fakes import FakeExecutor
 
-_AMX = Path("/proc/cpuinfo").exists() and " amx" in Path("/proc/cpuinfo").read_text()
-
 GREEDY = SamplingParams(max_tokens=60, temperature=0)
 GREEDY_LONG = SamplingParams(max_tokens=120, temperature=0)
 
@@ -164,8 +162,6 @@ PROMPTS = [f"Repeat this text exactly: {DOC}",
            "Write the alphabet in capital letters.", "Describe a sunrise in three sentences."]
 
 
-@pytest.mark.xfail(_AMX, reason="on the AMX Xeon of this session the verified steps rounded differently from plain "
-                   "decoding (found at the end of the session, not yet explained)", strict=False)
 def test_real_model_text_is_identical_with_and_without_speculation(backend, monkeypatch):
     """Temperature 0 on the real model: drafts verified by the model itself change steps, not text.
     Rows are made to look free, so every lookup hit is drafted at full length (the most verifying)."""
@@ -192,8 +188,6 @@ def test_real_model_text_is_identical_with_and_without_speculation(backend, monk
 
 
 
-@pytest.mark.xfail(_AMX, reason="on the AMX Xeon of this session the verified steps rounded differently from plain "
-                   "decoding (found at the end of the session, not yet explained)", strict=False)
 def test_padding_rows_for_idle_streams_change_steps_never_text(default_model, monkeypatch):
     """Eight real streams, the fourth ending first: the others run with a throwaway row for its
     idle sequence (one graph instead of two). Texts are those of the same batch without padding,
@@ -287,8 +281,6 @@ def test_draft_models_must_share_the_vocabulary():
         check_vocab(model(100), model(100, eos=3), "a", "b")
 
 
-@pytest.mark.xfail(_AMX, reason="on the AMX Xeon of this session the verified steps rounded differently from plain "
-                   "decoding (found at the end of the session, not yet explained)", strict=False)
 def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_path):
     """The model's own Q4_0 re-quantization (llama.cpp's quantizer) drafts for the Q4_1 model:
     same vocabulary, mostly the same guesses. Temperature 0: text identical to plain decoding."""
@@ -337,21 +329,20 @@ def test_a_new_sequence_starts_from_what_recent_ones_accepted():
     assert learnt.length(10, dear) == 0
 
 
-@pytest.mark.xfail(_AMX, reason="on the AMX Xeon of this session the verified steps rounded differently from plain "
-                   "decoding (found at the end of the session, not yet explained)", strict=False)
 def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(qwen_05b, monkeypatch):
     """At real size (Qwen2.5-Coder-0.5B, Q4_K_M): four code edits of 40-80 line functions from Python's
     standard library, batched, at temperature 0: drafts (made to look free, so every lookup hit is
     verified at full length) change the steps, never the text."""
     import inspect
     import json as json_module
+    import string
     import textwrap
 
     from autoglm.engine import loader
     from autoglm.engine.tasks.chat import PromptBuilder
 
     sources = [inspect.getsource(f) for f in (json_module.JSONEncoder.iterencode, textwrap.TextWrapper._wrap_chunks,
-                                              textwrap.dedent, inspect.getsource)]
+                                              textwrap.dedent, string.Formatter._vformat)]
     asks = [f"Add a comment line at the top of this function's body and return the whole function:\n\n{src}"
             for src in sources]
     model = loader.load_scheduled(loader.prepare("qwen2.5-coder-0.5b", pinned()), parallel=4, ctx_per_seq=2048)
@@ -373,6 +364,7 @@ def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(q
 
         plain = together(False)
         monkeypatch.setattr(scheduler.planner, "row_cost", 0.0)
+        monkeypatch.setattr(scheduler.planner, "_split_cost", lambda streams: 0.0)  # in company too
         before = scheduler.stats["draft_accepted"]
         drafted = together(True)
         assert drafted == plain

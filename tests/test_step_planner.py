@@ -178,6 +178,24 @@ def test_prompt_chunks_shrink_when_steps_run_slow_and_grow_back():
     assert p.chunk == 64
 
 
+def test_a_lone_prompt_gets_the_whole_batch_whatever_the_last_streams_left_the_chunk_at():
+    """The chunk shrinks to protect running streams; once they are gone, a new prompt must not be
+    split into small chunks (slower, and llama.cpp rounds a prompt differently when it is split
+    differently: with speculation on, the first token of a greedy reply changed)."""
+    p = StepPlanner(2, 512, 4096, min_chunk=32)
+    p.enqueue(Job([1, 2], 100))
+    p.plan()
+    p.accept(p.slots[0], 3)
+    p.plan()
+    for _ in range(5):
+        p.observe(1.0)  # slow steps with a stream running: the chunk is at its minimum
+    assert p.chunk == 32
+    p.release(p.slots[0])
+    p.enqueue(Job(list(range(1000, 1299)), 5))  # nothing shared with the cells left behind
+    step = p.plan()
+    assert len(step.rows) == 299  # the whole prompt in one step
+
+
 def test_queue_limits_and_bad_prompts():
     p = StepPlanner(1, 64, 128, max_queue=2)
     p.enqueue(Job([1], 1))

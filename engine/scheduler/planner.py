@@ -187,7 +187,10 @@ class StepPlanner:
             for slot, k in asks:
                 slot.draft = drafts.get(slot.seq, [])[:k]
                 self._add_draft(rows, slot)
-        budget = min(self.chunk, self.n_batch - len(rows))
+        # the AIMD chunk protects running streams; with none, a prompt takes the whole batch (a chunk
+        # left small by the previous request's streams split a lone prompt into 32-row steps, and
+        # llama.cpp's kernels round a prompt differently when it is split differently)
+        budget = min(self.chunk if self._streams_running else self.max_chunk, self.n_batch - len(rows))
         for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
             if budget <= 0:
                 break

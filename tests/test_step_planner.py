@@ -161,37 +161,55 @@ def test_admission_picks_the_slot_with_the_longest_shared_prefix():
     assert slot.cached[:5] == PREFIXES[2]
 
 
-def test_prompt_chunks_shrink_when_steps_run_slow_and_grow_back():
-    p = StepPlanner(2, 512, 4096, min_chunk=32)
-    p.enqueue(Job([1, 2], 100))
-    p.plan()
-    p.accept(p.slots[0], 3)
-    p.plan()  # a step with a running stream in it
-    for _ in range(5):
-        p.observe(1.0)
-    assert p.chunk == 32
-    p.enqueue(Job(list(range(1, 300)), 5))
-    p.slots[0].fresh = False
+def _step(p: StepPlanner, elapsed_s: float):
+    """One planned step that took ``elapsed_s``: every sampled slot gets a token, as the scheduler does."""
     step = p.plan()
+    for slot in step.sample:
+        p.accept(slot, 7)
+    p.observe(elapsed_s)
+    return step
+
+
+def _slow_prefill_beside_a_stream() -> StepPlanner:
+    """A stream running (50 ms a step alone) while a long prompt prefills in 1 s steps: the chunk
+    shrinks to its minimum."""
+    p = StepPlanner(2, 512, 4096, min_chunk=32)
+    p.enqueue(Job([1, 2], 1000))
+    _step(p, 0.05)
+    _step(p, 0.05)  # the stream alone
+    p.enqueue(Job(list(range(1000, 5000)), 5))
+    for _ in range(5):
+        _step(p, 1.0)
+    assert p.chunk == 32
+    return p
+
+
+def test_prompt_chunks_shrink_when_steps_run_slow_and_grow_back():
+    p = _slow_prefill_beside_a_stream()
+    step = _step(p, 0.001)
     assert len(step.rows) == 1 + 32  # one decode row, one small prompt chunk
-    p.observe(0.001)
     assert p.chunk == 64
+
+
+def test_the_chunk_target_follows_streams_that_are_slow_on_their_own():
+    """64 streams on 2 cores take longer than STEP_TARGET_S without any prompt: the target is then
+    a multiple of their own step, and prompts still get large chunks."""
+    p = _slow_prefill_beside_a_stream()
+    p.decode_step_s = 0.5  # streams alone: 0.5 s a step
+    for _ in range(10):
+        _step(p, 0.9)  # under 2 x 0.5 s: the chunk grows
+    assert p.chunk > 256
 
 
 def test_a_lone_prompt_gets_the_whole_batch_whatever_the_last_streams_left_the_chunk_at():
     """The chunk shrinks to protect running streams; once they are gone, a new prompt must not be
     split into small chunks (slower, and llama.cpp rounds a prompt differently when it is split
     differently: with speculation on, the first token of a greedy reply changed)."""
-    p = StepPlanner(2, 512, 4096, min_chunk=32)
-    p.enqueue(Job([1, 2], 100))
-    p.plan()
-    p.accept(p.slots[0], 3)
-    p.plan()
-    for _ in range(5):
-        p.observe(1.0)  # slow steps with a stream running: the chunk is at its minimum
-    assert p.chunk == 32
-    p.release(p.slots[0])
-    p.enqueue(Job(list(range(1000, 1299)), 5))  # nothing shared with the cells left behind
+    p = _slow_prefill_beside_a_stream()
+    for slot in p.slots:
+        if slot.job is not None:
+            p.release(slot)
+    p.enqueue(Job(list(range(6000, 6299)), 5))  # nothing shared with the cells left behind
     step = p.plan()
     assert len(step.rows) == 299  # the whole prompt in one step
 

@@ -26,7 +26,8 @@ from typing import Any
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
 from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Acceptance, Cost, Drafter, step_time
 
-STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill
+STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill...
+PREFILL_SLOWDOWN = 2.0  # ...or at worst at this multiple of its interval without prompts (many streams)
 MIN_CHUNK = 32
 
 
@@ -100,6 +101,8 @@ class StepPlanner:
         self._order = itertools.count()
         self.prompt_tokens = self.prompt_reused = 0
         self._streams_running = False  # did the last step decode running streams (for the chunk AIMD)
+        self._prompt_rows = 0  # prompt rows in the last step
+        self.decode_step_s: float | None = None  # recent time of a step with streams and no prompt rows
         self.row_cost: Cost = PRIOR_ROW_COST  # a step's time by rows: the scheduler sets its measured curve
         # A draft model (``--draft``): asked for every drafting slot's tokens at once, [(seq, tokens, k)] ->
         # {seq: draft}; each drafted token then also costs one draft step, ``draft_cost`` (seconds, measured).
@@ -165,6 +168,7 @@ class StepPlanner:
                 rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
                 sample.append(slot)
         self._streams_running = bool(rows)
+        self._prompt_rows = 0
         prefilling = any(s.state is SlotState.PREFILL for s in self.slots)  # (waiting ones have no slot yet)
         spare = 0 if prefilling else self.n_batch - len(rows)  # prompts first: prefill is the batch's best work
         asks = []
@@ -201,6 +205,7 @@ class StepPlanner:
                 slot.cached.append(tok)
             slot.pending = slot.pending[len(take):]
             budget -= len(take)
+            self._prompt_rows += len(take)
             if last:
                 slot.row = len(rows) - 1
                 sample.append(slot)
@@ -294,14 +299,21 @@ class StepPlanner:
             rows.append(Row(tok, pos + 1 + i, slot.seq, True))
 
     def observe(self, elapsed_s: float) -> None:
-        """Adapt the prompt chunk to the step-latency target while streams are running (AIMD)."""
-        if self._streams_running:
-            if elapsed_s > self.step_target_s:
-                self.chunk = max(self.min_chunk, self.chunk // 2)
-            else:
-                self.chunk = min(self.max_chunk, self.chunk + self.min_chunk)
-        else:
+        """Adapt the prompt chunk to the step-latency target while streams are running (AIMD). The
+        target is STEP_TARGET_S, or PREFILL_SLOWDOWN times a step without prompt rows when the streams
+        alone take longer than that (64 streams on 2 cores): a fixed 0.1 s then held the chunk at its
+        minimum, and 128 queued prompts took minutes to prefill 32 rows at a time."""
+        if not self._streams_running:
             self.chunk = self.max_chunk
+            return
+        if not self._prompt_rows:
+            self.decode_step_s = elapsed_s if self.decode_step_s is None else 0.7 * self.decode_step_s + 0.3 * elapsed_s
+            return
+        target = max(self.step_target_s, PREFILL_SLOWDOWN * (self.decode_step_s or 0.0))
+        if elapsed_s > target:
+            self.chunk = max(self.min_chunk, self.chunk // 2)
+        else:
+            self.chunk = min(self.max_chunk, self.chunk + self.min_chunk)
 
     def accept(self, slot: Slot, token: int, evaluated: bool = False) -> None:
         """The token sampled for ``slot``: it becomes the slot's next input (no KV cell yet), or,

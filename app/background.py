@@ -4,6 +4,7 @@ thread, and an HTTP call there freezes the window for as long as the engine take
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from autoglm.app.engine_process import EngineError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class _Poster(QObject):
@@ -51,8 +53,11 @@ def in_background(work: Callable[[], T], on_done: Callable[[T], Any],
     def run() -> None:
         try:
             result = work()
-        except EngineError as exc:
-            message = str(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure must reach the view (as Anki's QueryOp), not
+            # only EngineError: a worker that died silently left the chat view "streaming" for good
+            message = str(exc) if isinstance(exc, EngineError) else f"internal error: {type(exc).__name__}: {exc}"
+            if not isinstance(exc, EngineError):
+                log.exception("background call %s failed", name)
             if on_error is not None:
                 on_ui(lambda: on_error(message) if _alive(on_error) else None)
             return

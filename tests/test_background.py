@@ -46,6 +46,15 @@ def test_engine_errors_arrive_as_one_line_on_the_ui_thread(qtbot):
     assert thread_calls == [True]
 
 
+def test_any_failure_reaches_the_view_not_only_engine_errors(qtbot):
+    """A bug in a worker (a KeyError on an odd reply) used to end the thread with no callback, and
+    the view waited for good."""
+    errors: list[str] = []
+    in_background(lambda: {}["choices"], lambda _: None, errors.append)
+    qtbot.waitUntil(lambda: bool(errors), timeout=5000)
+    assert errors == ["internal error: KeyError: 'choices'"]
+
+
 def test_a_reply_for_a_deleted_widget_is_dropped(qtbot):
     """A window closed (and deleted) while its engine call ran: the answer must not touch it."""
     import threading

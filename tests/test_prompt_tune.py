@@ -62,7 +62,7 @@ def test_classify_prompt_tunes_saves_and_is_used(default_model, tmp_path):
     examples = tmp_path / "reviews.csv"
     with examples.open("w", newline="") as fh:
         csv.writer(fh).writerows([("text", "label"), *zip(data.train_texts, data.train_labels, strict=True)])
-    out = run_cli("prompt", "tune", "--task", "classify", "--examples", str(examples), "--evaluate", "16",
+    out = run_cli("prompt", "tune", "--task", "classify", "--examples", str(examples), "--evaluate", "10",
                   "--name", "reviews-prompt", timeout=900)
     assert out.returncode == 0, out.stderr
     before, after = map(float, re.search(r"before ([\d.]+)% -> after ([\d.]+)%", out.stdout).groups())
@@ -73,7 +73,7 @@ def test_classify_prompt_tunes_saves_and_is_used(default_model, tmp_path):
     print(out.stdout)
     # the saved prompt is what was measured: the held-out texts give back the reported accuracy
     held = [(e["text"], e["answer"]) for e in tuned.report["held_out_examples"]]
-    assert len(held) == 16 and not {t for t, _ in held} & {e["text"] for e in tuned.pool}
+    assert len(held) == 10 and not {t for t, _ in held} & {e["text"] for e in tuned.pool}
     texts = tmp_path / "held.txt"
     texts.write_text("\n".join(t for t, _ in held) + "\n")
     out = run_cli("classify", "--prompt", "reviews-prompt", "--file", str(texts), "--json", timeout=600)

@@ -333,6 +333,7 @@ def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(q
     """At real size (Qwen2.5-Coder-0.5B, Q4_K_M): four code edits of 40-80 line functions from Python's
     standard library, batched, at temperature 0: drafts (made to look free, so every lookup hit is
     verified at full length) change the steps, never the text."""
+    import heapq
     import inspect
     import json as json_module
     import string
@@ -341,7 +342,7 @@ def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(q
     from autoglm.engine import loader
     from autoglm.engine.tasks.chat import PromptBuilder
 
-    sources = [inspect.getsource(f) for f in (json_module.JSONEncoder.iterencode, textwrap.TextWrapper._wrap_chunks,
+    sources = [inspect.getsource(f) for f in (json_module.JSONEncoder.iterencode, heapq.nsmallest,
                                               textwrap.dedent, string.Formatter._vformat)]
     asks = [f"Add a comment line at the top of this function's body and return the whole function:\n\n{src}"
             for src in sources]
@@ -351,7 +352,7 @@ def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(q
         builder = PromptBuilder(model)
         prompts = [builder.tokens([{"role": "user", "content": a}]) for a in asks]
         assert all(len(p) > 300 for p in prompts)
-        params = SamplingParams(max_tokens=160, temperature=0)
+        params = SamplingParams(max_tokens=120, temperature=0)
 
         def together(speculative: bool) -> list[str]:
             scheduler.speculative = speculative

@@ -20,10 +20,13 @@ WORDS = "the quick brown fox jumps over a lazy dog near the river bank while it 
 
 
 def prompt(i: int) -> str:
-    """A few words up to two 512-token prompt chunks among the first 32 clients; shorter beyond
-    them (the 128 clients of P=64 spent five minutes prefilling 42k tokens on 2 cores, and what
-    that case tests is 64 slots filled at once, not prefill speed)."""
-    n = (5, 60, 200, 700)[i % 4] if i < 32 else (5, 60, 120, 240)[i % 4]
+    """A few words up to two 512-token prompt chunks (two of every 32 clients), shorter past the
+    32nd client: the 128 clients of P=64 spent five minutes prefilling 42k tokens on 2 cores, and
+    what these cases test is every slot filled at once beside long prompts, not prefill speed."""
+    if i >= 32:
+        n = (5, 20, 60, 120)[i % 4]
+    else:
+        n = 700 if i % 16 == 3 else (5, 60, 200, 120)[i % 4]
     return " ".join(WORDS[(i + k) % len(WORDS)] for k in range(n))
 
 

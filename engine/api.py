@@ -34,9 +34,8 @@ from autoglm.engine.sampling import (
     SamplingParams,
 )
 from autoglm.engine.tasks import corrections
-from autoglm.engine.tasks.classify import Prediction, load_examples, train, zero_shot
+from autoglm.engine.tasks.classify import Prediction, load_examples, train
 from autoglm.engine.tasks.extract import Extraction, Extractor, check_schema, load_schema
-from autoglm.engine.tasks.prompt_tune import is_prompt
 
 __all__ = ["AutoGLMError", "ChatResult", "Engine", "Extraction", "Prediction"]
 
@@ -203,19 +202,7 @@ class Engine:
         """``labels``: zero-shot over these names; else the classifier ``model`` (default: the router's).
         Each prediction has ``review`` set when its confidence is too low to trust unseen. A tuned
         prompt (``autoglm prompt tune``) as ``model`` labels with the chat model: no confidence then."""
-        batch = _texts(texts)
-        runtime = self._rt()
-        if labels:
-            manifest, encoder = runtime.encoder(route("embed"))
-            clf = zero_shot(encoder, manifest, dict.fromkeys(labels))
-        elif name := route("classify", model):
-            if is_prompt(name):  # the chat model labels
-                predictions, _ = runtime.prompt_classify(name, batch)
-                return predictions[0] if isinstance(texts, str) else predictions
-            clf, encoder = runtime.classifier(name)
-        else:
-            raise InvalidArgumentError("give labels (zero-shot) or model (a trained classifier), or route classify")
-        predictions, _ = clf.classify(encoder, batch, exact=exact)
+        predictions = self._rt().classify(_texts(texts), model=model, labels=labels, exact=exact).predictions
         return predictions[0] if isinstance(texts, str) else predictions
 
     def train_classifier(self, examples: Sequence[tuple[str, str]] | str | Path, name: str, *,

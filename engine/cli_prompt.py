@@ -5,11 +5,8 @@ command module: ``autoglm --help`` must not load llama.cpp."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 
-from autoglm.engine.cli_extract import load_chat, tuned_runner
+from autoglm.engine.cli_extract import load_chat
 from autoglm.engine.errors import InvalidArgumentError
 
 
@@ -45,28 +42,6 @@ def cmd_prompt_tune(args: argparse.Namespace) -> int:
     print(f"before {report['before']:.1f}% -> after {report['after']:.1f}% ({report['metric']} on "
           f"{report['held_out']} held-out examples, {prepared.model.label}); saved {manifest.name} "
           f"version {manifest.version}")
-    return 0
-
-
-def classify_with_prompt(name: str, texts: list[str], args: argparse.Namespace) -> int:
-    """``classify`` when the classifier is a tuned prompt: the chat model answers with a label."""
-    from autoglm.engine.tasks.prompt_tune import TunedPrompt
-
-    tuned = TunedPrompt.load(name)
-    if tuned.task != "classify":
-        raise InvalidArgumentError(f"{name} is a {tuned.task} prompt, not a classify prompt")
-    _, model = load_chat(args, "chat", single=len(texts) == 1)  # the classify route names the prompt itself
-    try:
-        started = time.perf_counter()
-        labels = tuned_runner(model, tuned).run(texts, parallel=model.scheduler.parallel)
-        elapsed = time.perf_counter() - started
-    finally:
-        model.close()
-    for text, label in zip(texts, labels, strict=True):
-        print(json.dumps({"text": text, "label": label}) if args.json else f"{label}\t{text[:70]}")
-    if len(texts) > 1:
-        print(f"{len(texts)} texts in {elapsed:.2f}s ({len(texts) / elapsed:.1f}/s) with prompt {name}",
-              file=sys.stderr)
     return 0
 
 

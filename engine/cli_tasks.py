@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from autoglm.engine.errors import InvalidArgumentError
 
@@ -46,39 +47,45 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from autoglm.engine.cli_prompt import classify_with_prompt
-    from autoglm.engine.router import route
-    from autoglm.engine.tasks.classify import open_classifier, parse_labels, zero_shot
-    from autoglm.engine.tasks.embed import open_encoder
+    from autoglm.engine.cli_extract import load_chat
+    from autoglm.engine.hardware import probe
+    from autoglm.engine.runtime import Runtime
+    from autoglm.engine.tasks.classify import parse_labels
     from autoglm.engine.tasks.prompt_tune import is_prompt
 
     texts = _texts(args)
-    if args.prompt:
-        return classify_with_prompt(args.prompt, texts, args)
-    if args.labels:
-        enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision or "int8")
-        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
-    elif model := route("classify", args.model):
-        if is_prompt(model):
-            return classify_with_prompt(model, texts, args)
-        clf, encoder = open_classifier(model, args.precision)
-    else:
-        raise InvalidArgumentError("give --model NAME (a trained classifier), --labels a,b,c (zero-shot), "
-                                   "or route classify to a classifier (autoglm route classify NAME)")
-    started = time.perf_counter()
-    predictions, truncated = clf.classify(encoder, texts, exact=args.exact)
-    elapsed = time.perf_counter() - started
-    _note_truncated(truncated, len(texts), encoder.max_length)
-    for p in predictions:
-        if args.json:
-            print(json.dumps({"text": p.text, "label": p.label, "confidence": round(p.confidence, 4),
-                              "exit_layer": p.exit_layer, "review": p.review}))
-        else:
-            flag = "\treview" if p.review else ""
-            print(f"{p.label}\t{p.confidence:.3f}\tlayer {p.exit_layer}/{len(clf.heads)}{flag}\t{p.text[:70]}")
+    if args.prompt and not is_prompt(args.prompt):
+        raise InvalidArgumentError(f"{args.prompt} is not a tuned prompt (`autoglm prompt tune` makes one)")
+    # the chat model loads only if a tuned prompt labels (the classify route may name one)
+    runtime = Runtime("chat", lambda: load_chat(args, "chat", single=len(texts) == 1)[1], probe(),
+                      encoders_alone=True)
+    try:
+        started = time.perf_counter()
+        done = runtime.classify(texts, model=args.prompt or args.model, exact=args.exact, encoder=args.encoder,
+                                labels=parse_labels(args.labels) if args.labels and not args.prompt else None,
+                                precision=args.precision)
+        elapsed = time.perf_counter() - started
+    finally:
+        runtime.close()
+    if done.max_length:
+        _note_truncated(done.truncated, len(texts), done.max_length)
+    for p in done.predictions:
+        print(_classified(p, done.layers, args.json))
     if len(texts) > 1:
-        print(f"{len(texts)} texts in {elapsed:.2f}s ({len(texts) / elapsed:.1f}/s)", file=sys.stderr)
+        how = f" with prompt {args.prompt or args.model}" if done.layers is None else ""
+        print(f"{len(texts)} texts in {elapsed:.2f}s ({len(texts) / elapsed:.1f}/s){how}", file=sys.stderr)
     return 0
+
+
+def _classified(p: Any, layers: int | None, as_json: bool) -> str:
+    """One output line; a tuned prompt's labels carry no confidence (the chat model answers)."""
+    if layers is None:
+        return json.dumps({"text": p.text, "label": p.label}) if as_json else f"{p.label}\t{p.text[:70]}"
+    if as_json:
+        return json.dumps({"text": p.text, "label": p.label, "confidence": round(p.confidence, 4),
+                           "exit_layer": p.exit_layer, "review": p.review})
+    flag = "\treview" if p.review else ""
+    return f"{p.label}\t{p.confidence:.3f}\tlayer {p.exit_layer}/{layers}{flag}\t{p.text[:70]}"
 
 
 def cmd_classify_train(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ of ``autoglm classify`` too); it happens once, under a per-key lock, off the eve
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,30 @@ from autoglm.engine.models import store
 from autoglm.engine.models.catalog import Reference, remember_speed
 from autoglm.engine.models.store import Manifest
 from autoglm.engine.planner import onnx_threads
+from autoglm.engine.router import route
 from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
-from autoglm.engine.tasks.classify import Classifier, Prediction, open_classifier
+from autoglm.engine.tasks.classify import EXAMPLES_FILE, Classifier, Prediction, open_classifier, zero_shot
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
-from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed
+from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed, is_prompt
+
+NO_CLASSIFIER = ("give labels (zero-shot), or a trained classifier or a tuned classify prompt as the model, or "
+                 "route classify to one (autoglm route classify NAME)")
+
+
+@dataclass
+class Labeled:
+    """What ``Runtime.classify`` gives every front end. ``confidence`` is None for a tuned prompt
+    (the chat model answers; nothing is measured), and so are ``layers`` and ``max_length``."""
+
+    predictions: list[Prediction]
+    labels: list[str]
+    truncated: int = 0  # texts cut to the encoder's max_length
+    correctable: bool = False  # a trained classifier that keeps its examples (corrections retrain it)
+    layers: int | None = None  # the classifier's exit heads
+    max_length: int | None = None  # the encoder's, in tokens
 
 
 class Runtime:
@@ -35,7 +53,7 @@ class Runtime:
     ``plan`` then sizes the encoders' threads as if it were loaded."""
 
     def __init__(self, model_name: str, model: ScheduledBackend | Callable[[], ScheduledBackend], device: Any,
-                 report: dict[str, Any] | None = None, plan: Any = None) -> None:
+                 report: dict[str, Any] | None = None, plan: Any = None, encoders_alone: bool = False) -> None:
         self.model_name = model_name
         self._model = model if isinstance(model, ScheduledBackend) else None
         self._load = None if isinstance(model, ScheduledBackend) else model
@@ -43,7 +61,9 @@ class Runtime:
         self.report = report or {}
         self.device = device
         plan = plan or (self._model.plan if self._model else None)
-        self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, plan.threads if plan else 1,
+        # a one-shot command (encoders_alone) runs an encoder or the chat model, never both at once
+        llama_threads = 0 if encoders_alone else plan.threads if plan else 1
+        self.onnx_threads, self.onnx_threads_reason = onnx_threads(device, llama_threads,
                                                                    plan.gpu_layers if plan else 0)
         self._cache: dict[tuple[str, ...], Any] = {}
         self._locks: dict[tuple[str, ...], threading.Lock] = {}
@@ -88,10 +108,32 @@ class Runtime:
         key = ("encoder", manifest.name, manifest.version, precision)
         return manifest, self._cached(key, lambda: load_encoder(manifest, precision, self.onnx_threads, self.device))
 
-    def classifier(self, name: str) -> tuple[Classifier, Encoder]:
+    def classifier(self, name: str, precision: str | None = None) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)
-        return self._cached(("classifier", manifest.name, manifest.version),
-                            lambda: open_classifier(name, opener=self.encoder))
+        return self._cached(("classifier", manifest.name, manifest.version, precision or ""),
+                            lambda: open_classifier(name, precision, opener=self.encoder))
+
+    def classify(self, texts: list[str], *, model: str | None = None,
+                 labels: Sequence[str] | Mapping[str, str | None] | None = None,
+                 exact: bool = False, encoder: str | None = None, precision: str | None = None) -> Labeled:
+        """The classify use case, once for the Python API, the server and the CLI: ``labels`` ->
+        zero-shot over them (names, or names with descriptions; ``encoder``: the router's embed
+        model), else ``model`` or the router's
+        classify model -> a tuned prompt on the chat model or a trained classifier."""
+        if labels:
+            manifest, enc = self.encoder(route("embed", encoder), precision or "int8")
+            described = dict(labels) if isinstance(labels, Mapping) else dict.fromkeys(labels)
+            clf, correctable = zero_shot(enc, manifest, described), False
+        elif name := route("classify", model):
+            if is_prompt(name):
+                predictions, prompt_labels = self.prompt_classify(name, texts)
+                return Labeled(predictions, prompt_labels)
+            clf, enc = self.classifier(name, precision)
+            correctable = EXAMPLES_FILE in {f.path for f in store.require(name).files}
+        else:
+            raise InvalidArgumentError(NO_CLASSIFIER)
+        predictions, truncated = clf.classify(enc, texts, exact=exact)
+        return Labeled(predictions, clf.labels, truncated, correctable, len(clf.heads), enc.max_length)
 
     def prompt_runner(self, name: str) -> PromptRunner:
         """A tuned classify/extract prompt over the chat model, with the encoder that picks its shots."""

@@ -363,3 +363,23 @@ def test_a_lone_surrogate_in_the_model_field_is_a_4xx_on_every_route(client):
 def test_load_balancers_may_probe_health_with_head(client):
     r = client.head("/health")
     assert r.status_code == 200 and r.content == b""
+
+
+def test_classify_is_one_use_case_with_one_refusal_on_every_front_end(client, tmp_path, monkeypatch):
+    """The server, the Python API and the CLI call ``Runtime.classify``: with no labels, no model and
+    no classify route they refuse in the same words (three copies had drifted to three texts)."""
+    from autoglm.engine.errors import InvalidArgumentError
+    from autoglm.engine.runtime import NO_CLASSIFIER
+    from tests.conftest import run_cli
+
+    monkeypatch.setenv("AUTOGLM_CONFIG", str(tmp_path / "none.toml"))
+    r = client.post("/v1/classify", json={"input": "a text"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == NO_CLASSIFIER
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("never-loaded", lambda: pytest.fail("no chat model is needed"), device, encoders_alone=True)
+    with pytest.raises(InvalidArgumentError, match="^give labels"):
+        runtime.classify(["a text"])
+    out = run_cli("classify", "a text", env={"AUTOGLM_CONFIG": str(tmp_path / "none.toml")})
+    assert out.returncode == 2 and out.stderr == f"autoglm: error: {NO_CLASSIFIER}\n"
+    out = run_cli("classify", "--prompt", "no-such-prompt", "a text")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is not a tuned prompt" in out.stderr

@@ -18,9 +18,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from autoglm.engine.backends.llama_lib import llama_cpp
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
-from autoglm.engine.models import store
 from autoglm.engine.router import route
-from autoglm.engine.runtime import Runtime
+from autoglm.engine.runtime import Labeled, Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler import Event, QueueFullError
 from autoglm.engine.server.lifecycle import Lifecycle
@@ -39,7 +38,6 @@ from autoglm.engine.server.protocol import (
     error,
     sse_error,
 )
-from autoglm.engine.tasks.classify import EXAMPLES_FILE, zero_shot
 from autoglm.engine.tasks.extract import Extraction, Extractor, schema_grammar
 from autoglm.engine.tasks.prompt_tune import is_prompt
 
@@ -239,34 +237,22 @@ class OpenAIServing:
         if not texts:
             return error(400, "input must not be empty", param="input")
 
-        def work() -> Any:
-            if body.labels:
-                manifest, encoder = self.runtime.encoder(route("embed"))
-                clf = zero_shot(encoder, manifest, dict.fromkeys(body.labels))
-            elif model := route("classify", body.model):
-                if is_prompt(model):  # the chat model labels: a generation per text, so bounded like extract
-                    if len(texts) > MAX_EXTRACT_INPUTS:
-                        raise InvalidArgumentError(f"a tuned prompt labels at most {MAX_EXTRACT_INPUTS} texts per "
-                                                   f"request, got {len(texts)}")
-                    preds, labels = self.runtime.prompt_classify(model, texts)
-                    return preds, 0, labels, False
-                clf, encoder = self.runtime.classifier(model)
-                correctable = EXAMPLES_FILE in {f.path for f in store.require(model).files}
-                return (*clf.classify(encoder, texts, exact=body.exact), clf.labels, correctable)
-            else:
-                raise InvalidArgumentError("give model (a stored classifier) or labels (zero-shot), or route "
-                                           "classify to a classifier")
-            return (*clf.classify(encoder, texts, exact=body.exact), clf.labels, False)
+        def work() -> Labeled:
+            # a tuned prompt generates once per text, so a request is bounded as extract's is
+            if len(texts) > MAX_EXTRACT_INPUTS and is_prompt(route("classify", body.model) or ""):
+                raise InvalidArgumentError(f"a tuned prompt labels at most {MAX_EXTRACT_INPUTS} texts per "
+                                           f"request, got {len(texts)}")
+            return self.runtime.classify(texts, model=body.model, labels=body.labels, exact=body.exact)
 
         try:
-            preds, truncated, labels, correctable = await asyncio.to_thread(work)
+            done = await asyncio.to_thread(work)
         except QueueFullError:  # a tuned prompt generates: the queue can be full
             return self.at_capacity()
         # correctable: a trained classifier that keeps its examples (POST /autoglm/classifiers/NAME/corrections)
-        return {"object": "list", "truncated": truncated, "labels": labels, "correctable": correctable,
+        return {"object": "list", "truncated": done.truncated, "labels": done.labels, "correctable": done.correctable,
                 "data": [{"index": i, "label": p.label, "confidence": p.confidence, "exit_layer": p.exit_layer,
                           "review": p.review}
-                         for i, p in enumerate(preds)]}
+                         for i, p in enumerate(done.predictions)]}
 
     async def extract(self, body: ExtractRequest, request: Request) -> Any:
         self.check_model(body.model)

@@ -34,7 +34,7 @@ from autoglm.engine.sampling import (
     SamplingParams,
 )
 from autoglm.engine.tasks import corrections
-from autoglm.engine.tasks.classify import Prediction, load_examples, train
+from autoglm.engine.tasks.classify import Prediction, load_examples
 from autoglm.engine.tasks.extract import Extraction, Extractor, check_schema, load_schema
 
 __all__ = ["AutoGLMError", "ChatResult", "Engine", "Extraction", "Prediction"]
@@ -210,12 +210,10 @@ class Engine:
         """Train (text, label) examples, or a CSV/JSONL file of them, into the classifier ``name``
         (a new version when it exists); returns its version."""
         if isinstance(examples, str | Path):
-            texts, labels = load_examples(examples)
+            pairs = load_examples(examples)
         else:
-            texts, labels = [t for t, _ in examples], [lab for _, lab in examples]
-        enc_manifest, encoder = self._rt().encoder(route("embed"))
-        clf = train(encoder, enc_manifest, texts, labels, budget=budget)
-        return corrections.install(clf, name, texts, labels).version
+            pairs = [t for t, _ in examples], [lab for _, lab in examples]
+        return self._rt().train_classifier(name, pairs, budget=budget).manifest.version
 
     def correct(self, classifier: str, corrected: Sequence[tuple[str, str]]) -> str:
         """Labels a user fixed, as (text, right label): kept with the classifier's examples, which

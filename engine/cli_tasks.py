@@ -77,6 +77,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_chat_model() -> Any:
+    raise AssertionError("training a classifier never loads the chat model")
+
+
 def _classified(p: Any, layers: int | None, as_json: bool) -> str:
     """One output line; a tuned prompt's labels carry no confidence (the chat model answers)."""
     if layers is None:
@@ -89,24 +93,21 @@ def _classified(p: Any, layers: int | None, as_json: bool) -> str:
 
 
 def cmd_classify_train(args: argparse.Namespace) -> int:
-    from autoglm.engine.router import route
-    from autoglm.engine.tasks.classify import load_examples, parse_labels, train, zero_shot
-    from autoglm.engine.tasks.corrections import install
-    from autoglm.engine.tasks.embed import open_encoder
+    from autoglm.engine.hardware import probe
+    from autoglm.engine.runtime import Runtime
+    from autoglm.engine.tasks.classify import load_examples, parse_labels
 
     if bool(args.examples) == bool(args.labels):
         raise InvalidArgumentError("give --examples FILE (text,label rows) or --labels a,b,c (zero-shot), not both")
-    texts, labels = load_examples(args.examples) if args.examples else ([], [])
-    enc_manifest, encoder = open_encoder(route("embed", args.encoder), args.precision)
-    if args.labels:
-        clf = zero_shot(encoder, enc_manifest, parse_labels(args.labels))
-        manifest = clf.install(args.name)
-    else:
-        clf = train(encoder, enc_manifest, texts, labels, budget=args.budget)
-        manifest = install(clf, args.name, texts, labels)
+    examples = load_examples(args.examples) if args.examples else None
+    texts = examples[0] if examples else []
+    runtime = Runtime("chat", _no_chat_model, probe(), encoders_alone=True)
+    done = runtime.train_classifier(args.name, examples, labels=parse_labels(args.labels) if args.labels else None,
+                                    encoder=args.encoder, precision=args.precision, budget=args.budget)
+    clf, manifest, encoder_length = done.classifier, done.manifest, done.max_length
     if args.examples:
         report = clf.report
-        _note_truncated(report["truncated"], len(texts), encoder.max_length)
+        _note_truncated(report["truncated"], len(texts), encoder_length)
         rule = report["chosen"]
         full = report["rules"].get("full", {})
         exit_info = report["rules"].get(rule["kind"], {})

@@ -26,7 +26,8 @@ from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.tasks.chat import PromptBuilder
-from autoglm.engine.tasks.classify import EXAMPLES_FILE, Classifier, Prediction, open_classifier, zero_shot
+from autoglm.engine.tasks.classify import EXAMPLES_FILE, Classifier, Prediction, open_classifier, train, zero_shot
+from autoglm.engine.tasks.corrections import install
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
 from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed, is_prompt
 
@@ -45,6 +46,19 @@ class Labeled:
     correctable: bool = False  # a trained classifier that keeps its examples (corrections retrain it)
     layers: int | None = None  # the classifier's exit heads
     max_length: int | None = None  # the encoder's, in tokens
+
+
+@dataclass
+class Trained:
+    """A classifier ``Runtime.train_classifier`` installed, as every front end reports it."""
+
+    classifier: Classifier
+    manifest: Manifest
+    max_length: int  # the encoder's: the examples past it were truncated (``classifier.report``)
+
+
+def _described(labels: Sequence[str] | Mapping[str, str | None]) -> dict[str, str | None]:
+    return dict(labels) if isinstance(labels, Mapping) else dict.fromkeys(labels)
 
 
 class Runtime:
@@ -122,8 +136,7 @@ class Runtime:
         classify model -> a tuned prompt on the chat model or a trained classifier."""
         if labels:
             manifest, enc = self.encoder(route("embed", encoder), precision or "int8")
-            described = dict(labels) if isinstance(labels, Mapping) else dict.fromkeys(labels)
-            clf, correctable = zero_shot(enc, manifest, described), False
+            clf, correctable = zero_shot(enc, manifest, _described(labels)), False
         elif name := route("classify", model):
             if is_prompt(name):
                 predictions, prompt_labels = self.prompt_classify(name, texts)
@@ -153,6 +166,25 @@ class Runtime:
             raise InvalidArgumentError(f"{name} is a {runner.prompt.task} prompt, not a classify prompt")
         got = runner.run(texts, parallel=min(len(texts), self.scheduler.parallel))
         return [Prediction(t, lab, None, 0) for t, lab in zip(texts, got, strict=True)], runner.prompt.labels
+
+    def train_classifier(self, name: str, examples: tuple[list[str], list[str]] | None = None, *,
+                         labels: Sequence[str] | Mapping[str, str | None] | None = None, encoder: str | None = None,
+                         precision: str = "int8", budget: float = 1.0) -> Trained:
+        """The training use case, once for the Python API, the management API and the CLI:
+        (texts, labels) ``examples`` train a classifier (kept with them, so corrections can retrain
+        it); zero-shot ``labels`` save one. Installed as ``name``, a new version when it exists."""
+        store.check_name(name)  # before any encoder work: opening one may pull and convert it
+        if (examples is None) == (labels is None):
+            raise InvalidArgumentError("give labeled examples or zero-shot labels, not both")
+        if examples is not None and len(set(examples[1])) < 2:
+            raise InvalidArgumentError("the examples need at least two labels")
+        manifest, enc = self.encoder(route("embed", encoder), precision)
+        if labels is not None:
+            clf = zero_shot(enc, manifest, _described(labels))
+            return Trained(clf, clf.install(name), enc.max_length)
+        texts, given = examples or ([], [])
+        clf = train(enc, manifest, texts, given, budget=budget)
+        return Trained(clf, install(clf, name, texts, given), enc.max_length)
 
     def speed_reference(self) -> Reference:
         """The chat model's decode speed, measured once (32 tokens): what the catalog scales from."""

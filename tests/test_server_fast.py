@@ -383,3 +383,20 @@ def test_classify_is_one_use_case_with_one_refusal_on_every_front_end(client, tm
     assert out.returncode == 2 and out.stderr == f"autoglm: error: {NO_CLASSIFIER}\n"
     out = run_cli("classify", "--prompt", "no-such-prompt", "a text")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "is not a tuned prompt" in out.stderr
+
+
+def test_training_refuses_one_label_in_the_same_words_before_any_encoder_work(client, monkeypatch):
+    """``Runtime.train_classifier`` is the one training use case (the API, the management route and
+    ``classify train``): one label is refused before an encoder is opened, let alone pulled."""
+    from autoglm.engine.errors import InvalidArgumentError
+
+    monkeypatch.setattr(Runtime, "encoder", lambda *a, **k: pytest.fail("no encoder for a refused request"))
+    body = {"name": "one-label", "examples": [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}]}
+    r = client.post("/autoglm/classifiers", json=body)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "the examples need at least two labels"
+    device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
+    runtime = Runtime("never-loaded", lambda: pytest.fail("no chat model is needed"), device, encoders_alone=True)
+    with pytest.raises(InvalidArgumentError, match="^the examples need at least two labels$"):
+        runtime.train_classifier("one-label", (["a", "b"], ["x", "x"]))
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        runtime.train_classifier("one-label", (["a", "b"], ["x", "y"]), labels=["x", "y"])

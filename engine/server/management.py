@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from autoglm.engine.backends.onnx.convert import convert
-from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
+from autoglm.engine.errors import AutoGLMError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.models import store
 from autoglm.engine.models.catalog import catalog, measured, search_hub
@@ -26,11 +26,11 @@ from autoglm.engine.models.manager import installed, pull, rollback
 from autoglm.engine.models.progress import Progress
 from autoglm.engine.models.quantize import TARGETS, quantize
 from autoglm.engine.models.store import Manifest
-from autoglm.engine.router import route, routes
+from autoglm.engine.router import routes
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.protocol import error
-from autoglm.engine.tasks.classify import parse_examples, train, zero_shot
-from autoglm.engine.tasks.corrections import correct, install
+from autoglm.engine.tasks.classify import parse_examples
+from autoglm.engine.tasks.corrections import correct
 
 
 class Example(BaseModel):
@@ -220,22 +220,14 @@ def management_router(runtime: Runtime) -> APIRouter:
         store.check_name(body.name)  # before any encoder work
 
         def work() -> dict[str, Any]:
-            texts: list[str] = []
-            labels: list[str] = []
+            examples = None
             if body.examples_file:  # checked before the encoder is opened (or pulled and converted)
-                texts, labels = parse_examples(body.examples_file.content, body.examples_file.name)
+                examples = parse_examples(body.examples_file.content, body.examples_file.name)
             elif body.examples:
-                texts, labels = [e.text for e in body.examples], [e.label for e in body.examples]
-            if not body.labels and len(set(labels)) < 2:
-                raise InvalidArgumentError("the examples need at least two labels")
-            manifest, encoder = runtime.encoder(route("embed"))
-            if body.labels:
-                clf = zero_shot(encoder, manifest, body.labels)
-                done = clf.install(body.name)
-            else:
-                clf = train(encoder, manifest, texts, labels, budget=body.budget)
-                done = install(clf, body.name, texts, labels)
-            return {"name": done.name, "version": done.version, "labels": clf.labels, "report": clf.report}
+                examples = [e.text for e in body.examples], [e.label for e in body.examples]
+            done = runtime.train_classifier(body.name, examples, labels=body.labels or None, budget=body.budget)
+            return {"name": done.manifest.name, "version": done.manifest.version, "labels": done.classifier.labels,
+                    "report": done.classifier.report}
 
         return await asyncio.to_thread(work)
 

@@ -320,6 +320,9 @@ def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
         alone = time.monotonic()
         ask(plain, plain_replies)
         alone = time.monotonic() - alone
+        one_costly = time.monotonic()
+        ask(body, costly)
+        one_costly = time.monotonic() - one_costly
         workers = [threading.Thread(target=ask, args=(body, costly)) for _ in range(3)]
         for w in workers:
             w.start()
@@ -339,18 +342,21 @@ def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
         for w in [*workers, poller]:
             w.join(120)
         worst = max(latencies, default=0.0)
-        print(f"plain request alone {alone:.2f}s, beside 3 costly schemas {beside:.2f}s; "
-              f"/health {len(latencies)} polls, worst {worst * 1000:.0f} ms")
-        assert plain_replies == [(200, "ok")] * 2 and len(costly) == 3 and latencies
+        print(f"plain request alone {alone:.2f}s, one costly schema alone {one_costly:.2f}s, the plain one beside "
+              f"3 costly schemas {beside:.2f}s; /health {len(latencies)} polls, worst {worst * 1000:.0f} ms")
+        assert plain_replies == [(200, "ok")] * 2 and len(costly) == 4 and latencies
         assert all(status == 422 and "ms per token to enforce" in why for status, why in costly), costly
         # Each costly one may cost the scheduler its grace and about a token's grammar work (that is the
-        # budget); a token's cost is what its refusal measured, so a busy machine's slower tokens count
-        # in its own unit, and the bound tests the budget, not the machine's spare capacity.
+        # budget; a token's cost is what its refusal measured, so a busy machine's slower tokens count in
+        # its own unit), and compiling its grammar takes one of the two cores from decoding while it runs:
+        # the plain request may also wait for what one costly request costs alone, measured in this run
+        # (the per-token budget alone missed the compiles: 1 failure in 3 on a fast EPYC). Without the
+        # budget the costly ones are not refused at all, which the line above catches.
         from autoglm.engine.scheduler.batch import GRAMMAR_GRACE_S
 
         per_token = [float(re.search(r"costs (\d+) ms per token", why).group(1)) / 1000 for _, why in costly]
-        allowed = sum(GRAMMAR_GRACE_S + 3 * cost for cost in per_token)
-        assert worst < 1.0 and beside < alone + allowed, (beside, alone, per_token)
+        allowed = sum(GRAMMAR_GRACE_S + 3 * cost + one_costly for cost in per_token[1:])
+        assert worst < 1.0 and beside < alone + allowed, (beside, alone, one_costly, per_token)
 
 
 def test_special_token_text_from_a_user_stays_text(backend):

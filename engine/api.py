@@ -35,7 +35,7 @@ from autoglm.engine.sampling import (
 )
 from autoglm.engine.tasks import corrections
 from autoglm.engine.tasks.classify import Prediction, load_examples
-from autoglm.engine.tasks.extract import Extraction, Extractor, check_schema, load_schema
+from autoglm.engine.tasks.extract import Extraction, check_schema, load_schema
 
 __all__ = ["AutoGLMError", "ChatResult", "Engine", "Extraction", "Prediction"]
 
@@ -132,11 +132,8 @@ class Engine:
 
     def _params(self, prompt_len: int, max_tokens: int, temperature: float, top_p: float, seed: int | None,
                 stop: list[str] | None) -> SamplingParams:
-        room = self._rt().model.n_ctx - prompt_len
-        if room < 1:
-            raise InvalidArgumentError(f"the prompt is {prompt_len} tokens; a sequence holds {room + prompt_len}")
-        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed,
-                                stop=stop or [])
+        params = self._rt().sampling(prompt_len, max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                     stop=stop or [])
         params.validate()
         return params
 
@@ -174,7 +171,7 @@ class Engine:
         schema = check_schema(schema) if isinstance(schema, dict) else load_schema(schema)
         texts = _texts(text)
         runtime = self._rt()
-        extractor = Extractor(runtime.model, schema, max_tokens=max_tokens, prompts=runtime.prompts)
+        extractor = runtime.extractor(schema, max_tokens=max_tokens)
         if isinstance(text, str):
             result = extractor.extract(texts[0])
             if result.data is None:

@@ -60,40 +60,24 @@ def load_chat(args: argparse.Namespace, task: str, single: bool = False) -> tupl
     return prepared, loader.load_scheduled(prepared, parallel=parallel, ctx_per_seq=ctx)
 
 
-def tuned_runner(model: Any, tuned: Any) -> Any:
-    """A tuned prompt over the loaded model, with the encoder that picks its few-shot examples."""
-    from autoglm.engine.tasks.embed import open_encoder
-    from autoglm.engine.tasks.prompt_tune import PromptRunner, encoder_embed
-
-    embed = encoder_embed(open_encoder(tuned.encoder)[1]) if tuned.shots else None
-    return PromptRunner(model, tuned, embed)
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from autoglm.engine.tasks.extract import Extractor, load_schema
-    from autoglm.engine.tasks.prompt_tune import TunedPrompt
+    from autoglm.engine.hardware import probe
+    from autoglm.engine.runtime import Runtime
+    from autoglm.engine.tasks.extract import load_schema
 
-    tuned = TunedPrompt.load(args.prompt) if args.prompt else None
-    if tuned is not None and tuned.task != "extract":
-        raise InvalidArgumentError(f"{args.prompt} is a {tuned.task} prompt, not an extract prompt")
-    if args.schema:
-        schema = load_schema(args.schema)
-    elif tuned is not None and tuned.schema:
-        schema = tuned.schema
-    else:
+    if not args.schema and not args.prompt:
         raise InvalidArgumentError("give --schema FILE (or --prompt NAME, a tuned extract prompt)")
+    schema = load_schema(args.schema) if args.schema else None  # else the tuned prompt's
     if bool(args.text) == bool(args.file):
         raise InvalidArgumentError("give one text, or --file with one text per line (- for stdin)")
     if args.max_tokens < 1:
         raise InvalidArgumentError(f"max tokens must be at least 1, got {args.max_tokens}")
-    _, model = load_chat(args, "extract", single=bool(args.text))
+    runtime = Runtime("extract", lambda: load_chat(args, "extract", single=bool(args.text))[1], probe(),
+                      encoders_alone=True)
     try:
-        extractor = Extractor(model, schema, max_tokens=args.max_tokens,
-                              instruction=tuned.instruction if tuned else None)
-        if tuned is not None and tuned.shots:
-            extractor.shots = tuned_runner(model, tuned).shots_one
+        extractor = runtime.extractor(schema, max_tokens=args.max_tokens, prompt=args.prompt)
         if args.text:
             result = extractor.extract(args.text)
             if result.data is None:
@@ -103,7 +87,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         failed = total = 0
         bar = tqdm(total=count(args.file), unit="text", file=sys.stderr, disable=None)
         with bar:
-            for total, result in enumerate(extractor.extract_many(lines(args.file), model.scheduler.parallel), 1):
+            for total, result in enumerate(extractor.extract_many(lines(args.file), runtime.scheduler.parallel), 1):
                 if result.data is None and result.text.strip():  # a blank line's null is no failure
                     failed += 1
                     bar.write(f"line {total}: {result.error}", file=sys.stderr)
@@ -113,7 +97,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             print(f"autoglm: {failed} of {total} text(s) gave no object (null lines)", file=sys.stderr)
         return 1 if failed else 0
     finally:
-        model.close()
+        runtime.close()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoglm.engine.backends.onnx.encoder import Encoder
-from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
 from autoglm.engine.models import store
 from autoglm.engine.models.catalog import Reference, remember_speed
 from autoglm.engine.models.store import Manifest
@@ -29,6 +29,7 @@ from autoglm.engine.tasks.chat import PromptBuilder
 from autoglm.engine.tasks.classify import EXAMPLES_FILE, Classifier, Prediction, open_classifier, train, zero_shot
 from autoglm.engine.tasks.corrections import install
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
+from autoglm.engine.tasks.extract import Extractor
 from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed, is_prompt
 
 NO_CLASSIFIER = ("give labels (zero-shot), or a trained classifier or a tuned classify prompt as the model, or "
@@ -185,6 +186,31 @@ class Runtime:
         texts, given = examples or ([], [])
         clf = train(enc, manifest, texts, given, budget=budget)
         return Trained(clf, install(clf, name, texts, given), enc.max_length)
+
+    def sampling(self, prompt_len: int, max_tokens: int | None, **options: Any) -> SamplingParams:
+        """Sampling for a prompt of ``prompt_len`` tokens: refused when it leaves no room in a
+        sequence, and ``max_tokens`` (None: all the room) cut to the room there is."""
+        holds = self.scheduler.ctx_per_seq
+        room = holds - prompt_len
+        if room < 1:
+            raise ContextOverflowError(f"the prompt is {prompt_len} tokens; a sequence holds {holds}")
+        return SamplingParams(max_tokens=min(max_tokens or room, room), **options)
+
+    def extractor(self, schema: dict[str, Any] | None, *, max_tokens: int, prompt: str | None = None) -> Extractor:
+        """The extract use case's set-up, once for the Python API, the server and the CLI: the
+        schema given, or else a tuned extract prompt's, with that prompt's instruction and its
+        nearest examples as shots."""
+        tuned = TunedPrompt.load(prompt) if prompt else None
+        if tuned is not None and tuned.task != "extract":
+            raise InvalidArgumentError(f"{prompt} is a {tuned.task} prompt, not an extract prompt")
+        schema = schema or (tuned.schema if tuned else None)
+        if not schema:
+            raise InvalidArgumentError("give a schema, or a tuned extract prompt")
+        extractor = Extractor(self.model, schema, instruction=tuned.instruction if tuned else None,
+                              max_tokens=max_tokens, prompts=self.prompts)
+        if prompt and tuned is not None and tuned.shots:
+            extractor.shots = self.prompt_runner(prompt).shots_one
+        return extractor
 
     def speed_reference(self) -> Reference:
         """The chat model's decode speed, measured once (32 tokens): what the catalog scales from."""

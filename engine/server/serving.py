@@ -17,7 +17,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from autoglm.engine.backends.llama_lib import llama_cpp
-from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Labeled, Runtime
 from autoglm.engine.sampling import SamplingParams
@@ -38,7 +38,7 @@ from autoglm.engine.server.protocol import (
     error,
     sse_error,
 )
-from autoglm.engine.tasks.extract import Extraction, Extractor, schema_grammar
+from autoglm.engine.tasks.extract import Extraction, schema_grammar
 from autoglm.engine.tasks.prompt_tune import is_prompt
 
 DISCONNECT_POLL_S = 1.0
@@ -132,12 +132,8 @@ class OpenAIServing:
         return await self._respond("text", body, tokens, None, request)
 
     def _params(self, body: Sampling, prompt_len: int) -> SamplingParams:
-        room = self.runtime.scheduler.ctx_per_seq - prompt_len
-        if room < 1:
-            raise ContextOverflowError(f"the prompt is {prompt_len} tokens; a sequence holds "
-                                       f"{self.runtime.scheduler.ctx_per_seq}")
-        return SamplingParams(max_tokens=min(body.max_tokens or room, room), temperature=body.temperature,
-                              top_p=body.top_p, seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
+        return self.runtime.sampling(prompt_len, body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                                     seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
     async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
                       request: Request, streamed: bool) -> AsyncIterator[Event]:
@@ -263,7 +259,7 @@ class OpenAIServing:
 
         def work() -> list[Extraction]:
             runtime = self.runtime
-            extractor = Extractor(runtime.model, body.schema_, max_tokens=body.max_tokens, prompts=runtime.prompts)
+            extractor = runtime.extractor(body.schema_, max_tokens=body.max_tokens)
             return list(extractor.extract_many(texts, min(len(texts), runtime.scheduler.parallel), cancel))
 
         task = asyncio.ensure_future(asyncio.to_thread(work))

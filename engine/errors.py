@@ -22,6 +22,10 @@ class InvalidModelError(AutoGLMError):
     """The file exists but is not a usable model (wrong magic, truncated, corrupt)."""
 
 
+class DamagedModelError(InvalidModelError):
+    """A loaded model gave unusable scores (NaN or infinite): its weights rotted after they were checked."""
+
+
 class IntegrityError(AutoGLMError):
     """Downloaded or stored bytes do not match their recorded sha256."""
 
@@ -56,6 +60,18 @@ class CancelledError(AutoGLMError):
     """The user cancelled a long operation; nothing was installed or changed."""
 
     exit_code = 130
+
+
+class QueueFullError(AutoGLMError):
+    """More requests wait than the queue holds; the server answers 429 with Retry-After."""
+
+
+class SchedulerFailedError(AutoGLMError):
+    """A step failed; the engine serves nothing more until it is restarted (the server answers 503)."""
+
+
+class RequestTooCostlyError(AutoGLMError):
+    """One request would cost every other stream too much (a grammar too dear per token): it alone ends."""
 
 
 class StorageError(AutoGLMError):

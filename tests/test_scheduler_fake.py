@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from autoglm.engine.errors import DamagedModelError, QueueFullError, RequestTooCostlyError, SchedulerFailedError
 from autoglm.engine.sampling import SamplingParams
-from autoglm.engine.scheduler.batch import Scheduler, SchedulerFailedError
-from autoglm.engine.scheduler.planner import QueueFullError
+from autoglm.engine.scheduler.batch import Scheduler
 from tests.fakes import FakeExecutor
 
 GREEDY = SamplingParams(temperature=0, max_tokens=12)
@@ -93,7 +93,7 @@ def test_a_failing_step_fails_every_request_at_once_and_stays_failed():
     for req in reqs:  # two were running, three waiting: all end, with the reason, none hangs
         last = list(req.stream(timeout=5))[-1]
         assert last.done and last.finish_reason == "error"
-        assert "injected failure on step 3" in last.error
+        assert isinstance(last.error, SchedulerFailedError) and "injected failure on step 3" in str(last.error)
     assert fatal and "injected failure" in fatal[0]
     assert s.failed and "injected failure" in s.failed
     with pytest.raises(SchedulerFailedError, match="restarted"):
@@ -131,7 +131,8 @@ def test_a_grammar_that_costs_too_much_per_token_ends_its_request_and_no_other()
         costly = s.submit([1, 2], SamplingParams(max_tokens=40, temperature=0), grammar="slow")
         plain = s.submit([3, 4], SamplingParams(max_tokens=40, temperature=0))
         events = list(costly.stream())
-        assert events[-1].done and "ms per token to enforce" in (events[-1].error or "")
+        assert events[-1].done and isinstance(events[-1].error, RequestTooCostlyError)
+        assert "ms per token to enforce" in str(events[-1].error)
         assert 0 < sum(1 for e in events if e.text) < 40
         done = list(plain.stream())[-1]
         assert done.finish_reason == "length" and done.error is None and s.failed is None
@@ -151,7 +152,8 @@ def test_damaged_weights_end_the_request_with_an_error_not_empty_text():
     s = Scheduler(Rotten(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
     try:
         events = list(s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=8)).stream(timeout=10))
-        assert events[-1].finish_reason == "error" and "no usable scores" in events[-1].error
+        assert events[-1].finish_reason == "error" and isinstance(events[-1].error, DamagedModelError)
+        assert "no usable scores" in str(events[-1].error)
         assert not "".join(e.text for e in events) and s.failed is None and s.active == 0
     finally:
         s.close()

@@ -11,11 +11,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from autoglm.engine.errors import QueueFullError
 from autoglm.engine.hardware import DeviceFacts
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
-from autoglm.engine.scheduler.planner import QueueFullError
 from autoglm.engine.scheduler.session import ScheduledBackend
 from autoglm.engine.server.app import ServerConfig, create_app
 from tests.conftest import DATA
@@ -400,3 +400,32 @@ def test_training_refuses_one_label_in_the_same_words_before_any_encoder_work(cl
         runtime.train_classifier("one-label", (["a", "b"], ["x", "x"]))
     with pytest.raises(InvalidArgumentError, match="not both"):
         runtime.train_classifier("one-label", (["a", "b"], ["x", "y"]), labels=["x", "y"])
+
+
+def test_an_error_that_ends_a_reply_is_answered_by_its_kind_not_by_guesswork():
+    """Errors travel from the scheduler as typed exceptions and one table maps them to HTTP. The
+    server used to guess from free text: damaged weights (NaN scores) answered 422
+    "request_too_costly", as if the client's schema had been too dear."""
+    import numpy as np
+
+    from autoglm.engine import errors
+    from autoglm.engine.server.protocol import refusal
+
+    class Rotten(FakeExecutor):
+        def logits(self, row: int):
+            return np.full(self.vocab, np.nan, dtype=np.float32)
+
+    c, scheduler, fatal = make_client(Rotten(n_seq=2, n_batch=48))
+    try:
+        r = c.post("/v1/chat/completions", json=MSG)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_damaged", r.json()
+        assert "no usable scores" in r.json()["error"]["message"] and not fatal
+        assert c.get("/health").status_code == 200  # one request's bad scores do not fail the engine
+    finally:
+        scheduler.close()
+    kinds = {cls: refusal(cls("x")).status_code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.AutoGLMError)}
+    assert kinds[errors.QueueFullError] == 429 and refusal(errors.QueueFullError("x"), 7).headers["Retry-After"] == "7"
+    assert kinds[errors.SchedulerFailedError] == 503 and kinds[errors.RequestTooCostlyError] == 422
+    assert kinds[errors.InvalidArgumentError] == kinds[errors.ContextOverflowError] == 400
+    assert all(400 <= status < 600 for status in kinds.values())

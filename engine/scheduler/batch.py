@@ -22,12 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from autoglm.engine.errors import AutoGLMError
+from autoglm.engine.errors import (
+    AutoGLMError,
+    DamagedModelError,
+    QueueFullError,
+    RequestTooCostlyError,
+    SchedulerFailedError,
+)
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.scheduler import rejection
 from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
 from autoglm.engine.scheduler.load import ThreadSwitch
-from autoglm.engine.scheduler.planner import Job, QueueFullError, Slot, StepPlanner
+from autoglm.engine.scheduler.planner import Job, Slot, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
 
 log = logging.getLogger(__name__)
@@ -36,16 +42,12 @@ GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thre
 GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
 
 
-class SchedulerFailedError(AutoGLMError):
-    """A step failed; the engine serves nothing more until it is restarted (the server answers 503)."""
-
-
 @dataclass
 class Event:
     text: str = ""
     done: bool = False
     finish_reason: str | None = None
-    error: str | None = None
+    error: AutoGLMError | None = None  # typed: each front end maps the kind once (HTTP status, exit code)
 
 
 @dataclass
@@ -215,7 +217,7 @@ class Scheduler:
             self.failed = reason
             jobs = self.planner.forget()
         for job in jobs:
-            self._end(job.owner, "error", f"the engine failed: {reason}")
+            self._end(job.owner, "error", SchedulerFailedError(f"the engine failed: {reason}"))
         try:
             self.executor.clear()
             if self.draft is not None:
@@ -324,8 +326,9 @@ class Scheduler:
             job = self.planner.release(slot)
             assert job is not None
             per_token = req.grammar_s / (slot.produced + 1) * 1000
-            return self._end(req, "error", f"the response_format costs {per_token:.0f} ms per token to enforce "
-                                           f"here (at most {GRAMMAR_TOKEN_S * 1000:.0f}); simplify the schema")
+            return self._end(req, "error", RequestTooCostlyError(
+                f"the response_format costs {per_token:.0f} ms per token to enforce here (at most "
+                f"{GRAMMAR_TOKEN_S * 1000:.0f}); simplify the schema"))
         return self._emit(slot, token)
 
     def _unusable(self, slot: Slot) -> None:
@@ -334,8 +337,9 @@ class Scheduler:
         Checked once per request, on the scores its first token comes from."""
         req: Request = slot.job.owner
         self.planner.release(slot)
-        self._end(req, "error", "the model gave no usable scores for this prompt (NaN or infinite logits): its "
-                                "weights may be damaged; `autoglm models verify` checks them")
+        self._end(req, "error", DamagedModelError(
+            "the model gave no usable scores for this prompt (NaN or infinite logits): its weights may be "
+            "damaged; `autoglm models verify` checks them"))
 
     def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
         req: Request = slot.job.owner
@@ -363,7 +367,7 @@ class Scheduler:
         assert job is not None
         self._end(job.owner, reason)
 
-    def _end(self, req: Request, reason: str, error: str | None = None) -> None:
+    def _end(self, req: Request, reason: str, error: AutoGLMError | None = None) -> None:
         if reason not in ("cancelled", "error") and req.decoder is not None:
             rest = req.text + req.decoder.decode(b"", final=True)  # held back for a stop string that never came
             text = stop_split(rest, req.params.stop)[0] if rest else ""

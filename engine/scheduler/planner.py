@@ -23,16 +23,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError
+from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, QueueFullError
 from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Acceptance, Cost, Drafter, step_time
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill...
 PREFILL_SLOWDOWN = 2.0  # ...or at worst at this multiple of its interval without prompts (many streams)
 MIN_CHUNK = 32
-
-
-class QueueFullError(Exception):
-    """More requests wait than the queue holds; the server answers 429."""
 
 
 class SlotState(Enum):

@@ -7,7 +7,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from autoglm.engine.errors import BackendError
 from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 
@@ -41,7 +40,7 @@ class ScheduledBackend:
         try:
             for event in req.stream():
                 if event.error:
-                    raise BackendError(event.error)
+                    raise event.error
                 if cancel is not None and cancel.is_set():
                     req.cancel()  # no more text once asked to stop; the loop drains to the final event
                 elif event.text:

@@ -15,20 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from autoglm.engine.errors import (
     AutoGLMError,
-    ContextOverflowError,
-    InvalidArgumentError,
-    ModelNotFoundError,
-    StorageError,
 )
 from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
-from autoglm.engine.scheduler.batch import SchedulerFailedError
 from autoglm.engine.server.guard import Guard
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.management import management_router
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.openai_routes import openai_router
-from autoglm.engine.server.protocol import error
+from autoglm.engine.server.protocol import error, refusal
 from autoglm.engine.server.serving import OpenAIServing
 
 
@@ -40,16 +35,6 @@ class ServerConfig:
     retry_after_s: int = 1
     loopback_only: bool = True  # bound to loopback: Host must name loopback (DNS rebinding)
     manage_key: str | None = None  # the management API (/autoglm/*) is on only behind its own key
-
-
-def _status(exc: AutoGLMError) -> int:
-    if isinstance(exc, SchedulerFailedError):
-        return 503
-    if isinstance(exc, StorageError):
-        return 507
-    if isinstance(exc, InvalidArgumentError | ContextOverflowError):
-        return 400
-    return 404 if isinstance(exc, ModelNotFoundError) else 422
 
 
 def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -86,10 +71,7 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
 
     @app.exception_handler(AutoGLMError)
     async def engine_error(_request: Request, exc: AutoGLMError) -> JSONResponse:
-        status = _status(exc)
-        code = "model_not_found" if isinstance(exc, ModelNotFoundError) else type(exc).__name__
-        return error(status, str(exc), "server_error" if status in (503, 507) else "invalid_request_error",
-                     param="model" if code == "model_not_found" else None, code=code)
+        return refusal(exc, config.retry_after_s)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -12,6 +12,17 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
+from autoglm.engine.errors import (
+    AutoGLMError,
+    ContextOverflowError,
+    DamagedModelError,
+    InvalidArgumentError,
+    ModelNotFoundError,
+    QueueFullError,
+    RequestTooCostlyError,
+    SchedulerFailedError,
+    StorageError,
+)
 from autoglm.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
 
 
@@ -20,6 +31,29 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param:
           code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+# The one map from the engine's typed errors to HTTP: (status, OpenAI error type, code); the first
+# matching class wins, anything else a client sent that the engine refused is a 422.
+_REFUSALS: list[tuple[type[AutoGLMError], int, str, str | None]] = [
+    (QueueFullError, 429, "rate_limit_error", "queue_full"),
+    (SchedulerFailedError, 503, "server_error", "engine_failed"),
+    (StorageError, 507, "server_error", None),
+    (DamagedModelError, 500, "server_error", "model_damaged"),  # the served model, not the request
+    (InvalidArgumentError, 400, "invalid_request_error", None),
+    (ContextOverflowError, 400, "invalid_request_error", None),
+    (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (RequestTooCostlyError, 422, "invalid_request_error", "request_too_costly"),
+]
+
+
+def refusal(exc: AutoGLMError, retry_after_s: int = 1) -> JSONResponse:
+    """An engine error as the HTTP answer every route gives it, raised or ended in-band (an event)."""
+    status, kind, code = next(((s, k, c) for cls, s, k, c in _REFUSALS if isinstance(exc, cls)),
+                              (422, "invalid_request_error", None))
+    headers = {"Retry-After": str(retry_after_s)} if status == 429 else None
+    return error(status, str(exc), kind, param="model" if code == "model_not_found" else None,
+                 code=code or type(exc).__name__, headers=headers)
 
 
 # --- requests ----------------------------------------------------------------------------------

@@ -17,11 +17,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from autoglm.engine.backends.llama_lib import llama_cpp
-from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
+from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError, QueueFullError
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Labeled, Runtime
 from autoglm.engine.sampling import SamplingParams
-from autoglm.engine.scheduler import Event, QueueFullError
+from autoglm.engine.scheduler import Event
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import (
@@ -36,6 +36,7 @@ from autoglm.engine.server.protocol import (
     Sampling,
     Usage,
     error,
+    refusal,
     sse_error,
 )
 from autoglm.engine.tasks.extract import Extraction, schema_grammar
@@ -109,8 +110,7 @@ class OpenAIServing:
 
     # --- text generation ----------------------------------------------------------------------
     def at_capacity(self) -> JSONResponse:
-        return error(429, "the server is at capacity; retry shortly", "rate_limit_error", code="queue_full",
-                     headers={"Retry-After": str(self.retry_after_s)})
+        return refusal(QueueFullError("the server is at capacity; retry shortly"), self.retry_after_s)
 
     def check_model(self, model: str | None) -> None:
         """The ``model`` field is honoured: a name this engine does not serve is a 404, never another
@@ -185,9 +185,7 @@ class OpenAIServing:
         if cut:
             return error(503, cut, "server_error", code="shutting_down")
         if ev.error:
-            if self.runtime.scheduler.failed:
-                return error(503, ev.error, "server_error", code="engine_failed")
-            return error(422, ev.error, code="request_too_costly")
+            return refusal(ev.error, self.retry_after_s)
         text = "".join(parts)
         completion = len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
         usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
@@ -202,7 +200,7 @@ class OpenAIServing:
                 if ev.text:
                     yield reply.chunk(ev.text)
                 if ev.done:
-                    problem = ev.error or self._cut_short(ev)
+                    problem = str(ev.error) if ev.error else self._cut_short(ev)
                     if problem:
                         yield sse_error(problem)
                     else:

@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 
 from autoglm.engine.backends.llama_lib import llama_cpp
-from autoglm.engine.errors import BackendError, InvalidArgumentError
+from autoglm.engine.errors import AutoGLMError, InvalidArgumentError, QueueFullError
 from autoglm.engine.fs import read_user_text
 from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.tasks.chat import PromptBuilder
@@ -174,7 +174,9 @@ class Extractor:
             params = SamplingParams(max_tokens=min(self.max_tokens, room), temperature=0.0)
             stats = GenerationStats()
             answer = "".join(self.model.generate(tokens, params, cancel, stats, grammar=self.grammar))
-        except (BackendError, InvalidArgumentError) as exc:
+        except QueueFullError:
+            raise  # the whole request waits or is refused (a 429), not this text alone
+        except AutoGLMError as exc:  # this text failed (a bad template, a grammar too dear, bad scores)
             return Extraction(text, None, str(exc))
         return self._check(text, answer, stats)
 

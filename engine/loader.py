@@ -153,4 +153,4 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
     if plan.threads_adaptive:
         scheduler.adapt_threads((plan.threads, plan.threads_batch),
                                 (plan.threads_busy, plan.threads_batch) if plan.threads_busy else None)
-    return ScheduledBackend(backend, scheduler, plan)
+    return ScheduledBackend(backend, scheduler.start(), plan)

@@ -26,7 +26,7 @@ def run(s: Scheduler, prompt: list[int], params: SamplingParams = GREEDY) -> tup
 
 @pytest.fixture
 def sched():
-    s = Scheduler(FakeExecutor(n_seq=4, n_batch=48), parallel=4, ctx_per_seq=256, max_queue=64)
+    s = Scheduler(FakeExecutor(n_seq=4, n_batch=48), parallel=4, ctx_per_seq=256, max_queue=64).start()
     yield s
     s.close()
 
@@ -46,7 +46,7 @@ def test_concurrent_requests_get_what_each_gets_alone(sched):
 
 
 def test_stop_strings_eog_and_max_tokens():
-    s = Scheduler(FakeExecutor(eog_after=8), parallel=2, ctx_per_seq=64)
+    s = Scheduler(FakeExecutor(eog_after=8), parallel=2, ctx_per_seq=64).start()
     try:
         text, reason = run(s, [1, 2, 3])
         assert reason == "stop" and len(text) == 5  # 3 prompt tokens + 5 generated = 8, then end of generation
@@ -73,7 +73,7 @@ def test_a_full_queue_refuses_at_once():
     fake = FakeExecutor(n_seq=1)
     real_decode = fake.decode
     fake.decode = lambda rows: (gate.wait(10), real_decode(rows))
-    s = Scheduler(fake, parallel=1, ctx_per_seq=64, max_queue=2)
+    s = Scheduler(fake, parallel=1, ctx_per_seq=64, max_queue=2).start()
     try:
         for _ in range(3):  # one in the slot (blocked in decode), two waiting
             s.submit([1, 2], GREEDY)
@@ -88,7 +88,7 @@ def test_a_full_queue_refuses_at_once():
 def test_a_failing_step_fails_every_request_at_once_and_stays_failed():
     fatal: list[str] = []
     s = Scheduler(FakeExecutor(n_seq=2, fail_on_step=3), parallel=2, ctx_per_seq=64, max_queue=8,
-                  on_fatal=fatal.append)
+                  on_fatal=fatal.append).start()
     reqs = [s.submit([1, 2, 3 + i], SamplingParams(temperature=0, max_tokens=30)) for i in range(5)]
     for req in reqs:  # two were running, three waiting: all end, with the reason, none hangs
         last = list(req.stream(timeout=5))[-1]
@@ -106,7 +106,7 @@ def test_close_never_frees_a_context_the_loop_may_still_touch():
     stuck = threading.Event()
     fake = FakeExecutor()
     fake.decode = lambda rows: stuck.wait(30)  # a native call that does not return
-    s = Scheduler(fake, parallel=1, ctx_per_seq=64)
+    s = Scheduler(fake, parallel=1, ctx_per_seq=64).start()
     s.submit([1, 2], GREEDY)
     time.sleep(0.1)
     s.close(timeout=0.2)
@@ -126,7 +126,7 @@ def test_bad_grammar_and_values_fail_in_the_callers_thread(sched):
 
 
 def test_a_grammar_that_costs_too_much_per_token_ends_its_request_and_no_other():
-    s = Scheduler(FakeExecutor(n_seq=2, n_batch=64), parallel=2, ctx_per_seq=128)
+    s = Scheduler(FakeExecutor(n_seq=2, n_batch=64), parallel=2, ctx_per_seq=128).start()
     try:
         costly = s.submit([1, 2], SamplingParams(max_tokens=40, temperature=0), grammar="slow")
         plain = s.submit([3, 4], SamplingParams(max_tokens=40, temperature=0))
@@ -149,11 +149,29 @@ def test_damaged_weights_end_the_request_with_an_error_not_empty_text():
         def logits(self, row: int) -> np.ndarray:
             return np.full(self.vocab, np.nan, dtype=np.float32)
 
-    s = Scheduler(Rotten(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    s = Scheduler(Rotten(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128).start()
     try:
         events = list(s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=8)).stream(timeout=10))
         assert events[-1].finish_reason == "error" and isinstance(events[-1].error, DamagedModelError)
         assert "no usable scores" in str(events[-1].error)
         assert not "".join(e.text for e in events) and s.failed is None and s.active == 0
+    finally:
+        s.close()
+
+
+def test_the_loop_runs_from_start_not_from_the_constructor():
+    """Set-up (thread switch, callbacks) happens before the loop thread exists; a request before
+    start() is a programming error said at once, not a request that waits forever."""
+    fake = FakeExecutor(n_seq=1)
+    s = Scheduler(fake, parallel=1, ctx_per_seq=64)
+    assert s.thread.ident is None
+    with pytest.raises(RuntimeError, match="start"):
+        s.submit([1, 2], GREEDY)
+    s.close()  # never started: closes at once and frees the context itself
+    assert s.freed
+    s = Scheduler(FakeExecutor(n_seq=1), parallel=1, ctx_per_seq=64).start()
+    try:
+        assert s.start() is s and s.thread.is_alive()  # twice is harmless
+        assert run(s, [1, 2])[1] in ("stop", "length")
     finally:
         s.close()

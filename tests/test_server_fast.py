@@ -34,7 +34,7 @@ def make_client(executor: FakeExecutor | None = None, **config) -> tuple[TestCli
     config.setdefault("manage_key", "mk")
     headers = MANAGE if "api_key" not in config else {}
     scheduler = Scheduler(executor or FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128,
-                          max_queue=8, on_fatal=fatal.append)
+                          max_queue=8, on_fatal=fatal.append).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
     return (TestClient(create_app(runtime, ServerConfig(**config)), base_url="http://127.0.0.1:8000", headers=headers),
@@ -188,7 +188,7 @@ def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
 
     from autoglm.engine.server.serve import FAILED_EXIT, run
 
-    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128)
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
     sock = socket.socket()
@@ -253,7 +253,7 @@ def test_a_hostile_chat_template_fails_its_request_and_nothing_else():
         metadata = {"tokenizer.chat_template": "{% for i in range(100000) %}{% for j in range(100000) %}"
                                                "{% endfor %}{% endfor %}"}
 
-    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(LoopingTemplate(), scheduler), device)
     c = TestClient(create_app(runtime, ServerConfig()), base_url="http://127.0.0.1:8000")
@@ -335,7 +335,7 @@ def test_a_chat_template_that_raises_is_a_422_naming_the_template(template, kind
     class Raising(FakeBackend):
         metadata = {"tokenizer.chat_template": template}
 
-    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128)
+    scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
     runtime = Runtime("fake-model", ScheduledBackend(Raising(), scheduler), device)
     c = TestClient(create_app(runtime, ServerConfig()), base_url="http://127.0.0.1:8000")

@@ -111,7 +111,7 @@ def _run(copy_period: int | None, speculative: bool, prompts: list[list[int]],
     # a step's fixed cost dominates, as for a small model on a GPU: drafts are nearly free alone and cost a
     # second graph beside other streams
     s = Scheduler(FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period, step_s=0.002, row_s=0.00002),
-                  parallel=3, ctx_per_seq=128, speculative=speculative)
+                  parallel=3, ctx_per_seq=128, speculative=speculative).start()
     try:
         reqs = [s.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
         texts = [[e.text for e in r.stream()] for r in reqs]
@@ -139,7 +139,7 @@ def test_speculation_changes_steps_never_text(copy_period):
 
 
 def test_a_stop_inside_accepted_drafts_ends_the_request_there():
-    s = Scheduler(FakeExecutor(n_seq=1, n_batch=48, copy_period=4), parallel=1, ctx_per_seq=128)
+    s = Scheduler(FakeExecutor(n_seq=1, n_batch=48, copy_period=4), parallel=1, ctx_per_seq=128).start()
     try:
         req = s.submit([1, 2, 3, 4] * 4, SamplingParams(max_tokens=7, temperature=0))
         events = list(req.stream())
@@ -237,7 +237,7 @@ def _run_draft(draft_vocab: int | None, params: list[SamplingParams], prompts: l
 
     target = FakeExecutor(n_seq=3, n_batch=48, step_s=0.003, row_s=0.0001)  # a model 10x the draft's cost
     drafter = ModelDrafter(FakeExecutor(n_seq=3, n_batch=48, vocab=draft_vocab, step_s=0.0003)) if draft_vocab else None
-    s = Scheduler(target, parallel=3, ctx_per_seq=128, draft=drafter, speculative=drafter is not None)
+    s = Scheduler(target, parallel=3, ctx_per_seq=128, draft=drafter, speculative=drafter is not None).start()
     try:
         reqs = [s.submit(p, sp) for p, sp in zip(prompts, params, strict=True)]
         return ["".join(e.text for e in r.stream()) for r in reqs], dict(s.stats), drafter

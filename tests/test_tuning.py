@@ -180,6 +180,7 @@ def test_the_scheduler_switches_its_executor_between_steps():
     s = Scheduler(executor, parallel=1, ctx_per_seq=256)
     s.adapt_threads((2, 2), (1, 2))
     s.thread_switch.load, s.thread_switch.cores = FakeLoad([0.9] + [None] * 400), 2
+    s.start()  # set up first: the thread reads the switch from its first step
     try:
         req = s.submit([1, 2, 3], SamplingParams(temperature=0, max_tokens=20))
         list(req.stream())

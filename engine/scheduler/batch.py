@@ -114,11 +114,19 @@ class Scheduler:
         self.stats = {"steps": 0, "tokens_generated": 0, "prompt_tokens": 0, "prompt_reused": 0,
                       "draft_tokens": 0, "draft_accepted": 0, "padding_rows": 0, "peak_active": 0}
         self.thread = threading.Thread(target=self._run, name="autoglm-scheduler", daemon=True)
-        self.thread.start()
+
+    def start(self) -> Scheduler:
+        """Start the loop once everything it reads is set (``adapt_threads``, the fault callback):
+        from here on only the loop thread changes slots and calls llama.cpp."""
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()
+        return self
 
     # --- public -------------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, grammar: str | None = None,
                sink: Callable[[Event], None] | None = None, streamed: bool = True) -> Request:
+        if self.thread.ident is None:
+            raise RuntimeError("Scheduler.start() was not called: nothing would run this request")
         params.validate()
         self.planner.check(prompt)
         # Built here, in the caller's thread: a bad grammar fails its own request, and compiling a large
@@ -162,6 +170,9 @@ class Scheduler:
         with self.lock:
             self.stopping = True
             self.lock.notify()
+        if self.thread.ident is None:  # never started: nothing runs, the context is ours to free
+            self._free()
+            return
         self.thread.join(timeout=timeout)
         if self.thread.is_alive():
             log.error("the scheduler thread did not stop in %.0fs; its llama.cpp context is left allocated", timeout)

@@ -182,9 +182,7 @@ class Engine:
     # --- encoders -------------------------------------------------------------------------------
     def embed(self, texts: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
-        texts = _texts(texts)
-        _, encoder = self._rt().encoder(route("embed", model))
-        return encoder.embed(texts)[0]
+        return self._rt().embed(_texts(texts), model).vectors
 
     @overload
     def classify(self, texts: str, *, model: str | None = None, labels: Sequence[str] | None = None,

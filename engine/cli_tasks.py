@@ -34,14 +34,13 @@ def _note_truncated(count: int, total: int, max_length: int) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from autoglm.engine.router import route
-    from autoglm.engine.tasks.embed import open_encoder
+    from autoglm.engine.hardware import probe
+    from autoglm.engine.runtime import Runtime
 
     texts = _texts(args)
-    _, encoder = open_encoder(route("embed", args.model), args.precision)
-    vectors, truncated = encoder.embed(texts)
-    _note_truncated(truncated, len(texts), encoder.max_length)
-    for text, vec in zip(texts, vectors, strict=True):
+    done = Runtime("chat", _no_chat_model, probe(), encoders_alone=True).embed(texts, args.model, args.precision)
+    _note_truncated(done.truncated, len(texts), done.max_length)
+    for text, vec in zip(texts, done.vectors, strict=True):
         print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vec]}))
     return 0
 
@@ -78,7 +77,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _no_chat_model() -> Any:
-    raise AssertionError("training a classifier never loads the chat model")
+    raise AssertionError("an encoder command (embed, classify train) never loads the chat model")
 
 
 def _classified(p: Any, layers: int | None, as_json: bool) -> str:

@@ -50,6 +50,16 @@ class Labeled:
 
 
 @dataclass
+class Embedded:
+    """What ``Runtime.embed`` gives every front end: unit-length rows, one per text."""
+
+    model: str  # the encoder's name
+    vectors: Any  # numpy array, texts x dimensions
+    truncated: int  # texts cut to max_length tokens
+    max_length: int
+
+
+@dataclass
 class Trained:
     """A classifier ``Runtime.train_classifier`` installed, as every front end reports it."""
 
@@ -122,6 +132,13 @@ class Runtime:
         manifest = encoder_manifest(name or DEFAULT_ENCODER)
         key = ("encoder", manifest.name, manifest.version, precision)
         return manifest, self._cached(key, lambda: load_encoder(manifest, precision, self.onnx_threads, self.device))
+
+    def embed(self, texts: list[str], model: str | None = None, precision: str = "int8") -> Embedded:
+        """The embed use case, once for the Python API, the server and the CLI: ``model`` or the
+        router's embed model, opened once per (name, version, precision)."""
+        manifest, enc = self.encoder(route("embed", model), precision)
+        vectors, truncated = enc.embed(texts)
+        return Embedded(manifest.name, vectors, truncated, enc.max_length)
 
     def classifier(self, name: str, precision: str | None = None) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)

@@ -217,13 +217,10 @@ class OpenAIServing:
         if not texts or not all(isinstance(t, str) and t for t in texts):
             return error(400, "input must be a non-empty string or list of strings", param="input")
 
-        def work() -> tuple[str, Any]:
-            manifest, encoder = self.runtime.encoder(route("embed", body.model))
-            return manifest.name, encoder.embed(texts)[0]
-
-        name, vectors = await asyncio.to_thread(work)
-        return {"object": "list", "model": name,
-                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
+        done = await asyncio.to_thread(self.runtime.embed, texts, body.model)
+        return {"object": "list", "model": done.model,
+                "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
+                         for i, v in enumerate(done.vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     async def classify(self, body: ClassifyRequest) -> Any:

@@ -14,11 +14,18 @@ import time
 
 import pytest
 
-# A reply that runs to max_tokens (2000, about a minute) on the 135M default: "count from 1 to 500"
-# ended by itself after 121 tokens, under 2 s on a fast CPU, so a signal from a test process slowed
-# by a busy neighbour arrived after the reply, while the model was being closed with signals held.
+# A reply meant to run to max_tokens (2000, about a minute on the 135M default). It does alone; in a
+# full run beside a busy program the same model ended it by itself after 121-191 tokens (other
+# thread counts, other rounding), so a try whose reply ended before the signal landed proves
+# nothing either way: it is tried again, a few times at most (see _interrupted).
 LONG = "Continue this list up to 1000, nothing else: " + " ".join(str(n) for n in range(1, 31))
 TRIES = 10
+SPARE = 5  # tries whose reply finished before the signal arrived, allowed per test
+
+
+def _finished_first(code: int | None, err: bytes) -> bool:
+    """The reply ran to its end before the signal landed: exit 0 and the speed line, no interruption."""
+    return code == 0 and b" tok/s" in err and b"interrupted" not in err
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
@@ -41,18 +48,23 @@ def _wait_for_output(proc: subprocess.Popen[bytes], at_least: int = 16, timeout:
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_run_interrupted_mid_reply_exits_cleanly_every_time(default_model, sig, code):
-    tries = TRIES if sig == signal.SIGINT else 3
-    for _ in range(tries):
+    tries, spare = (TRIES if sig == signal.SIGINT else 3), SPARE
+    while tries:
         proc = _start("run", "--temperature", "0", "--max-tokens", "2000", LONG)
         _wait_for_output(proc)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
+        if _finished_first(proc.returncode, err) and spare:
+            spare -= 1
+            continue
         assert proc.returncode == code, (proc.returncode, err.decode()[-2000:])
         assert b"Traceback" not in err and b"interrupted" in err
+        tries -= 1
 
 
 def test_chat_interrupted_mid_reply_goes_on_then_exits_cleanly(default_model):
-    for _ in range(TRIES):
+    tries, spare = TRIES, SPARE
+    while tries:
         proc = _start("chat", "--temperature", "0", "--max-tokens", "2000")
         assert proc.stdin is not None and proc.stderr is not None
         proc.stdin.write(f"{LONG}\n".encode())
@@ -62,12 +74,17 @@ def test_chat_interrupted_mid_reply_goes_on_then_exits_cleanly(default_model):
         os.set_blocking(proc.stderr.fileno(), False)
         said = b""
         deadline = time.monotonic() + 30
-        while b"(stopped)" not in said and time.monotonic() < deadline:
+        while b"(stopped)" not in said and b" tok/s" not in said and time.monotonic() < deadline:
             said += proc.stderr.read() or b""
             time.sleep(0.01)
+        if b" tok/s" in said and b"(stopped)" not in said and spare:  # the reply ended before the signal
+            spare -= 1
+            proc.kill()
+            proc.communicate(timeout=60)
+            continue
         assert b"(stopped)" in said, said.decode()
         proc.send_signal(signal.SIGINT)  # at the prompt: the command ends
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, (proc.returncode, (said + err).decode()[-2000:])
         assert b"Traceback" not in said + err
-
+        tries -= 1

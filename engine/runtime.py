@@ -225,7 +225,7 @@ class Runtime:
             raise InvalidArgumentError("give a schema, or a tuned extract prompt")
         extractor = Extractor(self.model, schema, instruction=tuned.instruction if tuned else None,
                               max_tokens=max_tokens, prompts=self.prompts)
-        if prompt and tuned is not None and tuned.shots:
+        if prompt and tuned and tuned.shots:
             extractor.shots = self.prompt_runner(prompt).shots_one
         return extractor
 

@@ -154,6 +154,7 @@ def test_a_failure_mid_stream_ends_the_stream_with_an_error_and_done():
     try:
         events = sse(c.post("/v1/chat/completions", json={**MSG, "max_tokens": 20, "stream": True}).text)
         assert "injected failure" in events[-2]["error"]["message"] and events[-1] == "[DONE]"
+        assert events[-2]["error"]["code"] == "engine_failed"  # the same kind as the 503 a whole reply gets
     finally:
         scheduler.close()
 

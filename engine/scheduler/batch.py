@@ -118,7 +118,7 @@ class Scheduler:
     def start(self) -> Scheduler:
         """Start the loop once everything it reads is set (``adapt_threads``, the fault callback):
         from here on only the loop thread changes slots and calls llama.cpp."""
-        if not self.thread.is_alive() and self.thread.ident is None:
+        if self.thread.ident is None:
             self.thread.start()
         return self
 

@@ -217,7 +217,6 @@ def management_router(runtime: Runtime) -> APIRouter:
         given = [x for x in (body.examples, body.examples_file, body.labels) if x]
         if len(given) != 1:
             return error(400, "give one of examples, examples_file or labels")
-        store.check_name(body.name)  # before any encoder work
 
         def work() -> dict[str, Any]:
             examples = None

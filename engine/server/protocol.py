@@ -47,13 +47,18 @@ _REFUSALS: list[tuple[type[AutoGLMError], int, str, str | None]] = [
 ]
 
 
-def refusal(exc: AutoGLMError, retry_after_s: int = 1) -> JSONResponse:
-    """An engine error as the HTTP answer every route gives it, raised or ended in-band (an event)."""
+def _kind(exc: AutoGLMError) -> tuple[int, str, str]:
     status, kind, code = next(((s, k, c) for cls, s, k, c in _REFUSALS if isinstance(exc, cls)),
                               (422, "invalid_request_error", None))
+    return status, kind, code or type(exc).__name__
+
+
+def refusal(exc: AutoGLMError, retry_after_s: int = 1) -> JSONResponse:
+    """An engine error as the HTTP answer every route gives it, raised or ended in-band (an event)."""
+    status, kind, code = _kind(exc)
     headers = {"Retry-After": str(retry_after_s)} if status == 429 else None
-    return error(status, str(exc), kind, param="model" if code == "model_not_found" else None,
-                 code=code or type(exc).__name__, headers=headers)
+    return error(status, str(exc), kind, param="model" if code == "model_not_found" else None, code=code,
+                 headers=headers)
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -229,6 +234,12 @@ class Reply:
         return self._make("text_completion", [TextChoice(text=text, finish_reason=finish)], usage).model_dump()
 
 
-def sse_error(message: str, kind: str = "server_error") -> str:
+def sse_error(message: str, kind: str = "server_error", code: str | None = None) -> str:
     """An error inside an already-started stream, in the shape OpenAI's clients raise from."""
-    return "data: " + json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}) + "\n\n"
+    return "data: " + json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}) + "\n\n"
+
+
+def sse_refusal(exc: AutoGLMError) -> str:
+    """An engine error that ends a stream: the type and code its HTTP answer would carry (``refusal``)."""
+    _status, kind, code = _kind(exc)
+    return sse_error(str(exc), kind, code)

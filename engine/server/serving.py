@@ -38,6 +38,7 @@ from autoglm.engine.server.protocol import (
     error,
     refusal,
     sse_error,
+    sse_refusal,
 )
 from autoglm.engine.tasks.extract import Extraction, schema_grammar
 from autoglm.engine.tasks.prompt_tune import is_prompt
@@ -200,9 +201,11 @@ class OpenAIServing:
                 if ev.text:
                     yield reply.chunk(ev.text)
                 if ev.done:
-                    problem = str(ev.error) if ev.error else self._cut_short(ev)
-                    if problem:
-                        yield sse_error(problem)
+                    cut = self._cut_short(ev)
+                    if ev.error:
+                        yield sse_refusal(ev.error)
+                    elif cut:
+                        yield sse_error(cut, code="shutting_down")
                     else:
                         yield reply.chunk(finish=_finish_reason(ev))
                     yield "data: [DONE]\n\n"

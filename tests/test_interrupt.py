@@ -29,8 +29,11 @@ def _finished_first(code: int | None, err: bytes) -> bool:
 
 
 def _start(*args: str) -> subprocess.Popen[bytes]:
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive shell
+    # runs with SIGINT ignored, which children inherit (every full run started so here "failed")
     return subprocess.Popen([sys.executable, "-m", "autoglm", *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_output(proc: subprocess.Popen[bytes], at_least: int = 16, timeout: float = 120) -> bytes:

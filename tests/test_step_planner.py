@@ -301,3 +301,28 @@ def test_gaps_are_filled_where_only_a_long_graph_pays():
         d.step()
     step = d.planner.plan()
     assert [r.seq for r in step.rows] == list(range(15)) and len(step.pads) == 7 and step.single
+
+
+def test_a_draft_model_is_asked_as_data_and_its_answer_placed_after_the_stream():
+    """With a draft model the plan says what to draft (sequence, tokens, k) and places nothing; the
+    drafts come back to ``complete``, which puts them after the stream's row and before any prompt
+    chunk. A shorter answer than asked is used as it is."""
+    p = StepPlanner(2, 64, 256, draft_model=True)
+    p.draft_cost, p.row_cost = 0.0, lambda n: 1.0  # rows and drafts cost nothing: drafting pays
+    p.enqueue(Job([1, 2, 3, 4], 50, owner=0, speculate=True))
+    for slot in p.plan().sample:  # prefill the prompt
+        p.accept(slot, 9)
+    p.enqueue(Job([8, 8, 8], 50, owner=1, speculate=True))  # arrives now: prefilling, so no drafts this step
+    step = p.begin()
+    assert step.draft_asks == [] and len(step.rows) == 1
+    p.complete(step, {})
+    for slot in step.sample:
+        p.accept(slot, 9)
+    p.release(p.slots[1])
+    step = p.begin()
+    ((seq, tokens, k),) = step.draft_asks
+    assert (seq, tokens) == (0, [1, 2, 3, 4, 9, 9]) and k >= 2
+    assert len(step.rows) == 1  # nothing placed before the answer
+    p.complete(step, {0: [5, 6]})
+    assert p.slots[0].draft == [5, 6] and p.slots[0].draft_rows == [1, 2]
+    assert [r.token for r in step.rows] == [9, 5, 6] and [r.pos for r in step.rows] == [5, 6, 7]

@@ -33,7 +33,7 @@ from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.scheduler import rejection
 from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
 from autoglm.engine.scheduler.load import ThreadSwitch
-from autoglm.engine.scheduler.planner import Job, Slot, StepPlanner
+from autoglm.engine.scheduler.planner import Job, Slot, Step, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,8 @@ class Scheduler:
         self.executor, self.speculative, self.draft = executor, speculative, draft
         self.step_cost = StepCost()
         self.parallel, self.ctx_per_seq, self.max_queue = parallel, ctx_per_seq, max_queue
-        self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue)
+        self.planner = StepPlanner(parallel, executor.n_batch, ctx_per_seq, max_queue, draft_model=draft is not None)
         self.planner.row_cost = self.step_cost  # the measured curve of step time by rows
-        if draft is not None:
-            self.planner.propose = draft.propose
         self.on_fatal = on_fatal
         self.thread_switch: ThreadSwitch | None = None  # set by adapt_threads
         self.lock = threading.Condition()
@@ -239,25 +237,43 @@ class Scheduler:
             self.on_fatal(reason)
 
     def _step(self) -> None:
+        """One step as plan -> execute -> update (vLLM's schedule, execute, update_from_output):
+        the planner owns slot bookkeeping, the draft model answers the plan's asks as data, and
+        only ``_update`` turns sampled tokens into state changes and events."""
         with self.lock:
-            for job in [j for j in self.planner.waiting if j.owner.cancelled.is_set()]:
-                self.planner.drop_waiting(job)
-                self._end(job.owner, "cancelled")
-            for slot in self.planner.active:
-                if slot.job.owner.cancelled.is_set():
-                    self._finish(slot, "cancelled")
-            proposed = self.draft.calls if self.draft is not None else 0
-            step = self.planner.plan()
+            self._sweep_cancelled()
+            step = self.planner.begin()
+        drafts = self.draft.propose(step.draft_asks) if self.draft is not None and step.asks else {}
+        self.planner.complete(step, drafts)
+        self._prepare(step)
+        if not step.rows:
+            return
+        elapsed = self._execute(step)
+        self._observe(step, elapsed)
+        self._update(step, self._sample(step))
+
+    def _sweep_cancelled(self) -> None:
+        for job in [j for j in self.planner.waiting if j.owner.cancelled.is_set()]:
+            self.planner.drop_waiting(job)
+            self._end(job.owner, "cancelled")
+        for slot in self.planner.active:
+            if slot.current.owner.cancelled.is_set():
+                self._finish(slot, "cancelled")
+
+    def _prepare(self, step: Step) -> None:
+        """KV trims the plan implies, and the text decoder of each request admitted this step."""
         for seq, keep in step.trims:
             self.executor.trim(seq, keep)
         for slot in self.planner.active:
-            req = slot.job.owner
+            job = slot.current
+            req: Request = job.owner
             if req.decoder is None:  # admitted this step
                 req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-                req.stats.prompt_tokens = len(slot.job.prompt)
-                req.stats.prompt_evaluated = len(slot.job.prompt) - slot.reused
-        if not step.rows:
-            return
+                req.stats.prompt_tokens = len(job.prompt)
+                req.stats.prompt_evaluated = len(job.prompt) - slot.reused
+
+    def _execute(self, step: Step) -> float:
+        """Decode the step's rows in one call; returns its time."""
         if self.thread_switch is not None and (threads := self.thread_switch.check()) is not None:
             self.executor.set_threads(*threads)
             self.stats["thread_switches"] = self.thread_switch.switches
@@ -268,9 +284,14 @@ class Scheduler:
         for seq, keep in step.pads:
             self.executor.trim(seq, keep)
         self.stats["padding_rows"] += len(step.pads)
+        return elapsed
+
+    def _observe(self, step: Step, elapsed: float) -> None:
+        """The step's time feeds the prompt chunk's AIMD and, for a pure decode step run as one
+        graph with warm caches, the measured step curve that drafting decisions read."""
         self.planner.observe(elapsed)
         drafted = sum(len(s.draft) for s in step.sample)
-        cold = not drafted and self.draft is not None and self.draft.calls != proposed  # the draft model ran
+        cold = not drafted and bool(step.asks)  # the draft model ran (its caches displaced ours) but drafted nothing
         decode_only = len(step.rows) == len(step.sample) + drafted + len(step.pads)  # no prompt chunk
         if decode_only and step.single and not cold:
             self.step_cost.observe(len(step.rows), elapsed, drafted)
@@ -279,17 +300,25 @@ class Scheduler:
         self.stats["steps"] += 1
         self.stats["prompt_tokens"] = self.planner.prompt_tokens
         self.stats["prompt_reused"] = self.planner.prompt_reused
-        plain = [slot for slot in step.sample if slot.job.owner.grammar is None]
-        drawn = {id(s) for s in plain if s.draft and s.job.owner.params.temperature > 0}
+
+    def _sample(self, step: Step) -> dict[int, list[int]]:
+        """Tokens per slot (by id) for every unconstrained slot: argmax-verified or plain ones in
+        one batched call, sampled streams' drafts by the rejection rule. Constrained slots are
+        sampled in ``_update``, each within its grammar's time budget."""
+        plain = [slot for slot in step.sample if slot.current.owner.grammar is None]
+        drawn = {id(s) for s in plain if s.draft and s.current.owner.params.temperature > 0}
         direct = [s for s in plain if id(s) not in drawn]
-        picks = [(s.job.owner.sampler, row) for s in direct for row in (s.row, *s.draft_rows)]
+        picks = [(s.current.owner.sampler, row) for s in direct for row in (s.row, *s.draft_rows)]
         sampled = iter(self.executor.sample_all(picks))
         tokens = {id(s): [next(sampled) for _ in range(1 + len(s.draft))] for s in direct}
         for slot in plain:
             if id(slot) in drawn:
                 tokens[id(slot)] = self._draw_verified(slot)
+        return tokens
+
+    def _update(self, step: Step, tokens: dict[int, list[int]]) -> None:
         for slot in step.sample:
-            if slot.job.owner.first_token_at is None and not np.isfinite(self.executor.logits(slot.row)).all():
+            if slot.current.owner.first_token_at is None and not np.isfinite(self.executor.logits(slot.row)).all():
                 self._unusable(slot)
             elif id(slot) not in tokens:
                 self._emit_constrained(slot)
@@ -301,7 +330,7 @@ class Scheduler:
     def _draw_verified(self, slot: Slot) -> list[int]:
         """A sampled stream's draft, verified by the rejection rule: its text is distributed exactly
         as without drafting."""
-        req: Request = slot.job.owner
+        req: Request = slot.current.owner
         if req.rng is None:
             req.rng = np.random.default_rng(req.params.seed)
         rows = (slot.row, *slot.draft_rows)
@@ -315,7 +344,7 @@ class Scheduler:
         self.executor.trim(slot.seq, keep)
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += len(emit) - 1
-        req: Request = slot.job.owner
+        req: Request = slot.current.owner
         req.stats.drafted += len(slot.draft)
         req.stats.accepted += len(emit) - 1
         for i, token in enumerate(emit):
@@ -328,7 +357,7 @@ class Scheduler:
         """A grammar is applied to the whole vocabulary on this thread, so a schema with thousands
         of alternatives would slow every stream's step: each such request gets a time budget per
         token (plus a grace for its first), and one that overruns it ends with an error instead."""
-        req: Request = slot.job.owner
+        req: Request = slot.current.owner
         started = time.perf_counter()
         token = self.executor.sample_all([(req.sampler, slot.row)])[0]
         req.grammar_s += time.perf_counter() - started
@@ -346,14 +375,14 @@ class Scheduler:
         """Damaged weights (bit rot the load-time stat check cannot see, random data) give NaN or
         infinite scores: a request then ends with that said, not with empty text and success.
         Checked once per request, on the scores its first token comes from."""
-        req: Request = slot.job.owner
+        req: Request = slot.current.owner
         self.planner.release(slot)
         self._end(req, "error", DamagedModelError(
             "the model gave no usable scores for this prompt (NaN or infinite logits): its weights may be "
             "damaged; `autoglm models verify` checks them"))
 
     def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
-        req: Request = slot.job.owner
+        req: Request = slot.current.owner
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
             req.stats.prefill_s = req.first_token_at - req.submitted

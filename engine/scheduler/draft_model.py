@@ -64,7 +64,6 @@ class ModelDrafter:
         self.greedy = executor.sampler(SamplingParams(temperature=0))
         self.mirror: dict[int, list[int]] = {}  # seq -> tokens with cells in the draft context
         self.step_s: float | None = None  # recent time of one batched draft step (for the step cost)
-        self.calls = 0  # propose() calls: a target step right after one runs with cold caches
 
     def calibrate(self, runs: int = 3) -> None:
         """Time one-token draft steps before serving: without a measured draft cost the planner
@@ -96,7 +95,6 @@ class ModelDrafter:
 
     def propose(self, asks: list[tuple[int, list[int], int]]) -> dict[int, list[int]]:
         """[(seq, its tokens, k)] -> up to k greedy draft tokens per sequence."""
-        self.calls += 1
         n_batch = self.executor.n_batch
         last: dict[int, DraftRow] = {}
         for seq, tokens, _ in asks:  # catch up: a new prompt, accepted tokens, the latest input

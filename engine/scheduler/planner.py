@@ -64,6 +64,13 @@ class Slot:
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
 
+    @property
+    def current(self) -> Job:
+        """The job of a busy slot (PREFILL or DECODE); asking an idle slot is a bug."""
+        if self.job is None:
+            raise RuntimeError(f"slot {self.seq} is idle")
+        return self.job
+
 
 @dataclass(frozen=True)
 class Row:
@@ -80,11 +87,17 @@ class Step:
     sample: list[Slot]  # slots whose ``row`` has logits to sample this step
     pads: list[tuple[int, int]] = field(default_factory=list)  # (seq, keep): padding rows' cells, dropped after
     single: bool = True  # llama.cpp runs the rows as one graph (not split): its time is a point of the step curve
+    asks: list[tuple[Slot, int]] = field(default_factory=list)  # (slot, k): k tokens wanted from the draft model
+
+    @property
+    def draft_asks(self) -> list[tuple[int, list[int], int]]:
+        """What the draft model is asked, as data: (sequence, its tokens, how many to draft)."""
+        return [(slot.seq, slot.cached, k) for slot, k in self.asks]
 
 
 class StepPlanner:
     def __init__(self, n_slots: int, n_batch: int, ctx_per_seq: int, max_queue: int = 64,
-                 min_chunk: int = MIN_CHUNK, step_target_s: float = STEP_TARGET_S) -> None:
+                 min_chunk: int = MIN_CHUNK, step_target_s: float = STEP_TARGET_S, draft_model: bool = False) -> None:
         if not 1 <= n_slots <= 256:
             raise InvalidArgumentError(f"parallel must be between 1 and 256, got {n_slots}")
         if n_batch < n_slots + min_chunk:
@@ -100,9 +113,9 @@ class StepPlanner:
         self._prompt_rows = 0  # prompt rows in the last step
         self.decode_step_s: float | None = None  # recent time of a step with streams and no prompt rows
         self.row_cost: Cost = PRIOR_ROW_COST  # a step's time by rows: the scheduler sets its measured curve
-        # A draft model (``--draft``): asked for every drafting slot's tokens at once, [(seq, tokens, k)] ->
-        # {seq: draft}; each drafted token then also costs one draft step, ``draft_cost`` (seconds, measured).
-        self.propose: Callable[[list[tuple[int, list[int], int]]], dict[int, list[int]]] | None = None
+        # A draft model (``--draft``): a step's ``asks`` go to it at once, its drafts come back to
+        # ``complete``; each drafted token also costs one draft step, ``draft_cost`` (seconds, measured).
+        self.draft_model = draft_model
         self.draft_cost: float | None = None
         self.acceptance = Acceptance()  # across sequences: where a new one's estimate starts
 
@@ -154,65 +167,79 @@ class StepPlanner:
         return trims
 
     def plan(self) -> Step:
-        trims = self._admit()
-        rows: list[Row] = []
-        sample: list[Slot] = []
+        """The whole step when no draft model is asked (tests, and the scheduler without ``--draft``)."""
+        return self.complete(self.begin(), {})
+
+    def begin(self) -> Step:
+        """Admission, one row per running stream, and self-drafted tokens. With a draft model the
+        step's ``asks`` say what it must draft; its answer comes back as data, to ``complete``."""
+        step = Step(self._admit(), [], [])
         for slot in self.slots:  # running streams first: one token each
             slot.row, slot.draft, slot.draft_rows = -1, [], []
             if slot.state is SlotState.DECODE:
-                slot.row, slot.fresh = len(rows), False
-                rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
-                sample.append(slot)
-        self._streams_running = bool(rows)
+                slot.row, slot.fresh = len(step.rows), False
+                step.rows.append(Row(slot.cached[-1], len(slot.cached) - 1, slot.seq, True))
+                step.sample.append(slot)
+        self._streams_running = bool(step.rows)
         self._prompt_rows = 0
+        self._drafts(step)
+        return step
+
+    def complete(self, step: Step, drafts: dict[int, list[int]]) -> Step:
+        """The draft model's tokens (by sequence; fewer than asked is fine), then prompt chunks."""
+        for slot, k in step.asks:
+            slot.draft = drafts.get(slot.seq, [])[:k]
+            self._add_draft(step.rows, slot)
+        self._prompt_chunks(step)
+        decoding = [s.seq for s in step.sample if s.state is SlotState.DECODE]
+        if len(step.rows) == len(step.sample) == len(decoding) > 1:  # one token per running stream, nothing else
+            step.rows, step.pads = self._padded(step.rows)
+        assert len(step.rows) <= self.n_batch, "the step planner broke its batch budget"
+        seqs = sorted({row.seq for row in step.rows})
+        step.single = len(seqs) <= 1 or (len(step.rows) == len(seqs) and seqs[-1] - seqs[0] == len(seqs) - 1)
+        return step
+
+    def _drafts(self, step: Step) -> None:
+        """Drafts to verify, within what prompt chunks can spare: prompts come first (prefill is
+        the batch's best work), so no slot drafts while one is prefilling."""
         prefilling = any(s.state is SlotState.PREFILL for s in self.slots)  # (waiting ones have no slot yet)
-        spare = 0 if prefilling else self.n_batch - len(rows)  # prompts first: prefill is the batch's best work
-        asks = []
-        cost = self._split_cost(len(sample))
-        for slot in sample:  # then drafts to verify, within what prompt chunks can spare
-            if not slot.job.speculate or spare <= 0:
+        spare = 0 if prefilling else self.n_batch - len(step.rows)
+        cost = self._split_cost(len(step.sample))
+        for slot in step.sample:
+            if not slot.current.speculate or spare <= 0:
                 continue
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
-            if self.propose is None:
-                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(rows))
-                self._add_draft(rows, slot)
+            if not self.draft_model:
+                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows))
+                self._add_draft(step.rows, slot)
                 spare -= len(slot.draft)
-            elif (k := slot.drafter.length(limit, self._with_drafting(cost, len(rows) + spare_used(asks)),
-                                           len(rows) + spare_used(asks))) > 0:
-                asks.append((slot, k))
+                continue
+            used = len(step.rows) + sum(k for _, k in step.asks)  # one draft-model call drafts for all
+            if (k := slot.drafter.length(limit, self._with_drafting(cost, used), used)) > 0:
+                step.asks.append((slot, k))
                 spare -= k
-        if asks:  # a draft model: one call drafts for every slot (its steps batch them)
-            drafts = self.propose([(slot.seq, slot.cached, k) for slot, k in asks])
-            for slot, k in asks:
-                slot.draft = drafts.get(slot.seq, [])[:k]
-                self._add_draft(rows, slot)
-        # the AIMD chunk protects running streams; with none, a prompt takes the whole batch (a chunk
-        # left small by the previous request's streams split a lone prompt into 32-row steps, and
-        # llama.cpp's kernels round a prompt differently when it is split differently)
-        budget = min(self.chunk if self._streams_running else self.max_chunk, self.n_batch - len(rows))
+
+    def _prompt_chunks(self, step: Step) -> None:
+        """Prompt chunks in admission order. The AIMD chunk protects running streams; with none, a
+        prompt takes the whole batch (a chunk left small by the previous request's streams split a
+        lone prompt into 32-row steps, and llama.cpp's kernels round a prompt differently when it is
+        split differently)."""
+        budget = min(self.chunk if self._streams_running else self.max_chunk, self.n_batch - len(step.rows))
         for slot in sorted((s for s in self.slots if s.state is SlotState.PREFILL), key=lambda s: s.order):
             if budget <= 0:
                 break
             take = slot.pending[:budget]
             last = len(take) == len(slot.pending)
             for j, tok in enumerate(take):
-                rows.append(Row(tok, len(slot.cached), slot.seq, last and j == len(take) - 1))
+                step.rows.append(Row(tok, len(slot.cached), slot.seq, last and j == len(take) - 1))
                 slot.cached.append(tok)
             slot.pending = slot.pending[len(take):]
             budget -= len(take)
             self._prompt_rows += len(take)
             if last:
-                slot.row = len(rows) - 1
-                sample.append(slot)
-        pads: list[tuple[int, int]] = []
-        decoding = [s.seq for s in sample if s.state is SlotState.DECODE]
-        if len(rows) == len(sample) == len(decoding) > 1:  # one token per running stream, nothing else
-            rows, pads = self._padded(rows)
-        assert len(rows) <= self.n_batch, "the step planner broke its batch budget"
-        seqs = sorted({row.seq for row in rows})
-        single = len(seqs) <= 1 or (len(rows) == len(seqs) and seqs[-1] - seqs[0] == len(seqs) - 1)
-        return Step(trims, rows, sample, pads, single)
+                slot.row = len(step.rows) - 1
+                step.sample.append(slot)
 
     def _padded(self, rows: list[Row]) -> tuple[list[Row], list[tuple[int, int]]]:
         """With a KV stream per sequence, llama.cpp splits a batch into one graph per run of
@@ -349,10 +376,6 @@ class StepPlanner:
             slot.cached = []
         self.waiting.clear()
         return jobs
-
-
-def spare_used(asks: list[tuple[Slot, int]]) -> int:
-    return sum(k for _, k in asks)
 
 
 def _common(a: list[int], b: list[int]) -> int:

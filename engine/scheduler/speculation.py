@@ -83,6 +83,7 @@ class StepCost:
             return t0 + (t1 - t0) * (n - below) / (above - below)
         if below is not None:  # beyond what was measured: hopeful, so that longer drafts get tried and measured
             return self.times[below] + EXPLORE_ROW_COST * self.times[min(self.times)] * (n - below)
+        assert above is not None  # times is not empty: one side of n holds a measurement
         return self.times[above]
 
 

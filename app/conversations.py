@@ -57,7 +57,7 @@ class ConversationStore:
                               (title, system, model, now, now))
         return Conversation(int(cur.lastrowid or 0), title, system, model)
 
-    def list(self, search: str = "") -> list[Conversation]:
+    def find(self, search: str = "") -> list[Conversation]:
         if search:
             rows = self.db.execute(
                 "SELECT DISTINCT c.id, c.title, c.system, c.model FROM conversations c LEFT JOIN messages m "

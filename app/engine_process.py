@@ -65,16 +65,18 @@ class EngineProcess:
         self.key = secrets.token_urlsafe(24)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("w")
-        self.proc = subprocess.Popen(self.options.argv(), stdout=subprocess.PIPE, stderr=log, text=True,
-                                     env={**os.environ, "AUTOGLM_API_KEY": self.key,
-                                          "AUTOGLM_MANAGE_KEY": self.key, "AUTOGLM_PROGRESS": "json"})
+        proc = self.proc = subprocess.Popen(self.options.argv(), stdout=subprocess.PIPE, stderr=log, text=True,
+                                            env={**os.environ, "AUTOGLM_API_KEY": self.key,
+                                                 "AUTOGLM_MANAGE_KEY": self.key, "AUTOGLM_PROGRESS": "json"})
         log.close()
         banner: list[str] = []
-        reader = threading.Thread(target=lambda: banner.append(self.proc.stdout.readline()), daemon=True)
+        out = proc.stdout
+        assert out is not None  # stdout=PIPE
+        reader = threading.Thread(target=lambda: banner.append(out.readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         if not banner or " on http" not in banner[0]:
-            description = self.describe_exit() if self.proc.poll() is not None else "it did not start in time"
+            description = self.describe_exit() if proc.poll() is not None else "it did not start in time"
             self.stop()
             raise EngineError(f"the engine did not start: {description}")
         self.url = banner[0].split(" on ")[1].split()[0]

@@ -46,7 +46,8 @@ class MainWindow(QMainWindow):
         self.closed = False  # an engine start finishing after close must not touch deleted widgets
         self._client: EngineClient | None = None
 
-        self.banner = QFrame(objectName="banner")
+        self.banner = QFrame()
+        self.banner.setObjectName("banner")
         self.banner.setStyleSheet("#banner { background: #fde2e1; border: 1px solid #e0a0a0; } "
                                   "#banner QLabel { color: #5a1a1a; }")
         self.banner_text = QLabel(wordWrap=True)
@@ -95,7 +96,8 @@ class MainWindow(QMainWindow):
         hints = QGuiApplication.styleHints()
         if hasattr(hints, "colorSchemeChanged"):  # the OS switched between light and dark (Qt 6.5+)
             hints.colorSchemeChanged.connect(lambda *_: self.set_theme(settings.theme_mode(), save=False))
-        self.watch = QTimer(self, interval=500, timeout=self._check_engine)
+        self.watch = QTimer(self, interval=500)
+        self.watch.timeout.connect(self._check_engine)
         self.start_engine()
 
     def show_welcome(self) -> None:
@@ -149,9 +151,11 @@ class MainWindow(QMainWindow):
             store = settings.store()
             store.setValue("theme", mode)
             store.sync()
-        theme.apply(QApplication.instance(), mode)
+        app = QApplication.instance()
+        assert isinstance(app, QApplication)  # the window exists, so its application does
+        theme.apply(app, mode)
         self.theme_actions[mode].setChecked(True)
-        self.chat.render()  # the transcript's HTML carries its colours
+        self.chat.show_transcript()  # the transcript's HTML carries its colours
         self.performance.update()
 
     def open_settings(self) -> None:
@@ -285,7 +289,8 @@ def run(screenshots: str | None = None) -> int:
     import sys
     from pathlib import Path
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication(sys.argv[:1])
     theme.apply(app, settings.theme_mode())
     store = ConversationStore()
     window = MainWindow(EngineProcess(), store)

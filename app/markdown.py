@@ -43,14 +43,20 @@ class Rendered:
     code_blocks: dict[str, str] = field(default_factory=dict)  # "T.K" -> the raw code behind that copy link
 
 
+class _SafeLinks(MarkdownIt):
+    """Links a model writes are clickable only to the web and mail: no file:, javascript: or data:."""
+
+    def validateLink(self, url: str) -> bool:  # noqa: N802 - markdown-it's name
+        return url.lower().startswith(("http://", "https://", "mailto:"))
+
+
 class TranscriptRenderer:
     def __init__(self, palette: Palette = LIGHT) -> None:
         self.palette = palette
         # finished turns never change: their HTML is kept, so a streaming reply re-renders only itself
         # (a long conversation with code took 0.4 s a render, and streaming renders every 50 ms)
         self._turns: dict[tuple[int, str, str, str | None], tuple[str, list[str]]] = {}
-        self.md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"])
-        self.md.validateLink = lambda url: url.lower().startswith(("http://", "https://", "mailto:"))
+        self.md = _SafeLinks("commonmark", {"html": False, "linkify": False}).enable(["table", "strikethrough"])
 
     def _code(self, code: str, lang: str, blocks: list[str], turn: int) -> str:
         try:

@@ -10,12 +10,12 @@ from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from autoglm.app.theme import MODES
+from autoglm.app.widgets import planned_spin
 from autoglm.engine import paths
 
 
@@ -31,8 +31,8 @@ def theme_mode() -> str:
 def _int(value: object, allow_zero: bool = False) -> int | None:
     """A stored number; None for "planned", for an empty value and for a hand-edited bad one."""
     try:
-        number = int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        number = int(str(value))  # QSettings hands back what was stored: an int, a str, or junk
+    except ValueError:
         return None
     return number if number > 0 or (allow_zero and number == 0) else None
 
@@ -55,14 +55,13 @@ class SettingsDialog(QDialog):
         self.theme = QComboBox()
         self.theme.addItems([m.capitalize() for m in MODES])
         self.theme.setCurrentIndex(MODES.index(theme_mode()))
-        self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="planned", value=current["threads"] or 0)
-        self.ctx = QSpinBox(minimum=0, maximum=1 << 17, singleStep=1024, specialValueText="planned",
-                            value=current["ctx"] or 0)
-        self.gpu_layers = QSpinBox(minimum=-1, maximum=999, specialValueText="planned",
-                                   value=current["gpu_layers"] if current["gpu_layers"] is not None else -1)
-        self.gpu_layers.setToolTip("-1 (shown as planned): the planner decides; 0 keeps everything on the CPU")
-        self.parallel = QSpinBox(minimum=0, maximum=64, specialValueText="planned", value=current["parallel"] or 0)
-        self.safe = QCheckBox("Safe mode (most conservative kernels, CPU only)", checked=bool(current["safe"]))
+        self.threads = planned_spin(0, 256, _int(current["threads"]))
+        self.ctx = planned_spin(0, 1 << 17, _int(current["ctx"]), step=1024)
+        self.gpu_layers = planned_spin(-1, 999, _int(current["gpu_layers"], allow_zero=True),
+                                       tip="-1 (shown as planned): the planner decides; 0 keeps everything on the CPU")
+        self.parallel = planned_spin(0, 64, _int(current["parallel"]))
+        self.safe = QCheckBox("Safe mode (most conservative kernels, CPU only)")
+        self.safe.setChecked(bool(current["safe"]))
         form = QFormLayout()
         form.addRow("Theme", self.theme)
         form.addRow("CPU threads", self.threads)

@@ -211,8 +211,8 @@ def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int
         if kv_type == "q8_0":
             why += f" (f16 would fit only {f16_ctx})"
         return ctx, why, kv_type, int(budget // per_token)
-    budget = device.ram_available * RAM_HEADROOM - model.size
-    kv_tokens = max(int(budget // per_token), 0)
+    ram_budget = device.ram_available * RAM_HEADROOM - model.size
+    kv_tokens = max(int(ram_budget // per_token), 0)
     if ov.ctx:
         if ov.ctx > model.context_length:
             return ov.ctx, f"set by the user (beyond the {model.context_length} the model was trained for)", \
@@ -220,7 +220,7 @@ def _context(device: DeviceFacts, model: ModelFacts, ov: Overrides) -> tuple[int
         return ov.ctx, "set by the user", "f16", kv_tokens
     want = SMALL_BOARD_CTX if device.ram_total < 8 * GiB else DEFAULT_CTX
     ctx = min(want, model.context_length)
-    while ctx > 512 and model.kv_bytes_per_token() * ctx > budget:
+    while ctx > 512 and model.kv_bytes_per_token() * ctx > ram_budget:
         ctx //= 2
     kv = model.kv_bytes_per_token() * ctx
     why = f"{ctx} tokens (KV cache {kv / MiB:.0f} MiB; model trained for {model.context_length})"
@@ -340,9 +340,9 @@ def choose_quant(sizes: dict[str, int], device: DeviceFacts) -> tuple[str, str]:
         if quant in fits:
             return quant, f"{quant}: the best quality whose file fits in half of {where}"
     if fits:
-        quant = min(fits, key=fits.get)
+        quant = min(fits, key=lambda q: fits[q])
         return quant, f"{quant}: the only kind that fits in half of {where}"
-    quant = min(sizes, key=sizes.get)
+    quant = min(sizes, key=lambda q: sizes[q])
     return quant, f"{quant}: the smallest on offer; nothing fits in half of {where}, expect swapping"
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 from pathlib import Path
 
 from autoglm.engine import paths
@@ -24,10 +25,10 @@ from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
 from autoglm.engine.fs import storage_error, write_atomic
 from autoglm.engine.models import store
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # Python 3.10
+    import tomli as tomllib
 
 # task -> the store formats a model for it may have (a classifier is trained over an encoder)
 TASKS: dict[str, tuple[str, ...]] = {"chat": ("gguf",), "extract": ("gguf",), "classify": ("classifier", "prompt"),

@@ -97,6 +97,7 @@ class Runtime:
     @property
     def model(self) -> ScheduledBackend:
         if self._model is None:
+            assert self._load is not None  # built with a loader when not with a model
             self._model = self._cached(("chat-model",), self._load)
         return self._model
 

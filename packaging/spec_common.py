@@ -59,7 +59,7 @@ def staged_sources() -> str:
     stage = ROOT / "build" / "autoglm-src"
     shutil.rmtree(stage, ignore_errors=True)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "autoglm", stage / "autoglm", ignore=skip)
+    shutil.copytree(ROOT / "src" / "autoglm", stage / "autoglm", ignore=skip)
     for name in ("engine", "app"):
         shutil.copytree(ROOT / name, stage / "autoglm" / name, ignore=skip)
     sys.path.insert(0, str(stage))

@@ -80,15 +80,15 @@ def test_streaming_follows_the_bottom_unless_the_user_scrolled_up(chat):
     bar = chat.transcript.verticalScrollBar()
     assert bar.maximum() > 0 and bar.value() == bar.maximum()
     chat.streaming, chat.reply = True, "a reply that grows " * 40
-    chat.render()
+    chat.show_transcript()
     assert bar.value() == bar.maximum()  # following
     bar.setValue(100)  # the user scrolls up to read
     chat.reply += "and grows " * 200
-    chat.render()
+    chat.show_transcript()
     assert bar.value() == 100 and bar.maximum() > 100
     bar.setValue(bar.maximum())  # back to the bottom: following again
     chat.reply += "more " * 100
-    chat.render()
+    chat.show_transcript()
     assert bar.value() == bar.maximum()
     chat.streaming = False
 
@@ -142,14 +142,14 @@ def test_charts_have_a_time_window_and_round_axes(qtbot):
     now[0] += 400
     chart.add(20.0)
     assert [v for _, v in chart.visible()] == [20.0]  # the first is older than 5 minutes
-    chart.window = None
+    chart.span = None
     assert [v for _, v in chart.visible()] == [10.0, 20.0]
     chart.grab()  # paints without error, empty or not
     view = PerformanceView()
     qtbot.addWidget(view)
     view.record_classify(30, 0.5)
-    view.window.setCurrentText("Everything")
-    assert view.classify_rate.window is None and [v for _, v in view.classify_rate.visible()] == [60.0]
+    view.span_pick.setCurrentText("Everything")
+    assert view.classify_rate.span is None and [v for _, v in view.classify_rate.visible()] == [60.0]
     view.grab()
 
 

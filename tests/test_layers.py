@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Lowest first. A module may import its own layer or lower ones. Names as installed: engine/ and app/
-# are autoglm.engine and autoglm.app (pyproject's package-dir); autoglm/ is the Python API's facade.
+# are autoglm.engine and autoglm.app (pyproject's package-dir); src/autoglm/ is the Python API's facade.
 _LAYERS: list[tuple[str, list[str]]] = [
     ("helpers", ["engine", "engine.errors", "engine.paths", "engine.fs", "engine.process", "engine.sampling",
                  "engine.models", "engine.models.sources", "engine.backends", "engine.tasks"]),
@@ -45,9 +45,8 @@ APP_MAY_USE = {"autoglm.engine.paths", "autoglm.engine.process"}  # how to start
 
 def module_name(path: Path) -> str:
     """Installed, engine/ and app/ are autoglm.engine and autoglm.app (pyproject's package-dir)."""
-    parts = ["autoglm", *path.relative_to(ROOT).with_suffix("").parts]
-    if parts[1] == "autoglm":
-        parts = parts[1:]
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    parts = list(rel[1:]) if rel[0] == "src" else ["autoglm", *rel]  # src/autoglm/ is the facade
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -66,7 +65,7 @@ def layer_of(module: str) -> int:
 
 
 def our_modules() -> dict[str, Path]:
-    return {module_name(p): p for top in ("autoglm", "engine", "app") for p in (ROOT / top).rglob("*.py")}
+    return {module_name(p): p for top in ("src/autoglm", "engine", "app") for p in (ROOT / top).rglob("*.py")}
 
 
 def imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, bool, int]]:
@@ -185,7 +184,7 @@ def test_pyproject_installs_every_package_folder():
     import tomllib
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    folders = {module_name(p.parent / "__init__.py") for top in ("autoglm", "engine", "app")
+    folders = {module_name(p.parent / "__init__.py") for top in ("src/autoglm", "engine", "app")
                for p in (ROOT / top).rglob("*.py")}
     assert folders == listed
 
@@ -204,10 +203,14 @@ def test_the_wheel_puts_only_autoglm_at_the_top_of_site_packages(tmp_path):
     assert "autoglm/engine/backends/onnx/encoder.py" in names
 
 
-def test_a_checkout_imports_the_engine_without_any_install():
-    """``python -m autoglm`` at the repository root: the checkout's autoglm/ is found first, so it must
-    reach engine/ itself (``-S``: no site-packages, so no editable install's hook to lean on)."""
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import autoglm.engine.errors as e; print(e.__file__)"
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
+def test_a_checkout_root_on_sys_path_does_not_shadow_the_installed_package():
+    """``python -m autoglm`` or pytest at the repository root put the checkout first on sys.path:
+    nothing there may be importable as ``autoglm`` (the facade lives in src/), so every name
+    resolves through the dev install's link tree, the same tree mypy and pyright read."""
+    code = "import autoglm.engine.errors as e, autoglm; print(e.__file__); print(autoglm.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(ROOT / "engine" / "errors.py")
+    engine_file, facade_file = out.stdout.split()
+    assert Path(engine_file).resolve() == ROOT / "engine" / "errors.py"
+    assert Path(facade_file).resolve() == ROOT / "src" / "autoglm" / "__init__.py"
+    assert not (ROOT / "autoglm").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeyEvent, QKeySequence, QShortcut
@@ -94,7 +95,8 @@ class ChatView(QWidget):
         self.started = 0.0
         self.first_at: float | None = None
         self.pieces = 0
-        self.render_timer = QTimer(self, interval=RENDER_EVERY_MS, timeout=self._render_if_dirty)
+        self.render_timer = QTimer(self, interval=RENDER_EVERY_MS)
+        self.render_timer.timeout.connect(self._render_if_dirty)
         self.dirty = False
         self.code_blocks: dict[str, str] = {}
         self.renderers = {False: TranscriptRenderer(LIGHT), True: TranscriptRenderer(DARK)}
@@ -119,8 +121,8 @@ class ChatView(QWidget):
         self.system = QLineEdit(placeholderText="System prompt (optional)")
         self.system.editingFinished.connect(self._save_system)
         self.temperature = QDoubleSpinBox(minimum=0.0, maximum=2.0, singleStep=0.1, value=0.7, prefix="temperature ")
-        self.model = QComboBox(toolTip="the model for this chat; switching restarts the engine with it",
-                               sizeAdjustPolicy=QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.model = QComboBox(sizeAdjustPolicy=QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.model.setToolTip("the model for this chat; switching restarts the engine with it")
         self.model.activated.connect(self.choose_model)
         self.transcript = QTextBrowser(openLinks=False)
         self.transcript.anchorClicked.connect(self._anchor)
@@ -168,7 +170,7 @@ class ChatView(QWidget):
     def refresh_list(self) -> None:
         self.list.blockSignals(True)
         self.list.clear()
-        for conv in self.store.list(self.search.text()):
+        for conv in self.store.find(self.search.text()):
             item = QListWidgetItem(conv.title)
             item.setData(Qt.ItemDataRole.UserRole, conv.id)
             self.list.addItem(item)
@@ -187,7 +189,7 @@ class ChatView(QWidget):
         if conv and conv.model and self.model.findText(conv.model) >= 0:
             self.model.setCurrentText(conv.model)
         self.refresh_list()
-        self.render()
+        self.show_transcript()
 
     # --- models -------------------------------------------------------------------------------
     def set_models(self, names: list[str], serving: str | None = None) -> None:
@@ -237,14 +239,14 @@ class ChatView(QWidget):
             self.store.delete(self.conversation_id)
             self.conversation_id = None
             self.refresh_list()
-            self.render()
+            self.show_transcript()
 
     def _save_system(self) -> None:
         if self.conversation_id is not None:
             self.store.update(self.conversation_id, system=self.system.text())
 
     # --- messages -----------------------------------------------------------------------------
-    def render(self) -> None:
+    def show_transcript(self) -> None:
         turns: list[tuple[str, str, str | None]] = []
         if self.conversation_id is not None:
             turns = [(m.role, m.content, m.stats) for m in self.store.messages(self.conversation_id)]
@@ -268,7 +270,7 @@ class ChatView(QWidget):
 
     def _render_if_dirty(self) -> None:
         if self.dirty:
-            self.render()
+            self.show_transcript()
 
     def send(self) -> None:
         text = self.input.toPlainText().strip()
@@ -299,7 +301,7 @@ class ChatView(QWidget):
         if users:
             self.store.truncate_after(self.conversation_id, users[-1].id)
             self.input.setPlainText(users[-1].content)
-            self.render()
+            self.show_transcript()
 
     def copy_reply(self) -> None:
         if self.conversation_id is None:
@@ -331,12 +333,12 @@ class ChatView(QWidget):
         self.started = time.perf_counter()
         self._set_busy(True)
         self.render_timer.start()
-        self.render()
+        self.show_transcript()
         cancel, temperature = self.cancel, self.temperature.value()
 
         def work() -> None:
             for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
-                on_ui(lambda p=piece: self._on_piece(p))
+                on_ui(partial(self._on_piece, piece))
 
         in_background(work, lambda _: self._on_done(""), self._on_failed, name="chat-stream")
 
@@ -356,7 +358,7 @@ class ChatView(QWidget):
         self.render_timer.stop()
         self._set_busy(False)
         self.refresh_list()
-        self.render()
+        self.show_transcript()
         self.reply_finished.emit()
 
     def name_conversation(self, conversation_id: int) -> None:

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from autoglm.app.background import in_background
 from autoglm.app.engine_process import EngineClient
 from autoglm.app.views import fetch
+from autoglm.app.widgets import cell_text
 
 ZERO_SHOT = "(zero-shot: the labels below)"
 REVIEW_COLOR = "#fff1c2"  # unsure results: a person should check them
@@ -218,10 +219,10 @@ class ClassifyView(QWidget):
 
     def label_at(self, row: int) -> str:
         pick = self.table.cellWidget(row, 1)
-        return pick.currentText() if isinstance(pick, QComboBox) else self.table.item(row, 1).text()
+        return pick.currentText() if isinstance(pick, QComboBox) else cell_text(self.table, row, 1)
 
     def corrections(self) -> list[dict[str, str]]:
-        return [{"text": self.table.item(r, 0).text(), "label": self.label_at(r)}
+        return [{"text": cell_text(self.table, r, 0), "label": self.label_at(r)}
                 for r in range(self.table.rowCount()) if self.label_at(r) != self.predicted[r]]
 
     def _corrections_changed(self) -> None:
@@ -258,6 +259,6 @@ class ClassifyView(QWidget):
             writer = csv.writer(fh)
             writer.writerow(["text", "label", "confidence", "exit_layer", "review"])
             for r in range(self.table.rowCount()):
-                writer.writerow([self.table.item(r, 0).text(), self.label_at(r),
-                                 *(self.table.item(r, c).text() for c in (2, 3, 4))])
+                writer.writerow([cell_text(self.table, r, 0), self.label_at(r),
+                                 *(cell_text(self.table, r, c) for c in (2, 3, 4))])
         self.status.setText(f"exported {self.table.rowCount()} row(s) to {path}")

@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -22,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from autoglm.app.engine_process import EngineClient
 from autoglm.app.views import fetch
+from autoglm.app.widgets import planned_spin
 
 
 class DeviceView(QWidget):
@@ -38,11 +38,10 @@ class DeviceView(QWidget):
         self.measured.setHorizontalHeaderLabels(["Measured", "Settings", "Prefill tok/s", "Decode tok/s"])
         self.measured.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.measured_note = QLabel(wordWrap=True)
-        self.threads = QSpinBox(minimum=0, maximum=256, specialValueText="planned")
-        self.ctx = QSpinBox(minimum=0, maximum=262144, singleStep=512, specialValueText="planned")
+        self.threads = planned_spin(0, 256)
+        self.ctx = planned_spin(0, 262144, step=512)
         # -2 shows "planned", -1 means every layer; the tooltip says so
-        self.gpu_layers = QSpinBox(minimum=-2, maximum=999, value=-2, specialValueText="planned",
-                                   toolTip="-1 offloads every layer, 0 keeps the model on the CPU")
+        self.gpu_layers = planned_spin(-2, 999, tip="-1 offloads every layer, 0 keeps the model on the CPU")
         apply_btn = QPushButton("Apply (restarts the engine)")
         apply_btn.clicked.connect(self.apply)
         self.status = QLabel()
@@ -107,7 +106,7 @@ class DeviceView(QWidget):
         self.measured.setVisible(bool(rows))
         self.measured_note.setText(
             f"Measured on this device: {len(tuned['trials'])} settings in {tuned['seconds']:.0f} s; the plan above "
-            "uses the fastest (busy: with another program taking a core)" if rows else
+            "uses the fastest (busy: with another program taking a core)" if tuned and rows else
             "Settings not measured yet: the engine measures them once it has been idle for a while "
             "(or run `autoglm tune`); the plan above follows the rules meanwhile")
         self.measured.setRowCount(len(rows))

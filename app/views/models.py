@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -28,6 +29,7 @@ from PySide6.QtWidgets import (
 from autoglm.app.background import in_background, on_ui
 from autoglm.app.engine_process import EngineClient
 from autoglm.app.views import fetch
+from autoglm.app.widgets import cell_text
 
 COLUMNS = ("name", "version", "format", "quant", "size", "source")
 
@@ -99,7 +101,7 @@ class ModelsView(QWidget):
 
     def selected(self) -> str | None:
         rows = self.table.selectionModel().selectedRows()
-        return self.table.item(rows[0].row(), 0).text() if rows else None
+        return cell_text(self.table, rows[0].row(), 0) if rows else None
 
     def _run(self, work: Callable[[EngineClient], str]) -> None:
         client = self.client()
@@ -147,7 +149,7 @@ class ModelsView(QWidget):
         def work(client: EngineClient) -> str:
             for event in client.events(path, body, cancel):
                 if "label" in event:
-                    on_ui(lambda e=event: self._on_progress(e["label"], e["done"], e["total"]))
+                    on_ui(partial(self._on_progress, event["label"], event["done"], event["total"]))
                 elif "installed" in event:
                     return f"installed {event['installed']['name']} {event['installed']['version']}"
                 elif "error" in event:

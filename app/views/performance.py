@@ -40,7 +40,7 @@ class LineChart(QWidget):
         super().__init__()
         self.title, self.unit, self.color = title, unit, QColor(color)
         self.points: deque[tuple[float, float]] = deque(maxlen=HISTORY)
-        self.window: float | None = WINDOWS["Last 5 minutes"]
+        self.span: float | None = WINDOWS["Last 5 minutes"]  # seconds shown; None: everything
         self.clock = clock
         self.setMinimumHeight(150)
 
@@ -50,7 +50,7 @@ class LineChart(QWidget):
 
     def visible(self) -> list[tuple[float, float]]:
         now = self.clock()
-        return [(t, v) for t, v in self.points if self.window is None or now - t <= self.window]
+        return [(t, v) for t, v in self.points if self.span is None or now - t <= self.span]
 
     def paintEvent(self, _event) -> None:  # noqa: N802 - Qt's name
         dark = is_dark()
@@ -64,7 +64,7 @@ class LineChart(QWidget):
         p.fillRect(self.rect(), bg)
         pts = self.visible()
         now = self.clock()
-        start = now - self.window if self.window is not None else (pts[0][0] if pts else now - 60)
+        start = now - self.span if self.span is not None else (pts[0][0] if pts else now - 60)
         span = max(now - start, 1.0)
         top = nice_top(max((v for _, v in pts), default=0.0) * 1.05)
         p.setPen(fg)
@@ -98,14 +98,14 @@ class PerformanceView(QWidget):
         self.rate = LineChart("Generation speed", "tok/s", "#2b7de9")
         self.ttft = LineChart("Time to first token", "ms", "#e9822b")
         self.classify_rate = LineChart("Classify throughput", "texts/s", "#2ba84a")
-        self.window = QComboBox()
-        self.window.addItems(list(WINDOWS))
-        self.window.currentTextChanged.connect(self.set_window)
+        self.span_pick = QComboBox()
+        self.span_pick.addItems(list(WINDOWS))
+        self.span_pick.currentTextChanged.connect(self.set_window)
         self.summary = QLabel("Replies from the chat view and runs of the classify view appear here as they finish.",
                               alignment=Qt.AlignmentFlag.AlignLeft)
         top = QHBoxLayout()
         top.addWidget(QLabel("Window:"))
-        top.addWidget(self.window)
+        top.addWidget(self.span_pick)
         top.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
@@ -116,7 +116,7 @@ class PerformanceView(QWidget):
 
     def set_window(self, name: str) -> None:
         for chart in (self.rate, self.ttft, self.classify_rate):
-            chart.window = WINDOWS[name]
+            chart.span = WINDOWS[name]
             chart.update()
 
     def record(self, tokens: int, tokens_per_s: float, ttft_ms: float) -> None:

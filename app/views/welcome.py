@@ -83,7 +83,8 @@ class WelcomeView(QWidget):
         layout.addWidget(self.bar)
         layout.addLayout(buttons)
         layout.addStretch(1)
-        self.poll = QTimer(self, interval=250, timeout=self._poll)
+        self.poll = QTimer(self, interval=250)
+        self.poll.timeout.connect(self._poll)
         self.poll.start()
 
     def _poll(self) -> None:

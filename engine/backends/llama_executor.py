@@ -120,7 +120,7 @@ class LlamaExecutor:
         """The next token for each (sampler, batch row) of the last step. Greedy rows take one
         argmax over every output's logits at once (the first highest, as llama.cpp's greedy
         sampler picks); others run their sampler chain."""
-        best = self._logits_table().argmax(axis=1) if any(sampler is GREEDY for sampler, _ in picks) else None
+        best = self._logits_table().argmax(axis=1) if any(sampler is GREEDY for sampler, _ in picks) else []
         return [int(best[self._outputs[row]]) if sampler is GREEDY else
                 llama_cpp.llama_sampler_sample(sampler, self.ctx, row) for sampler, row in picks]
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 from autoglm.engine import hardware
 from autoglm.engine.backends.llama_lib import chosen_variant, cpu_variants, llama_cpp, onnxruntime
 
 
-def runtime_facts() -> dict[str, object]:
+def runtime_facts() -> dict[str, Any]:
     return {
         "llama_cpp_version": llama_cpp.__version__,
         "llama_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),

@@ -74,7 +74,8 @@ class Manifest:
         ``folder``: the store folder it was read from, to name the model when its name is damaged."""
         problem = _manifest_problem(data)
         if problem:
-            name = folder or (data.get("name") if isinstance(data, dict) and isinstance(data.get("name"), str) else "?")
+            named = data.get("name") if isinstance(data, dict) else None
+            name = folder or (named if isinstance(named, str) else "?")
             raise InvalidModelError(f"model {name[:64]}: its manifest.json is damaged ({problem}); "
                                     f"remove it with `autoglm models rm {name[:64]}` and install it again")
         known = {f.name for f in fields(cls)} - {"bundled"}

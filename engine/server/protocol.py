@@ -183,11 +183,14 @@ class TextChoice(BaseModel):
     logprobs: None = None
 
 
+CompletionKind = Literal["chat.completion", "chat.completion.chunk", "text_completion"]
+
+
 class Completion(BaseModel):
     """One response or stream chunk; ``object`` says which of OpenAI's four shapes it is."""
 
     id: str
-    object: Literal["chat.completion", "chat.completion.chunk", "text_completion"]
+    object: CompletionKind
     created: int
     model: str
     choices: list[ChatChoice] | list[ChunkChoice] | list[TextChoice]
@@ -207,7 +210,7 @@ class Reply:
         # splice each token's JSON string in (a pydantic round per token is CPU the decode needs).
         self._head, self._tail = self._render(self._MARK, None).split(json.dumps(self._MARK))
 
-    def _make(self, obj: str, choices: list[Any], usage: Usage | None = None) -> Completion:
+    def _make(self, obj: CompletionKind, choices: list[Any], usage: Usage | None = None) -> Completion:
         return Completion(id=self.id, object=obj, created=self.created, model=self.model, choices=choices,
                           usage=usage)
 

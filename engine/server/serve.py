@@ -56,10 +56,10 @@ class ServeSettings:
     def load(cls, config: str | None, overrides: dict[str, Any]) -> ServeSettings:
         values: dict[str, Any] = {}
         if config:
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ImportError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:  # Python 3.10
+                import tomli as tomllib
             try:
                 data = tomllib.loads(read_user_text(config, 1 << 20, "TOML settings file"))
             except tomllib.TOMLDecodeError as exc:
@@ -111,6 +111,7 @@ def _check_type(config: str, key: str, value: Any) -> None:
     if ok and want is list:
         ok = all(isinstance(v, str) for v in value)
     if not ok:
+        assert want is not None  # no hint (an unknown key) is never refused here
         kind = "a list of strings" if want is list else {int: "a whole number", str: "a string", bool: "true or false"}[
             want]
         raise InvalidArgumentError(f"{config}: {key} must be {kind}, got {value!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal
 
 from fastapi import Request
@@ -137,7 +137,7 @@ class OpenAIServing:
                                      seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
     async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
-                      request: Request, streamed: bool) -> AsyncIterator[Event]:
+                      request: Request, streamed: bool) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         relay = self.relay()
         req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
@@ -192,7 +192,7 @@ class OpenAIServing:
         usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
         return reply.whole(text, _finish_reason(ev), usage)
 
-    async def _sse(self, reply: Reply, first: Event, events: AsyncIterator[Event]) -> AsyncIterator[str]:
+    async def _sse(self, reply: Reply, first: Event, events: AsyncGenerator[Event, None]) -> AsyncIterator[str]:
         if reply.kind == "chat":
             yield reply.chunk(role=True)
         ev = first

@@ -206,7 +206,8 @@ def parse_examples(raw: str, name: str, min_labels: int = 2) -> tuple[list[str],
 def split(labels: np.ndarray, held_out: float = HELD_OUT, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stratified train / held-out indices with a fixed seed."""
     rng = np.random.default_rng(seed)
-    train, hold = [], []
+    train: list[int] = []
+    hold: list[int] = []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = max(1, int(round(len(idx) * held_out))) if len(idx) > 1 else 0

@@ -37,7 +37,7 @@ def measure(model: Any, prompt: list[int], config: dict[str, Any]) -> dict[str, 
                              flash_attn=config["flash_attn"], offload_kqv=config.get("gpu_layers", 0) > 0,
                              kv_type=config["kv_type"])
     try:
-        prefill = []
+        prefill: list[float] = []
         spent = 0.0
         while len(prefill) < 3 and (not prefill or spent < TIME_CAP_S):
             executor.trim(0, 0)
@@ -45,7 +45,7 @@ def measure(model: Any, prompt: list[int], config: dict[str, Any]) -> dict[str, 
             executor.decode(_rows(prompt, 0))
             prefill.append(time.perf_counter() - started)
             spent += prefill[-1]
-        steps = []
+        steps: list[float] = []
         spent = 0.0
         token = prompt[-1]
         while len(steps) < DECODE_STEPS and (len(steps) < 3 or spent < TIME_CAP_S):

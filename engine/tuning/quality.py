@@ -105,10 +105,13 @@ def choose(variants: list[Variant], max_kl: float = MAX_KL, min_top1: float = MI
         why = f"{reference.name} ({reference.quant}): no other version is faster within the quality {budget}"
         if refused:
             r = max(refused, key=speed)
+            rq = r.quality
+            assert rq is not None  # refused ones were measured: the reference is never refused
             why += (f"; {r.quant} would be {speed(r) / speed(reference):.2f}x as fast but measured KL "
-                    f"{r.quality.kl:.3f}, top-1 {r.quality.top1:.0%}")
+                    f"{rq.kl:.3f}, top-1 {rq.top1:.0%}")
         return reference, why
     q = best.quality
+    assert q is not None  # best is not the reference, so it was measured
     gain = speed(best) / speed(reference)
     return best, (f"{best.name} ({best.quant}) instead of {reference.name} ({reference.quant}): {gain:.2f}x as fast "
                   f"(prefill {best.prefill:.0f} vs {reference.prefill:.0f} tok/s) at KL {q.kl:.3f} nats/token, "

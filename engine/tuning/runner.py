@@ -11,6 +11,7 @@ import json
 import os
 import selectors
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import IO
@@ -79,7 +80,7 @@ class Children:
         """Popen arguments for a lower priority: a background tune yields the CPU to everything else."""
         if not self.nice:
             return {}
-        if os.name == "nt":
+        if sys.platform == "win32":
             return {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS}
         return {"preexec_fn": lambda: os.nice(self.nice)}
 

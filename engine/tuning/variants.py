@@ -83,6 +83,7 @@ def versions(original: Manifest, quants: list[str], note: Note) -> tuple[list[Ma
             raise InvalidArgumentError(f"--quants {quant}: {where}llama.cpp's quantizer makes {', '.join(TARGETS)}")
     for quant in wanted:
         if quant in offered:
+            assert origin is not None  # only an hf: origin offers versions
             note(f"downloading {quant} from {origin[0]} (quantized from the original weights)")
             from_weights[quant] = pull(f"hf:{origin[0]}@{origin[1]}:{quant}")
         elif quant not in made:

@@ -27,16 +27,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def _settings(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """Pooling, normalization and max length as sentence-transformers' files state them."""
-    def read(name: str) -> dict[str, Any]:
+    def read(name: str, kind: type = dict) -> Any:
+        """The file's JSON, or an empty one of ``kind`` when it is missing, unreadable or of another shape."""
         try:
-            return json.loads((folder / name).read_text())
+            data = json.loads((folder / name).read_text())
         except (OSError, ValueError):
-            return {}
+            return kind()
+        return data if isinstance(data, kind) else kind()
 
     pooling = read("1_Pooling/config.json")
-    modules = read("modules.json") or []
+    modules = [m for m in read("modules.json", list) if isinstance(m, dict)]
     mode = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
-    normalize = any(m.get("type", "").endswith("Normalize") for m in modules) if modules else True
+    normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules) if modules else True
     max_length = read("sentence_bert_config.json").get("max_seq_length") or config.get("max_position_embeddings", 512)
     return {"pooling": mode, "normalize": normalize, "max_length": int(max_length)}
 

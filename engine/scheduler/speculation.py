@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
-MAX_K = 10
+MAX_K = 32  # 1.5B on 2 cores: 16-33 row steps run matrix kernels, the most tokens per second when copying
 PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed two-thirds acceptable
 PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)

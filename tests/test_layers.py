@@ -6,6 +6,7 @@ reaching the engine only over HTTP, and the native runtimes imported in their on
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,20 @@ def test_a_checkout_root_on_sys_path_does_not_shadow_the_installed_package():
     assert Path(engine_file).resolve() == ROOT / "engine" / "errors.py"
     assert Path(facade_file).resolve() == ROOT / "src" / "autoglm" / "__init__.py"
     assert not (ROOT / "autoglm").exists()
+
+
+def test_the_architecture_note_places_every_module_in_its_layer():
+    """docs/architecture.md's table is the picture a newcomer reads: each module of the package is
+    in it once, in the layer this contract gives it, and no row names a module that is gone."""
+    note = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([a-z ]+) \| `([^`]+\.py)` \| (.+) \|$", note, re.M)
+    placed: dict[str, str] = {}
+    for layer, path, job in rows:
+        assert path not in placed, f"{path} is in the architecture note twice"
+        assert job.strip(), f"{path} has no job in the architecture note"
+        placed[path] = layer
+    modules = {str(p.relative_to(ROOT)): name for name, p in our_modules().items()}
+    assert set(placed) == set(modules), {"unplaced": set(modules) - set(placed), "gone": set(placed) - set(modules)}
+    wrong = {p: (layer, LAYERS[layer_of(modules[p])][0]) for p, layer in placed.items()
+             if layer != LAYERS[layer_of(modules[p])][0]}
+    assert not wrong, f"(note's layer, contract's layer): {wrong}"

@@ -25,6 +25,9 @@ def test_an_ordinary_template_renders():
     ("{{ [1] * 100000000 }}", "list of 1 times"),
     ("{{ 2 ** 100000000 }}", "2 ** 100000000"),
     ("{% for i in range(100000) %}{{ 'y' * 100 }}{% endfor %}", "output passed"),
+    ("{% set s = 'a' * 1000000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "took over"),
+    ("{% macro f(n) %}{% for i in range(100000) %}{{ f(n) if n < 0 }}{% endfor %}{% endmacro %}"
+     "{% for i in range(100000) %}{{ f(i) }}{% endfor %}", "took over"),
 ])
 def test_hostile_templates_are_stopped_with_one_line(template, why):
     started = time.monotonic()
@@ -32,6 +35,26 @@ def test_hostile_templates_are_stopped_with_one_line(template, why):
         render(template, MSGS, timeout_s=0.5)
     assert why in str(caught.value) and "\n" not in str(caught.value)
     assert time.monotonic() - started < 5
+
+
+def test_rendering_leaves_a_debugger_or_coverage_tracer_in_place():
+    """The deadline needs no sys.settrace: a tracer already installed (coverage, a debugger) keeps
+    seeing the template's work, and is still the tracer afterwards."""
+    seen: list[str] = []
+
+    def tracer(frame, event, arg):  # noqa: ANN001 - sys.settrace's signature
+        if event == "call" and frame.f_code.co_filename == "<template>" and frame.f_code.co_name != "<module>":
+            seen.append(frame.f_code.co_name)  # the render functions (the module body ran when it compiled)
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        assert render(CHATML, MSGS).startswith("<|im_start|>user")
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(previous)
+    assert seen  # the template's own code ran under the user's tracer
 
 
 def test_sandbox_escapes_still_fail():

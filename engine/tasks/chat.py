@@ -2,8 +2,11 @@
 
 Chat templates are code shipped inside downloaded files, so they run in an immutable sandbox:
 they can format messages but not reach Python objects or the file system. The sandbox does not
-bound the work, so rendering also has a deadline (checked on every line the compiled template
-runs), an output limit, and a memory bound: every value a filter, method call, operator,
+bound the work, so rendering also has a deadline, an output limit, and a memory bound. The deadline
+is checked wherever a template spends time: each item of every ``for`` loop (the compiler wraps its
+iterable), every call (macros and recursive loops included), operator, attribute or item lookup,
+filter and piece of output; no ``sys.settrace``, which would blind coverage and debuggers. The
+memory bound: every value a filter, method call, operator,
 concatenation or output would make is sized from its inputs *before* it is made (a single
 ``center(10**9)`` allocates gigabytes well inside the deadline). Every way a template makes a
 value passes one of those checks, so a doubling loop stops at the bound too. A hostile template fails its request
@@ -13,14 +16,13 @@ with one line instead of holding a thread, the memory or shutdown.
 from __future__ import annotations
 
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import TemplateError, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.nodes import Concat
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -50,6 +52,15 @@ def _raise(message: str) -> None:
 
 class _TemplateTooCostly(Exception):
     pass
+
+
+_deadline = threading.local()  # templates render in worker threads, several at once
+
+
+def _tick() -> None:
+    at = getattr(_deadline, "at", None)
+    if at is not None and time.monotonic() > at:
+        raise _TemplateTooCostly(f"rendering took over {_deadline.limit:g}s")
 
 
 def _size(value: Any, depth: int = 0) -> int:
@@ -84,6 +95,7 @@ def _check_call(what: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
 
 def _bounded_filter(name: str, func: Any) -> Any:
     def guarded(*args: Any, **kwargs: Any) -> Any:
+        _tick()
         _check_call(f"the filter {name}", args, kwargs)
         return func(*args, **kwargs)
     guarded.__dict__.update(getattr(func, "__dict__", {}))  # keeps jinja's pass_context / pass_environment marks
@@ -91,7 +103,15 @@ def _bounded_filter(name: str, func: Any) -> Any:
 
 
 class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b ~ c`` to a call the environment can size first (Jinja joins it directly)."""
+    """Compiles ``a ~ b ~ c`` to a call the environment can size first (Jinja joins it directly),
+    and every ``for`` loop's iterable to one that checks the deadline at each item (an empty body
+    nested three deep over ``range(100000)`` would otherwise run for days without a call)."""
+
+    def visit_For(self, node: nodes.For, frame: Frame) -> None:
+        if not node.recursive:  # a recursive loop's inner levels come back through loop(), a call
+            node.iter = nodes.Call(nodes.EnvironmentAttribute("ticking"), [node.iter], [], None, None,
+                                   lineno=node.lineno)
+        super().visit_For(node, frame)
 
     def visit_Concat(self, node: Concat, frame: Frame) -> None:
         self.write("environment.bounded_concat((")
@@ -110,6 +130,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _tick()
         if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > 64:
             raise _TemplateTooCostly(f"{left} ** {right}")
         if operator == "*":
@@ -123,9 +144,24 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - jinja's names
+        _tick()
         bound_to = getattr(getattr(__obj, "__wrapped__", __obj), "__self__", None)  # "{:>9}".format is wrapped
         _check_call(f"{getattr(__obj, '__name__', 'a call')}()", (bound_to, *args), kwargs)
         return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+    @staticmethod
+    def ticking(iterable: Any) -> Iterator[Any]:
+        for item in iterable:
+            _tick()
+            yield item
 
     @staticmethod
     def bounded_concat(values: tuple[Any, ...]) -> str:
@@ -160,23 +196,13 @@ def render(template: str | Any, messages: list[dict[str, str]], bos_token: str =
            add_generation_prompt: bool = True, timeout_s: float = RENDER_TIMEOUT_S) -> str:
     """``template``: its source, or what ``compile_template`` made of it."""
     compiled = compile_template(template) if isinstance(template, str) else template
-    deadline = time.monotonic() + timeout_s
-
-    def on_line(frame: Any, event: str, arg: Any) -> Any:
-        if time.monotonic() > deadline:
-            raise _TemplateTooCostly(f"rendering took over {timeout_s:g}s")
-        return on_line
-
-    def on_call(frame: Any, event: str, arg: Any) -> Any:  # trace lines of the template's own code only
-        return on_line if frame.f_code.co_filename == "<template>" else None
-
     out: list[str] = []
     size = 0
-    previous = sys.gettrace()
-    sys.settrace(on_call)
+    _deadline.at, _deadline.limit = time.monotonic() + timeout_s, timeout_s
     try:
         for piece in compiled.generate(messages=messages, bos_token=bos_token, eos_token=eos_token,
                                        add_generation_prompt=add_generation_prompt):
+            _tick()
             size += len(piece)
             if size > RENDER_MAX_CHARS:
                 raise _TemplateTooCostly(f"its output passed {RENDER_MAX_CHARS} characters")
@@ -188,7 +214,7 @@ def render(template: str | Any, messages: list[dict[str, str]], bos_token: str =
     except Exception as exc:  # noqa: BLE001 - the template is foreign code: 1/0, endless recursion, str < int
         raise BackendError(f"the model's chat template failed: {type(exc).__name__}: {_first_line(exc)}") from None
     finally:
-        sys.settrace(previous)
+        _deadline.at = None
     return "".join(out)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from autoglm.engine import __version__
+from autoglm.engine import __version__, startup
 from autoglm.engine import sampling as limits
 from autoglm.engine.cli_progress import progress_bar
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
@@ -513,6 +513,7 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup.apply_wait_policy()  # before any command loads llama.cpp
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         import os

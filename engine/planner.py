@@ -273,6 +273,8 @@ def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | Non
                            f"the free memory suggested ({ago})")
         plan.gpu_layers = idle.gpu_layers
     plan.wait_policy = idle.wait
+    r["wait_policy"] = (f"{idle.wait}: measured faster here ({ago}); set when a process starts, before llama.cpp "
+                        "loads (OMP_WAIT_POLICY in the environment wins)")
     plan.measured = True
     r["measured"] = (f"{ago}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "
                      f"(the rules' settings: {base.prefill:.0f} / {base.decode:.0f})")
@@ -290,6 +292,8 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
     reasons["threads_busy"] = ("as set: the user's count is kept even when other programs take cores" if ov.threads
                                else "fewer while other programs keep cores busy (no more threads than free cores, "
                                     "checked 4 times a second): a thread that waits for a core stalls every step")
+    reasons["wait_policy"] = ("OpenMP workers spin between steps (llama.cpp's default); `autoglm tune` measures "
+                              "whether sleeping ones run faster here")
     n_ctx, reasons["n_ctx"], kv_type, kv_tokens = _context(device, model, ov)
     kv_bytes = int(model.kv_bytes_per_token() * n_ctx * (KV_Q8_RATIO if kv_type == "q8_0" else 1))
     gpu_layers, reasons["gpu_layers"] = _gpu_layers(device, model, kv_bytes, ov, gpu_verdict)

@@ -6,6 +6,7 @@ reaching the engine only over HTTP, and the native runtimes imported in their on
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # are autoglm.engine and autoglm.app (pyproject's package-dir); src/autoglm/ is the Python API's facade.
 _LAYERS: list[tuple[str, list[str]]] = [
     ("helpers", ["engine", "engine.errors", "engine.paths", "engine.fs", "engine.process", "engine.sampling",
+                 "engine.startup",
                  "engine.models", "engine.models.sources", "engine.backends", "engine.tasks"]),
     ("facts", ["engine.hardware", "engine.models.store", "engine.models.gguf_info", "engine.models.gguf_header",
                "engine.models.progress"]),
@@ -232,3 +234,16 @@ def test_the_architecture_note_places_every_module_in_its_layer():
     wrong = {p: (layer, LAYERS[layer_of(modules[p])][0]) for p, layer in placed.items()
              if layer != LAYERS[layer_of(modules[p])][0]}
     assert not wrong, f"(note's layer, contract's layer): {wrong}"
+
+
+def test_importing_the_engine_changes_no_environment_only_start_up_does(tmp_path):
+    """The measured OpenMP wait policy is start-up's job (``engine.startup``, called by the CLI and
+    ``from autoglm import Engine``), not a side effect of importing llama.cpp's module."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "omp-wait-policy").write_text("PASSIVE")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"AUTOGLM_HOME": str(tmp_path)}
+    code = ("import os; import autoglm.engine.backends.llama_lib; print(os.environ.get('OMP_WAIT_POLICY'));"
+            "from autoglm.engine import startup; print(startup.apply_wait_policy())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "passive"]

@@ -19,26 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from autoglm.engine import paths
 from autoglm.engine.errors import BackendError
-
-WAIT_POLICY_FILE = "omp-wait-policy"  # written by `autoglm tune` when sleeping workers measured faster
-
-
-def _wait_policy() -> None:
-    """libgomp reads OMP_WAIT_POLICY once, when it loads (with llama.cpp, below): a measured
-    choice must be in the environment before then. The user's own setting wins."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    try:
-        policy = (paths.cache_dir() / WAIT_POLICY_FILE).read_text().strip()
-    except OSError:
-        return
-    if policy == "PASSIVE":
-        os.environ["OMP_WAIT_POLICY"] = policy
-
-
-_wait_policy()
 
 try:  # first, always: onnxruntime imported after a CUDA build of llama.cpp segfaults (seen on an H100)
     import onnxruntime

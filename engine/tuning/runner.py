@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import IO
 
 from autoglm.engine import paths, selftest
-from autoglm.engine.backends.llama_lib import WAIT_POLICY_FILE
 from autoglm.engine.fs import write_cache
 from autoglm.engine.loader import Prepared
 from autoglm.engine.process import module_command
+from autoglm.engine.startup import WAIT_POLICY_FILE
 from autoglm.engine.tuning import cache
 from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, layer_choices
 

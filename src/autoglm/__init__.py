@@ -17,6 +17,9 @@ __all__ = ["Engine", "ChatResult", "Prediction", "AutoGLMError"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        from autoglm.engine import startup
+
+        startup.apply_wait_policy()  # this process's start-up, before the API loads llama.cpp
         from autoglm.engine import api
 
         return getattr(api, name)

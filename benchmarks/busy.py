@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from autoglm.engine import loader  # noqa: E402
 from autoglm.engine.planner import Overrides  # noqa: E402
 from autoglm.engine.sampling import GenerationStats, SamplingParams  # noqa: E402
-from autoglm.engine.scheduler.load import available_cores  # noqa: E402
+from autoglm.engine.scheduler.cpu_load import available_cores  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
 

@@ -18,8 +18,8 @@ from autoglm.engine.models.progress import Progress
 from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.draft_model import ModelDrafter, check_vocab
-from autoglm.engine.scheduler.planner import MIN_CHUNK
 from autoglm.engine.scheduler.session import ScheduledBackend
+from autoglm.engine.scheduler.step_planner import MIN_CHUNK
 from autoglm.engine.tuning import cache as tuning_cache
 from autoglm.engine.tuning.search import Tuned
 

@@ -115,7 +115,7 @@ def test_the_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(default
     from autoglm.engine import loader
     from autoglm.engine.backends.llama_executor import GREEDY, LlamaExecutor
     from autoglm.engine.backends.llama_lib import llama_cpp
-    from autoglm.engine.scheduler.planner import Row
+    from autoglm.engine.scheduler.step_planner import Row
 
     prepared = loader.prepare(None)
     model = loader.load_scheduled(prepared)

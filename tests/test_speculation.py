@@ -209,7 +209,7 @@ def test_padding_rows_for_idle_streams_change_steps_never_text(default_model, mo
     and the padding cells are gone afterwards (llama.cpp refuses a batch whose positions skip or
     repeat, and a left-over cell would change the idle stream's next reuse)."""
     from autoglm.engine import loader
-    from autoglm.engine.scheduler.planner import StepPlanner
+    from autoglm.engine.scheduler.step_planner import StepPlanner
     from autoglm.engine.tasks.chat import PromptBuilder
 
     model = loader.load_scheduled(loader.prepare(None, pinned()), parallel=8, ctx_per_seq=512, speculative=False)
@@ -387,3 +387,22 @@ def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(q
         assert scheduler.stats["draft_accepted"] - before > 100  # copying code: most of it drafted
     finally:
         model.close()
+
+
+def test_a_copying_sequence_probes_even_after_free_text_drove_recent_acceptance_down():
+    """Qwen2.5-Coder-1.5B on a 2-core EPYC after two free-form chats: recent acceptance was low, so a
+    code edit started from a prior that judged every probe unaffordable, never drafted, and ran at
+    plain speed while llama-server's n-gram types ran 1.4-2x. A probe is judged at PROBE_P at
+    least; the backoff keeps failed ones rare."""
+    from autoglm.engine.scheduler.speculation import Acceptance
+
+    shared = Acceptance()
+    for _ in range(200):
+        shared.observe(2, 0)  # free text: drafts missed
+    d = Drafter()
+    d.reset(shared.prior())
+    assert d.p < 0.4
+    measured = _curve({1: 0.039, 2: 0.064, 4: 0.102, 8: 0.234, 16: 0.291, 33: 0.526})  # 1.5B Q4_K_M
+    code = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 5, 6, 7, 8]
+    probe = d.draft(code, 20, measured)
+    assert probe and probe == [9, 10, 11, 12][:len(probe)]  # what followed the last 4 tokens, at most PROBE_K

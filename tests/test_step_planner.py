@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, QueueFullError
-from autoglm.engine.scheduler.planner import Job, SlotState, StepPlanner
+from autoglm.engine.scheduler.step_planner import Job, SlotState, StepPlanner
 from tests.fakes import FakeExecutor
 
 PREFIXES = [[], [5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 20, 21]]  # shared system prompts

@@ -17,7 +17,7 @@ import pytest
 from autoglm.engine.planner import Overrides, make_plan
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
-from autoglm.engine.scheduler.load import ThreadSwitch
+from autoglm.engine.scheduler.cpu_load import ThreadSwitch
 from autoglm.engine.tuning import cache
 from autoglm.engine.tuning.runner import BUSY_LOOP
 from autoglm.engine.tuning.search import Config, Search, Speed, Tuned, layer_choices, thread_counts

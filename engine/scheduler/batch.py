@@ -31,10 +31,10 @@ from autoglm.engine.errors import (
 )
 from autoglm.engine.sampling import GenerationStats, SamplingParams, stop_split
 from autoglm.engine.scheduler import rejection
+from autoglm.engine.scheduler.cpu_load import ThreadSwitch
 from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
-from autoglm.engine.scheduler.load import ThreadSwitch
-from autoglm.engine.scheduler.planner import Job, Slot, Step, StepPlanner
 from autoglm.engine.scheduler.speculation import StepCost
+from autoglm.engine.scheduler.step_planner import Job, Slot, Step, StepPlanner
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ class Event:
 
 
 @dataclass
-class Request:
+class Generation:
+    """One request's life in the scheduler: its prompt and settings, the events its caller reads,
+    and the state the scheduler thread keeps while it holds a slot. (Named apart from the HTTP
+    request a server route receives.)"""
+
     prompt: list[int]
     params: SamplingParams
     grammar: str | None = None
@@ -122,14 +126,14 @@ class Scheduler:
 
     # --- public -------------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, grammar: str | None = None,
-               sink: Callable[[Event], None] | None = None, streamed: bool = True) -> Request:
+               sink: Callable[[Event], None] | None = None, streamed: bool = True) -> Generation:
         if self.thread.ident is None:
             raise RuntimeError("Scheduler.start() was not called: nothing would run this request")
         params.validate()
         self.planner.check(prompt)
         # Built here, in the caller's thread: a bad grammar fails its own request, and compiling a large
         # one never stalls the scheduler thread (and with it every running stream).
-        req = Request(prompt, params, grammar, sink=sink, streamed=streamed,
+        req = Generation(prompt, params, grammar, sink=sink, streamed=streamed,
                       sampler=self.executor.sampler(params, grammar))
         with self.lock:
             refusal = (f"the engine failed and must be restarted: {self.failed}" if self.failed else
@@ -266,7 +270,7 @@ class Scheduler:
             self.executor.trim(seq, keep)
         for slot in self.planner.active:
             job = slot.current
-            req: Request = job.owner
+            req: Generation = job.owner
             if req.decoder is None:  # admitted this step
                 req.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 req.stats.prompt_tokens = len(job.prompt)
@@ -330,7 +334,7 @@ class Scheduler:
     def _draw_verified(self, slot: Slot) -> list[int]:
         """A sampled stream's draft, verified by the rejection rule: its text is distributed exactly
         as without drafting."""
-        req: Request = slot.current.owner
+        req: Generation = slot.current.owner
         if req.rng is None:
             req.rng = np.random.default_rng(req.params.seed)
         rows = (slot.row, *slot.draft_rows)
@@ -344,7 +348,7 @@ class Scheduler:
         self.executor.trim(slot.seq, keep)
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += len(emit) - 1
-        req: Request = slot.current.owner
+        req: Generation = slot.current.owner
         req.stats.drafted += len(slot.draft)
         req.stats.accepted += len(emit) - 1
         for i, token in enumerate(emit):
@@ -357,7 +361,7 @@ class Scheduler:
         """A grammar is applied to the whole vocabulary on this thread, so a schema with thousands
         of alternatives would slow every stream's step: each such request gets a time budget per
         token (plus a grace for its first), and one that overruns it ends with an error instead."""
-        req: Request = slot.current.owner
+        req: Generation = slot.current.owner
         started = time.perf_counter()
         token = self.executor.sample_all([(req.sampler, slot.row)])[0]
         req.grammar_s += time.perf_counter() - started
@@ -375,14 +379,14 @@ class Scheduler:
         """Damaged weights (bit rot the load-time stat check cannot see, random data) give NaN or
         infinite scores: a request then ends with that said, not with empty text and success.
         Checked once per request, on the scores its first token comes from."""
-        req: Request = slot.current.owner
+        req: Generation = slot.current.owner
         self.planner.release(slot)
         self._end(req, "error", DamagedModelError(
             "the model gave no usable scores for this prompt (NaN or infinite logits): its weights may be "
             "damaged; `autoglm models verify` checks them"))
 
     def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
-        req: Request = slot.current.owner
+        req: Generation = slot.current.owner
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
             req.stats.prefill_s = req.first_token_at - req.submitted
@@ -407,7 +411,7 @@ class Scheduler:
         assert job is not None
         self._end(job.owner, reason)
 
-    def _end(self, req: Request, reason: str, error: AutoGLMError | None = None) -> None:
+    def _end(self, req: Generation, reason: str, error: AutoGLMError | None = None) -> None:
         if reason not in ("cancelled", "error") and req.decoder is not None:
             rest = req.text + req.decoder.decode(b"", final=True)  # held back for a stop string that never came
             text = stop_split(rest, req.params.stop)[0] if rest else ""
@@ -422,4 +426,4 @@ class Scheduler:
         req.put(Event(done=True, finish_reason=reason, error=error))
 
 
-__all__ = ["Event", "QueueFullError", "Request", "Scheduler", "SchedulerFailedError"]
+__all__ = ["Event", "QueueFullError", "Generation", "Scheduler", "SchedulerFailedError"]

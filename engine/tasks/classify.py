@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from autoglm.engine.backends.onnx.encoder import BATCH, Encoder, Step, batches
+from autoglm.engine.backends.onnx.encoder import BATCH, Encoder, Shrink, batches
 from autoglm.engine.errors import InvalidArgumentError, InvalidModelError
 from autoglm.engine.fs import read_user_text
 from autoglm.engine.models import store
@@ -70,7 +70,7 @@ class Classifier:
             streak, last = np.zeros(len(idx)), np.full(len(idx), -1)
 
             def visit(i: int, hidden: np.ndarray, m: np.ndarray, importance: np.ndarray, rows: np.ndarray,
-                      idx: np.ndarray = idx, streak: np.ndarray = streak, last: np.ndarray = last) -> Step | None:
+                      idx: np.ndarray = idx, streak: np.ndarray = streak, last: np.ndarray = last) -> Shrink | None:
                 final = i == layers - 1
                 head = self.heads[i]
                 if head is None or (exact and not final):
@@ -90,7 +90,7 @@ class Classifier:
                     share = self.prune_alpha / np.maximum(m.sum(axis=1, keepdims=True), 1)
                     keep = importance >= share
                     keep[:, 0] = True  # [CLS] stays
-                return Step(drop_rows=done, keep_tokens=keep)
+                return Shrink(drop_rows=done, keep_tokens=keep)
 
             encoder.run(ids, mask, visit)
         return [p for p in out if p is not None], tok.truncated

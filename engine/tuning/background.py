@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm.engine.loader import Prepared
-from autoglm.engine.scheduler.load import OtherLoad
+from autoglm.engine.scheduler.cpu_load import OtherLoad
 from autoglm.engine.tuning.runner import tune
 from autoglm.engine.tuning.search import Config, Speed, Tuned
 

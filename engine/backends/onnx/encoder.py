@@ -32,7 +32,7 @@ class Tokenized:
 
 
 @dataclass
-class Step:
+class Shrink:
     """What the caller wants after a layer: rows (items) to drop, tokens to drop in the rest."""
 
     drop_rows: np.ndarray | None = None  # bool [B]
@@ -40,7 +40,7 @@ class Step:
 
 
 # called after each layer with (layer index, hidden [B,T,H], mask [B,T], importance [B,T], rows [B])
-Visitor = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], Step | None]
+Visitor = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], Shrink | None]
 
 
 def session_options(threads: int, spinning: bool = False):

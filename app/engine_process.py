@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,5 +215,60 @@ class EngineClient:
     def delete(self, path: str) -> Any:
         with self._request("DELETE", path) as resp:
             return json.loads(resp.read())
+
+    # --- the engine's routes, one method each: the views name no path ------------------------------
+    def served_model(self) -> str:
+        return str(self.get("/v1/models")["data"][0]["id"])
+
+    def device(self) -> dict[str, Any]:
+        return dict(self.get("/autoglm/device"))
+
+    def models(self) -> dict[str, Any]:
+        """``data`` (the installed models) and ``quantize_targets``."""
+        return dict(self.get("/autoglm/models"))
+
+    def catalog(self) -> dict[str, Any]:
+        return dict(self.get("/autoglm/catalog"))
+
+    def catalog_search(self, query: str) -> dict[str, Any]:
+        return dict(self.get(f"/autoglm/catalog/search?q={urllib.parse.quote(query, safe='')}"))
+
+    def classify(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.post("/v1/classify", body))
+
+    def extract(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self.post("/v1/extract", body)["data"])
+
+    def train_classifier(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.post("/autoglm/classifiers", body))
+
+    def correct(self, classifier: str, fixes: list[dict[str, str]]) -> dict[str, Any]:
+        return dict(self.post(f"/autoglm/classifiers/{_segment(classifier)}/corrections", {"corrections": fixes}))
+
+    def pull(self, source: str, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """Progress events, then ``installed`` (or ``error``); ``cancel`` stops the job."""
+        return self.events("/autoglm/models/pull", {"source": source}, cancel)
+
+    def quantize(self, model: str, to: str, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        return self.events(f"/autoglm/models/{_segment(model)}/quantize", {"to": to}, cancel)
+
+    def convert(self, model: str, cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        return self.events(f"/autoglm/models/{_segment(model)}/convert", {}, cancel)
+
+    def verify(self, model: str) -> list[str]:
+        """The files whose sha256 no longer matches (empty: all do)."""
+        return list(self.post(f"/autoglm/models/{_segment(model)}/verify", {})["problems"])
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        """``from`` and ``to``: the versions before and after."""
+        return dict(self.post(f"/autoglm/models/{_segment(model)}/rollback", {}))
+
+    def remove(self, model: str) -> None:
+        self.delete(f"/autoglm/models/{_segment(model)}")
+
+
+def _segment(name: str) -> str:
+    """A model's name as one path segment: a name with a slash or a space never reaches another route."""
+    return urllib.parse.quote(name, safe="")
 
 

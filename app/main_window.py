@@ -105,7 +105,7 @@ class MainWindow(QMainWindow):
             self.tabs.insertTab(0, self.welcome, "Welcome")
         self.tabs.setCurrentWidget(self.welcome)
         if self._client is not None:
-            fetch(self.client, "/autoglm/device", self.welcome.install_label, self.welcome.engine_ready)
+            fetch(self.client, EngineClient.device, self.welcome.install_label, self.welcome.engine_ready)
 
     def dismiss_welcome(self) -> None:
         self.tabs.removeTab(self.tabs.indexOf(self.welcome))
@@ -215,7 +215,7 @@ class MainWindow(QMainWindow):
 
         def work() -> str:
             self.engine.start()
-            return self.engine.client().get("/v1/models")["data"][0]["id"]
+            return self.engine.client().served_model()
 
         in_background(work, self._on_started, self._on_crash, name="engine-start")
 
@@ -232,7 +232,7 @@ class MainWindow(QMainWindow):
         self.classify.refresh()
         self.device.refresh()
         if self.tabs.indexOf(self.welcome) >= 0:
-            fetch(self.client, "/autoglm/device", self.welcome.install_label, self.welcome.engine_ready)
+            fetch(self.client, EngineClient.device, self.welcome.install_label, self.welcome.engine_ready)
         self.watch.start()
 
     def _check_engine(self) -> None:

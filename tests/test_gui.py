@@ -56,7 +56,7 @@ def test_a_message_streams_into_the_chat_and_survives_reopening(qtbot, window, t
 
 def test_stop_works_mid_reply(qtbot, window):
     _send(qtbot, window, "Tell me a very long story about a dragon.")
-    qtbot.waitUntil(lambda: len(window.chat.reply) > 20, timeout=120_000)
+    qtbot.waitUntil(lambda: len(window.chat.current.text) > 20, timeout=120_000)
     with qtbot.waitSignal(window.chat.reply_finished, timeout=30_000):
         window.chat.stop_btn.click()
     assert "stopped" in window.chat.transcript.toPlainText()

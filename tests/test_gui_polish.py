@@ -16,7 +16,7 @@ from PySide6.QtGui import QGuiApplication  # noqa: E402
 
 from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.markdown import DARK, LIGHT, TranscriptRenderer  # noqa: E402
-from autoglm.app.views.chat import ChatView, clean_title, fallback_title  # noqa: E402
+from autoglm.app.views.chat import ChatView, Phase, Reply, clean_title, fallback_title  # noqa: E402
 
 CODE_REPLY = "Sure:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nThen:\n\n```\nplain text\n```"
 
@@ -79,18 +79,18 @@ def test_streaming_follows_the_bottom_unless_the_user_scrolled_up(chat):
     chat.open(conv.id)
     bar = chat.transcript.verticalScrollBar()
     assert bar.maximum() > 0 and bar.value() == bar.maximum()
-    chat.streaming, chat.reply = True, "a reply that grows " * 40
+    chat.current = Reply(Phase.STREAMING, "a reply that grows " * 40)
     chat.show_transcript()
     assert bar.value() == bar.maximum()  # following
     bar.setValue(100)  # the user scrolls up to read
-    chat.reply += "and grows " * 200
+    chat.current.add("and grows " * 200)
     chat.show_transcript()
     assert bar.value() == 100 and bar.maximum() > 100
     bar.setValue(bar.maximum())  # back to the bottom: following again
-    chat.reply += "more " * 100
+    chat.current.add("more " * 100)
     chat.show_transcript()
     assert bar.value() == bar.maximum()
-    chat.streaming = False
+    chat.current = Reply()
 
 
 def test_keys_enter_sends_shift_enter_newline_esc_stops_ctrl_n_new(qtbot, chat):
@@ -104,8 +104,9 @@ def test_keys_enter_sends_shift_enter_newline_esc_stops_ctrl_n_new(qtbot, chat):
     conv = chat.conversation_id
     assert [m.content for m in chat.store.messages(conv)] == ["first line\nsecond line"]
     assert chat.store.get(conv).title == "first line second line"
+    assert chat.pending  # no engine yet: the reply waits for it
     qtbot.keyClick(chat.input, Qt.Key.Key_Escape)
-    assert chat.cancel.is_set()
+    assert not chat.pending  # Esc drops the waiting reply (it used to start anyway once the engine came)
     qtbot.keyClick(chat.input, Qt.Key.Key_N, Qt.KeyboardModifier.ControlModifier)
     assert chat.conversation_id != conv and not chat.store.messages(chat.conversation_id)
 

@@ -247,3 +247,20 @@ def test_importing_the_engine_changes_no_environment_only_start_up_does(tmp_path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["None", "passive"]
+
+
+def test_only_the_engine_client_names_the_engines_routes():
+    """The views call EngineClient's methods (one per route); no other app module spells a path,
+    so a route that changes is mended in one place."""
+    spelled = []
+    for name, path in our_modules().items():
+        if not name.startswith("autoglm.app") or name == "autoglm.app.engine_process":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and node.value.startswith(("/v1/", "/autoglm/", "/health", "/metrics")):
+                spelled.append(f"{name}:{node.lineno} {node.value}")
+            if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant) \
+                    and str(node.values[0].value).startswith(("/v1/", "/autoglm/")):
+                spelled.append(f"{name}:{node.lineno} f-string {node.values[0].value}")
+    assert not spelled, spelled

@@ -11,10 +11,10 @@ from autoglm.app.background import in_background
 from autoglm.app.engine_process import EngineClient
 
 
-def fetch(client: Callable[[], EngineClient | None], path: str, status: QLabel,
+def fetch(client: Callable[[], EngineClient | None], call: Callable[[EngineClient], Any], status: QLabel,
           on_reply: Callable[[Any], Any], then: Callable[[], Any] | None = None) -> None:
-    """GET ``path`` from the engine off the UI thread; ``on_reply(body)`` then ``then()`` on the UI
-    thread, or the reason shown in ``status``."""
+    """``call(client)`` (one of the client's route methods) off the UI thread; ``on_reply(body)``
+    then ``then()`` on the UI thread, or the reason shown in ``status``."""
     engine = client()
     if engine is None:
         status.setText("the engine is not running")
@@ -25,4 +25,4 @@ def fetch(client: Callable[[], EngineClient | None], path: str, status: QLabel,
         if then is not None:
             then()
 
-    in_background(lambda: engine.get(path), done, status.setText, name=f"GET {path}")
+    in_background(lambda: call(engine), done, status.setText, name=getattr(call, "__name__", "fetch"))

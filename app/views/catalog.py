@@ -67,7 +67,7 @@ class CatalogView(QWidget):
 
     def refresh(self) -> None:
         self.status.setText("measuring this device's speed…")
-        fetch(self.client, "/autoglm/catalog", self.status, self._listed)
+        fetch(self.client, EngineClient.catalog, self.status, self._listed)
 
     def _listed(self, reply: dict[str, Any]) -> None:
         ref = reply["reference"]
@@ -117,7 +117,7 @@ class CatalogView(QWidget):
             self.status.setText(f"⚠ {message}")
             self.done.emit()
 
-        in_background(lambda: client.get(f"/autoglm/catalog/search?q={_quote(query)}"), found, failed,
+        in_background(lambda: client.catalog_search(query), found, failed,
                       name="catalog-search")
 
     def pull_selected(self) -> None:
@@ -126,9 +126,3 @@ class CatalogView(QWidget):
             self.status.setText("select a model to pull")
             return
         self.pull_requested.emit(self.sources[rows[0].row()])
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")

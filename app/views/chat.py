@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
@@ -77,6 +79,39 @@ class _ComposerKeys(QObject):
         return False
 
 
+class Phase(Enum):
+    IDLE = "idle"
+    WAITING = "waiting"  # sent; the reply starts when the engine is back (with this chat's model)
+    STREAMING = "streaming"
+
+
+@dataclass
+class Reply:
+    """The reply in flight, as one state (GPT4All's ResponseState) instead of flags that had to
+    agree: its phase, text so far, timing and the event that stops it."""
+
+    phase: Phase = Phase.IDLE
+    text: str = ""
+    pieces: int = 0
+    started: float = 0.0
+    first_at: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def add(self, piece: str) -> None:
+        if self.first_at is None:
+            self.first_at = time.perf_counter()
+        self.text += piece
+        self.pieces += 1
+
+    def summary(self) -> tuple[int, float, float, str]:
+        """(tokens, tokens/s, time to first token in ms, the line shown under the reply)."""
+        end = time.perf_counter()
+        ttft = ((self.first_at or end) - self.started) * 1000
+        rate = (self.pieces - 1) / (end - self.first_at) if self.first_at and end > self.first_at else 0.0
+        stopped = " · stopped" if self.cancel.is_set() else ""
+        return self.pieces, rate, ttft, f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}"
+
+
 class ChatView(QWidget):
     reply_finished = Signal()
     measured = Signal(int, float, float)  # tokens, tokens/s, time to first token (ms)
@@ -87,14 +122,8 @@ class ChatView(QWidget):
         super().__init__()
         self.store, self.client = store, client
         self.conversation_id: int | None = None
-        self.reply = ""  # the reply being streamed
-        self.streaming = False
+        self.current = Reply()  # the reply in flight (phase IDLE: none)
         self.serving: str | None = None  # the model the engine child serves now
-        self.pending = False  # a reply waits for the engine to come back with this chat's model
-        self.cancel = threading.Event()
-        self.started = 0.0
-        self.first_at: float | None = None
-        self.pieces = 0
         self.render_timer = QTimer(self, interval=RENDER_EVERY_MS)
         self.render_timer.timeout.connect(self._render_if_dirty)
         self.dirty = False
@@ -199,15 +228,26 @@ class ChatView(QWidget):
         self.model.addItems(names if not serving or serving in names else [serving, *names])
         self.model.setCurrentText(chosen if chosen in names else serving or "")
 
+    @property
+    def streaming(self) -> bool:
+        return self.current.phase is Phase.STREAMING
+
+    @property
+    def pending(self) -> bool:
+        return self.current.phase is Phase.WAITING
+
+    @property
+    def busy(self) -> bool:
+        return self.current.phase is not Phase.IDLE
+
     def engine_ready(self, serving: str) -> None:
         self.serving = serving
         if self.pending:
-            self.pending = False
+            self.current = Reply()
             self._start_reply()
 
     def engine_failed(self, message: str) -> None:
         if self.pending:
-            self.pending = False
             self._on_failed(message)
 
     def choose_model(self, _index: int = -1) -> None:
@@ -251,7 +291,7 @@ class ChatView(QWidget):
         if self.conversation_id is not None:
             turns = [(m.role, m.content, m.stats) for m in self.store.messages(self.conversation_id)]
         if self.streaming:
-            turns.append(("assistant", self.reply, None))
+            turns.append(("assistant", self.current.text, None))
         bar = self.transcript.verticalScrollBar()
         following = bar.value() >= bar.maximum() - BOTTOM_SLACK
         kept = bar.value()
@@ -274,7 +314,7 @@ class ChatView(QWidget):
 
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self.streaming:
+        if not text or self.busy:
             return
         if self.conversation_id is None:
             self.new_conversation()
@@ -313,14 +353,14 @@ class ChatView(QWidget):
     def _start_reply(self) -> None:
         wanted = self.model.currentText()
         if wanted and self.serving and wanted != self.serving:  # a chat opened with another model
-            self.pending = True
+            self.current = Reply(Phase.WAITING)
             self.transcript.append(f"\nloading {wanted}…")
             self.model_needed.emit(wanted)
             return
         client = self.client()
         if client is None:
             if self.pending or self.serving is None:  # the engine is (re)starting: reply once it is up
-                self.pending = True
+                self.current = Reply(Phase.WAITING)
                 return
             self._on_failed("the engine is not running")
             return
@@ -328,33 +368,28 @@ class ChatView(QWidget):
         messages = [{"role": m.role, "content": m.content} for m in self.store.messages(self.conversation_id)]
         if self.system.text().strip():
             messages.insert(0, {"role": "system", "content": self.system.text().strip()})
-        self.streaming, self.reply, self.pieces, self.first_at = True, "", 0, None
-        self.cancel = threading.Event()
-        self.started = time.perf_counter()
+        self.current = reply = Reply(Phase.STREAMING, started=time.perf_counter())
         self._set_busy(True)
         self.render_timer.start()
         self.show_transcript()
-        cancel, temperature = self.cancel, self.temperature.value()
+        cancel, temperature = reply.cancel, self.temperature.value()
 
         def work() -> None:
             for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
-                on_ui(partial(self._on_piece, piece))
+                on_ui(partial(self._on_piece, reply, piece))
 
         in_background(work, lambda _: self._on_done(""), self._on_failed, name="chat-stream")
 
-    def _on_piece(self, piece: str) -> None:
-        if self.first_at is None:
-            self.first_at = time.perf_counter()
-        self.reply += piece
-        self.pieces += 1
+    def _on_piece(self, reply: Reply, piece: str) -> None:
+        reply.add(piece)  # its own reply: a late piece of a stopped stream never joins the next one
         self.dirty = True
 
     def _finish(self, stats: str | None) -> None:
-        if self.conversation_id is not None and self.reply:
-            self.store.add(self.conversation_id, "assistant", self.reply, stats)
+        if self.conversation_id is not None and self.current.text:
+            self.store.add(self.conversation_id, "assistant", self.current.text, stats)
             if len(self.store.messages(self.conversation_id)) == 2:
                 self.name_conversation(self.conversation_id)
-        self.streaming = False
+        self.current = Reply()
         self.render_timer.stop()
         self._set_busy(False)
         self.refresh_list()
@@ -381,19 +416,19 @@ class ChatView(QWidget):
         in_background(work, done, lambda _msg: self.titled.emit(conversation_id), name="chat-title")
 
     def _on_done(self, _unused: str) -> None:
-        end = time.perf_counter()
-        ttft = ((self.first_at or end) - self.started) * 1000
-        rate = (self.pieces - 1) / (end - self.first_at) if self.first_at and end > self.first_at else 0.0
-        stopped = " · stopped" if self.cancel.is_set() else ""
-        self.measured.emit(self.pieces, rate, ttft)
-        self._finish(f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}")
+        tokens, rate, ttft, line = self.current.summary()
+        self.measured.emit(tokens, rate, ttft)
+        self._finish(line)
 
     def _on_failed(self, message: str) -> None:
         self._finish(None)
         self.transcript.append(f"\n⚠ {message}")
 
     def stop(self) -> None:
-        self.cancel.set()
+        """Esc or Stop: a streaming reply ends where it is; one still waiting for the engine is dropped."""
+        if self.pending:
+            self.current = Reply()
+        self.current.cancel.set()
 
     def _set_busy(self, busy: bool) -> None:
         self.send_btn.setEnabled(not busy)

@@ -97,7 +97,7 @@ class ClassifyView(QWidget):
 
     def refresh(self, then: Callable[[], Any] | None = None) -> None:
         """Ask the engine for its classifiers; the picker fills when it answers, then ``then()`` runs."""
-        fetch(self.client, "/autoglm/models", self.status, self._listed, then)
+        fetch(self.client, EngineClient.models, self.status, self._listed, then)
 
     def _listed(self, reply: dict[str, Any]) -> None:
         current = self.picker.currentText()
@@ -145,7 +145,7 @@ class ClassifyView(QWidget):
 
         def work(client: EngineClient) -> tuple[dict[str, Any], float]:
             started = time.perf_counter()
-            return client.post("/v1/classify", body), time.perf_counter() - started
+            return client.classify(body), time.perf_counter() - started
 
         self._run(work, lambda result: self._show(*result))
 
@@ -181,7 +181,7 @@ class ClassifyView(QWidget):
         self._train({"name": name, "examples_file": {"name": os.path.basename(path), "content": content}})
 
     def _train(self, body: dict[str, Any]) -> None:
-        self._run(lambda client: client.post("/autoglm/classifiers", body), lambda _: self._trained(body["name"]))
+        self._run(lambda client: client.train_classifier(body), lambda _: self._trained(body["name"]))
 
     def _trained(self, name: str) -> None:
         self.select_after = name  # once the refreshed list holds it
@@ -243,7 +243,7 @@ class ClassifyView(QWidget):
                                 f"in {reply['seconds']:.1f}s (Models → Roll back undoes it)")
             self.done.emit()
 
-        self._run(lambda client: client.post(f"/autoglm/classifiers/{name}/corrections", {"corrections": fixes}),
+        self._run(lambda client: client.correct(name, fixes),
                   saved)
 
     def _failed(self, message: str) -> None:

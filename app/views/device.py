@@ -67,7 +67,7 @@ class DeviceView(QWidget):
                                   None if layers == -2 else layers)
 
     def refresh(self) -> None:
-        fetch(self.client, "/autoglm/device", self.status, self._show)
+        fetch(self.client, EngineClient.device, self.status, self._show)
 
     def _show(self, report: dict[str, Any]) -> None:
         while self.summary.rowCount():

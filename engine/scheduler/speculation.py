@@ -16,6 +16,7 @@ NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little 
 MAX_K = 32  # 1.5B on 2 cores: 16-33 row steps run matrix kernels, the most tokens per second when copying
 PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PROBE_P = 0.75  # ... judged as if this many drafted tokens were accepted: a probe must be affordable to learn
+RUN_EVIDENCE = 8  # drafted tokens accepted in a row before that stretch counts as a copy of its own
 PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed two-thirds acceptable
 PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)
 PROBE_GAP = 8  # tokens before the next probe after one that found nothing; doubled per miss in a row ...
@@ -162,8 +163,10 @@ class Drafter:
         # Misses come in clusters (where the reply departs from its source: the edited line, the end),
         # not one token in twenty throughout, so the stretch accepted since the last miss is evidence
         # of its own: 30 in a row say 0.97 where the whole sequence says 0.93, and on a 1.5B model on a
-        # CPU only that pays for the 16-33 row steps where copying is fastest.
-        return best_k(max(self.p, (self.run + 1) / (self.run + 2)), row_cost, limit, rows)
+        # CPU only that pays for the 16-33 row steps where copying is fastest. A short stretch is not
+        # (free text repeats "of the" now and then): below RUN_EVIDENCE it counts for nothing.
+        run = (self.run + 1) / (self.run + 2) if self.run >= RUN_EVIDENCE else 0.0
+        return best_k(max(self.p, run), row_cost, limit, rows)
 
     def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
         """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""

@@ -173,3 +173,12 @@ def test_measured_speeds_are_remembered_per_device(tmp_path, monkeypatch):
     remember_speed(device, Reference("a", 1, 2.0, False))
     remember_speed(device, Reference("a", 1, 3.0, False))  # measured again: the newer figure
     assert measured(device) == [Reference("a", 1, 3.0, False)] and measured(other) == []
+
+
+def test_a_fitted_estimate_says_its_terms_in_the_units_it_names():
+    """10 ms a token plus 20 ms per GB, measured at 0.5 and 1 GB: a 2 GB model is 50 ms a token, and
+    the basis says so (it printed "0 ms per GB": seconds per byte scaled as if to seconds per GB)."""
+    refs = [Reference("small", 500_000_000, 1 / 0.020, False), Reference("big", 1_000_000_000, 1 / 0.030, False)]
+    rate, basis = expected_speed(2_000_000_000, refs, "chat")
+    assert rate == 20.0
+    assert "10.0 ms a token plus 20 ms per GB" in basis

@@ -113,7 +113,7 @@ def expected_speed(size: int, references: Reference | list[Reference] | None, ki
         fixed, per_byte = fit
         return round(1 / (fixed + per_byte * size), 1), (
             f"fitted to {len(refs)} models measured here: {fixed * 1000:.1f} ms a token plus "
-            f"{per_byte * 1e9:.0f} ms per GB of weights")
+            f"{per_byte * 1e12:.0f} ms per GB of weights")
     reference = max(refs, key=lambda r: r.size)
     rate = reference.tokens_per_s * reference.size / size
     return round(rate, 1), (f"scaled from {reference.model}'s {reference.tokens_per_s:.0f} tok/s measured here "

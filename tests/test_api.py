@@ -10,6 +10,8 @@ import pytest
 
 from tests.test_extract import PERSON
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 QUESTION = "What is the capital of France? Answer in one word."
 
 

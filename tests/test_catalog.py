@@ -49,6 +49,7 @@ def test_sizes_fit_and_speed_on_recorded_devices(tmp_path, monkeypatch):
     assert next(r for r in rows if r["source"] == big.source)["tokens_per_s"] is None  # does not fit: no speed
 
 
+@pytest.mark.slow
 def test_the_engine_lists_the_catalog_with_a_measured_speed(default_model):
     from autoglm.engine import loader
     from autoglm.engine.runtime import Runtime

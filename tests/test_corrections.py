@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 
 @pytest.fixture(scope="module")
 def reviews():

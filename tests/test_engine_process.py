@@ -10,6 +10,8 @@ import pytest
 
 from autoglm.app.engine_process import EngineError, EngineOptions, EngineProcess
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 

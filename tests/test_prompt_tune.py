@@ -54,6 +54,7 @@ def test_tuning_mistakes_end_before_any_model_loads(tmp_path):
     assert out.returncode == 2 and "not a usable model name" in out.stderr
 
 
+@pytest.mark.slow
 def test_classify_prompt_tunes_saves_and_is_used(default_model, tmp_path):
     from autoglm.engine.tasks.prompt_tune import TunedPrompt
     from benchmarks.datasets import rotten_tomatoes
@@ -82,6 +83,7 @@ def test_classify_prompt_tunes_saves_and_is_used(default_model, tmp_path):
     assert 100 * sum(a == y for a, (_, y) in zip(labels, held, strict=True)) / len(held) == pytest.approx(after)
 
 
+@pytest.mark.slow
 def test_extract_prompt_tunes_and_extract_uses_it_without_a_schema(default_model, tmp_path):
     from tests.test_extract import PERSON
 

@@ -48,6 +48,7 @@ def test_the_readme_has_the_examples_this_test_checks():
 
 
 @pytest.mark.parametrize("args", _run_examples(), ids=lambda a: a[-1][:30])
+@pytest.mark.slow
 def test_each_readme_run_example_answers_sensibly_with_the_default(qwen_05b, args):
     out = subprocess.run([sys.executable, "-m", "autoglm", *args], capture_output=True, text=True, env=_env(),
                          timeout=300, check=False)
@@ -56,6 +57,7 @@ def test_each_readme_run_example_answers_sensibly_with_the_default(qwen_05b, arg
     assert check(out.stdout), out.stdout
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_answers_sensibly_with_the_default(qwen_05b):
     """The Python block up to the classifier training (its `...` stand for the user's own data)."""
     block = re.search(r"### Python API\n\n```python\n(.*?)```", README, re.S)

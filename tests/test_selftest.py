@@ -4,10 +4,14 @@ import os
 import signal
 import sys
 
+import pytest
+
 from autoglm.engine import selftest
 from autoglm.engine.backends import native
 from autoglm.engine.planner import make_plan
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
 
 SEGV_CHILD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
 

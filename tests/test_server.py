@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import openai
 import pytest
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 
 class _Reply:
     def __init__(self, status: int, body: bytes) -> None:

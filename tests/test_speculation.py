@@ -177,6 +177,7 @@ PROMPTS = [f"Repeat this text exactly: {DOC}",
            "Write the alphabet in capital letters.", "Describe a sunrise in three sentences."]
 
 
+@pytest.mark.slow
 def test_real_model_text_is_identical_with_and_without_speculation(backend, monkeypatch):
     """Temperature 0 on the real model: drafts verified by the model itself change steps, not text.
     Rows are made to look free, so every lookup hit is drafted at full length (the most verifying)."""
@@ -203,6 +204,7 @@ def test_real_model_text_is_identical_with_and_without_speculation(backend, monk
 
 
 
+@pytest.mark.slow
 def test_padding_rows_for_idle_streams_change_steps_never_text(default_model, monkeypatch):
     """Eight real streams, the fourth ending first: the others run with a throwaway row for its
     idle sequence (one graph instead of two). Texts are those of the same batch without padding,
@@ -296,6 +298,7 @@ def test_draft_models_must_share_the_vocabulary():
         check_vocab(model(100), model(100, eos=3), "a", "b")
 
 
+@pytest.mark.slow
 def test_a_real_draft_model_keeps_the_text_and_drafts_are_accepted(backend, tmp_path):
     """The model's own Q4_0 re-quantization (llama.cpp's quantizer) drafts for the Q4_1 model:
     same vocabulary, mostly the same guesses. Temperature 0: text identical to plain decoding."""
@@ -344,6 +347,7 @@ def test_a_new_sequence_starts_from_what_recent_ones_accepted():
     assert learnt.length(10, dear) == 0
 
 
+@pytest.mark.slow
 def test_the_0_5b_keeps_its_text_with_speculation_over_a_batch_of_long_prompts(qwen_05b, monkeypatch):
     """At real size (Qwen2.5-Coder-0.5B, Q4_K_M): four code edits of 40-80 line functions from Python's
     standard library, batched, at temperature 0: drafts (made to look free, so every lookup hit is

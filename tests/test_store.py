@@ -3,7 +3,11 @@
 import json
 import shutil
 
+import pytest
+
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
 
 
 def _copy_model(home, name: str) -> None:

@@ -16,6 +16,8 @@ import pytest
 
 from tests.test_server import server
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 WORDS = "the quick brown fox jumps over a lazy dog near the river bank while it rains".split()
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import run_cli, snapshot
 
+pytestmark = pytest.mark.slow  # real models or processes (the full tier)
+
 
 @pytest.fixture(scope="module")
 def variants(default_model, tmp_path_factory):

@@ -24,7 +24,7 @@ def apply_wait_policy() -> str:
     if "OMP_WAIT_POLICY" not in os.environ:
         try:
             measured = (paths.cache_dir() / WAIT_POLICY_FILE).read_text().strip()
-        except OSError:
+        except (OSError, ValueError):  # missing, unreadable or not text: a cache, so spin as by default
             measured = ""
         if measured == "PASSIVE":
             os.environ["OMP_WAIT_POLICY"] = measured

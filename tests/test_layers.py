@@ -264,3 +264,14 @@ def test_only_the_engine_client_names_the_engines_routes():
                     and str(node.values[0].value).startswith(("/v1/", "/autoglm/")):
                 spelled.append(f"{name}:{node.lineno} f-string {node.values[0].value}")
     assert not spelled, spelled
+
+
+def test_a_damaged_wait_policy_file_leaves_every_command_working(tmp_path):
+    """The file is a cache the tuner writes; bytes that are not text (a disk error, a hand edit) must not
+    turn every `autoglm` command into a traceback at start-up."""
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "omp-wait-policy").write_bytes(b"\xff\xfe\x00garbage")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"AUTOGLM_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "autoglm", "--version"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0 and not out.stderr, out.stderr

@@ -32,8 +32,9 @@ class FakeExecutor:
 
     def __init__(self, n_seq: int = 4, n_batch: int = 64, vocab: int = 50, fail_on_step: int | None = None,
                  eog_after: int | None = None, copy_period: int | None = None, step_s: float = 0.0,
-                 row_s: float = 0.0) -> None:
+                 row_s: float = 0.0, ctx: int | None = None) -> None:
         self.n_seq, self.n_batch, self.vocab = n_seq, n_batch, vocab
+        self.ctx = ctx  # cells per sequence, where a test sets it (llama.cpp fails the decode past them)
         self.kv: list[list[int]] = [[] for _ in range(n_seq)]
         self.fail_on_step, self.eog_after, self.copy_period = fail_on_step, eog_after, copy_period
         self.steps = 0
@@ -67,6 +68,7 @@ class FakeExecutor:
         self.outputs = {}
         for i, row in enumerate(rows):
             assert row.pos == len(self.kv[row.seq]), f"seq {row.seq}: pos {row.pos} after {len(self.kv[row.seq])}"
+            assert self.ctx is None or row.pos < self.ctx, f"seq {row.seq}: pos {row.pos} past {self.ctx} cells"
             self.kv[row.seq].append(row.token)
             if row.logits:
                 self.outputs[i] = self.next_token(self.kv[row.seq])

@@ -280,6 +280,21 @@ def test_a_draft_model_changes_steps_never_text(draft_vocab):
         assert stats["draft_accepted"] < stats["draft_tokens"] * 0.5
 
 
+def test_a_draft_model_server_with_a_small_context_starts_and_answers():
+    """Before serving, a draft model's target times steps of up to 32 rows on one sequence: a --ctx
+    smaller than that must shorten the measurement, not fail the engine at start-up."""
+    target = FakeExecutor(n_seq=1, n_batch=48, ctx=16)
+    from autoglm.engine.scheduler.draft_model import ModelDrafter
+
+    s = Scheduler(target, parallel=1, ctx_per_seq=16, draft=ModelDrafter(FakeExecutor(n_seq=1, n_batch=48, ctx=16)))
+    try:
+        req = s.start().submit([3, 1, 4], GREEDY)
+        events = list(req.stream(timeout=30))
+        assert events[-1].error is None and s.failed is None
+    finally:
+        s.close()
+
+
 def test_draft_models_must_share_the_vocabulary():
     from types import SimpleNamespace
 

@@ -202,7 +202,7 @@ class Scheduler:
         # and the curve, where a draft model's drafts are verified: found by trying, each longer draft
         # costs that many draft-model steps first (a 0.5B drafting for a 1.5B lost 27% exploring it)
         for rows in (2, 4, 8, 16, 32):
-            if rows <= self.executor.n_batch:
+            if rows <= min(self.executor.n_batch, self.ctx_per_seq - 1):  # a small --ctx holds fewer cells
                 self.step_cost.observe(rows, one_row_step(self.executor, runs=1, rows=rows))
         if self.draft.step_s is None:
             self.draft.calibrate()

@@ -236,12 +236,17 @@ def test_the_architecture_note_places_every_module_in_its_layer():
     assert not wrong, f"(note's layer, contract's layer): {wrong}"
 
 
+def _home_with_wait_policy(home: Path, content: bytes) -> dict[str, str]:
+    """An environment whose data folder holds this wait-policy cache file, and no policy of its own."""
+    (home / "cache").mkdir()
+    (home / "cache" / "omp-wait-policy").write_bytes(content)
+    return {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"AUTOGLM_HOME": str(home)}
+
+
 def test_importing_the_engine_changes_no_environment_only_start_up_does(tmp_path):
     """The measured OpenMP wait policy is start-up's job (``engine.startup``, called by the CLI and
     ``from autoglm import Engine``), not a side effect of importing llama.cpp's module."""
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "omp-wait-policy").write_text("PASSIVE")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"AUTOGLM_HOME": str(tmp_path)}
+    env = _home_with_wait_policy(tmp_path, b"PASSIVE")
     code = ("import os; import autoglm.engine.backends.llama_lib; print(os.environ.get('OMP_WAIT_POLICY'));"
             "from autoglm.engine import startup; print(startup.apply_wait_policy())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
@@ -269,9 +274,7 @@ def test_only_the_engine_client_names_the_engines_routes():
 def test_a_damaged_wait_policy_file_leaves_every_command_working(tmp_path):
     """The file is a cache the tuner writes; bytes that are not text (a disk error, a hand edit) must not
     turn every `autoglm` command into a traceback at start-up."""
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "omp-wait-policy").write_bytes(b"\xff\xfe\x00garbage")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"AUTOGLM_HOME": str(tmp_path)}
+    env = _home_with_wait_policy(tmp_path, b"\xff\xfe\x00garbage")
     out = subprocess.run([sys.executable, "-m", "autoglm", "--version"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.returncode == 0 and not out.stderr, out.stderr

@@ -12,10 +12,12 @@ from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.speculation import (
     MAX_K,
+    MEMORY_N,
     PAUSE_TOKENS,
     PRIOR_ROW_COST,
     PROBE_GAP,
     Drafter,
+    NgramMemory,
     StepCost,
     best_k,
 )
@@ -113,6 +115,77 @@ def test_probes_that_find_nothing_come_ever_more_rarely():
     assert len(probes) <= 6  # of 200 tokens: each miss cost a 4-row step, about 2.5 one-row steps here
     d.observe(3, 2)  # an accepted draft ends the backoff
     assert d.misses == 0 and d.draft(text, 10, dear)
+
+
+QWEN_1_5B = {1: 0.039, 2: 0.064, 4: 0.102, 8: 0.234, 16: 0.291, 33: 0.526}  # Q4_K_M, 2-core EPYC, s per step
+
+
+def test_the_draft_follows_the_occurrence_that_agrees_furthest_back():
+    """Code repeats short n-grams everywhere: the latest occurrence of the last four tokens is
+    often another place than the one being copied; the one agreeing furthest back is the source."""
+    source = [50, 51, 52, 53, 54, 1, 2, 3, 4, 60, 61, 62]
+    elsewhere = [70, 71, 1, 2, 3, 4, 80, 81, 82]
+    d = Drafter()
+    d.observe(1, 1)  # proven, so the length is not a probe's
+    assert d.draft(source + elsewhere + [50, 51, 52, 53, 54, 1, 2, 3, 4], 3, row_cost=0.0) == [60, 61, 62]
+    fresh = Drafter()
+    fresh.observe(1, 1)
+    assert fresh.draft(source + elsewhere + [99, 1, 2, 3, 4], 3, row_cost=0.0) == [80, 81, 82]  # a tie: the latest
+
+
+def test_a_long_match_drafts_long_on_a_first_request():
+    """A first request at real size: a code edit on Qwen2.5-Coder-1.5B copies its function. Once
+    the reply agrees with the source for MATCH_EVIDENCE tokens it drafts long at once, not 4-token
+    probes until a draft is accepted (plain speed for dozens of tokens, where ngram-mod drafted 48)."""
+    from autoglm.engine.scheduler.speculation import PROBE_K, Acceptance
+
+    shared = Acceptance()
+    for _ in range(200):
+        shared.observe(2, 0)  # free chats before: recent acceptance low
+    code = list(range(100, 160))
+    short, long_ = Drafter(), Drafter()
+    short.reset(shared.prior())
+    long_.reset(shared.prior())
+    measured = _curve(QWEN_1_5B)
+    assert 0 < len(short.draft(code + code[:5], 64, measured)) <= PROBE_K  # 5 tokens agree: a probe
+    drafted = long_.draft(code + code[:30], 64, measured)
+    assert len(drafted) >= 15 and drafted == code[30:30 + len(drafted)]
+
+
+def test_a_reply_asked_for_again_is_drafted_from_the_shared_memory():
+    """Regenerating an answer, or editing code the model wrote: the earlier reply, released by its
+    sequence, drafts the new one from its first MEMORY_N tokens, long and at once."""
+    memory = NgramMemory()
+    reply = list(range(1000, 1080))
+    memory.add([7] * 20 + reply)
+    d = Drafter()
+    prompt = [8, 9, 10, 11]  # the new request's prompt holds nothing of the reply
+    assert d.draft(prompt + reply[:MEMORY_N - 1], 64, _curve(QWEN_1_5B), memory=memory) == []
+    drafted = d.draft(prompt + reply[:MEMORY_N], 64, _curve(QWEN_1_5B), memory=memory)
+    assert len(drafted) >= 15 and drafted == reply[MEMORY_N:MEMORY_N + len(drafted)]
+
+
+def test_the_shared_memory_is_bounded():
+    memory = NgramMemory(n=4, capacity=100)
+    for start in range(0, 1000, 50):
+        memory.add(list(range(start, start + 60)))
+        assert len(memory.next) <= 100
+    assert memory.follow([950, 951, 952, 953], 5) == [954, 955, 956, 957, 958]  # the newest is kept
+    assert memory.follow([0, 1, 2, 3], 5) == []  # the oldest is gone
+
+
+def test_the_planner_remembers_released_replies_not_prompts():
+    from autoglm.engine.scheduler.step_planner import Job, StepPlanner
+
+    planner = StepPlanner(n_slots=1, n_batch=64, ctx_per_seq=256)
+    planner.enqueue(Job(list(range(40)), 30))
+    planner.plan()
+    slot = planner.slots[0]
+    for token in range(500, 520):
+        planner.accept(slot, token)
+    planner.release(slot)
+    assert planner.memory.follow(list(range(500, 500 + MEMORY_N)), 10) == [516, 517, 518, 519]
+    assert planner.memory.follow(list(range(MEMORY_N)), 3) == []  # the prompt is its own sequence's to index
 
 
 def _curve(times: dict[int, float]) -> StepCost:
@@ -421,7 +494,7 @@ def test_a_copying_sequence_probes_even_after_free_text_drove_recent_acceptance_
     d = Drafter()
     d.reset(shared.prior())
     assert d.p < 0.4
-    measured = _curve({1: 0.039, 2: 0.064, 4: 0.102, 8: 0.234, 16: 0.291, 33: 0.526})  # 1.5B Q4_K_M
+    measured = _curve(QWEN_1_5B)
     code = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 5, 6, 7, 8]
     probe = d.draft(code, 20, measured)
     assert probe and probe == [9, 10, 11, 12][:len(probe)]  # what followed the last 4 tokens, at most PROBE_K

@@ -21,6 +21,9 @@ PRIOR_ACCEPTED, PRIOR_REJECTED = 2.0, 1.0  # a new sequence's drafts: assumed tw
 PAUSE_TOKENS = 48  # not drafting for this long: forget what was learnt (the text may turn to copying)
 PROBE_GAP = 8  # tokens before the next probe after one that found nothing; doubled per miss in a row ...
 MAX_BACKOFF = 3  # ... up to 8x (64 tokens)
+CANDIDATES = 8  # earlier occurrences of an n-gram kept: the draft follows the one that agrees furthest back
+MATCH_CAP = 64  # tokens compared backwards; a longer agreement is no surer
+MATCH_EVIDENCE = 12  # a match agreeing this far back is a copy in progress, sure as (L+1)/(L+2) per token
 PRIOR_ROW_COST = 0.3  # an extra row's cost relative to a one-row step, until steps are measured
 EXPLORE_ROW_COST = 0.05  # the same beyond the longest step measured so far: trying it is how it gets measured
 
@@ -114,7 +117,7 @@ class Acceptance:
 
 @dataclass
 class Drafter:
-    index: dict[tuple[int, ...], int] = field(default_factory=dict)
+    index: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # n-gram -> latest continuations
     indexed: int = 0  # tokens of the sequence whose n-grams (ending before the last) are indexed
     accepted_w: float = PRIOR_ACCEPTED  # accepted drafted tokens, with the prior
     rejected_w: float = PRIOR_REJECTED  # drafts that ended in a rejection, with the prior
@@ -143,7 +146,10 @@ class Drafter:
         for end in range(max(self.indexed - 1, 0), len(tokens) - 1):
             for n in NGRAMS:
                 if end + 1 >= n:
-                    self.index[tuple(tokens[end + 1 - n:end + 1])] = end + 1
+                    starts = self.index.setdefault(tuple(tokens[end + 1 - n:end + 1]), [])
+                    starts.append(end + 1)
+                    if len(starts) > CANDIDATES:
+                        del starts[0]
         self.indexed = len(tokens)
 
     def _tick(self) -> None:
@@ -152,8 +158,27 @@ class Drafter:
         if self.idle > PAUSE_TOKENS:
             (self.accepted_w, self.rejected_w), self.idle, self.proven, self.run = self.prior, 0, False, 0
 
-    def _best(self, limit: int, row_cost: Cost, rows: int) -> int:
-        if not self.proven:  # nothing of this stretch accepted yet: short probes, so a miss costs little
+    def _match(self, tokens: list[int]) -> tuple[int, int] | None:
+        """Where the continuation of the sequence's end most likely starts, and how many tokens
+        before it agree with the end. Code repeats short n-grams everywhere ("self.", "return "),
+        so the latest occurrence is often the wrong one; the one that agrees furthest back is the
+        passage being copied, and how far it agrees says how sure the copy is."""
+        # a probe needs the longest n-gram: free text repeats three tokens ("one of the") far more
+        # often than it copies, and each failed probe costs a step's worth of rows where rows are dear
+        for n in NGRAMS if self.proven else NGRAMS[:1]:
+            starts = self.index.get(tuple(tokens[-n:])) if len(tokens) > n else None
+            if starts:
+                agree = {s: _agreement(tokens, s) for s in starts}
+                start = max(starts, key=lambda s: (agree[s], s))
+                return start, agree[start]
+        return None
+
+    def _best(self, limit: int, row_cost: Cost, rows: int, agree: int = 0) -> int:
+        # A match agreeing MATCH_EVIDENCE tokens back is a copy under way, evidence that needs no
+        # accepted draft: on a first request, a 1.5B code edit probed 4 tokens at a time and ran at
+        # plain speed for dozens of tokens while llama-server's ngram-mod drafted 48 at once.
+        match = (agree + 1) / (agree + 2) if agree >= MATCH_EVIDENCE else 0.0
+        if not self.proven and not match:  # nothing of this stretch accepted yet: short probes, so a miss costs little
             if self.probe_wait:
                 return 0
             # at an estimate of its own, a sequence after free text (recent acceptance low) never probed,
@@ -166,27 +191,30 @@ class Drafter:
         # CPU only that pays for the 16-33 row steps where copying is fastest. A short stretch is not
         # (free text repeats "of the" now and then): below RUN_EVIDENCE it counts for nothing.
         run = (self.run + 1) / (self.run + 2) if self.run >= RUN_EVIDENCE else 0.0
-        return best_k(max(self.p, run), row_cost, limit, rows)
+        return best_k(max(self.p, run, match), row_cost, limit, rows)
 
     def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
         """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
         self._tick()
         return self._best(limit, row_cost, rows)
 
-    def draft(self, tokens: list[int], limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> list[int]:
-        """The tokens that followed the latest earlier occurrence of the sequence's last n-gram, as
-        many as pay at this acceptance rate and row cost, or none. The lookup comes first: most
-        steps of free text find no match, and the draft length costs more to work out."""
+    def draft(self, tokens: list[int], limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1,
+              memory: NgramMemory | None = None) -> list[int]:
+        """The tokens that followed the sequence's end before: in earlier replies (``memory``: a
+        reply asked for again, an edit of an edit), else earlier in this sequence, as many as pay
+        at this acceptance rate and row cost, or none. The lookup comes first: most steps of free
+        text find no match, and the draft length costs more to work out."""
         self._tick()
         self._grow(tokens)
-        # a probe needs the longest match: free text repeats three tokens ("one of the") far more
-        # often than it copies, and each failed probe costs a step's worth of rows where rows are dear
-        for n in NGRAMS if self.proven else NGRAMS[:1]:
-            start = self.index.get(tuple(tokens[-n:])) if len(tokens) > n else None
-            if start is not None:
-                want = self._best(limit, row_cost, rows)
-                return tokens[start:start + want] if want > 0 else []
-        return []
+        if memory is not None and (recalled := memory.follow(tokens, min(limit, MAX_K))):
+            want = self._best(limit, row_cost, rows, memory.n)
+            return recalled[:want]
+        found = self._match(tokens)
+        if found is None:
+            return []
+        start, agree = found
+        want = self._best(limit, row_cost, rows, agree)
+        return tokens[start:start + want] if want > 0 else []
 
     def observe(self, drafted: int, accepted: int) -> None:
         self.idle = 0
@@ -199,3 +227,43 @@ class Drafter:
         self.run = self.run + accepted if accepted == drafted else 0
         self.accepted_w += accepted
         self.rejected_w += accepted < drafted
+
+
+def _agreement(tokens: list[int], start: int) -> int:
+    """How many tokens before ``start`` equal the sequence's last ones (at most MATCH_CAP)."""
+    n, end = 0, len(tokens)
+    while n < MATCH_CAP and n < start and tokens[start - 1 - n] == tokens[end - 1 - n]:
+        n += 1
+    return n
+
+
+MEMORY_N = 16  # tokens of context a recalled continuation must follow: shorter ones recur in unrelated text
+MEMORY_CAPACITY = 1 << 20  # entries (about 100 MB at most); when full it starts over, as llama.cpp's does
+
+
+class NgramMemory:
+    """What followed each MEMORY_N tokens in recent replies, shared by every sequence of the
+    server: a regenerated answer, or a second edit of code whose first edit the model wrote, is
+    then drafted from the first reply at once (llama-server's ngram-mod keeps such a table too).
+    Keys are the n-grams' hashes, not the n-grams, to bound the memory; a collision only costs a
+    draft that verification rejects. Written by hand: no library keeps a bounded n-gram table
+    for a decoding loop."""
+
+    def __init__(self, n: int = MEMORY_N, capacity: int = MEMORY_CAPACITY) -> None:
+        self.n, self.capacity = n, capacity
+        self.next: dict[int, int] = {}
+
+    def add(self, tokens: list[int]) -> None:
+        if len(self.next) + len(tokens) > self.capacity:
+            self.next.clear()
+        for end in range(self.n, len(tokens)):
+            self.next[hash(tuple(tokens[end - self.n:end]))] = tokens[end]
+
+    def follow(self, tokens: list[int], limit: int) -> list[int]:
+        if len(tokens) < self.n or not self.next:
+            return []
+        window, out = list(tokens[-self.n:]), list[int]()
+        while len(out) < limit and (token := self.next.get(hash(tuple(window)))) is not None:
+            out.append(token)
+            window = window[1:] + [token]
+        return out

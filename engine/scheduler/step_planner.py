@@ -24,7 +24,14 @@ from enum import Enum
 from typing import Any
 
 from autoglm.engine.errors import ContextOverflowError, InvalidArgumentError, QueueFullError
-from autoglm.engine.scheduler.speculation import PRIOR_ROW_COST, Acceptance, Cost, Drafter, step_time
+from autoglm.engine.scheduler.speculation import (
+    PRIOR_ROW_COST,
+    Acceptance,
+    Cost,
+    Drafter,
+    NgramMemory,
+    step_time,
+)
 
 STEP_TARGET_S = 0.10  # a running stream should get a token at least this often while prompts prefill...
 PREFILL_SLOWDOWN = 2.0  # ...or at worst at this multiple of its interval without prompts (many streams)
@@ -118,6 +125,7 @@ class StepPlanner:
         self.draft_model = draft_model
         self.draft_cost: float | None = None
         self.acceptance = Acceptance()  # across sequences: where a new one's estimate starts
+        self.memory = NgramMemory()  # recent replies, for drafting what a later request writes again
 
     # --- queue ----------------------------------------------------------------------------
     def check(self, prompt: list[int]) -> None:
@@ -211,7 +219,7 @@ class StepPlanner:
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
             if not self.draft_model:
-                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows))
+                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows), self.memory)
                 self._add_draft(step.rows, slot)
                 spare -= len(slot.draft)
                 continue
@@ -362,6 +370,8 @@ class StepPlanner:
     def release(self, slot: Slot) -> Job | None:
         """The slot's request ended (finished, cancelled, failed); its evaluated cells stay for reuse."""
         job = slot.job
+        if job is not None and slot.produced:  # the reply, after enough of the prompt to recall it by
+            self.memory.add(slot.cached[max(len(slot.cached) - slot.produced - self.memory.n, 0):])
         if slot.fresh:
             slot.cached.pop()
         slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1

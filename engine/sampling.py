@@ -63,15 +63,16 @@ class GenerationStats:
         return (self.completion_tokens - 1) / self.decode_s if self.decode_s > 0 and self.completion_tokens > 1 else 0.0
 
 
-def stop_split(text: str, stops: list[str]) -> tuple[str, bool]:
-    """Text safe to emit now, and whether a stop string was hit (text then ends before it)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    if cut >= 0:
-        return text[:cut], True
+def stop_split(text: str, stops: list[str]) -> tuple[str, str | None]:
+    """Text safe to emit now, and the stop string hit, if any (text then ends before it)."""
+    found = [(i, s) for s in stops if s and (i := text.find(s)) >= 0]
+    if found:
+        cut, stop = min(found)
+        return text[:cut], stop
     hold = 0  # keep back a tail that could still grow into a stop string
     for stop in stops:
         for k in range(min(len(stop) - 1, len(text)), 0, -1):
             if text.endswith(stop[:k]):
                 hold = max(hold, k)
                 break
-    return text[: len(text) - hold], False
+    return text[: len(text) - hold], None

@@ -130,3 +130,34 @@ class FakeBackend:
 
     def token_text(self, token_id: int) -> str:
         return chr(ord("a") + token_id % 26)
+
+
+ASSISTANT = "<|im_start|>assistant\n"
+
+
+class ScriptedExecutor(FakeExecutor):
+    """A "model" that writes fixed text, one character per token (with ``CharBackend``):
+    ``free`` after the prompt, ``calls`` once the reply holds an opened ``<tool_call>`` (the
+    second phase of tool calling). Enough to drive the server's tool flow; grammars are not
+    applied (the real model's tests prove those)."""
+
+    def __init__(self, free: str, calls: str = "", **kwargs: Any) -> None:
+        super().__init__(vocab=256, **kwargs)
+        self.free, self.calls = free, calls
+
+    def next_token(self, seq_tokens: list[int]) -> int:
+        text = "".join(map(chr, seq_tokens))
+        reply = text[text.rfind(ASSISTANT) + len(ASSISTANT):]
+        opened = reply.find("<tool_call>\n")
+        script, done = (self.calls, reply[opened + 12:]) if opened >= 0 else (self.free, reply)
+        return ord(script[len(done)]) if len(done) < len(script) else EOG
+
+    def piece(self, token: int) -> bytes:
+        return chr(token).encode()
+
+
+class CharBackend(FakeBackend):
+    """One token per character (Latin-1; others become '?'), so scripted text round-trips."""
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return [ord(c) if 0 < ord(c) < 256 else ord("?") for c in text]

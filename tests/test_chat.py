@@ -73,9 +73,10 @@ def test_max_tokens_stop_strings_and_cancel(backend):
 
 
 def test_stop_split_holds_back_a_partial_stop_string():
-    assert stop_split("Hello <|en", ["<|end|>"]) == ("Hello ", False)
-    assert stop_split("Hello <|end|> more", ["<|end|>"]) == ("Hello ", True)
-    assert stop_split("plain", ["zzz"]) == ("plain", False)
+    assert stop_split("Hello <|en", ["<|end|>"]) == ("Hello ", None)
+    assert stop_split("Hello <|end|> more", ["<|end|>"]) == ("Hello ", "<|end|>")
+    assert stop_split("a STOP b <|end|>", ["<|end|>", "STOP"]) == ("a ", "STOP")  # the earliest one
+    assert stop_split("plain", ["zzz"]) == ("plain", None)
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 
 from autoglm.engine.errors import InvalidArgumentError
-from autoglm.engine.tasks.extract import MAX_SCHEMA_CHARS, check_schema, load_schema, schema_grammar
+from autoglm.engine.tasks.extract import check_schema, load_schema
+from autoglm.engine.tasks.schema_grammar import MAX_SCHEMA_CHARS, schema_grammar
 from tests.conftest import run_cli
 
 NEWS = {"type": "object", "properties": {

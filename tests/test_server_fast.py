@@ -27,16 +27,17 @@ MSG = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temper
 MANAGE = {"Authorization": "Bearer mk"}
 
 
-def make_client(executor: FakeExecutor | None = None, **config) -> tuple[TestClient, Scheduler, list[str]]:
+def make_client(executor: FakeExecutor | None = None, backend: FakeBackend | None = None, ctx_per_seq: int = 128,
+                **config) -> tuple[TestClient, Scheduler, list[str]]:
     """A server over the fake executor; its management API is on behind the key ``mk``, which the
     client sends unless the test configures its own API key."""
     fatal: list[str] = []
     config.setdefault("manage_key", "mk")
     headers = MANAGE if "api_key" not in config else {}
-    scheduler = Scheduler(executor or FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=128,
+    scheduler = Scheduler(executor or FakeExecutor(n_seq=2, n_batch=48), parallel=2, ctx_per_seq=ctx_per_seq,
                           max_queue=8, on_fatal=fatal.append).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
-    runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
+    runtime = Runtime("fake-model", ScheduledBackend(backend or FakeBackend(), scheduler), device)
     return (TestClient(create_app(runtime, ServerConfig(**config)), base_url="http://127.0.0.1:8000", headers=headers),
             scheduler, fatal)
 
@@ -191,7 +192,7 @@ def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
 
     scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
-    runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
+    runtime = Runtime("fake-model", ScheduledBackend(backend or FakeBackend(), scheduler), device)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)

@@ -48,6 +48,7 @@ class Event:
     done: bool = False
     finish_reason: str | None = None
     error: AutoGLMError | None = None  # typed: each front end maps the kind once (HTTP status, exit code)
+    stop: str | None = None  # the stop string that ended the reply (tool calling stops at one of its own)
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Generation:
     sampler: Any = None
     decoder: Any = None
     text: str = ""
+    stop_hit: str | None = None
     grammar_s: float = 0.0  # time its grammar has cost the scheduler thread so far
     rng: np.random.Generator | None = None  # draws for verified drafts of a sampled stream (seeded by its seed)
 
@@ -401,11 +403,12 @@ class Scheduler:
         req.stats.completion_tokens = slot.produced
         self.stats["tokens_generated"] += 1
         req.text += req.decoder.decode(self.executor.piece(token))
-        safe, hit = stop_split(req.text, req.params.stop) if req.params.stop else (req.text, False)
+        safe, hit = stop_split(req.text, req.params.stop) if req.params.stop else (req.text, None)
         if safe:
             req.put(Event(text=safe))
             req.text = req.text[len(safe):]
         if hit:
+            req.stop_hit = hit
             return self._finish(slot, "stop")
         if slot.produced >= slot.max_tokens:
             return self._finish(slot, "length")
@@ -428,7 +431,7 @@ class Scheduler:
         if req.sampler is not None:
             self.executor.free_sampler(req.sampler)
             req.sampler = None
-        req.put(Event(done=True, finish_reason=reason, error=error))
+        req.put(Event(done=True, finish_reason=reason, error=error, stop=req.stop_hit))
 
 
 __all__ = ["Event", "QueueFullError", "Generation", "Scheduler", "SchedulerFailedError"]

@@ -24,6 +24,7 @@ from autoglm.engine.errors import (
     StorageError,
 )
 from autoglm.engine.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_STOP_STRINGS, TEMPERATURE_MAX
+from autoglm.engine.tasks.tools import MAX_TOOLS, ToolCall
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -79,16 +80,34 @@ class ContentPart(BaseModel):
     text: Text
 
 
+class FunctionCall(BaseModel):
+    name: Text
+    arguments: Text = "{}"  # JSON text, as OpenAI sends it
+
+
+class ToolCallIn(BaseModel):
+    id: Text | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     """OpenAI's message: ``developer`` is today's name for ``system``; content may be a list of
     text parts. Other parts (images, audio) are refused with a clear error by the validation."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ContentPart] | None = None  # an assistant turn that only called tools has none
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_call_id: Text | None = None
+    name: Text | None = None
 
-    def plain(self) -> dict[str, str]:
+    def plain(self) -> dict[str, Any]:
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        out.update({k: v for k, v in (("tool_call_id", self.tool_call_id), ("name", self.name)) if v})
+        return out
 
 
 class JsonSchemaFormat(BaseModel):
@@ -122,6 +141,9 @@ class Sampling(BaseModel):
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None  # checked by tasks.tools (count, names, schema sizes)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
 
 
 class CompletionRequest(Sampling):
@@ -154,14 +176,32 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    index: int | None = None  # in stream deltas only
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionOut
+
+    @classmethod
+    def of(cls, call: ToolCall, index: int | None = None) -> ToolCallOut:
+        return cls(index=index, id=call.id, function=FunctionOut(name=call.name, arguments=call.arguments))
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -220,6 +260,15 @@ class Reply:
             return self._head + json.dumps(text) + self._tail
         return self._render(text, finish, role)
 
+    def calls(self, calls: list[ToolCall]) -> str:
+        """The stream's chunk with the reply's tool calls, each whole (OpenAI's clients join
+        argument pieces, and one piece is a valid sequence of pieces)."""
+        delta = Delta(tool_calls=[ToolCallOut.of(c, i) for i, c in enumerate(calls)])
+        body = self._make("chat.completion.chunk", [ChunkChoice(delta=delta)]).model_dump()
+        body["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+        del body["usage"]
+        return "data: " + json.dumps(body) + "\n\n"
+
     def _render(self, text: str | None, finish: str | None, role: bool = False) -> str:
         if self.kind == "chat":
             delta = Delta(role="assistant", content="") if role else Delta(content=text)
@@ -230,10 +279,14 @@ class Reply:
         del body["usage"]
         return "data: " + json.dumps(body) + "\n\n"
 
-    def whole(self, text: str, finish: str, usage: Usage) -> dict[str, Any]:
+    def whole(self, text: str, finish: str, usage: Usage, calls: list[ToolCall] | None = None) -> dict[str, Any]:
         if self.kind == "chat":
-            choice: Any = ChatChoice(message=ChatMessageOut(content=text), finish_reason=finish)
-            return self._make("chat.completion", [choice], usage).model_dump()
+            message = ChatMessageOut(content=text or (None if calls else ""),
+                                     tool_calls=[ToolCallOut.of(c) for c in calls] if calls else None)
+            choice: Any = ChatChoice(message=message, finish_reason=finish)
+            body = self._make("chat.completion", [choice], usage).model_dump()
+            body["choices"][0]["message"] = message.model_dump(exclude_none=True) | {"content": message.content}
+            return body
         return self._make("text_completion", [TextChoice(text=text, finish_reason=finish)], usage).model_dump()
 
 

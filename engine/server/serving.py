@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import Request
@@ -40,10 +41,21 @@ from autoglm.engine.server.protocol import (
     sse_error,
     sse_refusal,
 )
-from autoglm.engine.tasks.extract import Extraction, schema_grammar
+from autoglm.engine.tasks.extract import Extraction
 from autoglm.engine.tasks.prompt_tune import is_prompt
+from autoglm.engine.tasks.schema_grammar import schema_grammar
+from autoglm.engine.tasks.tools import OPEN, ToolCall, ToolUse
 
 DISCONNECT_POLL_S = 1.0
+
+
+async def _gather(first: Event, events: AsyncGenerator[Event, None]) -> tuple[str, Event]:
+    """A reply's whole text and its last event."""
+    parts, ev = [first.text], first
+    while not ev.done:
+        ev = await events.__anext__()
+        parts.append(ev.text)
+    return "".join(parts), ev
 
 
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
@@ -123,9 +135,99 @@ class OpenAIServing:
     async def chat(self, body: ChatRequest, request: Request) -> Any:
         self.check_model(body.model)
         messages = [m.plain() for m in body.messages]
-        tokens, grammar = await asyncio.gather(asyncio.to_thread(self.runtime.prompts.tokens, messages),
-                                               asyncio.to_thread(grammar_for, body.response_format))
+        use = await asyncio.to_thread(ToolUse.of, body.tools, body.tool_choice, body.parallel_tool_calls)
+        if use is not None and body.response_format is not None and body.response_format.type != "text":
+            raise InvalidArgumentError("response_format and tools cannot be combined: a tool call has its own format")
+        tokens, grammar = await asyncio.gather(
+            asyncio.to_thread(self.runtime.prompts.tokens, messages, use.listed if use else None),
+            asyncio.to_thread(grammar_for, body.response_format))
+        if use is not None and use.grammar is not None:
+            return await self._respond_tools(body, tokens, use, request)
         return await self._respond("chat", body, tokens, grammar, request)
+
+    async def _respond_tools(self, body: ChatRequest, tokens: list[int], use: ToolUse, request: Request) -> Any:
+        """A reply that may call tools: free text until the model opens a call (streamed as
+        content), then the calls under their grammar, handed over whole (tasks/tools.py)."""
+        params = self._params(body, len(tokens))
+        reply = Reply("chat", self.runtime.model_name)
+        free = None
+        if not use.required:
+            free = self._events(tokens, replace(params, stop=[*params.stop, *use.stops()]), None, request,
+                                streamed=bool(body.stream))
+            try:
+                first = await free.__anext__()
+            except QueueFullError:
+                return self.at_capacity()
+        if body.stream:
+            return StreamingResponse(self._sse_tools(reply, body, tokens, params, use, free, first if free else None,
+                                                     request),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        said, ev = "", None
+        if free is not None:
+            said, ev = await _gather(first, free)
+        calls: list[ToolCall] = []
+        if ev is None or (ev.stop == OPEN and ev.error is None):
+            try:
+                calls_text, ev = await self._calls(body, tokens, params, use, said, request)
+            except QueueFullError:
+                return self.at_capacity()
+            if ev.error is None:
+                said, calls = use.result(said, calls_text)
+        cut = self._cut_short(ev)
+        if cut:
+            return error(503, cut, "server_error", code="shutting_down")
+        if ev.error:
+            return refusal(ev.error, self.retry_after_s)
+        usage = await self._usage(tokens, said + "".join(c.arguments for c in calls))
+        return reply.whole(said, "tool_calls" if calls else _finish_reason(ev), usage, calls)
+
+    async def _sse_tools(self, reply: Reply, body: ChatRequest, tokens: list[int], params: SamplingParams,
+                         use: ToolUse, free: AsyncGenerator[Event, None] | None, first: Event | None,
+                         request: Request) -> AsyncIterator[str]:
+        yield reply.chunk(role=True)
+        said, ev = "", first
+        try:
+            while free is not None and ev is not None:
+                if ev.text:
+                    said += ev.text
+                    yield reply.chunk(ev.text)
+                if ev.done:
+                    break
+                ev = await free.__anext__()
+            if ev is not None and (ev.stop != OPEN or ev.error is not None):  # answered without calling
+                for line in self._ending(reply, ev):
+                    yield line
+                return
+            try:
+                calls_text, ev = await self._calls(body, tokens, params, use, said, request)
+            except QueueFullError as exc:
+                yield sse_refusal(exc)
+                yield "data: [DONE]\n\n"
+                return
+            calls: list[ToolCall] = []
+            if ev.error is None:
+                content, calls = use.result(said, calls_text)
+                if not calls:  # the call did not complete (max_tokens): what the model wrote is the reply
+                    yield reply.chunk(content[len(said):])
+                else:
+                    yield reply.calls(calls)
+            for line in self._ending(reply, ev, "tool_calls" if calls else None):
+                yield line
+        finally:
+            if free is not None:
+                await free.aclose()
+
+    async def _calls(self, body: ChatRequest, tokens: list[int], params: SamplingParams, use: ToolUse, said: str,
+                     request: Request) -> tuple[str, Event]:
+        """The calls' phase: the prompt with what was said and the opened call, under the grammar."""
+        model = self.runtime.model
+        opened = tokens + await asyncio.to_thread(use.opening, said, model.tokenize)
+        budget = self.runtime.sampling(len(opened), body.max_tokens)  # a user's stop string may sit in arguments
+        events = self._events(opened, replace(params, max_tokens=budget.max_tokens, stop=[]), use.grammar, request,
+                              streamed=False)
+        first = await events.__anext__()
+        return await _gather(first, events)
 
     async def completion(self, body: CompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
@@ -178,19 +280,28 @@ class OpenAIServing:
         if body.stream:
             return StreamingResponse(self._sse(reply, first, events), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        parts, ev = [first.text], first
-        while not ev.done:
-            ev = await events.__anext__()
-            parts.append(ev.text)
+        text, ev = await _gather(first, events)
         cut = self._cut_short(ev)
         if cut:
             return error(503, cut, "server_error", code="shutting_down")
         if ev.error:
             return refusal(ev.error, self.retry_after_s)
-        text = "".join(parts)
+        return reply.whole(text, _finish_reason(ev), await self._usage(tokens, text))
+
+    async def _usage(self, tokens: list[int], text: str) -> Usage:
         completion = len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
-        usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
-        return reply.whole(text, _finish_reason(ev), usage)
+        return Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
+
+    def _ending(self, reply: Reply, ev: Event, finish: str | None = None) -> list[str]:
+        """A stream's last lines: its error, the shutdown that cut it, or its finish reason."""
+        cut = self._cut_short(ev)
+        if ev.error:
+            last = sse_refusal(ev.error)
+        elif cut:
+            last = sse_error(cut, code="shutting_down")
+        else:
+            last = reply.chunk(finish=finish or _finish_reason(ev))
+        return [last, "data: [DONE]\n\n"]
 
     async def _sse(self, reply: Reply, first: Event, events: AsyncGenerator[Event, None]) -> AsyncIterator[str]:
         if reply.kind == "chat":
@@ -201,14 +312,8 @@ class OpenAIServing:
                 if ev.text:
                     yield reply.chunk(ev.text)
                 if ev.done:
-                    cut = self._cut_short(ev)
-                    if ev.error:
-                        yield sse_refusal(ev.error)
-                    elif cut:
-                        yield sse_error(cut, code="shutting_down")
-                    else:
-                        yield reply.chunk(finish=_finish_reason(ev))
-                    yield "data: [DONE]\n\n"
+                    for line in self._ending(reply, ev):
+                        yield line
                     return
                 ev = await events.__anext__()
         finally:

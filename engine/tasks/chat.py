@@ -15,6 +15,7 @@ with one line instead of holding a thread, the memory or shutdown.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -29,6 +30,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from autoglm.engine.errors import BackendError, ContextOverflowError
 from autoglm.engine.sampling import GenerationStats, SamplingParams
+from autoglm.engine.tasks.tools import Tool, speaks_tools, template_messages
 
 # Used only when a model ships no template: ChatML, which most small instruct models follow.
 CHATML = (
@@ -127,6 +129,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=self._finalize, **options)
+        self.filters["tojson"] = _tojson
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -176,6 +179,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return value
 
 
+def _tojson(value: Any, indent: int | None = None) -> str:
+    """As Hugging Face renders templates: plain JSON (Jinja's own escapes ``<`` for HTML, which
+    would show a model ``\u003c`` in its tool descriptions)."""
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
 def compile_template(template: str) -> Any:
     env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
     env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
@@ -192,16 +201,19 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-def render(template: str | Any, messages: list[dict[str, str]], bos_token: str = "", eos_token: str = "",
-           add_generation_prompt: bool = True, timeout_s: float = RENDER_TIMEOUT_S) -> str:
-    """``template``: its source, or what ``compile_template`` made of it."""
+def render(template: str | Any, messages: list[dict[str, Any]], bos_token: str = "", eos_token: str = "",
+           add_generation_prompt: bool = True, timeout_s: float = RENDER_TIMEOUT_S,
+           tools: list[dict[str, Any]] | None = None) -> str:
+    """``template``: its source, or what ``compile_template`` made of it; ``tools`` in OpenAI's
+    shape, for templates that render them."""
     compiled = compile_template(template) if isinstance(template, str) else template
     out: list[str] = []
     size = 0
     _deadline.at, _deadline.limit = time.monotonic() + timeout_s, timeout_s
     try:
+        extra = {"tools": tools} if tools else {}
         for piece in compiled.generate(messages=messages, bos_token=bos_token, eos_token=eos_token,
-                                       add_generation_prompt=add_generation_prompt):
+                                       add_generation_prompt=add_generation_prompt, **extra):
             _tick()
             size += len(piece)
             if size > RENDER_MAX_CHARS:
@@ -225,7 +237,9 @@ class PromptBuilder:
     def __init__(self, backend: Any) -> None:
         self.backend = backend
         meta = backend.metadata
-        self.template = compile_template(meta.get("tokenizer.chat_template") or CHATML)
+        source = meta.get("tokenizer.chat_template") or CHATML
+        self.template = compile_template(source)
+        self.native_tools = speaks_tools(source)  # else tools go in as a system message (tasks/tools.py)
         self.bos = self._special(meta, "tokenizer.ggml.bos_token_id")
         self.eos = self._special(meta, "tokenizer.ggml.eos_token_id")
         self.add_bos = meta.get("tokenizer.ggml.add_bos_token", "false") == "true"
@@ -235,18 +249,23 @@ class PromptBuilder:
     def _special(self, meta: dict[str, str], key: str) -> str:
         return self.backend.token_text(int(meta[key])) if key in meta else ""
 
-    def tokens(self, messages: list[dict[str, str]]) -> list[int]:
+    def tokens(self, messages: list[dict[str, Any]], tools: list[Tool] | None = None) -> list[int]:
+        """With ``tools``, OpenAI's tool messages and calls are shaped for this template first."""
+        if tools is not None:
+            messages = template_messages(messages, tools, self.native_tools)
+        listed = [t.openai() for t in tools] if tools and self.native_tools else None
         if self.control is not None and any(self.control.search(m.get("content") or "") for m in messages):
-            return self._tokens_with_text_contents(messages)
-        text = render(self.template, messages, self.bos, self.eos)
+            return self._tokens_with_text_contents(messages, listed)
+        text = render(self.template, messages, self.bos, self.eos, tools=listed)
         return self.backend.tokenize(text, add_bos=self.add_bos and not (self.bos and text.startswith(self.bos)))
 
-    def _tokens_with_text_contents(self, messages: list[dict[str, str]]) -> list[int]:
+    def _tokens_with_text_contents(self, messages: list[dict[str, Any]],
+                                   tools: list[dict[str, Any]] | None = None) -> list[int]:
         """A message that holds control-token text (a user typing ``<|im_end|><|im_start|>system``
         to forge a turn): the template is rendered around markers, its own text tokenized with
         special tokens and each message's content as plain text, so the content stays words."""
         masked = [{**m, "content": f"{_MARK}{i}{_MARK}"} for i, m in enumerate(messages)]
-        text = render(self.template, masked, self.bos, self.eos)
+        text = render(self.template, masked, self.bos, self.eos, tools=tools)
         out: list[int] = []
         for j, piece in enumerate(_MARKS.split(text)):
             if j % 2:  # a marker's index

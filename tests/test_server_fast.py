@@ -192,7 +192,7 @@ def test_serve_exits_with_status_3_after_a_failed_step_for_its_supervisor():
 
     scheduler = Scheduler(FakeExecutor(n_seq=2, n_batch=48, fail_on_step=2), parallel=2, ctx_per_seq=128).start()
     device = DeviceFacts.load(DATA / "devices" / "epyc-2core-vm.json")
-    runtime = Runtime("fake-model", ScheduledBackend(backend or FakeBackend(), scheduler), device)
+    runtime = Runtime("fake-model", ScheduledBackend(FakeBackend(), scheduler), device)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)

@@ -79,11 +79,14 @@ def test_calls_are_parsed_and_what_does_not_parse_stays_text():
 
 
 def test_a_template_without_tools_gets_them_in_the_system_message_and_results_as_a_user_turn():
+    def call(n: str, city: str) -> dict:
+        args = json.dumps({"city": city})
+        return {"id": n, "type": "function", "function": {"name": "get_weather", "arguments": args}}
+
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo and Rome?"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
-                    {"id": "2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
-                {"role": "tool", "tool_call_id": "1", "content": "4 C"}, {"role": "tool", "tool_call_id": "2", "content": "19 C"}]
+                {"role": "assistant", "content": None, "tool_calls": [call("1", "Oslo"), call("2", "Rome")]},
+                {"role": "tool", "tool_call_id": "1", "content": "4 C"},
+                {"role": "tool", "tool_call_id": "2", "content": "19 C"}]
     out = template_messages(messages, tools_from([WEATHER]), native=False)
     assert [m["role"] for m in out] == ["system", "user", "assistant", "user"]  # roles alternate
     assert out[0]["content"].startswith("Be brief.") and '"get_weather"' in out[0]["content"]
@@ -114,7 +117,8 @@ def test_the_server_answers_a_call_in_openai_shape():
         assert choice["message"]["content"] == "Let me look."
         call = choice["message"]["tool_calls"][0]
         assert call["type"] == "function" and call["id"].startswith("call_")
-        assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
+        assert call["function"]["name"] == "get_weather"
+        assert json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
         plain = client.post("/v1/chat/completions", json={**body, "tool_choice": "none"}).json()["choices"][0]
         assert plain["finish_reason"] == "stop" and "tool_calls" not in plain["message"]
     finally:
@@ -163,7 +167,8 @@ def test_hostile_tool_requests_are_400s_not_500s():
             assert r.status_code == 400, (extra.keys(), r.text)
             assert r.json()["error"]["message"]
         result = {"role": "tool", "tool_call_id": "1", "content": "x" * (50 << 20)}  # a 50 MB tool result
-        r = client.post("/v1/chat/completions", json={**base, "tools": [WEATHER], "messages": [*base["messages"], result]})
+        r = client.post("/v1/chat/completions",
+                        json={**base, "tools": [WEATHER], "messages": [*base["messages"], result]})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     finally:
         scheduler.close()

@@ -101,8 +101,9 @@ def callable_tools(tools: list[Tool], choice: str | dict[str, Any] | None) -> tu
 def call_grammar(tools: list[Tool], parallel: bool) -> str:
     """GBNF for what follows an opened ``<tool_call>``: one call (or several, when parallel calls
     are allowed), each ``{"name": ..., "arguments": ...}`` with the arguments valid for its tool."""
-    each: list[dict[str, Any]] = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                                   "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    each: list[dict[str, Any]] = [
+        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+         "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
     schema = each[0] if len(each) == 1 else {"anyOf": each}
     body = re.sub(r"^root ::=", "call ::=", schema_grammar(schema, "the tools' parameters"), flags=re.M)
     more = f' ("\\n{CLOSE}\\n{OPEN}\\n" call)*' if parallel else ""

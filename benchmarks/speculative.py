@@ -177,6 +177,9 @@ def compare(model: str | None, args: argparse.Namespace) -> None:
                 row += f"{med['tuned'] / med['llama-server']:>20.2f}x"
             if best_peer:
                 row += f"  n-gram/best peer ({best_peer}) {med['n-gram'] / med[best_peer]:.2f}x"
+                # the first round alone: a request neither side has seen (both keep n-grams of earlier replies)
+                first_peer = max((n for n in names if n.startswith("ls ")), key=lambda n: rates[n][0])
+                row += f", first round {rates['n-gram'][0] / rates[first_peer][0]:.2f}x ({first_peer})"
             print(row, flush=True)
         if args.no_batch:
             return

@@ -162,7 +162,11 @@ def test_a_reply_asked_for_again_is_drafted_from_the_shared_memory():
     prompt = [8, 9, 10, 11]  # the new request's prompt holds nothing of the reply
     assert d.draft(prompt + reply[:MEMORY_N - 1], 64, _curve(QWEN_1_5B), memory=memory) == []
     drafted = d.draft(prompt + reply[:MEMORY_N], 64, _curve(QWEN_1_5B), memory=memory)
-    assert len(drafted) >= 15 and drafted == reply[MEMORY_N:MEMORY_N + len(drafted)]
+    assert len(drafted) >= 15 and drafted == reply[MEMORY_N:MEMORY_N + len(drafted)] and d.recalled
+    for _ in range(20):
+        memory.observe(30, 30)  # recalls lately accepted whole (the same question again, at temperature 0)
+    assert memory.p > 0.99
+    assert len(Drafter().draft(prompt + reply[:MEMORY_N], 64, _curve(QWEN_1_5B), memory=memory)) > len(drafted)
 
 
 def test_the_shared_memory_is_bounded():

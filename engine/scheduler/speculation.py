@@ -127,6 +127,7 @@ class Drafter:
     misses: int = 0  # probes in a row with nothing accepted
     probe_wait: int = 0  # tokens to go before an unproven sequence may probe again
     run: int = 0  # drafted tokens accepted since the last rejection: how long the current copy has held
+    recalled: bool = False  # this step's draft came from the shared memory of earlier replies
 
     def reset(self, prior: tuple[float, float] | None = None) -> None:
         self.index.clear()
@@ -173,7 +174,7 @@ class Drafter:
                 return start, agree[start]
         return None
 
-    def _best(self, limit: int, row_cost: Cost, rows: int, agree: int = 0) -> int:
+    def _best(self, limit: int, row_cost: Cost, rows: int, agree: int = 0, floor: float = 0.0) -> int:
         # A match agreeing MATCH_EVIDENCE tokens back is a copy under way, evidence that needs no
         # accepted draft: on a first request, a 1.5B code edit probed 4 tokens at a time and ran at
         # plain speed for dozens of tokens while llama-server's ngram-mod drafted 48 at once.
@@ -191,7 +192,7 @@ class Drafter:
         # CPU only that pays for the 16-33 row steps where copying is fastest. A short stretch is not
         # (free text repeats "of the" now and then): below RUN_EVIDENCE it counts for nothing.
         run = (self.run + 1) / (self.run + 2) if self.run >= RUN_EVIDENCE else 0.0
-        return best_k(max(self.p, run, match), row_cost, limit, rows)
+        return best_k(max(self.p, run, match, floor), row_cost, limit, rows)
 
     def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
         """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
@@ -206,9 +207,12 @@ class Drafter:
         text find no match, and the draft length costs more to work out."""
         self._tick()
         self._grow(tokens)
+        self.recalled = False
         if memory is not None and (recalled := memory.follow(tokens, min(limit, MAX_K))):
-            want = self._best(limit, row_cost, rows, memory.n)
-            return recalled[:want]
+            # judged by how often recalled drafts were accepted lately: a reply asked for again at
+            # temperature 0 is recalled whole, and only drafts as long as llama.cpp's 48-64 keep up
+            self.recalled = True
+            return recalled[:self._best(limit, row_cost, rows, memory.n, memory.p)]
         found = self._match(tokens)
         if found is None:
             return []
@@ -252,6 +256,16 @@ class NgramMemory:
     def __init__(self, n: int = MEMORY_N, capacity: int = MEMORY_CAPACITY) -> None:
         self.n, self.capacity = n, capacity
         self.next: dict[int, int] = {}
+        self.accepted_w, self.rejected_w = float(n), 1.0  # a recall follows n agreeing tokens: as sure as that
+
+    @property
+    def p(self) -> float:
+        """Per recalled token, the chance the model agrees, from recent recalls (decaying)."""
+        return self.accepted_w / (self.accepted_w + self.rejected_w)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        self.accepted_w = Acceptance.DECAY * self.accepted_w + accepted
+        self.rejected_w = Acceptance.DECAY * self.rejected_w + (accepted < drafted)
 
     def add(self, tokens: list[int]) -> None:
         if len(self.next) + len(tokens) > self.capacity:

@@ -365,6 +365,8 @@ class StepPlanner:
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         slot.drafter.observe(len(slot.draft), accepted)
         self.acceptance.observe(len(slot.draft), accepted)
+        if slot.drafter.recalled:
+            self.memory.observe(len(slot.draft), accepted)
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
     def release(self, slot: Slot) -> Job | None:

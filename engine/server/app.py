@@ -5,6 +5,7 @@ the server down. Requests carry no file system paths: models are store names."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -18,13 +19,24 @@ from autoglm.engine.errors import (
 )
 from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
-from autoglm.engine.server.guard import Guard
+from autoglm.engine.server.guard import OLLAMA, Guard
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.management import management_router
 from autoglm.engine.server.metrics import Metrics
+from autoglm.engine.server.ollama_routes import ollama_router
 from autoglm.engine.server.openai_routes import openai_router
 from autoglm.engine.server.protocol import error, refusal
 from autoglm.engine.server.serving import OpenAIServing
+
+
+def shaped(request: Request, response: JSONResponse) -> JSONResponse:
+    """An error in the shape its API's clients read: OpenAI's ``{"error": {"message": ...}}``, or
+    Ollama's ``{"error": "..."}`` under ``/api/`` (its client shows the string as it is)."""
+    if not request.url.path.startswith(OLLAMA):
+        return response
+    message = json.loads(bytes(response.body))["error"]["message"]
+    headers = {k: v for k, v in response.headers.items() if k.lower() == "retry-after"}
+    return JSONResponse({"error": message}, status_code=response.status_code, headers=headers)
 
 
 @dataclass
@@ -52,26 +64,28 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
                            allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(x) for x in first.get("loc", []) if x != "body"]
         if first.get("type") == "json_invalid":
-            return error(400, "the request body is not valid JSON", code="invalid_json")
-        return error(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}", param=".".join(loc) or None)
+            return shaped(request, error(400, "the request body is not valid JSON", code="invalid_json"))
+        return shaped(request, error(400, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}",
+                                     param=".".join(loc) or None))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Unknown routes, wrong methods, bodies the JSON parser gave up on (non-UTF-8, nested
         past its recursion limit): the same error shape as every other refusal."""
         message = {404: "no such route", 405: "method not allowed on this route",
                    400: "the request body is not valid JSON (or not UTF-8, or nested too deeply)"}.get(
             exc.status_code, str(exc.detail))
-        return error(exc.status_code, message, code={404: "not_found", 400: "invalid_json"}.get(exc.status_code),
-                     headers=getattr(exc, "headers", None))
+        return shaped(request, error(exc.status_code, message,
+                                     code={404: "not_found", 400: "invalid_json"}.get(exc.status_code),
+                                     headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(AutoGLMError)
-    async def engine_error(_request: Request, exc: AutoGLMError) -> JSONResponse:
-        return refusal(exc, config.retry_after_s)
+    async def engine_error(request: Request, exc: AutoGLMError) -> JSONResponse:
+        return shaped(request, refusal(exc, config.retry_after_s))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -79,8 +93,9 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
         refusal = storage_error(exc) if isinstance(exc, OSError) else None
         if refusal is not None:  # the disk refused (read-only store, full disk): the user's to fix
             return await engine_error(request, refusal)
-        return error(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
+        return shaped(request, error(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error"))
 
     app.include_router(openai_router(serving, metrics))
+    app.include_router(ollama_router(serving))
     app.include_router(management_router(runtime))
     return app

@@ -29,6 +29,9 @@ OPEN_PATHS = {"/health", "/health/live", "/health/ready"}
 PROBES = OPEN_PATHS | {"/metrics"}  # answered while draining, and not counted as work in flight
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 MANAGEMENT = "/autoglm/"
+OLLAMA = "/api/"
+# what changes the store, under either API: behind the management key (Ollama's own server has no keys)
+MANAGED = (MANAGEMENT, "/api/pull", "/api/delete", "/api/push", "/api/create", "/api/copy")
 DRAIN_LIMIT = 16 << 20  # read (and drop) this much of a refused body, so the client sees the 413, not a reset
 DRAIN_S = 1.0  # but no longer than this: a client that declares 50 MB and sends nothing gets its 413 now
 
@@ -47,7 +50,7 @@ class Guard:
         if self.loopback_only and host and name.lower() not in LOOPBACK_NAMES:
             return error(403, f"host '{host[:64]}' is not this server's name (a DNS-rebinding page?); "
                          "use 127.0.0.1 or localhost", "permission_error", code="host_not_allowed")
-        if scope["path"].startswith(MANAGEMENT) and scope.get("method") in ("POST", "DELETE", "PUT"):
+        if scope["path"].startswith(MANAGED) and scope.get("method") in ("POST", "DELETE", "PUT"):
             origin = headers.get("origin")
             if origin is not None and origin not in self.origins:
                 return error(403, f"management requests from a web page ({origin[:64]}) are refused",
@@ -64,7 +67,7 @@ class Guard:
         if self.lifecycle.draining and scope["path"] not in PROBES:
             return error(503, "the server is shutting down; send this request to another replica or retry "
                          "once it is back", "server_error", code="draining", headers={"Retry-After": "5"})
-        management = scope["path"].startswith(MANAGEMENT)
+        management = scope["path"].startswith(MANAGED)
         if management and self.manage_key is None:
             return error(403, "the management API is off on this server (start it with --manage-key KEY)",
                          "permission_error", code="management_off")

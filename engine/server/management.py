@@ -69,10 +69,14 @@ SEARCHES = 2  # catalog searches at once, each on its own thread (they wait on a
 FIRST_EVENT_S = 5.0  # a job's own checks fail well within this: their error becomes the HTTP status
 
 
-async def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> StreamingResponse:
-    """Run a long model job on a thread; stream its progress as SSE (`{"label","done","total"}`),
-    then `{"installed": {...}}` or `{"error": ...}`. A mistake the job finds at once (unknown model,
-    bad quant) is an HTTP error status instead of a 200 stream. A closed connection sets the cancel."""
+Job = Callable[[Progress, threading.Event], Manifest]
+
+
+async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
+    """Run a long model job on a thread; its items: progress ``{"label","done","total"}``, then
+    ``{"installed": {...}}`` or ``{"error": ...}``. A mistake the job finds at once (unknown model,
+    bad quant) raises here, before the first item, so the route answers it with an HTTP error
+    status instead of a 200 stream. Closing the iterator (a client gone) cancels the job."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -103,18 +107,29 @@ async def job_stream(job: Callable[[Progress, threading.Event], Manifest]) -> St
     if first is not None and first.get("exc") is not None:
         raise first["exc"]  # the app's handler gives it its status (400, 404, 422, 507)
 
-    async def sse() -> AsyncIterator[str]:
+    async def items() -> AsyncIterator[dict[str, Any]]:
         item = first
         try:
             while True:
                 if item is None:
                     item = await events.get()
-                yield "data: " + json.dumps(item) + "\n\n"
+                yield {k: v for k, v in item.items() if k != "exc"}
                 if "installed" in item or "error" in item:
                     return
                 item = None
         finally:
             cancel.set()  # no-op after the end; stops the job if the client went away
+
+    return items()
+
+
+async def job_stream(job: Job) -> StreamingResponse:
+    """A model job's items as SSE (the desktop app's and ``/autoglm``'s shape)."""
+    items = await run_job(job)
+
+    async def sse() -> AsyncIterator[str]:
+        async for item in items:
+            yield "data: " + json.dumps(item) + "\n\n"
 
     return StreamingResponse(sse(), media_type="text/event-stream")
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import replace
+from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import Request
@@ -22,7 +21,6 @@ from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError, Queu
 from autoglm.engine.router import route
 from autoglm.engine.runtime import Labeled, Runtime
 from autoglm.engine.sampling import SamplingParams
-from autoglm.engine.scheduler import Event
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import (
@@ -41,21 +39,11 @@ from autoglm.engine.server.protocol import (
     sse_error,
     sse_refusal,
 )
+from autoglm.engine.server.replies import DISCONNECT_POLL_S, Piece, Replier
 from autoglm.engine.tasks.extract import Extraction
 from autoglm.engine.tasks.prompt_tune import is_prompt
 from autoglm.engine.tasks.schema_grammar import schema_grammar
-from autoglm.engine.tasks.tools import OPEN, ToolCall, ToolUse
-
-DISCONNECT_POLL_S = 1.0
-
-
-async def _gather(first: Event, events: AsyncGenerator[Event, None]) -> tuple[str, Event]:
-    """A reply's whole text and its last event."""
-    parts, ev = [first.text], first
-    while not ev.done:
-        ev = await events.__anext__()
-        parts.append(ev.text)
-    return "".join(parts), ev
+from autoglm.engine.tasks.tools import ToolUse
 
 
 def grammar_for(fmt: ResponseFormat | None) -> str | None:
@@ -67,59 +55,12 @@ def grammar_for(fmt: ResponseFormat | None) -> str | None:
     return schema_grammar(fmt.json_schema.schema_ if fmt.json_schema else {}, "response_format json_schema")
 
 
-def _finish_reason(ev: Event) -> str:
-    return "length" if ev.finish_reason == "length" else "stop"
-
-
-async def _watch_disconnect(request: Request, req: Any) -> None:
-    """Polled by the clock, not only when tokens stop: a non-streamed reply generates tokens all
-    along, and its client may have gone away long ago."""
-    while not req.cancelled.is_set():
-        await asyncio.sleep(DISCONNECT_POLL_S)
-        if await request.is_disconnected():
-            req.cancel()
-            return
-
-
-class Relay:
-    """Hands the scheduler thread's events to the event loop, one wake-up per batch: a step emits
-    a token for every running stream at once, and one ``call_soon_threadsafe`` (a syscall and a
-    loop iteration) each would be CPU taken from llama.cpp's threads on a small board."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list[tuple[asyncio.Queue[Event], Event]] = []
-        self.lock = threading.Lock()
-
-    def put(self, queue: asyncio.Queue[Event], event: Event) -> None:  # scheduler thread
-        with self.lock:
-            self.items.append((queue, event))
-            first = len(self.items) == 1
-        if first:
-            try:
-                self.loop.call_soon_threadsafe(self._flush)
-            except RuntimeError:  # the loop is closed: a request that outlived the server has nobody to tell
-                pass
-
-    def _flush(self) -> None:  # event loop
-        with self.lock:
-            items, self.items = self.items, []
-        for queue, event in items:
-            queue.put_nowait(event)
-
-
 class OpenAIServing:
     def __init__(self, runtime: Runtime, metrics: Metrics, retry_after_s: int = 1,
                  lifecycle: Lifecycle | None = None) -> None:
         self.runtime, self.metrics, self.retry_after_s = runtime, metrics, retry_after_s
         self.lifecycle = lifecycle or Lifecycle()
-        self._relay: Relay | None = None
-
-    def relay(self) -> Relay:
-        loop = asyncio.get_running_loop()
-        if self._relay is None or self._relay.loop is not loop:  # one per loop (tests run several)
-            self._relay = Relay(loop)
-        return self._relay
+        self.replier = Replier(runtime, metrics, self.lifecycle)
 
     # --- text generation ----------------------------------------------------------------------
     def at_capacity(self) -> JSONResponse:
@@ -132,102 +73,25 @@ class OpenAIServing:
             raise ModelNotFoundError(f"the model '{model[:80]}' is not served here; this server serves "
                                      f"'{self.runtime.model_name}' (GET /v1/models)")
 
-    async def chat(self, body: ChatRequest, request: Request) -> Any:
-        self.check_model(body.model)
-        messages = [m.plain() for m in body.messages]
-        use = await asyncio.to_thread(ToolUse.of, body.tools, body.tool_choice, body.parallel_tool_calls)
-        if use is not None and body.response_format is not None and body.response_format.type != "text":
-            raise InvalidArgumentError("response_format and tools cannot be combined: a tool call has its own format")
+    async def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                          tool_choice: str | dict[str, Any] | None, parallel: bool,
+                          fmt: ResponseFormat | None) -> tuple[list[int], str | None, ToolUse | None]:
+        """A chat request's prompt tokens, response grammar and tool use, built in worker threads
+        (templates, tokenizers and grammars are work): shared by OpenAI's and Ollama's routes."""
+        use = await asyncio.to_thread(ToolUse.of, tools, tool_choice, parallel)
+        if use is not None and fmt is not None and fmt.type != "text":
+            raise InvalidArgumentError("a response format and tools cannot be combined: a tool call has its own format")
         tokens, grammar = await asyncio.gather(
             asyncio.to_thread(self.runtime.prompts.tokens, messages, use.listed if use else None),
-            asyncio.to_thread(grammar_for, body.response_format))
-        if use is not None and use.grammar is not None:
-            return await self._respond_tools(body, tokens, use, request)
-        return await self._respond("chat", body, tokens, grammar, request)
+            asyncio.to_thread(grammar_for, fmt))
+        return tokens, grammar, use
 
-    async def _respond_tools(self, body: ChatRequest, tokens: list[int], use: ToolUse, request: Request) -> Any:
-        """A reply that may call tools: free text until the model opens a call (streamed as
-        content), then the calls under their grammar, handed over whole (tasks/tools.py)."""
-        params = self._params(body, len(tokens))
-        reply = Reply("chat", self.runtime.model_name)
-        free = None
-        if not use.required:
-            free = self._events(tokens, replace(params, stop=[*params.stop, *use.stops()]), None, request,
-                                streamed=bool(body.stream))
-            try:
-                first = await free.__anext__()
-            except QueueFullError:
-                return self.at_capacity()
-        if body.stream:
-            return StreamingResponse(self._sse_tools(reply, body, tokens, params, use, free, first if free else None,
-                                                     request),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        said, ev = "", None
-        if free is not None:
-            said, ev = await _gather(first, free)
-        calls_text = None
-        if ev is None or (ev.stop == OPEN and ev.error is None):
-            try:
-                calls_text, ev = await self._calls(body, tokens, params, use, said, request)
-            except QueueFullError:
-                return self.at_capacity()
-        calls: list[ToolCall] = []
-        if ev.error is None:
-            said, calls = use.result(said, calls_text)
-        cut = self._cut_short(ev)
-        if cut:
-            return error(503, cut, "server_error", code="shutting_down")
-        if ev.error:
-            return refusal(ev.error, self.retry_after_s)
-        usage = await self._usage(tokens, said + "".join(c.arguments for c in calls))
-        return reply.whole(said, "tool_calls" if calls else _finish_reason(ev), usage, calls)
-
-    async def _sse_tools(self, reply: Reply, body: ChatRequest, tokens: list[int], params: SamplingParams,
-                         use: ToolUse, free: AsyncGenerator[Event, None] | None, first: Event | None,
-                         request: Request) -> AsyncIterator[str]:
-        yield reply.chunk(role=True)
-        said, sent, ev = "", 0, first
-        try:
-            while free is not None and ev is not None:
-                said += ev.text
-                if len(said) > sent and not use.holds(said):  # text, and no bare call in the making
-                    yield reply.chunk(said[sent:])
-                    sent = len(said)
-                if ev.done:
-                    break
-                ev = await free.__anext__()
-            calls_text = None
-            if ev is None or (ev.stop == OPEN and ev.error is None):
-                try:
-                    calls_text, ev = await self._calls(body, tokens, params, use, said, request)
-                except QueueFullError as exc:
-                    yield sse_refusal(exc)
-                    yield "data: [DONE]\n\n"
-                    return
-            calls: list[ToolCall] = []
-            if ev.error is None:
-                content, calls = use.result(said, calls_text)
-                if calls:
-                    yield reply.calls(calls)
-                elif len(content) > sent:  # held back, or a call cut short by max_tokens: the model's words
-                    yield reply.chunk(content[sent:])
-            for line in self._ending(reply, ev, "tool_calls" if calls else None):
-                yield line
-        finally:
-            if free is not None:
-                await free.aclose()
-
-    async def _calls(self, body: ChatRequest, tokens: list[int], params: SamplingParams, use: ToolUse, said: str,
-                     request: Request) -> tuple[str, Event]:
-        """The calls' phase: the prompt with what was said and the opened call, under the grammar."""
-        model = self.runtime.model
-        opened = tokens + await asyncio.to_thread(use.opening, said, model.tokenize)
-        budget = self.runtime.sampling(len(opened), body.max_tokens)  # a user's stop string may sit in arguments
-        events = self._events(opened, replace(params, max_tokens=budget.max_tokens, stop=[]), use.grammar, request,
-                              streamed=False)
-        first = await events.__anext__()
-        return await _gather(first, events)
+    async def chat(self, body: ChatRequest, request: Request) -> Any:
+        self.check_model(body.model)
+        tokens, grammar, use = await self.chat_prompt([m.plain() for m in body.messages], body.tools,
+                                                      body.tool_choice, body.parallel_tool_calls,
+                                                      body.response_format)
+        return await self._respond("chat", body, tokens, grammar, request, use)
 
     async def completion(self, body: CompletionRequest, request: Request) -> Any:
         self.check_model(body.model)
@@ -238,86 +102,50 @@ class OpenAIServing:
         return self.runtime.sampling(prompt_len, body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                                      seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
-    async def _events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
-                      request: Request, streamed: bool) -> AsyncGenerator[Event, None]:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        relay = self.relay()
-        req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
-                                      lambda ev: relay.put(queue, ev), streamed)
-        self.lifecycle.track(req)
-        started = time.perf_counter()
-        watcher = asyncio.create_task(_watch_disconnect(request, req))
-        try:
-            while True:
-                event = await queue.get()  # a plain get: a timer per token is loop work that takes a core
-                if event.done:
-                    if req.first_token_at is not None:  # stamped by the scheduler (a non-streamed reply has one event)
-                        self.metrics.ttft.observe(req.first_token_at - req.submitted)
-                    self.metrics.latency.observe(time.perf_counter() - started)
-                yield event
-                if event.done:
-                    return
-        finally:
-            watcher.cancel()
-            req.cancel()  # a client that went away (or an error) stops its generation
-            self.lifecycle.untrack(req)
-
-    def _cut_short(self, ev: Event) -> str | None:
-        """Why a reply ended early when the server stopped it (the drain's deadline), else None."""
-        if ev.finish_reason == "cancelled" and self.lifecycle.stopping:
-            return "the server shut down before this reply finished; ask again"
-        return None
-
     async def _respond(self, kind: Literal["chat", "text"], body: Sampling, tokens: list[int], grammar: str | None,
-                       request: Request) -> Any:
+                       request: Request, use: ToolUse | None = None) -> Any:
         params = self._params(body, len(tokens))
         reply = Reply(kind, self.runtime.model_name)
-        events = self._events(tokens, params, grammar, request, streamed=bool(body.stream))
+        pieces = self.replier.pieces(tokens, params, grammar, use, request, streamed=bool(body.stream))
         try:
-            first = await events.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
+            first = await pieces.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
         except QueueFullError:
             return self.at_capacity()
         if body.stream:
-            return StreamingResponse(self._sse(reply, first, events), media_type="text/event-stream",
+            return StreamingResponse(self._sse(reply, first, pieces), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, ev = await _gather(first, events)
-        cut = self._cut_short(ev)
-        if cut:
-            return error(503, cut, "server_error", code="shutting_down")
-        if ev.error:
-            return refusal(ev.error, self.retry_after_s)
-        return reply.whole(text, _finish_reason(ev), await self._usage(tokens, text))
+        last = first
+        async with aclosing(pieces):
+            while not last.done:
+                last = await pieces.__anext__()
+        if last.cut:
+            return error(503, last.cut, "server_error", code="shutting_down")
+        if last.error:
+            return refusal(last.error, self.retry_after_s)
+        completion = await self.replier.completion_tokens(last)
+        usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
+        return reply.whole(last.said, last.finish, usage, last.calls)
 
-    async def _usage(self, tokens: list[int], text: str) -> Usage:
-        completion = len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
-        return Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
-
-    def _ending(self, reply: Reply, ev: Event, finish: str | None = None) -> list[str]:
-        """A stream's last lines: its error, the shutdown that cut it, or its finish reason."""
-        cut = self._cut_short(ev)
-        if ev.error:
-            last = sse_refusal(ev.error)
-        elif cut:
-            last = sse_error(cut, code="shutting_down")
-        else:
-            last = reply.chunk(finish=finish or _finish_reason(ev))
-        return [last, "data: [DONE]\n\n"]
-
-    async def _sse(self, reply: Reply, first: Event, events: AsyncGenerator[Event, None]) -> AsyncIterator[str]:
+    async def _sse(self, reply: Reply, first: Piece, pieces: AsyncGenerator[Piece, None]) -> AsyncIterator[str]:
         if reply.kind == "chat":
             yield reply.chunk(role=True)
-        ev = first
-        try:
+        piece = first
+        async with aclosing(pieces):  # a disconnected client cancels its generation now
             while True:
-                if ev.text:
-                    yield reply.chunk(ev.text)
-                if ev.done:
-                    for line in self._ending(reply, ev):
-                        yield line
+                if piece.text:
+                    yield reply.chunk(piece.text)
+                if piece.calls:
+                    yield reply.calls(piece.calls)
+                if piece.done:
+                    if piece.error:
+                        yield sse_refusal(piece.error)
+                    elif piece.cut:
+                        yield sse_error(piece.cut, code="shutting_down")
+                    else:
+                        yield reply.chunk(finish=piece.finish)
+                    yield "data: [DONE]\n\n"
                     return
-                ev = await events.__anext__()
-        finally:
-            await events.aclose()  # a disconnected client cancels its generation now
+                piece = await pieces.__anext__()
 
     # --- encoders -----------------------------------------------------------------------------
     async def embeddings(self, body: EmbeddingRequest) -> Any:

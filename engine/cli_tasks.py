@@ -1,4 +1,4 @@
-"""The encoder commands: ``embed``, ``classify`` (``train``, ``correct``) and ``models convert``."""
+"""The encoder commands: ``embed``, ``rerank``, ``classify`` (``train``, ``correct``) and ``models convert``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
     _note_truncated(done.truncated, len(texts), done.max_length)
     for text, vec in zip(texts, done.vectors, strict=True):
         print(json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vec]}))
+    return 0
+
+
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from autoglm.engine.hardware import probe
+    from autoglm.engine.runtime import Runtime
+
+    args.text = None
+    documents = _texts(args)
+    done = Runtime("chat", _no_chat_model, probe(), encoders_alone=True).rerank(args.query, documents, args.model,
+                                                                              args.top)
+    _note_truncated(done.truncated, len(documents) + 1, done.max_length)
+    for r in done.results:
+        print(json.dumps({"index": r.index, "score": round(r.score, 4), "text": r.text}) if args.json
+              else f"{r.score:6.3f}  {r.text}")
+    print(f"scored by {done.model} ({done.method})", file=sys.stderr)
     return 0
 
 
@@ -158,6 +174,14 @@ def add_parsers(sub: argparse._SubParsersAction, models: argparse._SubParsersAct
     p.add_argument("--model", "-m", help="converted encoder (default: all-MiniLM-L6-v2)")
     p.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("rerank", help="documents (one per line of --file) by relevance to a query")
+    p.add_argument("query")
+    p.add_argument("--file", required=True, help="one document per line")
+    p.add_argument("--model", "-m", help="converted encoder (default: all-MiniLM-L6-v2)")
+    p.add_argument("--top", type=int, help="keep the N most relevant")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_rerank)
 
     p = sub.add_parser("classify", help="label texts (also: `classify train`, `classify correct`)")
     p.add_argument("text", nargs="?")

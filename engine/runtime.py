@@ -31,6 +31,9 @@ from autoglm.engine.tasks.corrections import install
 from autoglm.engine.tasks.embed import DEFAULT_ENCODER, encoder_manifest, load_encoder
 from autoglm.engine.tasks.extract import Extractor
 from autoglm.engine.tasks.prompt_tune import PromptRunner, TunedPrompt, encoder_embed, is_prompt
+from autoglm.engine.tasks.rerank import METHOD as RERANK_METHOD
+from autoglm.engine.tasks.rerank import Ranked, rank
+from autoglm.engine.tasks.rerank import check as check_rerank
 
 NO_CLASSIFIER = ("give labels (zero-shot), or a trained classifier or a tuned classify prompt as the model, or "
                  "route classify to one (autoglm route classify NAME)")
@@ -47,6 +50,17 @@ class Labeled:
     correctable: bool = False  # a trained classifier that keeps its examples (corrections retrain it)
     layers: int | None = None  # the classifier's exit heads
     max_length: int | None = None  # the encoder's, in tokens
+
+
+@dataclass
+class Reranked:
+    """What ``Runtime.rerank`` gives every front end: the documents, most relevant first."""
+
+    model: str
+    method: str  # how the scores were made ("embedding": cosine of sentence embeddings)
+    results: list[Ranked]
+    truncated: int  # texts (the query among them) cut to the encoder's max_length
+    max_length: int
 
 
 @dataclass
@@ -140,6 +154,15 @@ class Runtime:
         manifest, enc = self.encoder(route("embed", model), precision)
         vectors, truncated = enc.embed(texts)
         return Embedded(manifest.name, vectors, truncated, enc.max_length)
+
+    def rerank(self, query: str, documents: list[str], model: str | None = None,
+               top_n: int | None = None) -> Reranked:
+        """The rerank use case, once for the Python API, the server and the CLI: the query and the
+        documents through the embed model in one batch (``tasks/rerank.py`` says why no cross-encoder)."""
+        check_rerank(query, documents)
+        done = self.embed([query, *documents], model)
+        return Reranked(done.model, RERANK_METHOD, rank(done.vectors[0], done.vectors[1:], documents, top_n),
+                        done.truncated, done.max_length)
 
     def classifier(self, name: str, precision: str | None = None) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)

@@ -15,6 +15,7 @@ from autoglm.engine.server.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     ExtractRequest,
+    RerankRequest,
 )
 from autoglm.engine.server.serving import OpenAIServing
 
@@ -51,6 +52,12 @@ def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> Any:
         return await serving.embeddings(body)
+
+    @router.post("/v1/rerank")
+    @router.post("/rerank")
+    async def rerank(body: RerankRequest) -> Any:
+        """Documents by relevance to a query (llama-server's and Jina's shape; ``method`` says how)."""
+        return await serving.rerank(body)
 
     @router.post("/v1/classify")
     async def classify(body: ClassifyRequest) -> Any:

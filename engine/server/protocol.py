@@ -155,6 +155,23 @@ class EmbeddingRequest(BaseModel):
     input: Text | list[Text]
 
 
+class RerankDocument(BaseModel):
+    text: Text
+
+
+class RerankRequest(BaseModel):
+    """llama-server's and Jina's shape; documents as strings or ``{"text": ...}``."""
+
+    model: Text | None = None  # an embed model; default: the router's
+    query: Text
+    documents: list[Text | RerankDocument]
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
 class ClassifyRequest(BaseModel):
     model: Text | None = None  # a stored classifier
     input: Text | list[Text]

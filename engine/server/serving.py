@@ -31,6 +31,7 @@ from autoglm.engine.server.protocol import (
     EmbeddingRequest,
     ExtractRequest,
     Reply,
+    RerankRequest,
     ResponseFormat,
     Sampling,
     Usage,
@@ -158,6 +159,14 @@ class OpenAIServing:
                 "data": [{"object": "embedding", "index": i, "embedding": v.tolist()}
                          for i, v in enumerate(done.vectors)],
                 "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    async def rerank(self, body: RerankRequest) -> Any:
+        done = await asyncio.to_thread(self.runtime.rerank, body.query, body.texts(), body.model, body.top_n)
+        results = [{"index": r.index, "relevance_score": r.score} | ({"document": {"text": r.text}}
+                                                                      if body.return_documents else {})
+                   for r in done.results]
+        return {"object": "list", "model": done.model, "method": done.method, "truncated": done.truncated,
+                "results": results, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     async def classify(self, body: ClassifyRequest) -> Any:
         texts = [body.input] if isinstance(body.input, str) else body.input

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -354,11 +355,36 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ps(args: argparse.Namespace) -> int:
+    """What a running server holds: its /api/ps, as a table."""
+    import urllib.error
+    import urllib.request
+
+    from autoglm.engine.errors import NetworkError
+
+    key = args.api_key or os.environ.get("AUTOGLM_API_KEY")
+    req = urllib.request.Request(args.url.rstrip("/") + "/api/ps",
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            models = json.loads(resp.read())["models"]
+    except urllib.error.HTTPError as exc:
+        raise NetworkError(f"{args.url} answered {exc.code}: {exc.read()[:200].decode(errors='replace')}") from None
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        raise NetworkError(f"no autoglm server at {args.url} ({getattr(exc, 'reason', exc)}); "
+                           "start one with `autoglm serve`") from None
+    print(f"{'NAME':<28}{'SIZE':>10}{'ACTIVE':>8}  UNTIL")
+    for m in models:
+        until = "forever" if m["expires_at"].startswith("2318") else m["expires_at"]
+        print(f"{m['name']:<28}{m.get('size', 0) / 1e6:>8.0f}MB{m.get('active', 0):>8}  {until}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from autoglm.engine.server.serve import ServeSettings, serve
 
     keys = ("host", "port", "model", "parallel", "ctx", "threads", "gpu_layers", "safe", "api_key", "max_queue",
-            "cors_origins", "manage_key", "no_manage", "no_speculate", "draft", "grace")
+            "cors_origins", "manage_key", "no_manage", "no_speculate", "draft", "grace", "keep_alive", "max_memory")
     return serve(ServeSettings.load(args.config, {k: getattr(args, k) for k in keys}))
 
 
@@ -451,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, help="waiting requests before 429 (default 64)")
     p.add_argument("--grace", type=float, help="seconds SIGTERM (or Ctrl-C) leaves requests in flight to finish "
                    "while /health/ready answers 503; a second signal stops at once (default 25)")
+    p.add_argument("--keep-alive", help="how long another model a request names stays loaded when idle "
+                   "(default 5m; 0 unloads after each request, -1 keeps it)")
+    p.add_argument("--max-memory", type=int, help="MB the loaded chat models may hold together; the least "
+                   "recently used idle one is unloaded to load another (default: 3/4 of the RAM)")
     p.add_argument("--cors-origin", action="append", dest="cors_origins", help="allow this browser origin")
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.set_defaults(func=cmd_serve)
@@ -464,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_extract(sub)
     add_prompt(sub)
     add_tune(sub)
+    p = sub.add_parser("ps", help="the models a running server has loaded, their memory and when they unload")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    p.add_argument("--api-key", help="the server's API key (or set AUTOGLM_API_KEY)")
+    p.set_defaults(func=cmd_ps)
     p = sub.add_parser("route", help="which model serves each task (chat, extract, classify, embed)")
     p.add_argument("task", nargs="?", help="a task to route")
     p.add_argument("model", nargs="?", help="an installed model for it; `default` for the built-in default")

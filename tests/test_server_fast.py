@@ -308,7 +308,7 @@ def test_the_model_field_is_honoured(client):
     r = client.post("/v1/chat/completions", json={**MSG, "model": "gpt-4"})
     err = r.json()["error"]
     assert r.status_code == 404 and err["code"] == "model_not_found" and err["param"] == "model"
-    assert "'gpt-4' is not served here" in err["message"] and err["type"] == "invalid_request_error"
+    assert "'gpt-4' is not an installed chat model" in err["message"] and err["type"] == "invalid_request_error"
     r = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2, "model": "llama3"})
     assert r.status_code == 404
     tool = {"messages": [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None},

@@ -5,7 +5,10 @@ the server down. Requests carry no file system paths: models are store names."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -14,9 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from autoglm.engine.errors import (
-    AutoGLMError,
-)
+from autoglm.engine.errors import AutoGLMError, ModelNotFoundError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.guard import OLLAMA, Guard
@@ -25,8 +26,13 @@ from autoglm.engine.server.management import management_router
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.ollama_routes import ollama_router
 from autoglm.engine.server.openai_routes import openai_router
+from autoglm.engine.server.pool import ModelPool
 from autoglm.engine.server.protocol import error, refusal
 from autoglm.engine.server.serving import OpenAIServing
+
+
+def _one_model_only(name: str) -> tuple[Runtime, int]:
+    raise ModelNotFoundError(f"the model '{name[:80]}' is installed, but this engine serves one model only")
 
 
 def shaped(request: Request, response: JSONResponse) -> JSONResponse:
@@ -49,12 +55,24 @@ class ServerConfig:
     manage_key: str | None = None  # the management API (/autoglm/*) is on only behind its own key
 
 
-def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | None = None) -> FastAPI:
-    """``lifecycle``: the server loop's, so a signal it receives drains these routes (see lifecycle.py)."""
-    app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | None = None,
+               pool: ModelPool | None = None) -> FastAPI:
+    """``lifecycle``: the server loop's, so a signal it receives drains these routes (see lifecycle.py).
+    ``pool``: the models requests may name, ``runtime`` first (without one, only ``runtime`` serves)."""
+    pool = pool or ModelPool(runtime, 0, _one_model_only, budget_bytes=1 << 62)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(pool.run_sweeper())  # idle models unload on time
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     lifecycle = lifecycle or Lifecycle()
     metrics = Metrics(runtime.scheduler, lifecycle)
-    serving = OpenAIServing(runtime, metrics, config.retry_after_s, lifecycle)
+    serving = OpenAIServing(pool, metrics, config.retry_after_s, lifecycle)
     # added first: inside CORS, so preflights pass
     app.add_middleware(Guard, api_key=config.api_key, max_body_bytes=config.max_body_bytes, metrics=metrics,
                        loopback_only=config.loopback_only, origins=config.cors_origins, manage_key=config.manage_key,

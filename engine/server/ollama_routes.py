@@ -22,15 +22,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError, QueueFullError
+from autoglm.engine.errors import InvalidArgumentError, QueueFullError
 from autoglm.engine.models import store
 from autoglm.engine.models.manager import installed, pull
 from autoglm.engine.models.store import Manifest
+from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import MAX_STOP_STRINGS, TEMPERATURE_MAX
 from autoglm.engine.server.management import run_job
+from autoglm.engine.server.pool import keep_seconds
 from autoglm.engine.server.protocol import JsonSchemaFormat, ResponseFormat, Text
-from autoglm.engine.server.replies import Piece
-from autoglm.engine.server.serving import OpenAIServing, grammar_for
+from autoglm.engine.server.replies import Piece, Replier
+from autoglm.engine.server.serving import Build, OpenAIServing
 from autoglm.engine.tasks.tools import ToolCall
 
 API_LEVEL = "0.9.0"  # the Ollama API these routes follow (clients check it before using newer fields)
@@ -134,7 +136,11 @@ def _format(value: Format) -> ResponseFormat | None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return _iso(time.time())
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def _details(m: Manifest) -> dict[str, Any]:
@@ -152,10 +158,6 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
     router = APIRouter(prefix="/api")
     runtime = serving.runtime
 
-    def served(name: str) -> None:
-        if bare(name) not in ("", "default", runtime.model_name):
-            raise ModelNotFoundError(f"model '{name[:80]}' not found; this server serves '{runtime.model_name}'")
-
     @router.get("/version")
     async def version() -> dict[str, str]:
         return {"version": API_LEVEL}
@@ -166,11 +168,18 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
 
     @router.get("/ps")
     async def ps() -> dict[str, Any]:
-        manifest = await asyncio.to_thread(store.get, runtime.model_name)
-        entry = _listed(manifest) if manifest else {"name": runtime.model_name, "model": runtime.model_name}
-        plan = runtime.model.plan
-        return {"models": [{**entry, "expires_at": PINNED, "context_length": runtime.scheduler.ctx_per_seq,
-                            "size_vram": entry.get("size", 0) if plan and plan.gpu_layers else 0}]}
+        """The loaded models, their memory and when each unloads if left idle."""
+        models = []
+        for name, loaded, expires in serving.pool.loaded():
+            manifest = await asyncio.to_thread(store.get, name)
+            entry = _listed(manifest) if manifest else {"name": name, "model": name}
+            held = loaded.runtime
+            plan = held.model.plan if held.loaded else None
+            models.append({**entry, "size": loaded.size, "active": loaded.active,
+                           "expires_at": PINNED if expires == float("inf") else _iso(expires),
+                           "context_length": held.scheduler.ctx_per_seq if held.loaded else 0,
+                           "size_vram": loaded.size if plan and plan.gpu_layers else 0})
+        return {"models": models}
 
     @router.post("/show")
     async def show(body: NamedBody) -> dict[str, Any]:
@@ -186,48 +195,51 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
                 "capabilities": capabilities,
                 "modified_at": datetime.fromtimestamp(manifest.installed_at, timezone.utc).isoformat()}
 
+    async def load_only(body: Generating, field: str, empty: Any) -> dict[str, Any]:
+        """Ollama's way to load a model ahead of use (or, with ``keep_alive: 0``, to unload it)."""
+        entry = await serving.pool.acquire(bare(body.model), body.keep_alive)
+        await serving.pool.release(entry)
+        reason = "unload" if keep_seconds(body.keep_alive, 1.0) == 0 else "load"
+        return {"model": body.model, "created_at": _now(), field: empty, "done": True, "done_reason": reason}
+
     @router.post("/chat")
     async def chat(body: ChatBody, request: Request) -> Any:
-        served(body.model)
-        if not body.messages:  # Ollama's way to load a model ahead of use: it is loaded
-            return {"model": body.model, "created_at": _now(), "message": {"role": "assistant", "content": ""},
-                    "done": True, "done_reason": "load"}
-        messages = [m.plain() for m in body.messages]
-        tokens, grammar, use = await serving.chat_prompt(messages, body.tools, None, True, _format(body.format))
-        return await _reply(body, tokens, grammar, use, request, chat=True)
+        if not body.messages:
+            return await load_only(body, "message", {"role": "assistant", "content": ""})
+        build = serving.chat_builder([m.plain() for m in body.messages], body.tools, None, True, _format(body.format))
+        return await _reply(body, build, request, chat=True)
 
     @router.post("/generate")
     async def generate(body: GenerateBody, request: Request) -> Any:
-        served(body.model)
         if body.images:
             raise InvalidArgumentError("images are not supported: the served models read text only")
         if not body.prompt:
-            return {"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+            return await load_only(body, "response", "")
         if body.raw:
-            tokens = await asyncio.to_thread(runtime.model.tokenize, body.prompt, True)
-            grammar = await asyncio.to_thread(grammar_for, _format(body.format))
+            build = serving.text_builder(body.prompt, _format(body.format))
         else:
             messages = ([{"role": "system", "content": body.system}] if body.system else []) + [
                 {"role": "user", "content": body.prompt}]
-            tokens, grammar, _ = await serving.chat_prompt(messages, None, None, True, _format(body.format))
-        return await _reply(body, tokens, grammar, None, request, chat=False)
+            build = serving.chat_builder(messages, None, None, True, _format(body.format))
+        return await _reply(body, build, request, chat=False)
 
-    async def _reply(body: ChatBody | GenerateBody, tokens: list[int], grammar: str | None, use: Any,
-                     request: Request, chat: bool) -> Any:
+    async def _reply(body: ChatBody | GenerateBody, build: Build, request: Request, chat: bool) -> Any:
         o = body.options
         limit = None if o.num_predict is None or o.num_predict < 0 else max(o.num_predict, 1)
         options: dict[str, Any] = {k: v for k, v in (("temperature", o.temperature), ("top_p", o.top_p),
                                                       ("seed", o.seed)) if v is not None}
-        params = runtime.sampling(len(tokens), limit, stop=list(o.stop or []), **options)
-        started = time.perf_counter_ns()
-        pieces = serving.replier.pieces(tokens, params, grammar, use, request, streamed=body.stream)
+        began = time.perf_counter_ns()
         try:
-            first = await pieces.__anext__()
-        except QueueFullError:
-            return serving.at_capacity()
-        shape = Shape(body.model, chat, len(tokens), started)
+            started = await serving.start(
+                bare(body.model), body.keep_alive, build,
+                lambda runtime, n: runtime.sampling(n, limit, stop=list(o.stop or []), **options),
+                request, body.stream)
+        except QueueFullError as exc:
+            return serving.at_capacity(exc)
+        shape = Shape(body.model, chat, started.prompt_tokens, began, started.runtime)
+        first, pieces = started.first, started.pieces
         if body.stream:
-            return StreamingResponse(shape.lines(first, pieces, serving), media_type=NDJSON)
+            return StreamingResponse(shape.lines(first, pieces), media_type=NDJSON)
         last = first
         async with aclosing(pieces):
             while not last.done:
@@ -236,7 +248,7 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
             raise last.error
         if last.cut:
             return JSONResponse({"error": last.cut}, status_code=503)
-        return await shape.final(last, last.said, serving)
+        return await shape.final(last, last.said)
 
     @router.post("/embed")
     async def embed(body: EmbedBody) -> dict[str, Any]:
@@ -285,8 +297,9 @@ class Shape:
     """One reply's NDJSON lines (chat's ``message`` or generate's ``response``) and its final
     counts, in Ollama's units (nanoseconds)."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int, started_ns: int) -> None:
+    def __init__(self, model: str, chat: bool, prompt_tokens: int, started_ns: int, runtime: Runtime) -> None:
         self.model, self.chat, self.prompt_tokens, self.started = model, chat, prompt_tokens, started_ns
+        self.runtime = runtime
 
     def line(self, text: str, calls: list[ToolCall] | None = None, done: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "created_at": _now()}
@@ -300,16 +313,15 @@ class Shape:
             body["response"] = text
         return {**body, "done": done}
 
-    async def final(self, last: Piece, text: str, serving: OpenAIServing) -> dict[str, Any]:
+    async def final(self, last: Piece, text: str) -> dict[str, Any]:
         total = time.perf_counter_ns() - self.started
-        completion = await serving.replier.completion_tokens(last)
+        completion = await Replier.completion_tokens(self.runtime, last)
         return {**self.line(text, last.calls, done=True),
                 "done_reason": "stop" if last.finish == "tool_calls" else last.finish,
                 "total_duration": total, "load_duration": 0, "prompt_eval_count": self.prompt_tokens,
                 "eval_count": completion}
 
-    async def lines(self, first: Piece, pieces: AsyncGenerator[Piece, None], serving: OpenAIServing
-                    ) -> AsyncIterator[str]:
+    async def lines(self, first: Piece, pieces: AsyncGenerator[Piece, None]) -> AsyncIterator[str]:
         piece = first
         async with aclosing(pieces):  # a client gone cancels its generation
             while True:
@@ -317,7 +329,7 @@ class Shape:
                     if piece.error or piece.cut:
                         yield json.dumps({"error": str(piece.error) if piece.error else piece.cut}) + "\n"
                     else:
-                        yield json.dumps(await self.final(piece, piece.text, serving)) + "\n"
+                        yield json.dumps(await self.final(piece, piece.text)) + "\n"
                     return
                 if piece.text:
                     yield json.dumps(self.line(piece.text)) + "\n"

@@ -3,11 +3,13 @@ validated request to the serving layer."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from autoglm.engine.models.manager import installed
 from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.server.protocol import (
     ChatRequest,
@@ -38,8 +40,13 @@ def openai_router(serving: OpenAIServing, metrics: Metrics) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": serving.runtime.model_name, "object": "model", "created": 0,
-                                            "owned_by": "local"}]}
+        """The installed chat models, the one the server started with first: any of them can be
+        asked for (the pool loads it)."""
+        names = [serving.runtime.model_name] + sorted(
+            m.name for m in await asyncio.to_thread(installed)
+            if m.format == "gguf" and m.name != serving.runtime.model_name)
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "local"}
+                                           for n in names]}
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:

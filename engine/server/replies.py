@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -86,8 +86,10 @@ def finish_reason(ev: Event) -> str:
 
 
 class Replier:
-    def __init__(self, runtime: Runtime, metrics: Metrics, lifecycle: Lifecycle) -> None:
-        self.runtime, self.metrics, self.lifecycle = runtime, metrics, lifecycle
+    """Replies of any loaded model (``runtime`` per call: the server holds several, ``pool.py``)."""
+
+    def __init__(self, metrics: Metrics, lifecycle: Lifecycle) -> None:
+        self.metrics, self.lifecycle = metrics, lifecycle
         self._relay: Relay | None = None
 
     def relay(self) -> Relay:
@@ -96,12 +98,12 @@ class Replier:
             self._relay = Relay(loop)
         return self._relay
 
-    async def events(self, tokens: list[int], params: SamplingParams, grammar: str | None,
+    async def events(self, runtime: Runtime, tokens: list[int], params: SamplingParams, grammar: str | None,
                      request: Request, streamed: bool) -> AsyncGenerator[Event, None]:
         """The scheduler's events for one generation; closing the generator cancels it."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         relay = self.relay()
-        req = await asyncio.to_thread(self.runtime.scheduler.submit, tokens, params, grammar,
+        req = await asyncio.to_thread(runtime.scheduler.submit, tokens, params, grammar,
                                       lambda ev: relay.put(queue, ev), streamed)
         self.lifecycle.track(req)
         started = time.perf_counter()
@@ -131,26 +133,33 @@ class Replier:
         return Piece(text, calls or [], True, "tool_calls" if calls else finish_reason(ev), ev.error,
                      self.cut_short(ev), said)
 
-    async def pieces(self, tokens: list[int], params: SamplingParams, grammar: str | None, use: ToolUse | None,
-                     request: Request, streamed: bool) -> AsyncGenerator[Piece, None]:
-        if use is None or use.grammar is None:
-            said = ""
-            async with aclosing(self.events(tokens, params, grammar, request, streamed)) as events:
-                async for ev in events:
-                    said += ev.text
-                    yield self._last(ev, ev.text, said) if ev.done else Piece(ev.text)
-            return
-        async with aclosing(self._with_tools(tokens, params, use, request, streamed)) as pieces:
-            async for piece in pieces:
-                yield piece
+    async def pieces(self, runtime: Runtime, tokens: list[int], params: SamplingParams, grammar: str | None,
+                     use: ToolUse | None, request: Request, streamed: bool,
+                     ended: Callable[[], Awaitable[None]] | None = None) -> AsyncGenerator[Piece, None]:
+        """``ended``: called once the reply is over, however it ends (the model's lease)."""
+        try:
+            if use is None or use.grammar is None:
+                said = ""
+                async with aclosing(self.events(runtime, tokens, params, grammar, request, streamed)) as events:
+                    async for ev in events:
+                        said += ev.text
+                        yield self._last(ev, ev.text, said) if ev.done else Piece(ev.text)
+                return
+            async with aclosing(self._with_tools(runtime, tokens, params, use, request, streamed)) as pieces:
+                async for piece in pieces:
+                    yield piece
+        finally:
+            if ended is not None:
+                await ended()
 
-    async def _with_tools(self, tokens: list[int], params: SamplingParams, use: ToolUse, request: Request,
-                          streamed: bool) -> AsyncGenerator[Piece, None]:
+    async def _with_tools(self, runtime: Runtime, tokens: list[int], params: SamplingParams, use: ToolUse,
+                          request: Request, streamed: bool) -> AsyncGenerator[Piece, None]:
         """Free text until the model opens a call (sent as it comes, unless it may be a bare call),
         then the calls under their grammar, handed over whole on the last piece."""
         said, sent, ev = "", 0, None
         if not use.required:
-            free = self.events(tokens, replace(params, stop=[*params.stop, *use.stops()]), None, request, streamed)
+            free = self.events(runtime, tokens, replace(params, stop=[*params.stop, *use.stops()]), None, request,
+                               streamed)
             async with aclosing(free) as events:
                 async for ev in events:
                     said += ev.text
@@ -160,7 +169,7 @@ class Replier:
         calls_text = None
         if ev is None or (ev.stop == OPEN and ev.error is None):
             try:
-                calls_text, ev = await self._calls(tokens, params, use, said, request)
+                calls_text, ev = await self._calls(runtime, tokens, params, use, said, request)
             except QueueFullError as exc:
                 if ev is None:  # nothing submitted yet: the route answers 429
                     raise
@@ -171,20 +180,21 @@ class Replier:
             said, calls = use.result(said, calls_text)
         yield self._last(ev, said[sent:], said, calls)
 
-    async def _calls(self, tokens: list[int], params: SamplingParams, use: ToolUse, said: str,
+    async def _calls(self, runtime: Runtime, tokens: list[int], params: SamplingParams, use: ToolUse, said: str,
                      request: Request) -> tuple[str, Event]:
         """The calls' phase: the prompt with what was said and the opened call, under the grammar."""
-        opened = tokens + await asyncio.to_thread(use.opening, said, self.runtime.model.tokenize)
-        budget = self.runtime.sampling(len(opened), params.max_tokens)
+        opened = tokens + await asyncio.to_thread(use.opening, said, runtime.model.tokenize)
+        budget = runtime.sampling(len(opened), params.max_tokens)
         # no stop strings: a user's may sit inside the arguments
         calls = replace(params, max_tokens=budget.max_tokens, stop=[])
         text = ""
-        async with aclosing(self.events(opened, calls, use.grammar, request, streamed=False)) as events:
+        async with aclosing(self.events(runtime, opened, calls, use.grammar, request, streamed=False)) as events:
             async for ev in events:
                 text += ev.text
         return text, ev
 
-    async def completion_tokens(self, piece: Piece) -> int:
+    @staticmethod
+    async def completion_tokens(runtime: Runtime, piece: Piece) -> int:
         """The reply's length in tokens (the calls' arguments included), for usage counts."""
         text = piece.said + "".join(c.arguments for c in piece.calls)
-        return len(await asyncio.to_thread(self.runtime.model.tokenize, text, False)) if text else 0
+        return len(await asyncio.to_thread(runtime.model.tokenize, text, False)) if text else 0

@@ -27,6 +27,7 @@ from autoglm.engine.router import route
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.app import ServerConfig, create_app
 from autoglm.engine.server.lifecycle import CANCEL_WAIT_S, DEFAULT_GRACE_S, Lifecycle
+from autoglm.engine.server.pool import DEFAULT_KEEP_S, ModelPool, keep_seconds
 from autoglm.engine.tuning.background import start_if_wanted
 
 MAX_QUEUE = 100_000  # waiting requests; each holds a connection and its prompt's tokens
@@ -51,6 +52,8 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20
     cors_origins: list[str] = field(default_factory=list)
     grace: float = DEFAULT_GRACE_S  # seconds a SIGTERM leaves requests in flight to finish
+    keep_alive: str = "5m"  # how long another model a request named stays loaded when idle ("-1": for ever)
+    max_memory: int | None = None  # MB all loaded chat models may hold; None: three quarters of the RAM
 
     @classmethod
     def load(cls, config: str | None, overrides: dict[str, Any]) -> ServeSettings:
@@ -91,6 +94,9 @@ class ServeSettings:
             raise InvalidArgumentError(f"--ctx must be at least 64, got {self.ctx}")
         if not 0 <= self.grace <= 3600:
             raise InvalidArgumentError(f"--grace must be 0-3600 seconds, got {self.grace:g}")
+        keep_seconds(self.keep_alive, 0.0)  # a bad duration is a one-line error now, not on the first request
+        if self.max_memory is not None and self.max_memory < 64:
+            raise InvalidArgumentError(f"--max-memory is in MB and must be at least 64, got {self.max_memory}")
         if not 1 <= self.max_queue <= MAX_QUEUE:
             raise InvalidArgumentError(f"--max-queue must be 1-{MAX_QUEUE}, got {self.max_queue}")
         if not _is_loopback(self.host) and not self.api_key:
@@ -145,6 +151,20 @@ def serve(settings: ServeSettings) -> int:
                                   speculative=not settings.no_speculate, draft=settings.draft)
     name = prepared.model.manifest.name if prepared.model.manifest else Path(prepared.model.path).stem
     runtime = Runtime(name, model, prepared.device, loader.describe(prepared))
+
+    def load_other(other: str) -> tuple[Runtime, int]:
+        """Another installed chat model a request named, planned like the first (no draft model)."""
+        more = loader.prepare(other, overrides)
+        backend = loader.load_scheduled(more, settings.parallel or more.plan.slots, settings.ctx,
+                                        settings.max_queue, speculative=not settings.no_speculate)
+        backend.scheduler.on_fatal = lambda reason: print(f"autoglm: error: {other} failed: {reason}",
+                                                          file=sys.stderr, flush=True)
+        size = more.model.manifest.size if more.model.manifest else Path(more.model.path).stat().st_size
+        return Runtime(other, backend, more.device, loader.describe(more)), size
+
+    budget = (settings.max_memory << 20) if settings.max_memory else int(prepared.device.ram_total * 0.75)
+    first_size = prepared.model.manifest.size if prepared.model.manifest else Path(prepared.model.path).stat().st_size
+    pool = ModelPool(runtime, first_size, load_other, budget, keep_seconds(settings.keep_alive, DEFAULT_KEEP_S))
     idle_tuner = start_if_wanted(prepared, model.scheduler, bool(settings.safe))  # tunes while nobody waits
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
@@ -156,17 +176,18 @@ def serve(settings: ServeSettings) -> int:
     if settings.manage_key is None:
         print("management API off (--manage-key KEY turns it on)", file=sys.stderr, flush=True)
     try:
-        return run(runtime, config, sock, Lifecycle(settings.grace))
+        return run(runtime, config, sock, Lifecycle(settings.grace), pool)
     finally:
         if idle_tuner is not None:
             idle_tuner.stop()
 
 
-def run(runtime: Runtime, config: ServerConfig, sock: socket.socket, lifecycle: Lifecycle | None = None) -> int:
+def run(runtime: Runtime, config: ServerConfig, sock: socket.socket, lifecycle: Lifecycle | None = None,
+        pool: ModelPool | None = None) -> int:
     """Serve until stopped (0: a signal, after draining) or until a scheduler step fails
     (FAILED_EXIT, for the supervisor)."""
     lifecycle = lifecycle or Lifecycle()
-    server = _DrainingServer(uvicorn.Config(create_app(runtime, config, lifecycle), log_level="warning",
+    server = _DrainingServer(uvicorn.Config(create_app(runtime, config, lifecycle, pool), log_level="warning",
                                             access_log=False, timeout_graceful_shutdown=int(CANCEL_WAIT_S) + 2),
                              lifecycle)
 
@@ -178,6 +199,8 @@ def run(runtime: Runtime, config: ServerConfig, sock: socket.socket, lifecycle: 
     try:
         server.run(sockets=[sock])
     finally:
+        if pool is not None:
+            pool.close()
         runtime.close()
     if runtime.scheduler.failed:
         return FAILED_EXIT

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from fastapi import Request
@@ -23,6 +24,7 @@ from autoglm.engine.runtime import Labeled, Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.metrics import Metrics
+from autoglm.engine.server.pool import ModelPool
 from autoglm.engine.server.protocol import (
     MAX_EXTRACT_INPUTS,
     ChatRequest,
@@ -56,62 +58,111 @@ def grammar_for(fmt: ResponseFormat | None) -> str | None:
     return schema_grammar(fmt.json_schema.schema_ if fmt.json_schema else {}, "response_format json_schema")
 
 
-class OpenAIServing:
-    def __init__(self, runtime: Runtime, metrics: Metrics, retry_after_s: int = 1,
-                 lifecycle: Lifecycle | None = None) -> None:
-        self.runtime, self.metrics, self.retry_after_s = runtime, metrics, retry_after_s
-        self.lifecycle = lifecycle or Lifecycle()
-        self.replier = Replier(runtime, metrics, self.lifecycle)
+@dataclass
+class Started:
+    """A generation under way: its model, prompt length, and first piece (the rest to come)."""
 
-    # --- text generation ----------------------------------------------------------------------
-    def at_capacity(self) -> JSONResponse:
-        return refusal(QueueFullError("the server is at capacity; retry shortly"), self.retry_after_s)
+    runtime: Runtime
+    prompt_tokens: int
+    first: Piece
+    pieces: AsyncGenerator[Piece, None]
+
+
+Build = Callable[[Runtime], Awaitable[tuple[list[int], str | None, ToolUse | None]]]
+Params = Callable[[Runtime, int], SamplingParams]
+
+
+class OpenAIServing:
+    """The serving layer both APIs share (generation over the model pool, encoders over the
+    primary model), with OpenAI's shapes for its own routes."""
+
+    def __init__(self, pool: ModelPool, metrics: Metrics, retry_after_s: int = 1,
+                 lifecycle: Lifecycle | None = None) -> None:
+        self.pool, self.metrics, self.retry_after_s = pool, metrics, retry_after_s
+        self.lifecycle = lifecycle or Lifecycle()
+        self.replier = Replier(metrics, self.lifecycle)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The model the server started with: encoders, health, management."""
+        return self.pool.primary
 
     def check_model(self, model: str | None) -> None:
-        """The ``model`` field is honoured: a name this engine does not serve is a 404, never another
-        model's answer. ``default`` (or none) means the served one."""
+        """For the tasks that run on the model the server started with (extract): another name is
+        a 404, never another model's answer. ``default`` (or none) means that one."""
         if model not in (None, "", "default", self.runtime.model_name):
-            raise ModelNotFoundError(f"the model '{model[:80]}' is not served here; this server serves "
-                                     f"'{self.runtime.model_name}' (GET /v1/models)")
+            raise ModelNotFoundError(f"the model '{model[:80]}' is not the one this server extracts with; it "
+                                     f"uses '{self.runtime.model_name}'")
 
-    async def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                          tool_choice: str | dict[str, Any] | None, parallel: bool,
-                          fmt: ResponseFormat | None) -> tuple[list[int], str | None, ToolUse | None]:
+    # --- text generation ----------------------------------------------------------------------
+    def at_capacity(self, exc: QueueFullError | None = None) -> JSONResponse:
+        return refusal(exc or QueueFullError("the server is at capacity; retry shortly"), self.retry_after_s)
+
+    async def start(self, model: str | None, keep_alive: float | int | str | None, build: Build, params: Params,
+                    request: Request, streamed: bool) -> Started:
+        """Any reply of any installed model, for both APIs: the model leased from the pool (loaded
+        on demand) until the reply ends, its prompt built (``build``), the generation submitted. A
+        full queue or a pool with no room raises ``QueueFullError`` before any byte is sent."""
+        entry = await self.pool.acquire(model, keep_alive)
+        try:
+            runtime = entry.runtime
+            tokens, grammar, use = await build(runtime)
+            pieces = self.replier.pieces(runtime, tokens, params(runtime, len(tokens)), grammar, use, request,
+                                         streamed, ended=lambda: self.pool.release(entry))
+        except BaseException:
+            await self.pool.release(entry)
+            raise
+        return Started(runtime, len(tokens), await pieces.__anext__(), pieces)  # the lease ends with the pieces
+
+    def chat_builder(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                     tool_choice: str | dict[str, Any] | None, parallel: bool, fmt: ResponseFormat | None) -> Build:
         """A chat request's prompt tokens, response grammar and tool use, built in worker threads
         (templates, tokenizers and grammars are work): shared by OpenAI's and Ollama's routes."""
-        use = await asyncio.to_thread(ToolUse.of, tools, tool_choice, parallel)
-        if use is not None and fmt is not None and fmt.type != "text":
-            raise InvalidArgumentError("a response format and tools cannot be combined: a tool call has its own format")
-        tokens, grammar = await asyncio.gather(
-            asyncio.to_thread(self.runtime.prompts.tokens, messages, use.listed if use else None),
-            asyncio.to_thread(grammar_for, fmt))
-        return tokens, grammar, use
+
+        async def build(runtime: Runtime) -> tuple[list[int], str | None, ToolUse | None]:
+            use = await asyncio.to_thread(ToolUse.of, tools, tool_choice, parallel)
+            if use is not None and fmt is not None and fmt.type != "text":
+                raise InvalidArgumentError("a response format and tools cannot be combined: a tool call has its own "
+                                           "format")
+            tokens, grammar = await asyncio.gather(
+                asyncio.to_thread(runtime.prompts.tokens, messages, use.listed if use else None),
+                asyncio.to_thread(grammar_for, fmt))
+            return tokens, grammar, use
+
+        return build
+
+    @staticmethod
+    def text_builder(prompt: str, fmt: ResponseFormat | None = None) -> Build:
+        """A raw prompt (no template): ``/v1/completions``, Ollama's ``raw`` generate."""
+
+        async def build(runtime: Runtime) -> tuple[list[int], str | None, ToolUse | None]:
+            tokens, grammar = await asyncio.gather(asyncio.to_thread(runtime.model.tokenize, prompt, True),
+                                                   asyncio.to_thread(grammar_for, fmt))
+            return tokens, grammar, None
+
+        return build
 
     async def chat(self, body: ChatRequest, request: Request) -> Any:
-        self.check_model(body.model)
-        tokens, grammar, use = await self.chat_prompt([m.plain() for m in body.messages], body.tools,
-                                                      body.tool_choice, body.parallel_tool_calls,
-                                                      body.response_format)
-        return await self._respond("chat", body, tokens, grammar, request, use)
+        build = self.chat_builder([m.plain() for m in body.messages], body.tools, body.tool_choice,
+                                  body.parallel_tool_calls, body.response_format)
+        return await self._respond("chat", body, build, request)
 
     async def completion(self, body: CompletionRequest, request: Request) -> Any:
-        self.check_model(body.model)
-        tokens = await asyncio.to_thread(self.runtime.model.tokenize, body.prompt, True)
-        return await self._respond("text", body, tokens, None, request)
+        return await self._respond("text", body, self.text_builder(body.prompt), request)
 
-    def _params(self, body: Sampling, prompt_len: int) -> SamplingParams:
-        return self.runtime.sampling(prompt_len, body.max_tokens, temperature=body.temperature, top_p=body.top_p,
-                                     seed=body.seed, stop=body.stop_list(), ignore_eos=body.ignore_eos)
+    @staticmethod
+    def _params(body: Sampling) -> Params:
+        return lambda runtime, prompt_len: runtime.sampling(
+            prompt_len, body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+            stop=body.stop_list(), ignore_eos=body.ignore_eos)
 
-    async def _respond(self, kind: Literal["chat", "text"], body: Sampling, tokens: list[int], grammar: str | None,
-                       request: Request, use: ToolUse | None = None) -> Any:
-        params = self._params(body, len(tokens))
-        reply = Reply(kind, self.runtime.model_name)
-        pieces = self.replier.pieces(tokens, params, grammar, use, request, streamed=bool(body.stream))
+    async def _respond(self, kind: Literal["chat", "text"], body: Sampling, build: Build, request: Request) -> Any:
         try:
-            first = await pieces.__anext__()  # submitted now: a full queue is a 429 before any byte is sent
-        except QueueFullError:
-            return self.at_capacity()
+            started = await self.start(body.model, None, build, self._params(body), request, bool(body.stream))
+        except QueueFullError as exc:  # submitted now: a full queue is a 429 before any byte is sent
+            return self.at_capacity(exc)
+        reply = Reply(kind, started.runtime.model_name)
+        first, pieces = started.first, started.pieces
         if body.stream:
             return StreamingResponse(self._sse(reply, first, pieces), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -123,8 +174,9 @@ class OpenAIServing:
             return error(503, last.cut, "server_error", code="shutting_down")
         if last.error:
             return refusal(last.error, self.retry_after_s)
-        completion = await self.replier.completion_tokens(last)
-        usage = Usage(prompt_tokens=len(tokens), completion_tokens=completion, total_tokens=len(tokens) + completion)
+        completion = await self.replier.completion_tokens(started.runtime, last)
+        prompt = started.prompt_tokens
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
         return reply.whole(last.said, last.finish, usage, last.calls)
 
     async def _sse(self, reply: Reply, first: Piece, pieces: AsyncGenerator[Piece, None]) -> AsyncIterator[str]:

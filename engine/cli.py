@@ -97,8 +97,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from autoglm.engine.mcp_tools import configured
+
     params = _sampling(args)
+    servers = [] if args.no_tools else configured()  # a broken [mcp] table is one line before the model loads
     with _open(args) as (prepared, backend):
+        if servers:
+            from autoglm.engine.cli_agent import agent_chat
+            from autoglm.engine.runtime import Runtime
+
+            name = prepared.model.manifest.name if prepared.model.manifest else prepared.model.label
+            return agent_chat(Runtime(name, backend, prepared.device), servers, params, args.system)
         return _chat_loop(args, prepared, backend, params)
 
 
@@ -418,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("chat", help="interactive chat (/reset, /system TEXT, /quit)")
+    p = sub.add_parser("chat", help="interactive chat (/reset, /system TEXT, /quit); tools from the MCP "
+                       "servers in config.toml")
     _model_options(p)
+    p.add_argument("--no-tools", action="store_true", help="leave the MCP servers of config.toml out")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("doctor", help="show the device, the kernel self-test and the plan, with reasons")

@@ -99,8 +99,18 @@ def set_route(task: str, model: str | None) -> None:
             raise InvalidArgumentError(f"{model} is a {manifest.format} model; {task} takes "
                                        f"{' or '.join(TASKS[task])} models")
         current[task] = model
-    data = _read()
+    data = config()
     data["tasks"] = current
+    write_config(data)
+
+
+def config() -> dict:
+    """All of config.toml's tables (a copy: change it, then ``write_config``)."""
+    return _read()
+
+
+def write_config(data: dict) -> None:
+    """config.toml replaced at once (a crash leaves the old file or the new, never half)."""
     path = config_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,14 +120,26 @@ def set_route(task: str, model: str | None) -> None:
 
 
 def _to_toml(data: dict) -> str:
-    """Flat tables of strings, numbers and booleans: what this file holds (JSON strings are TOML strings)."""
+    """Tables (nested ones as ``[a.b]``) of strings, numbers, booleans and lists of them: what this
+    file holds, the MCP servers' tables included (JSON strings and arrays are TOML's too)."""
     lines: list[str] = []
-    for key, value in data.items():
-        if not isinstance(value, dict):
-            lines.append(f"{key} = {json.dumps(value)}")
-    for table, values in data.items():
-        if isinstance(values, dict):
-            if any(isinstance(v, dict) for v in values.values()):
-                raise InvalidArgumentError(f"{config_path()} has nested tables; set the route by editing it")
-            lines += ["", f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+
+    def emit(prefix: str, table: dict) -> None:
+        if prefix:
+            lines.extend(["", f"[{prefix}]"])
+        for key, value in table.items():
+            if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+                raise InvalidArgumentError(f"{config_path()}: {prefix or key} holds a list of tables; set the "
+                                           "route by editing the file")
+            if not isinstance(value, dict):
+                lines.append(f"{_key(key)} = {json.dumps(value)}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(f"{prefix}.{_key(key)}" if prefix else _key(key), value)
+
+    emit("", data)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) else json.dumps(key)

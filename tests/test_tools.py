@@ -183,6 +183,8 @@ def test_a_reply_that_is_only_a_bare_call_is_taken_when_its_arguments_validate()
     fenced = '```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Oslo"\n  }\n}\n```'
     content, calls = parse_calls(fenced, tools)
     assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo"})]
+    doubled = '{{"name": "add", "arguments": {"a": 1, "b": 2}}}'  # as Qwen2.5's template shows the format
+    assert [c.name for c in parse_calls(doubled, tools)[1]] == ["add"]
     for text in ('{"name": "add", "arguments": {"a": "one", "b": 2}}',  # not valid for its schema
                  'Here: {"name": "add", "arguments": {"a": 1, "b": 2}}'):  # not the whole reply
         assert parse_calls(text, tools) == (text, [])

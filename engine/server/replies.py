@@ -16,9 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from fastapi import Request
+from typing import Any, Protocol
 
 from autoglm.engine.errors import AutoGLMError, QueueFullError
 from autoglm.engine.runtime import Runtime
@@ -29,6 +27,12 @@ from autoglm.engine.server.metrics import Metrics
 from autoglm.engine.tasks.tools import OPEN, ToolCall, ToolUse
 
 DISCONNECT_POLL_S = 1.0
+
+
+class Caller(Protocol):
+    """Who waits for the reply: an HTTP request (FastAPI's), or the terminal of ``autoglm chat``."""
+
+    async def is_disconnected(self) -> bool: ...
 
 
 @dataclass
@@ -44,7 +48,7 @@ class Piece:
     said: str = ""  # on the last piece: all the reply's text, for usage counts
 
 
-async def _watch_disconnect(request: Request, req: Any) -> None:
+async def _watch_disconnect(request: Caller, req: Any) -> None:
     """Polled by the clock, not only when tokens stop: a non-streamed reply generates tokens all
     along, and its client may have gone away long ago."""
     while not req.cancelled.is_set():
@@ -88,7 +92,7 @@ def finish_reason(ev: Event) -> str:
 class Replier:
     """Replies of any loaded model (``runtime`` per call: the server holds several, ``pool.py``)."""
 
-    def __init__(self, metrics: Metrics, lifecycle: Lifecycle) -> None:
+    def __init__(self, metrics: Metrics | None, lifecycle: Lifecycle) -> None:
         self.metrics, self.lifecycle = metrics, lifecycle
         self._relay: Relay | None = None
 
@@ -99,7 +103,7 @@ class Replier:
         return self._relay
 
     async def events(self, runtime: Runtime, tokens: list[int], params: SamplingParams, grammar: str | None,
-                     request: Request, streamed: bool) -> AsyncGenerator[Event, None]:
+                     request: Caller, streamed: bool) -> AsyncGenerator[Event, None]:
         """The scheduler's events for one generation; closing the generator cancels it."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         relay = self.relay()
@@ -111,7 +115,7 @@ class Replier:
         try:
             while True:
                 event = await queue.get()  # a plain get: a timer per token is loop work that takes a core
-                if event.done:
+                if event.done and self.metrics is not None:  # (the CLI's chat keeps no metrics)
                     if req.first_token_at is not None:  # stamped by the scheduler (a non-streamed reply has one event)
                         self.metrics.ttft.observe(req.first_token_at - req.submitted)
                     self.metrics.latency.observe(time.perf_counter() - started)
@@ -134,7 +138,7 @@ class Replier:
                      self.cut_short(ev), said)
 
     async def pieces(self, runtime: Runtime, tokens: list[int], params: SamplingParams, grammar: str | None,
-                     use: ToolUse | None, request: Request, streamed: bool,
+                     use: ToolUse | None, request: Caller, streamed: bool,
                      ended: Callable[[], Awaitable[None]] | None = None) -> AsyncGenerator[Piece, None]:
         """``ended``: called once the reply is over, however it ends (the model's lease)."""
         try:
@@ -153,7 +157,7 @@ class Replier:
                 await ended()
 
     async def _with_tools(self, runtime: Runtime, tokens: list[int], params: SamplingParams, use: ToolUse,
-                          request: Request, streamed: bool) -> AsyncGenerator[Piece, None]:
+                          request: Caller, streamed: bool) -> AsyncGenerator[Piece, None]:
         """Free text until the model opens a call (sent as it comes, unless it may be a bare call),
         then the calls under their grammar, handed over whole on the last piece."""
         said, sent, ev = "", 0, None
@@ -181,7 +185,7 @@ class Replier:
         yield self._last(ev, said[sent:], said, calls)
 
     async def _calls(self, runtime: Runtime, tokens: list[int], params: SamplingParams, use: ToolUse, said: str,
-                     request: Request) -> tuple[str, Event]:
+                     request: Caller) -> tuple[str, Event]:
         """The calls' phase: the prompt with what was said and the opened call, under the grammar."""
         opened = tokens + await asyncio.to_thread(use.opening, said, runtime.model.tokenize)
         budget = runtime.sampling(len(opened), params.max_tokens)

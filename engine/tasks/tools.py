@@ -148,7 +148,14 @@ def _call(text: str, tools: dict[str, Tool], check: bool) -> ToolCall | None:
     try:
         data = json.loads(text)
     except ValueError:
-        return None
+        # Qwen2.5's own template shows the call format as {{"name": ...}} (its Jinja string keeps
+        # both braces), and its models copy that now and then
+        if not (text.startswith("{{") and text.endswith("}}")):
+            return None
+        try:
+            data = json.loads(text[1:-1])
+        except ValueError:
+            return None
     if not isinstance(data, dict) or data.get("name") not in tools:
         return None
     args = data.get("arguments", data.get("parameters", {}))

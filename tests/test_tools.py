@@ -128,14 +128,19 @@ def test_the_server_answers_a_call_in_openai_shape():
         scheduler.close()
 
 
+def _streamed(client) -> tuple[list[dict], list[dict]]:
+    """A streamed tool request's SSE chunks and their deltas."""
+    body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER], "stream": True,
+            "temperature": 0, "max_tokens": 100}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    return lines, [line["choices"][0]["delta"] for line in lines]
+
+
 def test_a_streamed_reply_sends_text_then_the_calls():
     client, scheduler = _client(f"Looking.{OPEN}")
     try:
-        body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER], "stream": True,
-                "temperature": 0, "max_tokens": 100}
-        with client.stream("POST", "/v1/chat/completions", json=body) as r:
-            lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
-        deltas = [line["choices"][0]["delta"] for line in lines]
+        lines, deltas = _streamed(client)
         assert "".join(d.get("content") or "" for d in deltas) == "Looking."
         calls = [c for d in deltas for c in d.get("tool_calls", [])]
         assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "get_weather")]
@@ -194,11 +199,7 @@ def test_a_streamed_bare_call_is_held_back_and_sent_as_a_call():
     fenced = '```json\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n```'
     client, scheduler = _client(fenced)
     try:
-        body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [WEATHER], "stream": True,
-                "temperature": 0, "max_tokens": 100}
-        with client.stream("POST", "/v1/chat/completions", json=body) as r:
-            lines = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
-        deltas = [line["choices"][0]["delta"] for line in lines]
+        lines, deltas = _streamed(client)
         assert not "".join(d.get("content") or "" for d in deltas)
         assert [c["function"]["name"] for d in deltas for c in d.get("tool_calls", [])] == ["get_weather"]
         assert lines[-1]["choices"][0]["finish_reason"] == "tool_calls"

@@ -169,6 +169,26 @@ def test_a_reply_asked_for_again_is_drafted_from_the_shared_memory():
     assert len(Drafter().draft(prompt + reply[:MEMORY_N], 64, _curve(QWEN_1_5B), memory=memory)) > len(drafted)
 
 
+def test_only_greedy_streams_draft_from_other_replies():
+    """A sampled stream verifies drafts by the rejection rule, which draws random numbers per
+    drafted token: drafts recalled from another request would make the same seed give another
+    text (the second of two seeded requests did, in tests/test_chat.py)."""
+    from autoglm.engine.scheduler.step_planner import Job, StepPlanner
+
+    reply = list(range(500, 540))
+    for recall, expect in ((False, []), (True, reply[MEMORY_N:MEMORY_N + 4])):
+        planner = StepPlanner(n_slots=1, n_batch=64, ctx_per_seq=256)
+        planner.memory.add(reply)
+        planner.row_cost = 0.0  # rows are free: draft whatever is known
+        planner.enqueue(Job([7, 8, *reply[:MEMORY_N - 1]], 30, speculate=True, recall=recall))
+        planner.plan()
+        slot = planner.slots[0]
+        planner.accept(slot, reply[MEMORY_N - 1])
+        step = planner.plan()
+        assert slot.draft[:4] == expect, (recall, slot.draft)
+        assert len(step.rows) == 1 + len(slot.draft)
+
+
 def test_the_shared_memory_is_bounded():
     memory = NgramMemory(n=4, capacity=100)
     for start in range(0, 1000, 50):

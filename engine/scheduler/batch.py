@@ -145,8 +145,11 @@ class Scheduler:
                     raise SchedulerFailedError(refusal)
                 # drafts are verified by argmax (temperature 0) or by the rejection rule; a grammar's
                 # state cannot be rolled back past a rejected draft, so constrained streams do not draft
+                # recalled drafts (other requests' replies) only for greedy streams: a sampled one
+                # would draw its random numbers differently, and its seed must give the same text
                 self.planner.enqueue(Job(prompt, params.max_tokens, req,
-                                         speculate=self.speculative and grammar is None))
+                                         speculate=self.speculative and grammar is None,
+                                         recall=params.temperature == 0))
             except Exception:
                 self.executor.free_sampler(req.sampler)
                 raise

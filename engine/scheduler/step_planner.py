@@ -52,6 +52,7 @@ class Job:
     max_tokens: int
     owner: Any = None
     speculate: bool = False  # greedy and unconstrained: drafts from its own context are verified
+    recall: bool = False  # may also draft from other requests' replies (greedy only: see Scheduler.submit)
 
 
 @dataclass
@@ -219,7 +220,8 @@ class StepPlanner:
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
             if not self.draft_model:
-                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows), self.memory)
+                slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows),
+                                                self.memory if slot.current.recall else None)
                 self._add_draft(step.rows, slot)
                 spare -= len(slot.draft)
                 continue

@@ -39,6 +39,8 @@ def test_chat_streams_ndjson_by_default_and_answers_whole_when_asked():
         assert cut["message"]["content"] == "Hel" and cut["done_reason"] == "length"
         loaded = client.post("/api/chat", json={"model": "fake-model:latest", "messages": []}).json()
         assert loaded["done_reason"] == "load"  # Ollama's way of loading a model ahead of use
+        kept = client.post("/api/generate", json={"model": "fake-model", "keep_alive": 0}).json()
+        assert kept["done_reason"] == "load"  # the server's first model is not unloaded
     finally:
         scheduler.close()
 

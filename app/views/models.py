@@ -1,4 +1,5 @@
-"""Models view: what the engine's store holds (name, version, format, quant, size, source); pull
+"""Models view: what the engine's store holds (name, version, format, quant, size, source) and
+which of them it has loaded (memory, when each unloads); pull
 from Hugging Face or a package index, quantize a GGUF, convert a Hugging Face folder to ONNX, each
 with progress and cancel; verify, roll back, delete. Every action goes through the engine child's
 HTTP API on a worker thread."""
@@ -31,7 +32,15 @@ from autoglm.app.engine_process import EngineClient
 from autoglm.app.views import fetch
 from autoglm.app.widgets import cell_text
 
-COLUMNS = ("name", "version", "format", "quant", "size", "source")
+COLUMNS = ("name", "version", "format", "quant", "size", "source", "loaded")
+
+
+def loaded_text(model: dict[str, Any]) -> str:
+    """A loaded model in a cell: its memory, and when it unloads if left idle."""
+    until = str(model.get("expires_at", ""))
+    when = "stays" if until.startswith("2318") else f"until {until[11:16]} UTC" if len(until) >= 16 else ""
+    busy = f", {model['active']} busy" if model.get("active") else ""
+    return f"{model.get('size', 0) / 1e6:.0f} MB, {when}{busy}".rstrip(", ")
 
 
 class ModelsView(QWidget):
@@ -85,13 +94,16 @@ class ModelsView(QWidget):
         layout.addWidget(self.status)
 
     def refresh(self, then: Callable[[], Any] | None = None) -> None:
-        """Ask the engine for the store; the table fills when it answers, then ``then()`` runs."""
-        fetch(self.client, EngineClient.models, self.status, self._listed, then)
+        """Ask the engine for the store and what it has loaded; the table fills when it answers,
+        then ``then()`` runs."""
+        fetch(self.client, lambda c: (c.models(), c.loaded()), self.status, self._listed, then)
 
-    def _listed(self, reply: dict[str, Any]) -> None:
-        rows = self.installed = reply["data"]
+    def _listed(self, reply: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+        store, held = reply
+        loaded = {m["name"]: loaded_text(m) for m in held}
+        rows = self.installed = [{**row, "loaded": loaded.get(row["name"], "")} for row in store["data"]]
         if self.quant.count() == 0:  # the quants the engine's quantizer takes
-            self.quant.addItems(reply["quantize_targets"])
+            self.quant.addItems(store["quantize_targets"])
             self.quant.setCurrentText("Q4_0")
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):

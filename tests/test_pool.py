@@ -146,3 +146,25 @@ def test_a_loaded_model_cannot_be_deleted_under_its_requests():
         assert r.status_code == 400 and "is loaded" in r.json()["error"]["message"]
     finally:
         scheduler.close()
+
+
+def test_a_request_that_goes_away_mid_load_leaves_the_load_to_the_others(installed):
+    import time as _time
+
+    async def scenario():
+        pool, loads, _, _ = make(installed)
+        slow = pool.load
+
+        def load(name):
+            _time.sleep(0.2)
+            return slow(name)
+
+        pool.load = load
+        first = asyncio.create_task(pool.acquire("b"))
+        await asyncio.sleep(0.05)
+        first.cancel()  # its client disconnected while the model loaded
+        second = await pool.acquire("b")
+        assert loads == ["b"] and second.active == 1 and not second.runtime.closed
+        await pool.sweep()
+        assert "b" in pool.models  # a fresh model is not swept before its requests pick it up
+    asyncio.run(scenario())

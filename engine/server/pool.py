@@ -18,6 +18,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError, QueueFullError
 from autoglm.engine.models import store
@@ -25,6 +26,7 @@ from autoglm.engine.runtime import Runtime
 
 DEFAULT_KEEP_S = 300.0  # Ollama's default: five minutes
 SWEEP_S = 1.0
+LOAD_GRACE_S = 5.0  # a model loaded for requests that have not picked it up yet is not unloaded for this long
 _DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -53,6 +55,7 @@ class Loaded:
     last_used: float
     active: int = 0
     loaded_at: float = field(default_factory=time.time)
+    used: bool = False  # a request has had it since it loaded
 
     def expires_at(self, now_wall: float, now: float, pinned: bool = False) -> float:
         """Wall-clock time it unloads if left idle (``inf``: never)."""
@@ -70,7 +73,7 @@ class ModelPool:
         self.default = first.model_name
         self.load, self.budget, self.default_keep_s, self.clock = load, budget_bytes, default_keep_s, clock
         self.models: dict[str, Loaded] = {self.default: Loaded(first, first_size, default_keep_s, clock())}
-        self._loading: dict[str, asyncio.Future[Loaded]] = {}
+        self._loading: dict[str, asyncio.Future[Loaded]] = {}  # loads under way, by model
         self._lock = asyncio.Lock()
 
     @property
@@ -90,27 +93,19 @@ class ModelPool:
                 entry = self.models.get(name)
                 if entry is not None:
                     entry.active += 1
+                    entry.used = True
                     entry.keep_s, entry.last_used = keep, self.clock()
                     return entry
-                pending = self._loading.get(name)
-                if pending is None:
-                    pending = self._loading[name] = asyncio.get_running_loop().create_future()
-                    starter = True
-                else:
-                    starter = False
-            if not starter:
-                await asyncio.shield(pending)  # its loader's failure is raised there too
-                continue
-            try:
-                entry = await self._load(name, keep)
-            except BaseException as exc:
-                pending.set_exception(exc)
-                pending.exception()  # marked retrieved: waiters re-raise it, nobody else must
-                raise
-            finally:
-                self._loading.pop(name, None)
-            pending.set_result(entry)
-            return entry
+                task = self._loading.get(name)
+                if task is None:  # the load is a task of its own: a client that goes away leaves it to the others
+                    task = self._loading[name] = asyncio.ensure_future(self._load(name, keep))
+                    task.add_done_callback(partial(self._loaded, name))
+            await asyncio.shield(task)  # its failure is raised to every waiter
+
+    def _loaded(self, name: str, task: asyncio.Future[Loaded]) -> None:
+        self._loading.pop(name, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters re-raise it
 
     async def _load(self, name: str, keep: float) -> Loaded:
         manifest = await asyncio.to_thread(store.get, name)
@@ -119,8 +114,8 @@ class ModelPool:
                                      "(GET /v1/models or /api/tags lists them)")
         await self._make_room(manifest.size)
         runtime, size = await asyncio.to_thread(self.load, name)
-        async with self._lock:
-            entry = self.models[name] = Loaded(runtime, size, keep, self.clock(), active=1)
+        async with self._lock:  # not used yet: safe from the sweep until a request has had it (LOAD_GRACE_S)
+            entry = self.models[name] = Loaded(runtime, size, keep, self.clock())
         return entry
 
     async def _make_room(self, needed: int) -> None:
@@ -131,7 +126,7 @@ class ModelPool:
             for name, entry in sorted(self.models.items(), key=lambda kv: kv[1].last_used):
                 if held + needed <= self.budget:
                     break
-                if entry.active == 0 and name != self.default:
+                if entry.active == 0 and name != self.default and self._idle(entry, self.clock()):
                     victims.append(self.models.pop(name))
                     held -= entry.size
             if held + needed > self.budget:
@@ -153,11 +148,16 @@ class ModelPool:
         """Unload the idle models whose keep-alive has run out (the server calls this every second)."""
         now = self.clock()
         async with self._lock:
-            done = [n for n, e in self.models.items() if n != self.default
-                    and e.active == 0 and e.keep_s != float("inf") and now - e.last_used >= e.keep_s]
+            done = [n for n, e in self.models.items() if n != self.default and self._idle(e, now)
+                    and e.keep_s != float("inf") and now - e.last_used >= e.keep_s]
             gone = [self.models.pop(n) for n in done]
         for entry in gone:
             await asyncio.to_thread(entry.runtime.close)
+
+    @staticmethod
+    def _idle(entry: Loaded, now: float) -> bool:
+        """No request holds it, and it is not a model just loaded for the requests still on their way."""
+        return entry.active == 0 and (entry.used or now - entry.last_used >= LOAD_GRACE_S)
 
     async def run_sweeper(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from autoglm.engine.errors import AutoGLMError, QueueFullError
+from autoglm.engine.errors import AutoGLMError
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler import Event
@@ -174,8 +174,8 @@ class Replier:
         if ev is None or (ev.stop == OPEN and ev.error is None):
             try:
                 calls_text, ev = await self._calls(runtime, tokens, params, use, said, request)
-            except QueueFullError as exc:
-                if ev is None:  # nothing submitted yet: the route answers 429
+            except AutoGLMError as exc:  # a full queue, or no room left in the context for the calls
+                if ev is None:  # nothing sent yet: the route answers with the error's status
                     raise
                 yield Piece(done=True, error=exc, said=said)
                 return

@@ -76,3 +76,10 @@ class RequestTooCostlyError(AutoGLMError):
 
 class StorageError(AutoGLMError):
     """The store's disk refused a write (full, read-only, no permission)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """A foreign exception (a template's, a server's) as one line for the user: its first line, or
+    its type when it says nothing."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

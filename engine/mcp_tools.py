@@ -22,7 +22,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
-from autoglm.engine.errors import InvalidArgumentError
+from autoglm.engine.errors import InvalidArgumentError, first_line
 from autoglm.engine.router import config, config_path, write_config
 
 MAX_RESULT_CHARS = 32 << 10  # about 8k tokens: a web page's worth; more would crowd out the conversation
@@ -115,7 +115,7 @@ class Toolbox:
                 client = await self._stack.enter_async_context(Client(target, read_timeout_seconds=CALL_TIMEOUT_S))
                 listed = await client.list_tools()
             except Exception as exc:  # noqa: BLE001 - a foreign server: any failure leaves it out, said once
-                self.problems.append(f"MCP server {server.name} left out: {type(exc).__name__}: {_first_line(exc)}")
+                self.problems.append(f"MCP server {server.name} left out: {type(exc).__name__}: {first_line(exc, 200)}")
                 continue
             self._clients[server.name] = client
             for tool in listed.tools:
@@ -154,14 +154,10 @@ class Toolbox:
             args = json.loads(arguments or "{}")
             result = await self._clients[offered.server.name].call_tool(offered.tool, args)  # times out itself
         except Exception as exc:  # noqa: BLE001 - the server's failure is the model's to read, not a crash
-            return Outcome(f"{name} failed: {type(exc).__name__}: {_first_line(exc)}", True)
+            return Outcome(f"{name} failed: {type(exc).__name__}: {first_line(exc, 200)}", True)
         parts = [getattr(c, "text", None) or json.dumps(c.model_dump(mode="json"))[:1024] for c in result.content]
         text = "\n".join(parts)
         if len(text) > MAX_RESULT_CHARS:
             text = text[:MAX_RESULT_CHARS] + f"\n[... cut: the result was {len(text)} characters]"
         return Outcome(text, bool(getattr(result, "is_error", False)))
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -149,7 +149,7 @@ def _details(m: Manifest) -> dict[str, Any]:
 
 def _listed(m: Manifest) -> dict[str, Any]:
     return {"name": m.name, "model": m.name, "size": m.size, "digest": m.source_sha256 or "",
-            "modified_at": datetime.fromtimestamp(m.installed_at, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "modified_at": _iso(m.installed_at),
             "details": _details(m)}
 
 
@@ -192,7 +192,7 @@ def ollama_router(serving: OpenAIServing) -> APIRouter:
                 "model_info": {"general.architecture": manifest.architecture,
                                f"{manifest.architecture}.context_length": manifest.context_length},
                 "capabilities": capabilities,
-                "modified_at": datetime.fromtimestamp(manifest.installed_at, timezone.utc).isoformat()}
+                "modified_at": _iso(manifest.installed_at)}
 
     async def load_only(body: Generating, field: str, empty: Any) -> dict[str, Any]:
         """Ollama's way to load a model ahead of use (or, with ``keep_alive: 0``, to unload it)."""

@@ -17,7 +17,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError, QueueFullError
@@ -54,7 +54,6 @@ class Loaded:
     keep_s: float
     last_used: float
     active: int = 0
-    loaded_at: float = field(default_factory=time.time)
     used: bool = False  # a request has had it since it loaded
 
     def expires_at(self, now_wall: float, now: float, pinned: bool = False) -> float:

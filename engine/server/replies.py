@@ -167,7 +167,9 @@ class Replier:
             async with aclosing(free) as events:
                 async for ev in events:
                     said += ev.text
-                    if streamed and len(said) > sent and not use.holds(said):
+                    # only a reply that has sent nothing yet can still turn out to be a bare call (and
+                    # asking once text has gone out would re-read the whole reply at every token)
+                    if streamed and len(said) > sent and (sent or not use.holds(said)):
                         yield Piece(said[sent:])
                         sent = len(said)
         calls_text = None

@@ -28,7 +28,7 @@ from jinja2.compiler import CodeGenerator, Frame
 from jinja2.nodes import Concat
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from autoglm.engine.errors import BackendError, ContextOverflowError
+from autoglm.engine.errors import BackendError, ContextOverflowError, first_line
 from autoglm.engine.sampling import GenerationStats, SamplingParams
 from autoglm.engine.tasks.tools import Tool, speaks_tools, template_messages
 
@@ -191,14 +191,10 @@ def compile_template(template: str) -> Any:
     try:
         return env.from_string(template)
     except TemplateError as exc:
-        raise BackendError(f"the model's chat template does not compile: {_first_line(exc)}") from None
+        raise BackendError(f"the model's chat template does not compile: {first_line(exc)}") from None
     except (RecursionError, MemoryError, ValueError, TypeError) as exc:  # a parser driven past its limits
         raise BackendError(f"the model's chat template does not compile: {type(exc).__name__}") from None
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def render(template: str | Any, messages: list[dict[str, Any]], bos_token: str = "", eos_token: str = "",
@@ -220,11 +216,11 @@ def render(template: str | Any, messages: list[dict[str, Any]], bos_token: str =
                 raise _TemplateTooCostly(f"its output passed {RENDER_MAX_CHARS} characters")
             out.append(piece)
     except TemplateError as exc:
-        raise BackendError(f"the model's chat template failed: {_first_line(exc)}") from None
+        raise BackendError(f"the model's chat template failed: {first_line(exc)}") from None
     except _TemplateTooCostly as exc:
         raise BackendError(f"the model's chat template was stopped: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the template is foreign code: 1/0, endless recursion, str < int
-        raise BackendError(f"the model's chat template failed: {type(exc).__name__}: {_first_line(exc)}") from None
+        raise BackendError(f"the model's chat template failed: {type(exc).__name__}: {first_line(exc)}") from None
     finally:
         _deadline.at = None
     return "".join(out)

@@ -266,5 +266,5 @@ class ToolUse:
     @staticmethod
     def holds(said: str) -> bool:
         """Whether a streamed reply so far could still be a bare call: held back, not sent as text."""
-        start = said.lstrip()[:8]
+        start = said[:256].lstrip()[:8]  # the head only: a held reply grows at every token
         return any(start.startswith(p) or p.startswith(start) for p in _BARE_STARTS)

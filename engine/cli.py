@@ -366,6 +366,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     """What a running server holds: its /api/ps, as a table."""
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -379,7 +380,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             models = json.loads(resp.read())["models"]
     except urllib.error.HTTPError as exc:
         raise NetworkError(f"{args.url} answered {exc.code}: {exc.read()[:200].decode(errors='replace')}") from None
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, KeyError) as exc:
         raise NetworkError(f"no autoglm server at {args.url} ({getattr(exc, 'reason', exc)}); "
                            "start one with `autoglm serve`") from None
     print(f"{'NAME':<28}{'SIZE':>10}{'ACTIVE':>8}  UNTIL")

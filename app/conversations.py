@@ -28,8 +28,9 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages(conversation, id
 class Message:
     id: int
     role: str
-    content: str
+    content: str  # what the transcript shows (Markdown)
     stats: str | None = None
+    data: str | None = None  # a tool turn's call and result as JSON, replayed to the model on later turns
 
 
 @dataclass
@@ -47,6 +48,9 @@ class ConversationStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(messages)")}
+        if "data" not in columns:  # a store from before tool turns
+            self.db.execute("ALTER TABLE messages ADD COLUMN data TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -81,16 +85,17 @@ class ConversationStore:
     def delete(self, conversation_id: int) -> None:
         self.db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
 
-    def add(self, conversation_id: int, role: str, content: str, stats: str | None = None) -> Message:
+    def add(self, conversation_id: int, role: str, content: str, stats: str | None = None,
+            data: str | None = None) -> Message:
         now = time.time()
-        cur = self.db.execute("INSERT INTO messages(conversation, role, content, stats, created) VALUES (?,?,?,?,?)",
-                              (conversation_id, role, content, stats, now))
+        cur = self.db.execute("INSERT INTO messages(conversation, role, content, stats, created, data) "
+                              "VALUES (?,?,?,?,?,?)", (conversation_id, role, content, stats, now, data))
         self.db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
-        return Message(int(cur.lastrowid or 0), role, content, stats)
+        return Message(int(cur.lastrowid or 0), role, content, stats, data)
 
     def messages(self, conversation_id: int) -> list[Message]:
-        rows = self.db.execute("SELECT id, role, content, stats FROM messages WHERE conversation = ? ORDER BY id",
-                               (conversation_id,))
+        rows = self.db.execute("SELECT id, role, content, stats, data FROM messages WHERE conversation = ? "
+                               "ORDER BY id", (conversation_id,))
         return [Message(*r) for r in rows]
 
     def truncate_after(self, conversation_id: int, message_id: int) -> None:

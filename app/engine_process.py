@@ -212,6 +212,27 @@ class EngineClient:
             if delta.get("content"):
                 yield delta["content"]
 
+    def agent_stream(self, messages: list[dict[str, str]], cancel: threading.Event | None = None,
+                     **params: Any) -> Iterator[dict[str, Any]]:
+        """A chat turn that may call the MCP servers' tools: its steps (``kind``: text, call, ask,
+        result, notice), ending at ``done``. An ``ask`` waits for ``answer``; an error event is an
+        EngineError with the engine's words."""
+        body = {"model": "default", "messages": messages, **params}
+        for event in self.events("/autoglm/agent", body, cancel):
+            if "error" in event:
+                raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-reply"))
+            if event.get("kind") == "done":
+                return
+            yield dict(event)
+
+    def answer(self, call_id: str, decision: str) -> None:
+        """Whether the tool call ``call_id`` of an ``agent_stream`` may run: yes, no or always."""
+        self.post("/autoglm/agent/answer", {"id": call_id, "decision": decision})
+
+    def mcp_tools(self) -> dict[str, Any]:
+        """``tools`` (name, server, description, trusted) from config.toml's MCP servers, and ``problems``."""
+        return dict(self.get("/autoglm/mcp"))
+
     def delete(self, path: str) -> Any:
         with self._request("DELETE", path) as resp:
             return json.loads(resp.read())

@@ -91,7 +91,7 @@ class TranscriptRenderer:
         """One turn's HTML and its code blocks (copy links ``copy:index.K``)."""
         p = self.palette
         blocks: list[str] = []
-        who, bg = ("You", p.user_bg) if role == "user" else ("Assistant", p.assistant_bg)
+        who, bg = {"user": ("You", p.user_bg), "tool": ("Tool", p.code_bg)}.get(role, ("Assistant", p.assistant_bg))
         body = self.markdown(content, blocks, index) if content else f'<span style="color:{p.muted};">…</span>'
         foot = f'<p style="color:{p.muted}; font-size:small; margin:0;">{html.escape(stats)}</p>' if stats else ""
         return (f'<table width="100%" cellpadding="10" cellspacing="0" bgcolor="{bg}" style="margin-bottom:8px;">'

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,38 @@ def parse_nvidia_smi(text: str) -> list[GPU]:
     return gpus
 
 
+# Linux's auxiliary vector on arm64 (asm/hwcap.h): the same facts as cpuinfo's Features line
+AT_HWCAP, AT_HWCAP2 = 16, 26
+HWCAP_BITS = {(AT_HWCAP, 1 << 1): "neon", (AT_HWCAP, 1 << 20): "dotprod", (AT_HWCAP, 1 << 22): "sve",
+              (AT_HWCAP2, 1 << 1): "sve2", (AT_HWCAP2, 1 << 13): "i8mm"}
+
+
+def hwcap_flags(getauxval: Callable[[int], int]) -> list[str]:
+    """arm64 features from the kernel's HWCAP words (``getauxval``)."""
+    words = {key: getauxval(key) for key in (AT_HWCAP, AT_HWCAP2)}
+    return sorted({name for (key, bit), name in HWCAP_BITS.items() if words[key] & bit})
+
+
+def _auxval() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return lambda key: int(fn(key))
+
+
 def _probe_cpu(arch: str) -> CPUInfo:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         info = parse_cpuinfo(cpuinfo.read_text(errors="replace"), arch)
+        getauxval = _auxval() if arch in ("aarch64", "arm64") and not info.flags else None
+        if getauxval is not None:
+            # a cpuinfo without a Features line (qemu-user shows the host's; some containers a stub):
+            # the kernel's HWCAP words say what this CPU runs
+            info.flags = hwcap_flags(getauxval)
     else:  # macOS / Windows: no flags file; the core counts still matter most
         logical = os.cpu_count() or 1
         info = CPUInfo(platform.processor() or "unknown", [], logical, logical, logical)

@@ -101,6 +101,8 @@ class Toolbox:
         self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Toolbox:
+        if not self.servers:
+            return self  # no servers, no tools: the mcp package is not needed
         try:
             from mcp import Client
             from mcp.client.stdio import StdioServerParameters

@@ -159,17 +159,25 @@ def _ui_thread_calls(monkeypatch) -> list[str]:
 def window(qtbot, default_model, tmp_path, monkeypatch):
     """The desktop window (offscreen) over a real engine child and the real default model; it fails
     the test if the window's own code made an engine call on the UI thread."""
+    from autoglm.app.engine_process import EngineOptions
+
+    yield from open_window(qtbot, tmp_path, monkeypatch, EngineOptions(parallel=1))
+
+
+def open_window(qtbot, tmp_path, monkeypatch, options):
+    """The window over an engine child started with ``options`` (the ``window`` fixture's, for
+    tests that need another model)."""
     from autoglm.app.conversations import ConversationStore
-    from autoglm.app.engine_process import EngineOptions, EngineProcess
+    from autoglm.app.engine_process import EngineProcess
     from autoglm.app.main_window import MainWindow
 
     blocking = _ui_thread_calls(monkeypatch)
     store = ConversationStore(tmp_path / "chats.sqlite3")
-    engine = EngineProcess(EngineOptions(parallel=1), log_path=tmp_path / "engine.log")
+    engine = EngineProcess(options, log_path=tmp_path / "engine.log")
     win = MainWindow(engine, store)
     qtbot.addWidget(win)
     win.show()
-    qtbot.waitUntil(lambda: win.client() is not None, timeout=120_000)
+    qtbot.waitUntil(lambda: win.client() is not None, timeout=300_000)
     yield win
     win.close()
     store.close()

@@ -16,7 +16,7 @@ from PySide6.QtGui import QGuiApplication  # noqa: E402
 
 from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.markdown import DARK, LIGHT, TranscriptRenderer  # noqa: E402
-from autoglm.app.views.chat import ChatView, Phase, Reply, clean_title, fallback_title  # noqa: E402
+from autoglm.app.views.chat import ChatView, Phase, Reply, clean_title, fallback_title, history  # noqa: E402
 
 CODE_REPLY = "Sure:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nThen:\n\n```\nplain text\n```"
 
@@ -336,3 +336,35 @@ def test_device_view_shows_the_measured_settings_table(qtbot):
     assert [row[0] for row in cells] == ["rules (planner)", "measured best", "busy: same threads", "busy: measured"]
     assert cells[1][3] == "130.0" and cells[3][1].startswith("2 threads") and cells[3][3] == "90.0"
     assert not view.measured.isHidden() and "settings in" in view.measured_note.text()
+
+
+def test_tool_turns_are_shown_kept_and_replayed_and_an_old_store_gains_their_column(tmp_path):
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)  # a store from before tool turns: no data column
+    old.executescript("CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation INTEGER NOT NULL, "
+                      "role TEXT NOT NULL, content TEXT NOT NULL, stats TEXT, created REAL NOT NULL);")
+    old.close()
+    store = ConversationStore(path)
+    conv = store.new()
+    reply = Reply(Phase.STREAMING)
+    reply.add("Let me check.")
+    call = {"id": "call_1", "name": "weather_get_weather", "arguments": '{"city": "Oslo"}', "server": "weather"}
+    reply.tool_step({"kind": "call", **call})
+    reply.tool_step({"kind": "result", **call, "text": "4 °C ```in``` Oslo" + "x" * 2000, "failed": False})
+    reply.add("It is 4 °C.")
+    roles = [role for role, _text in reply.turns()]
+    assert roles == ["assistant", "tool", "assistant"]
+    shown = reply.turns()[1][1]
+    assert "weather_get_weather" in shown and "````text" in shown and len(shown) < 1000  # fenced past ```, cut
+    store.add(conv.id, "user", "Weather in Oslo?")
+    for turn in reply.earlier:
+        store.add(conv.id, turn.role, turn.text, data=json.dumps(turn.data) if turn.data else None)
+    store.add(conv.id, "assistant", reply.text)
+    sent = history(store.messages(conv.id))
+    assert [m["role"] for m in sent] == ["user", "assistant", "assistant", "tool", "assistant"]
+    assert sent[2]["tool_calls"][0]["function"] == {"name": "weather_get_weather", "arguments": '{"city": "Oslo"}'}
+    assert sent[3]["tool_call_id"] == "call_1" and sent[3]["content"].endswith("x" * 2000)  # the whole result
+    store.close()

@@ -50,3 +50,18 @@ def test_probe_this_machine_is_cached_and_round_trips():
     assert facts.llama_cpp_version  # llama-cpp-python is a hard dependency
     assert "CPUExecutionProvider" in facts.onnx_providers
     assert DeviceFacts.from_dict(facts.to_dict()) == facts
+
+
+def test_arm64_features_from_the_kernels_hwcap_words_when_cpuinfo_has_none():
+    """qemu-user shows the host's /proc/cpuinfo; the HWCAP words are the emulated CPU's own. These
+    are words with the bits of a Cortex-A76 (NEON and dot product) and of a CPU with SVE, SVE2 and i8mm."""
+    from autoglm.engine.hardware import AT_HWCAP, AT_HWCAP2, hwcap_flags
+
+    pi5 = {AT_HWCAP: 0x8FFF, AT_HWCAP2: 0}  # fp, asimd (bit 1), aes, ...; asimddp (bit 20) not yet
+    assert hwcap_flags(pi5.__getitem__) == ["neon"]
+    pi5[AT_HWCAP] |= 1 << 20
+    assert hwcap_flags(pi5.__getitem__) == ["dotprod", "neon"]
+    newer = {AT_HWCAP: (1 << 1) | (1 << 20) | (1 << 22), AT_HWCAP2: (1 << 1) | (1 << 13)}
+    assert hwcap_flags(newer.__getitem__) == ["dotprod", "i8mm", "neon", "sve", "sve2"]
+    host = parse_cpuinfo((DATA / "cpuinfo" / "amd-epyc-zen4-vm.txt").read_text(), "aarch64")
+    assert host.flags == []  # an x86 cpuinfo read on arm64 gives nothing: the HWCAP fallback applies

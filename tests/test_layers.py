@@ -33,7 +33,8 @@ _LAYERS: list[tuple[str, list[str]]] = [
                  "engine.tuning.child", "engine.tuning.runner", "engine.tuning.background", "engine.tuning.quality",
                  "engine.tuning.variants", "engine.mcp_tools"]),
     ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
-                    "engine.api", "engine.cli_extract", "engine.cli_prompt", "engine.cli_tune", "engine.cli_agent"]),
+                    "engine.api", "engine.cli_extract", "engine.cli_prompt", "engine.cli_tune", "engine.cli_agent",
+                    "engine.agent"]),
     ("app", ["app", "app.*"]),
     ("facade", ["", "__main__"]),  # autoglm itself: `from autoglm import Engine`, imported lazily
 ]

@@ -10,12 +10,15 @@ Ctrl+N starts a new chat.
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
+from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeyEvent, QKeySequence, QShortcut
@@ -24,6 +27,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QHBoxLayout,
     QInputDialog,
+    QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
@@ -36,7 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from autoglm.app.background import in_background, on_ui
-from autoglm.app.conversations import ConversationStore
+from autoglm.app.conversations import ConversationStore, Message
 from autoglm.app.engine_process import EngineClient
 from autoglm.app.markdown import COPY_SCHEME, DARK, LIGHT, TranscriptRenderer
 from autoglm.app.theme import is_dark
@@ -46,6 +50,7 @@ NEW_TITLE = "New chat"
 TITLE_PROMPT = ("Write a title of at most six words for a conversation that begins with this message. Reply with "
                 "the title only, no quotes.\n\n{message}")
 BOTTOM_SLACK = 8  # pixels: within this of the end, the transcript counts as following the reply
+SHOWN_CHARS = 600  # of a tool's result in the transcript (the model reads it all)
 
 
 def fallback_title(text: str, limit: int = 40) -> str:
@@ -96,6 +101,7 @@ class Reply:
     started: float = 0.0
     first_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    earlier: list[Turn] = field(default_factory=list)  # the turns before ``text``: tool calls and what came before
 
     def add(self, piece: str) -> None:
         if self.first_at is None:
@@ -110,6 +116,61 @@ class Reply:
         rate = (self.pieces - 1) / (end - self.first_at) if self.first_at and end > self.first_at else 0.0
         stopped = " · stopped" if self.cancel.is_set() else ""
         return self.pieces, rate, ttft, f"{self.pieces} tokens · {rate:.1f} tok/s · first token {ttft:.0f} ms{stopped}"
+
+    def tool_step(self, step: dict[str, Any]) -> None:
+        """A call of an MCP tool, and later its result, as a "tool" turn of the transcript: the text
+        said before it stays an assistant turn of its own."""
+        if step["kind"] == "call":
+            if self.text:
+                self.earlier.append(Turn("assistant", self.text))
+                self.text = ""
+            self.earlier.append(Turn("tool", f"**{step['name']}** · MCP server *{step['server']}*\n\n"
+                                     + fenced(step["arguments"], "json"),
+                                     {k: step[k] for k in ("id", "name", "arguments")}))
+        elif step["kind"] == "result":
+            turn = next((t for t in self.earlier if t.data and t.data["id"] == step["id"]), None)
+            if turn is not None and turn.data is not None:
+                shown = step["text"] if len(step["text"]) <= SHOWN_CHARS else step["text"][:SHOWN_CHARS] + " …"
+                turn.text += f"\n\n{'Failed' if step['failed'] else 'Result'}:\n\n{fenced(shown)}"
+                turn.data["result"] = step["text"]
+        elif step["kind"] == "notice":
+            self.earlier.append(Turn("tool", f"*{step['text']}*"))
+
+    def turns(self) -> list[tuple[str, str]]:
+        return [*((t.role, t.text) for t in self.earlier), ("assistant", self.text)]
+
+
+@dataclass
+class Turn:
+    """A finished part of a reply: text, or a tool turn (``data``: the call and its result)."""
+
+    role: str
+    text: str
+    data: dict[str, Any] | None = None
+
+
+def history(stored: list[Message]) -> list[dict[str, Any]]:
+    """A conversation as the engine takes it: a tool turn becomes the call the assistant made and
+    the tool's result, so the model knows on later turns that it has tools and what they said."""
+    messages: list[dict[str, Any]] = []
+    for m in stored:
+        if m.role != "tool":
+            messages.append({"role": m.role, "content": m.content})
+            continue
+        call = json.loads(m.data) if m.data else {}
+        if "result" in call:  # (a notice, or a call the reply was stopped before it ran, has none)
+            function = {"name": call["name"], "arguments": call["arguments"]}
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": [{"id": call["id"], "type": "function", "function": function}]})
+            messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["name"],
+                             "content": call["result"]})
+    return messages
+
+
+def fenced(text: str, lang: str = "text") -> str:
+    """``text`` as a code block whose fence no backtick run inside it can close."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence}{lang}\n{text}\n{fence}"
 
 
 class ChatView(QWidget):
@@ -130,6 +191,8 @@ class ChatView(QWidget):
         self.code_blocks: dict[str, str] = {}
         self.renderers = {False: TranscriptRenderer(LIGHT), True: TranscriptRenderer(DARK)}
         self.renamed_by_user: set[int] = set()
+        self.tools: list[dict[str, Any]] = []  # the MCP servers' tools the engine offers (config.toml)
+        self.asking: str | None = None  # the id of the tool call waiting for the user's yes or no
 
         self.search = QLineEdit(placeholderText="Search conversations")
         self.search.textChanged.connect(self.refresh_list)
@@ -170,6 +233,18 @@ class ChatView(QWidget):
         self.edit_btn.clicked.connect(self.edit_last)
         self.copy_btn.clicked.connect(self.copy_reply)
         self.stop_btn.setEnabled(False)
+        # asked before a tool of an untrusted MCP server runs; "Always" trusts that server for good
+        self.ask_label = QLabel(wordWrap=True)
+        self.allow_btn, self.deny_btn, self.always_btn = QPushButton("Run it"), QPushButton("Don't run"), \
+            QPushButton("Always for this server")
+        self.ask_bar = QWidget()
+        ask_row = QHBoxLayout(self.ask_bar)
+        ask_row.setContentsMargins(0, 0, 0, 0)
+        ask_row.addWidget(self.ask_label, 1)
+        for b, decision in ((self.allow_btn, "yes"), (self.deny_btn, "no"), (self.always_btn, "always")):
+            b.clicked.connect(partial(self.answer, decision))
+            ask_row.addWidget(b)
+        self.ask_bar.hide()
         right = QVBoxLayout()
         settings = QHBoxLayout()
         settings.addWidget(self.system, 1)
@@ -177,6 +252,7 @@ class ChatView(QWidget):
         settings.addWidget(self.temperature)
         right.addLayout(settings)
         right.addWidget(self.transcript, 1)
+        right.addWidget(self.ask_bar)
         right.addWidget(self.input)
         buttons = QHBoxLayout()
         for b in (self.send_btn, self.stop_btn, self.regen_btn, self.edit_btn, self.copy_btn):
@@ -241,10 +317,25 @@ class ChatView(QWidget):
         return self.current.phase is not Phase.IDLE
 
     def engine_ready(self, serving: str) -> None:
+        """The engine is up: its MCP tools are asked for first, so a reply waiting for it knows them."""
         self.serving = serving
-        if self.pending:
-            self.current = Reply()
-            self._start_reply()
+        client = self.client()
+        if client is None:
+            return
+
+        def ready(tools: dict[str, Any]) -> None:
+            self.tools = list(tools.get("tools", []))
+            for problem in tools.get("problems", []):
+                self.transcript.append(f"\n⚠ {problem}")
+            if self.pending:
+                self.current = Reply()
+                self._start_reply()
+
+        def failed(message: str) -> None:  # a broken [mcp] table: chat goes on without tools, saying why
+            self.transcript.append(f"\n⚠ MCP tools are off: {message}")
+            ready({})
+
+        in_background(client.mcp_tools, ready, failed, name="chat-tools")
 
     def engine_failed(self, message: str) -> None:
         if self.pending:
@@ -291,7 +382,7 @@ class ChatView(QWidget):
         if self.conversation_id is not None:
             turns = [(m.role, m.content, m.stats) for m in self.store.messages(self.conversation_id)]
         if self.streaming:
-            turns.append(("assistant", self.current.text, None))
+            turns += [(role, text, None) for role, text in self.current.turns()]
         bar = self.transcript.verticalScrollBar()
         following = bar.value() >= bar.maximum() - BOTTOM_SLACK
         kept = bar.value()
@@ -329,8 +420,9 @@ class ChatView(QWidget):
         if self.streaming or self.conversation_id is None:
             return
         msgs = self.store.messages(self.conversation_id)
-        if msgs and msgs[-1].role == "assistant":
-            self.store.truncate_after(self.conversation_id, msgs[-1].id)
+        asked = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1)
+        if 0 <= asked < len(msgs) - 1:  # the whole reply goes: its tool turns too
+            self.store.truncate_after(self.conversation_id, msgs[asked + 1].id)
             self._start_reply()
 
     def edit_last(self) -> None:
@@ -365,7 +457,7 @@ class ChatView(QWidget):
             self._on_failed("the engine is not running")
             return
         assert self.conversation_id is not None
-        messages = [{"role": m.role, "content": m.content} for m in self.store.messages(self.conversation_id)]
+        messages = history(self.store.messages(self.conversation_id))
         if self.system.text().strip():
             messages.insert(0, {"role": "system", "content": self.system.text().strip()})
         self.current = reply = Reply(Phase.STREAMING, started=time.perf_counter())
@@ -375,8 +467,12 @@ class ChatView(QWidget):
         cancel, temperature = reply.cancel, self.temperature.value()
 
         def work() -> None:
-            for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
-                on_ui(partial(self._on_piece, reply, piece))
+            if not self.tools:
+                for piece in client.chat_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
+                    on_ui(partial(self._on_piece, reply, piece))
+                return
+            for step in client.agent_stream(messages, cancel=cancel, max_tokens=1024, temperature=temperature):
+                on_ui(partial(self._on_step, reply, step))
 
         in_background(work, lambda _: self._on_done(""), self._on_failed, name="chat-stream")
 
@@ -384,10 +480,37 @@ class ChatView(QWidget):
         reply.add(piece)  # its own reply: a late piece of a stopped stream never joins the next one
         self.dirty = True
 
+    def _on_step(self, reply: Reply, step: dict[str, Any]) -> None:
+        if step["kind"] == "text":
+            self._on_piece(reply, step["text"])
+        elif step["kind"] == "ask":
+            if reply is self.current:
+                self.asking = step["id"]
+                self.ask_label.setText(f"Run {step['name']} on the MCP server {step['server']}?")
+                self.ask_bar.show()
+        else:
+            reply.tool_step(step)
+            self.dirty = True
+
+    def answer(self, decision: str) -> None:
+        """The user's yes, no or always for the tool call waiting; the reply goes on in the engine."""
+        client, call_id = self.client(), self.asking
+        self.asking = None
+        self.ask_bar.hide()
+        if client is not None and call_id is not None:
+            in_background(lambda: client.answer(call_id, decision), lambda _: None,
+                          lambda message: self.transcript.append(f"\n⚠ {message}"), name="chat-answer")
+
     def _finish(self, stats: str | None) -> None:
+        self.asking = None
+        self.ask_bar.hide()
+        if self.conversation_id is not None:
+            for turn in self.current.earlier:
+                self.store.add(self.conversation_id, turn.role, turn.text,
+                               data=json.dumps(turn.data, ensure_ascii=False) if turn.data else None)
         if self.conversation_id is not None and self.current.text:
             self.store.add(self.conversation_id, "assistant", self.current.text, stats)
-            if len(self.store.messages(self.conversation_id)) == 2:
+            if sum(m.role == "user" for m in self.store.messages(self.conversation_id)) == 1:
                 self.name_conversation(self.conversation_id)
         self.current = Reply()
         self.render_timer.stop()

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from autoglm.engine.errors import AutoGLMError, ModelNotFoundError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
+from autoglm.engine.server.agent_routes import ToolHost, agent_router
 from autoglm.engine.server.guard import OLLAMA, Guard
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.management import management_router
@@ -60,6 +61,7 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
     """``lifecycle``: the server loop's, so a signal it receives drains these routes (see lifecycle.py).
     ``pool``: the models requests may name, ``runtime`` first (without one, only ``runtime`` serves)."""
     pool = pool or ModelPool(runtime, 0, _one_model_only, budget_bytes=1 << 62)
+    tools = ToolHost()  # the MCP servers of config.toml, started when a turn first needs them
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +70,7 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
             yield
         finally:
             sweeper.cancel()
+            await tools.close()
 
     app = FastAPI(title="Open-AutoGLM", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     lifecycle = lifecycle or Lifecycle()
@@ -116,4 +119,5 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
     app.include_router(openai_router(serving, metrics))
     app.include_router(ollama_router(serving))
     app.include_router(management_router(runtime, lambda: set(pool.models)))
+    app.include_router(agent_router(serving, tools))
     return app

@@ -497,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of these settings (flags win)")
     p.set_defaults(func=cmd_serve)
 
+    from autoglm.engine.cli_cluster import add_parser as add_cluster
     from autoglm.engine.cli_extract import add_parser as add_extract
     from autoglm.engine.cli_prompt import add_parser as add_prompt
     from autoglm.engine.cli_tasks import add_parsers
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, models)
     add_extract(sub)
+    add_cluster(sub)
     add_prompt(sub)
     add_tune(sub)
     p = sub.add_parser("ps", help="the models a running server has loaded, their memory and when they unload")

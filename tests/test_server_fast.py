@@ -431,3 +431,16 @@ def test_an_error_that_ends_a_reply_is_answered_by_its_kind_not_by_guesswork():
     assert kinds[errors.SchedulerFailedError] == 503 and kinds[errors.RequestTooCostlyError] == 422
     assert kinds[errors.InvalidArgumentError] == kinds[errors.ContextOverflowError] == 400
     assert all(400 <= status < 600 for status in kinds.values())
+
+
+def test_usage_reports_the_prompt_tokens_the_kv_cache_held():
+    """OpenAI's ``prompt_tokens_details.cached_tokens``: a fleet's prefix routing is judged by it."""
+    c, scheduler, _ = make_client(ctx_per_seq=512)
+    try:
+        body = {"messages": [{"role": "user", "content": "a prompt long enough to be worth keeping " * 3}],
+                "max_tokens": 5, "temperature": 0}
+        first, again = (c.post("/v1/chat/completions", json=body).json()["usage"] for _ in range(2))
+        assert first["prompt_tokens_details"]["cached_tokens"] == 0
+        assert again["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens"] - 1  # all but the last
+    finally:
+        scheduler.close()

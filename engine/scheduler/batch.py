@@ -49,6 +49,7 @@ class Event:
     finish_reason: str | None = None
     error: AutoGLMError | None = None  # typed: each front end maps the kind once (HTTP status, exit code)
     stop: str | None = None  # the stop string that ended the reply (tool calling stops at one of its own)
+    cached_tokens: int = 0  # on the last event: prompt tokens taken from the KV cache, not decoded again
 
 
 @dataclass

@@ -187,10 +187,15 @@ class ExtractRequest(BaseModel):
 
 
 # --- responses ---------------------------------------------------------------------------------
+class PromptDetails(BaseModel):
+    cached_tokens: int = 0  # the prompt's tokens this replica's KV cache already held (a prefix seen before)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptDetails = Field(default_factory=PromptDetails)
 
 
 class FunctionOut(BaseModel):

@@ -46,6 +46,7 @@ class Piece:
     error: AutoGLMError | None = None
     cut: str | None = None  # the server stopped the reply (its drain's deadline): the client is told why
     said: str = ""  # on the last piece: all the reply's text, for usage counts
+    cached_tokens: int = 0  # on the last piece: prompt tokens the KV cache held (OpenAI's usage reports them)
 
 
 async def _watch_disconnect(request: Caller, req: Any) -> None:
@@ -115,6 +116,8 @@ class Replier:
         try:
             while True:
                 event = await queue.get()  # a plain get: a timer per token is loop work that takes a core
+                if event.done and req.first_token_at is not None:  # prefilled: what it did not decode again
+                    event = replace(event, cached_tokens=max(0, len(tokens) - req.stats.prompt_evaluated))
                 if event.done and self.metrics is not None:  # (the CLI's chat keeps no metrics)
                     if req.first_token_at is not None:  # stamped by the scheduler (a non-streamed reply has one event)
                         self.metrics.ttft.observe(req.first_token_at - req.submitted)
@@ -135,7 +138,7 @@ class Replier:
 
     def _last(self, ev: Event, text: str, said: str, calls: list[ToolCall] | None = None) -> Piece:
         return Piece(text, calls or [], True, "tool_calls" if calls else finish_reason(ev), ev.error,
-                     self.cut_short(ev), said)
+                     self.cut_short(ev), said, ev.cached_tokens)
 
     async def pieces(self, runtime: Runtime, tokens: list[int], params: SamplingParams, grammar: str | None,
                      use: ToolUse | None, request: Caller, streamed: bool,

@@ -135,17 +135,22 @@ def _is_loopback(host: str) -> bool:
 FAILED_EXIT = 3  # a step failed: the supervisor (systemd, the desktop app) restarts the engine
 
 
-def serve(settings: ServeSettings) -> int:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((settings.host, settings.port))
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+@dataclass
+class Engine:
+    """What ``autoglm serve`` loads before it listens (a Ray Serve replica loads the same)."""
+
+    runtime: Runtime
+    pool: ModelPool
+    parallel: int
+    idle_tuner: Any = None
+
+
+def load_engine(settings: ServeSettings, progress: Any = None) -> Engine:
+    """The chat model the settings name (a first run pulls it), planned for this device, behind its
+    scheduler, in a pool that loads other installed models on demand."""
     sweep_stale_stages()  # staging left by a pull that was killed
     overrides = Overrides(threads=settings.threads, gpu_layers=settings.gpu_layers, safe=settings.safe)
-    prepared = loader.prepare(route("chat", settings.model), overrides, progress=progress_bar())  # a first run pulls
+    prepared = loader.prepare(route("chat", settings.model), overrides, progress=progress)
     parallel = settings.parallel or prepared.plan.slots
     model = loader.load_scheduled(prepared, parallel, settings.ctx, settings.max_queue,
                                   speculative=not settings.no_speculate, draft=settings.draft)
@@ -166,20 +171,32 @@ def serve(settings: ServeSettings) -> int:
     first_size = prepared.model.manifest.size if prepared.model.manifest else Path(prepared.model.path).stat().st_size
     pool = ModelPool(runtime, first_size, load_other, budget, keep_seconds(settings.keep_alive, DEFAULT_KEEP_S))
     idle_tuner = start_if_wanted(prepared, model.scheduler, bool(settings.safe))  # tunes while nobody waits
+    return Engine(runtime, pool, parallel, idle_tuner)
+
+
+def serve(settings: ServeSettings) -> int:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+    engine = load_engine(settings, progress_bar())
     sock.listen(2048)  # listening before the banner, so a client that reads it can connect at once
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"serving {name} on http://{shown}:{port} ({parallel} parallel x {settings.ctx} tokens)",
-          flush=True)
+    print(f"serving {engine.runtime.model_name} on http://{shown}:{port} ({engine.parallel} parallel x "
+          f"{settings.ctx} tokens)", flush=True)
     config = ServerConfig(settings.api_key, settings.max_body_bytes, settings.cors_origins,
                           loopback_only=_is_loopback(settings.host), manage_key=settings.manage_key)
     if settings.manage_key is None:
         print("management API off (--manage-key KEY turns it on)", file=sys.stderr, flush=True)
     try:
-        return run(runtime, config, sock, Lifecycle(settings.grace), pool)
+        return run(engine.runtime, config, sock, Lifecycle(settings.grace), engine.pool)
     finally:
-        if idle_tuner is not None:
-            idle_tuner.stop()
+        if engine.idle_tuner is not None:
+            engine.idle_tuner.stop()
 
 
 def run(runtime: Runtime, config: ServerConfig, sock: socket.socket, lifecycle: Lifecycle | None = None,

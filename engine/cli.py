@@ -11,69 +11,19 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from autoglm.engine import __version__, startup
 from autoglm.engine import sampling as limits
+from autoglm.engine.cli_model import open_model as _open
+from autoglm.engine.cli_model import overrides as _overrides
+from autoglm.engine.cli_model import sampling as _sampling
+from autoglm.engine.cli_model import stream as _stream
 from autoglm.engine.cli_progress import progress_bar
 from autoglm.engine.errors import AutoGLMError, InvalidArgumentError
 from autoglm.engine.fs import storage_error
 
 GiB = 1 << 30
-
-
-def _overrides(args: argparse.Namespace):
-    from autoglm.engine.planner import Overrides
-
-    return Overrides(threads=args.threads, ctx=args.ctx, gpu_layers=args.gpu_layers, safe=args.safe)
-
-
-def _sampling(args: argparse.Namespace):
-    from autoglm.engine.sampling import SamplingParams
-
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                            seed=args.seed, stop=args.stop or [])
-    params.validate()
-    return params
-
-
-@contextmanager
-def _open(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """The planned model behind the scheduler the server runs, closed however the command ends: a
-    Ctrl-C that left the scheduler thread decoding while the interpreter shut down segfaulted."""
-    from autoglm.engine import loader
-    from autoglm.engine.router import route
-
-    prepared = loader.prepare(route("chat", args.model), _overrides(args), progress=progress_bar())
-    backend = loader.load_scheduled(prepared, draft=args.draft)
-    try:
-        yield prepared, backend
-    finally:
-        with _signals_held():  # a second Ctrl-C must not cut the close short: the same crash again
-            backend.close()
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def _stream(pieces: Iterator[str]) -> None:
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -498,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     from autoglm.engine.cli_cluster import add_parser as add_cluster
+    from autoglm.engine.cli_docs import add_parser as add_docs
     from autoglm.engine.cli_extract import add_parser as add_extract
     from autoglm.engine.cli_prompt import add_parser as add_prompt
     from autoglm.engine.cli_tasks import add_parsers
@@ -506,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub, models)
     add_extract(sub)
     add_cluster(sub)
+    add_docs(sub)
     add_prompt(sub)
     add_tune(sub)
     p = sub.add_parser("ps", help="the models a running server has loaded, their memory and when they unload")

@@ -31,17 +31,19 @@ _LAYERS: list[tuple[str, list[str]]] = [
                       "engine.models.catalog", "engine.models.sources.*"]),
     ("runtime", ["engine.scheduler", "engine.scheduler.*", "engine.tasks.*", "engine.loader", "engine.runtime",
                  "engine.tuning.child", "engine.tuning.runner", "engine.tuning.background", "engine.tuning.quality",
-                 "engine.tuning.variants", "engine.mcp_tools"]),
+                 "engine.tuning.variants", "engine.mcp_tools", "engine.docs", "engine.docs.*"]),
     ("front ends", ["engine.server", "engine.server.*", "engine.cli", "engine.cli_tasks", "engine.cli_progress",
                     "engine.api", "engine.cli_extract", "engine.cli_prompt", "engine.cli_tune", "engine.cli_agent",
-                    "engine.agent", "engine.cli_cluster", "engine.cluster", "engine.cluster.*"]),
+                    "engine.agent", "engine.cli_cluster", "engine.cluster", "engine.cluster.*",
+                    "engine.cli_docs", "engine.cli_model"]),
     ("app", ["app", "app.*"]),
     ("facade", ["", "__main__"]),  # autoglm itself: `from autoglm import Engine`, imported lazily
 ]
 LAYERS = [(name, [f"autoglm.{p}" if p else "autoglm" for p in patterns]) for name, patterns in _LAYERS]
 # entry points: `autoglm --help` must not load llama.cpp; `import autoglm.engine.x` must not load the API
 LAZY_OK = {"autoglm.engine.cli", "autoglm.engine.cli_tasks", "autoglm.engine.cli_extract", "autoglm.engine.cli_prompt",
-           "autoglm.engine.cli_tune", "autoglm.engine.cli_cluster", "autoglm"}
+           "autoglm.engine.cli_tune", "autoglm.engine.cli_cluster", "autoglm.engine.cli_model",
+           "autoglm.engine.cli_docs", "autoglm"}
 # The one upward edge: the `autoglm` command is the launcher of every front end, the window included.
 ALLOWED_UP = {("autoglm.engine.cli", "autoglm.app.main_window")}
 APP_MAY_USE = {"autoglm.engine.paths", "autoglm.engine.process"}  # how to start the engine child and where its files go

@@ -1,0 +1,64 @@
+"""Hybrid retrieval: keyword (BM25 over FTS5) and meaning (cosine over the embeddings) each rank
+CANDIDATES passages, and reciprocal rank fusion merges the two lists: a passage high in either list
+ranks high, one high in both ranks first, and no score scale has to be tuned between them
+(Cormack et al., 2009; k = 60 as there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from autoglm.engine.backends.onnx.encoder import Encoder
+from autoglm.engine.docs.index import DocIndex
+from autoglm.engine.errors import InvalidArgumentError
+
+CANDIDATES = 50
+RRF_K = 60
+MAX_QUERY_CHARS = 2000
+MAX_HITS = 50
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    page: int | None
+    heading: str
+    text: str
+    score: float  # fused: sum of 1 / (k + rank) over the lists it is in
+    keyword_rank: int | None
+    vector_rank: int | None
+    similarity: float | None = None  # cosine to the query
+
+    def json(self) -> dict[str, object]:
+        return {"path": self.path, "page": self.page, "heading": self.heading, "score": round(self.score, 6),
+                "keyword_rank": self.keyword_rank, "vector_rank": self.vector_rank,
+                "similarity": None if self.similarity is None else round(self.similarity, 4), "text": self.text}
+
+
+def search(index: DocIndex, name: str, encoder: Encoder, query: str, k: int = 5) -> list[Hit]:
+    query = query.strip()
+    if not query or len(query) > MAX_QUERY_CHARS:
+        raise InvalidArgumentError(f"the query must be 1-{MAX_QUERY_CHARS} characters")
+    if not 1 <= k <= MAX_HITS:
+        raise InvalidArgumentError(f"the number of passages must be 1-{MAX_HITS}")
+    index.collection(name)  # an unknown collection is its one-line error
+    keyword = index.keyword(name, query, CANDIDATES)
+    ids, vectors = index.matrix(name)
+    vector: list[int] = []
+    similarity: dict[int, float] = {}
+    if len(ids):
+        scores = vectors @ encoder.embed([query])[0][0]
+        top = np.argsort(-scores)[:CANDIDATES]
+        vector = [int(ids[i]) for i in top]
+        similarity = {int(c): float(v) for c, v in zip(ids, scores, strict=True)}
+    fused: dict[int, float] = {}
+    for ranking in (keyword, vector):
+        for rank, chunk_id in enumerate(ranking):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    best = sorted(fused, key=lambda c: -fused[c])[:k]
+    passages = index.passages(best)
+    krank = {c: i + 1 for i, c in enumerate(keyword)}
+    vrank = {c: i + 1 for i, c in enumerate(vector)}
+    return [Hit(passages[c].path, passages[c].page, passages[c].heading, passages[c].text, fused[c],
+                krank.get(c), vrank.get(c), similarity.get(c)) for c in best if c in passages]

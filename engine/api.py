@@ -22,6 +22,8 @@ from typing import Any, overload
 import numpy as np
 
 from autoglm.engine import loader
+from autoglm.engine.docs import ask as answers
+from autoglm.engine.docs.search import Hit, search_collection
 from autoglm.engine.errors import AutoGLMError, ExtractionFailedError, InvalidArgumentError
 from autoglm.engine.planner import Overrides
 from autoglm.engine.router import route
@@ -50,6 +52,16 @@ class ChatResult:
     prompt_tokens: int
     completion_tokens: int
     tokens_per_second: float
+
+
+@dataclass
+class Answer:
+    """An answer from a document collection: its text, and the passages it was given as numbered
+    sources (``citations``: "[1] path, page N")."""
+
+    text: str
+    citations: list[str]
+    passages: list[Hit]
 
 
 def _text(text: str) -> str:
@@ -184,6 +196,22 @@ class Engine:
     def embed(self, texts: str | list[str], *, model: str | None = None) -> np.ndarray:
         """Unit-length sentence embeddings, one row per text."""
         return self._rt().embed(_texts(texts), model).vectors
+
+    def search_documents(self, query: str, collection: str, *, k: int = 5) -> list[Hit]:
+        """The passages of a collection (``autoglm docs add``) that best match ``query``: keywords and
+        meaning, fused."""
+        return search_collection(collection, query, k, lambda name: self._rt().encoder(name)[1])
+
+    def ask(self, question: str, collection: str, *, k: int = 5, max_tokens: int = DEFAULT_MAX_TOKENS,
+            temperature: float = 0.0) -> Answer:
+        """An answer grounded in the collection's passages, citing them by number; when none is on
+        topic, says the documents do not answer it (without asking the model)."""
+        hits = answers.relevant(self.search_documents(question, collection, k=k))
+        if not hits:
+            return Answer(answers.NOT_FOUND, [], [])
+        messages = answers.messages(question, hits)
+        reply = self.chat(messages[1:], system=messages[0]["content"], max_tokens=max_tokens, temperature=temperature)
+        return Answer(reply.text, answers.citations(hits), hits)
 
     def rerank(self, query: str, documents: list[str], *, model: str | None = None,
                top_n: int | None = None) -> list[Ranked]:

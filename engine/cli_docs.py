@@ -125,14 +125,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def _hits(name: str, query: str, k: int) -> list[Any]:
-    from autoglm.engine.docs.search import search
+    from autoglm.engine.docs.search import search_collection
 
-    index = DocIndex()
-    try:
-        _roots, encoder = index.collection(name)
-        return search(index, name, open_encoder(encoder)[1], query, k)
-    finally:
-        index.close()
+    return search_collection(name, query, k, lambda encoder: open_encoder(encoder)[1])
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -137,3 +137,38 @@ def test_answers_quote_passages_as_material_and_off_topic_questions_ask_no_model
     assert relevant(hits) == hits
     far = [h.__class__(**{**h.__dict__, "similarity": 0.01}) for h in hits]
     assert relevant(far) == [] and NOT_FOUND
+
+
+def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape(tmp_path, monkeypatch):
+    import json as jsonlib
+
+    from autoglm.engine.runtime import Runtime
+    from tests.fakes import CharBackend, ScriptedExecutor
+    from tests.test_server_fast import make_client
+
+    monkeypatch.setenv("AUTOGLM_HOME", str(tmp_path / "home"))
+    index, folder, enc = _collection(tmp_path)
+    index.close()
+    index = DocIndex()  # the data folder's, as the routes open it
+    sync(index, "notes", "fake", enc, [folder])
+    index.close()
+    monkeypatch.setattr(Runtime, "encoder", lambda self, name=None, precision="int8": (None, enc))
+    client, scheduler, _ = make_client(ScriptedExecutor("Oslo is the capital [1]."), backend=CharBackend(),
+                                       ctx_per_seq=4096)
+    try:
+        found = client.post("/v1/docs/search", json={"collection": "notes", "query": "capital of Norway", "k": 2})
+        assert found.status_code == 200 and found.json()["data"][0]["path"].endswith("oslo.md")
+        body = {"collection": "notes", "question": "What is the capital of Norway?", "max_tokens": 40}
+        whole = client.post("/v1/docs/ask", json=body).json()
+        assert whole["choices"][0]["message"]["content"] == "Oslo is the capital [1]."
+        assert whole["citations"][0].startswith("[1] ") and whole["citations"][0].endswith("oslo.md")
+        streamed = client.post("/v1/docs/ask", json={**body, "stream": True}).text
+        events = [jsonlib.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        assert events[0]["object"] == "docs.citations" and events[0]["citations"] == whole["citations"]
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[1:]) == "Oslo is the capital [1]."
+        missing = client.post("/v1/docs/ask", json={**body, "collection": "nope"})
+        assert missing.status_code == 404 and "no document collection" in missing.json()["error"]["message"]
+        bad = client.post("/v1/docs/search", json={"collection": "notes", "query": "x", "k": 10_000})
+        assert bad.status_code == 400
+    finally:
+        scheduler.close()

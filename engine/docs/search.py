@@ -5,6 +5,7 @@ ranks high, one high in both ranks first, and no score scale has to be tuned bet
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +63,17 @@ def search(index: DocIndex, name: str, encoder: Encoder, query: str, k: int = 5)
     vrank = {c: i + 1 for i, c in enumerate(vector)}
     return [Hit(passages[c].path, passages[c].page, passages[c].heading, passages[c].text, fused[c],
                 krank.get(c), vrank.get(c), similarity.get(c)) for c in best if c in passages]
+
+
+def search_collection(name: str, query: str, k: int, encoder: Callable[[str], Encoder],
+                      index: DocIndex | None = None) -> list[Hit]:
+    """The search use case, once for the CLI, the Python API and the server: the collection's own
+    encoder (``encoder(name)`` opens it) and the index in the data folder."""
+    own = index is None
+    index = index or DocIndex()
+    try:
+        _roots, encoder_name = index.collection(name)
+        return search(index, name, encoder(encoder_name), query, k)
+    finally:
+        if own:
+            index.close()

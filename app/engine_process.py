@@ -233,6 +233,37 @@ class EngineClient:
         """``tools`` (name, server, description, trusted) from config.toml's MCP servers, and ``problems``."""
         return dict(self.get("/autoglm/mcp"))
 
+    def collections(self) -> list[dict[str, Any]]:
+        """The document collections: name, encoder, roots, files, chunks."""
+        return list(self.get("/autoglm/docs")["data"])
+
+    def index_documents(self, collection: str, paths: list[str],
+                        cancel: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+        """One event per file (``path``, ``what``), then ``done``; ``cancel`` stops between files."""
+        for event in self.events("/autoglm/docs/add", {"collection": collection, "paths": paths}, cancel):
+            if "error" in event:
+                raise EngineError(str((event["error"] or {}).get("message") or "indexing failed"))
+            yield dict(event)
+
+    def ask_documents(self, question: str, collection: str, cancel: threading.Event | None = None,
+                      **params: Any) -> Iterator[str | list[str]]:
+        """First the citations (a list: "[1] path, page N"), then the answer's text pieces."""
+        body = {"question": question, "collection": collection, "stream": True, **params}
+        for event in self.events("/v1/docs/ask", body, cancel):
+            if "error" in event:
+                raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-answer"))
+            if event.get("object") == "docs.citations":
+                yield list(event["citations"])
+            elif event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+                yield str(event["choices"][0]["delta"]["content"])
+
+    def remove_collection(self, name: str) -> None:
+        """The collection leaves the index (the files stay where they are)."""
+        self.delete(f"/autoglm/docs/{_segment(name)}")
+
+    def search_documents(self, query: str, collection: str, k: int = 5) -> list[dict[str, Any]]:
+        return list(self.post("/v1/docs/search", {"query": query, "collection": collection, "k": k})["data"])
+
     def delete(self, path: str) -> Any:
         with self._request("DELETE", path) as resp:
             return json.loads(resp.read())

@@ -29,6 +29,7 @@ from autoglm.app.views.catalog import CatalogView
 from autoglm.app.views.chat import ChatView
 from autoglm.app.views.classify import ClassifyView
 from autoglm.app.views.device import DeviceView
+from autoglm.app.views.documents import DocumentsView
 from autoglm.app.views.extract import ExtractView
 from autoglm.app.views.models import ModelsView
 from autoglm.app.views.performance import PerformanceView
@@ -63,6 +64,7 @@ class MainWindow(QMainWindow):
         self.models = ModelsView(self.client)
         self.models.done.connect(self._refresh_chat_models)
         self.classify = ClassifyView(self.client)
+        self.documents = DocumentsView(self.client)
         self.extract = ExtractView(self.client)
         self.catalog = CatalogView(self.client)
         self.catalog.pull_requested.connect(self.pull_from_catalog)
@@ -73,6 +75,7 @@ class MainWindow(QMainWindow):
         self.classify.measured.connect(self.performance.record_classify)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.chat, "Chat")
+        self.tabs.addTab(self.documents, "Documents")
         self.tabs.addTab(self.classify, "Classify")
         self.tabs.addTab(self.extract, "Extract")
         self.tabs.addTab(self.catalog, "Catalog")
@@ -230,6 +233,7 @@ class MainWindow(QMainWindow):
         self.chat.set_models(self._chat_models(), serving)
         self.chat.engine_ready(serving)
         self.classify.refresh()
+        self.documents.refresh()
         self.device.refresh()
         if self.tabs.indexOf(self.welcome) >= 0:
             fetch(self.client, EngineClient.device, self.welcome.install_label, self.welcome.engine_ready)

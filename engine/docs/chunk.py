@@ -39,9 +39,11 @@ def chunk(sections: list[Section]) -> list[Chunk]:
 
 
 def _blocks(text: str, heading: str) -> list[tuple[str, list[str]]]:
-    """(heading, its paragraphs) in order."""
+    """(heading path, its paragraphs) in order; the path joins the headings above ("Trip > Budget"),
+    so a passage under a sub-heading still carries the document's subject."""
     blocks: list[tuple[str, list[str]]] = [(heading, [])]
     paragraph: list[str] = []
+    path: list[tuple[int, str]] = []  # (level, title) of the headings above
 
     def close() -> None:
         if paragraph:
@@ -52,7 +54,9 @@ def _blocks(text: str, heading: str) -> list[tuple[str, list[str]]]:
         match = _HEADING.match(line)
         if match:
             close()
-            blocks.append((match.group(1).strip("#* "), []))
+            level = len(line) - len(line.lstrip("#"))
+            path = [(lv, t) for lv, t in path if lv < level] + [(level, match.group(1).strip("#* "))]
+            blocks.append((" > ".join(t for _, t in path), []))
         elif line.strip():
             paragraph.append(line)
         else:

@@ -5,6 +5,7 @@ so a run killed at any point is finished by the next ``sync``."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,20 +25,25 @@ class Report:
     removed: list[str] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     chunks: int = 0
+    cancelled: bool = False
 
 
 Said = Callable[[str, str], None]  # (path, what happened): one line each, for progress
 
 
 def sync(index: DocIndex, name: str, encoder_name: str, encoder: Encoder, roots: list[Path] | None = None,
-         said: Said | None = None) -> Report:
-    """Add ``roots`` to the collection (made if new), then bring it up to date with the disk."""
+         said: Said | None = None, cancel: threading.Event | None = None) -> Report:
+    """Add ``roots`` to the collection (made if new), then bring it up to date with the disk.
+    ``cancel``: stop between files (what is indexed stays; files not seen yet are not dropped)."""
     index.ensure(name, [str(r.resolve()) for r in roots or []], encoder_name)
     stored_roots, _ = index.collection(name)
     known = index.files(name)
     report, present = Report(), set()
     tell = said or (lambda _path, _what: None)
     for found in walk([Path(r) for r in stored_roots]):
+        if cancel is not None and cancel.is_set():
+            report.cancelled = True
+            return report
         if isinstance(found, Skipped):
             report.skipped.append(found)
             tell(str(found.path), f"skipped: {found.reason}")

@@ -21,7 +21,7 @@ from autoglm.engine.errors import AutoGLMError, ModelNotFoundError
 from autoglm.engine.fs import storage_error
 from autoglm.engine.runtime import Runtime
 from autoglm.engine.server.agent_routes import ToolHost, agent_router
-from autoglm.engine.server.docs_routes import docs_router
+from autoglm.engine.server.docs_routes import docs_management_router, docs_router
 from autoglm.engine.server.guard import OLLAMA, Guard
 from autoglm.engine.server.lifecycle import Lifecycle
 from autoglm.engine.server.management import management_router
@@ -122,4 +122,5 @@ def create_app(runtime: Runtime, config: ServerConfig, lifecycle: Lifecycle | No
     app.include_router(management_router(runtime, lambda: set(pool.models)))
     app.include_router(agent_router(serving, tools))
     app.include_router(docs_router(serving))
+    app.include_router(docs_management_router(serving))
     return app

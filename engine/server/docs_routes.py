@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,6 +20,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from autoglm.engine.docs import ask as answers
+from autoglm.engine.docs.collection import sync
+from autoglm.engine.docs.index import DocIndex, check_name
 from autoglm.engine.docs.search import MAX_HITS, MAX_QUERY_CHARS, Hit, search_collection
 from autoglm.engine.server.protocol import ChatRequest, Message, Reply, Sampling, Usage
 from autoglm.engine.server.serving import OpenAIServing
@@ -27,6 +31,11 @@ class SearchRequest(BaseModel):
     collection: str = Field(min_length=1, max_length=64)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=5, ge=1, le=MAX_HITS)
+
+
+class AddRequest(BaseModel):
+    collection: str = Field(min_length=1, max_length=64)
+    paths: list[str] = Field(min_length=1, max_length=256)
 
 
 class AskRequest(Sampling):
@@ -74,7 +83,78 @@ def docs_router(serving: OpenAIServing) -> APIRouter:
     return router
 
 
-async def _prepend(head: str, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+def docs_management_router(serving: OpenAIServing) -> APIRouter:
+    """``/autoglm/docs``: the desktop app's collections (management: it reads the user's files and
+    writes the index). ``POST /autoglm/docs/add`` streams one event per file (``path``, ``what``),
+    then ``{"done": {...}}``; closing the stream stops between files."""
+    router = APIRouter(prefix="/autoglm/docs")
+
+    @router.get("")
+    async def collections() -> dict[str, Any]:
+        def work() -> list[dict[str, object]]:
+            index = DocIndex()
+            try:
+                return index.summary()
+            finally:
+                index.close()
+
+        return {"data": await asyncio.to_thread(work)}
+
+    @router.delete("/{name}")
+    async def remove(name: str) -> dict[str, Any]:
+        def work() -> None:
+            index = DocIndex()
+            try:
+                index.remove(name)
+            finally:
+                index.close()
+
+        await asyncio.to_thread(work)
+        return {"removed": name}
+
+    @router.post("/add")
+    async def add(body: AddRequest) -> StreamingResponse:
+        check_name(body.collection)  # a bad name is this request's 400, before the stream
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def send(item: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+        def work() -> None:
+            index = DocIndex()
+            try:
+                known = body.collection in index.names()
+                manifest, encoder = serving.runtime.encoder(index.collection(body.collection)[1] if known else None)
+                report = sync(index, body.collection, manifest.name, encoder, [Path(p) for p in body.paths],
+                              lambda path, what: send({"path": path, "what": what}), cancel)
+                send({"done": {"indexed": len(report.indexed), "chunks": report.chunks, "unchanged": report.unchanged,
+                               "removed": len(report.removed), "skipped": len(report.skipped),
+                               "cancelled": report.cancelled}})
+            except Exception as exc:  # noqa: BLE001 - the stream must end with a reason, whatever broke
+                send({"error": {"message": str(exc) or type(exc).__name__}})
+            finally:
+                index.close()
+
+        threading.Thread(target=work, name="docs-add", daemon=True).start()
+
+        async def sse() -> AsyncIterator[str]:
+            try:
+                while True:
+                    item = await events.get()
+                    yield "data: " + json.dumps(item) + "\n\n"
+                    if "done" in item or "error" in item:
+                        return
+            finally:
+                cancel.set()  # a client gone: stop between files
+
+        return StreamingResponse(sse(), media_type="text/event-stream")
+
+    return router
+
+
+async def _prepend(head: str, rest: AsyncIterable[Any]) -> AsyncIterator[Any]:
     yield head
     async for part in rest:
         yield part

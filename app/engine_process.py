@@ -242,7 +242,7 @@ class EngineClient:
         """One event per file (``path``, ``what``), then ``done``; ``cancel`` stops between files."""
         for event in self.events("/autoglm/docs/add", {"collection": collection, "paths": paths}, cancel):
             if "error" in event:
-                raise EngineError(str((event["error"] or {}).get("message") or "indexing failed"))
+                raise EngineError(str(event["error"] or "indexing failed"))
             yield dict(event)
 
     def ask_documents(self, question: str, collection: str, cancel: threading.Event | None = None,

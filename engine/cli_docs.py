@@ -69,8 +69,7 @@ def _say(path: str, what: str) -> None:
 
 
 def _sync(name: str, roots: list[Path] | None, encoder: str | None) -> int:
-    index = DocIndex()
-    try:
+    with DocIndex() as index:
         known = name in index.names()
         chosen = index.collection(name)[1] if known else encoder
         if known and encoder and encoder != chosen:
@@ -79,8 +78,6 @@ def _sync(name: str, roots: list[Path] | None, encoder: str | None) -> int:
 
         manifest, enc = open_encoder(chosen)
         report = sync(index, name, manifest.name, enc, roots, _say)
-    finally:
-        index.close()
     print(f"{name}: {len(report.indexed)} file(s) indexed ({report.chunks} chunks), {report.unchanged} unchanged, "
           f"{len(report.removed)} removed, {len(report.skipped)} skipped", file=sys.stderr)
     return 0
@@ -92,20 +89,14 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    index = DocIndex()
-    try:
+    with DocIndex() as index:
         index.collection(args.collection)
-    finally:
-        index.close()
     return _sync(args.collection, None, None)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    index = DocIndex()
-    try:
+    with DocIndex() as index:
         rows = index.summary()
-    finally:
-        index.close()
     if not rows:
         print("no collections yet: autoglm docs add PATH --collection NAME", file=sys.stderr)
     for row in rows:
@@ -115,11 +106,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    index = DocIndex()
-    try:
+    with DocIndex() as index:
         index.remove(args.collection)
-    finally:
-        index.close()
     print(f"removed the collection {args.collection} (your files are untouched)", file=sys.stderr)
     return 0
 

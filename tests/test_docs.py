@@ -152,7 +152,10 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
     index = DocIndex()  # the data folder's, as the routes open it
     sync(index, "notes", "fake", enc, [folder])
     index.close()
-    monkeypatch.setattr(Runtime, "encoder", lambda self, name=None, precision="int8": (None, enc))
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(Runtime, "encoder", lambda self, name=None, precision="int8": (SimpleNamespace(name="fake"),
+                                                                                        enc))
     client, scheduler, _ = make_client(ScriptedExecutor("Oslo is the capital [1]."), backend=CharBackend(),
                                        ctx_per_seq=4096)
     try:
@@ -170,5 +173,11 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
         assert missing.status_code == 404 and "no document collection" in missing.json()["error"]["message"]
         bad = client.post("/v1/docs/search", json={"collection": "notes", "query": "x", "k": 10_000})
         assert bad.status_code == 400
+        named = client.post("/autoglm/docs/add", json={"collection": "../x", "paths": [str(folder)]})
+        assert named.status_code == 400 and "collection name" in named.json()["error"]["message"]
+        added = client.post("/autoglm/docs/add", json={"collection": "more", "paths": [str(folder)]}).text
+        events = [jsonlib.loads(line[6:]) for line in added.splitlines() if line.startswith("data: ")]
+        assert [e["what"] for e in events[:-1]] == ["indexed: 1 chunks"] * 3 and events[-1]["done"]["indexed"] == 3
+        assert [c["name"] for c in client.get("/autoglm/docs").json()["data"]] == ["more", "notes"]
     finally:
         scheduler.close()

@@ -33,7 +33,6 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPlainTextEdit,
     QPushButton,
-    QSplitter,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -44,6 +43,7 @@ from autoglm.app.conversations import ConversationStore, Message
 from autoglm.app.engine_process import EngineClient
 from autoglm.app.markdown import COPY_SCHEME, DARK, LIGHT, TranscriptRenderer
 from autoglm.app.theme import is_dark
+from autoglm.app.widgets import two_panes
 
 RENDER_EVERY_MS = 50
 NEW_TITLE = "New chat"
@@ -259,16 +259,7 @@ class ChatView(QWidget):
             buttons.addWidget(b)
         right.addLayout(buttons)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        lw, rw = QWidget(), QWidget()
-        lw.setLayout(left)
-        rw.setLayout(right)
-        split.addWidget(lw)
-        split.addWidget(rw)
-        split.setSizes([220, 700])
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(split)
+        two_panes(self, left, right)
         self.refresh_list()
 
     # --- conversations ------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QPlainTextEdit,
     QPushButton,
-    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QTextBrowser,
@@ -34,6 +33,7 @@ from PySide6.QtWidgets import (
 
 from autoglm.app.background import in_background, on_ui
 from autoglm.app.engine_process import EngineClient
+from autoglm.app.widgets import two_panes
 
 CITE_SCHEME = "cite"
 DEFAULT_COLLECTION = "documents"
@@ -97,16 +97,7 @@ class DocumentsView(QWidget):
         right.addWidget(self.passage, 1)
         right.addWidget(self.open_btn, 0, Qt.AlignmentFlag.AlignRight)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        lw, rw = QWidget(), QWidget()
-        lw.setLayout(left)
-        rw.setLayout(right)
-        split.addWidget(lw)
-        split.addWidget(rw)
-        split.setSizes([220, 700])
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(split)
+        two_panes(self, left, right)
 
     # --- collections --------------------------------------------------------------------------
     def refresh(self) -> None:

@@ -93,6 +93,12 @@ class DocIndex:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> DocIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # --- collections ----------------------------------------------------------------------------
     def collection(self, name: str) -> tuple[list[str], str]:
         """Its roots and encoder; a name never added is a one-line error."""

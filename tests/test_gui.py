@@ -334,7 +334,8 @@ def test_documents_view_indexes_a_dropped_folder_and_answers_with_clickable_cita
               for r in range(view.progress.rowCount())}
     assert status["trip.md"].startswith("indexed") and status["garden.txt"].startswith("indexed")
     assert "binary" in status["photo.txt"] and "2 file(s) indexed" in view.status.text()
-    view.collections.setCurrentRow(0)
+    qtbot.waitUntil(lambda: view.collections.currentItem() is not None, timeout=30_000)
+    assert view.collections.currentItem().text() == "notes"  # the collection just indexed, among the session's
     view.question.setText("What is the budget for the Oslo trip?")
     view.ask()
     qtbot.waitUntil(lambda: view.ask_btn.isEnabled(), timeout=300_000)

@@ -50,6 +50,7 @@ class DocumentsView(QWidget):
         self.answer_text = ""
         self.citations: list[str] = []
         self.passages: list[dict[str, Any]] = []  # the hits behind the citations, for the passage panel
+        self.select: str | None = None
 
         self.name = QLineEdit(DEFAULT_COLLECTION)
         self.collections = QListWidget()
@@ -100,13 +101,16 @@ class DocumentsView(QWidget):
         two_panes(self, left, right)
 
     # --- collections --------------------------------------------------------------------------
-    def refresh(self) -> None:
+    def refresh(self, select: str | None = None) -> None:
+        """The collections from the engine; ``select`` (one just indexed) becomes the current one."""
+        self.select = select
         client = self.client()
         if client is not None:
             in_background(client.collections, self._listed, self.status.setText, name="docs-list")
 
     def _listed(self, rows: list[dict[str, Any]]) -> None:
-        chosen = self.collections.currentItem().text() if self.collections.currentItem() else self.name.text()
+        current = self.collections.currentItem()
+        chosen = self.select or (current.text() if current is not None else self.name.text())
         self.collections.clear()
         for row in rows:
             self.collections.addItem(row["name"])
@@ -174,7 +178,7 @@ class DocumentsView(QWidget):
         self.status.setText(f"{collection}: {done.get('indexed', 0)} file(s) indexed ({done.get('chunks', 0)} chunks), "
                             f"{done.get('unchanged', 0)} unchanged, {done.get('removed', 0)} removed, "
                             f"{done.get('skipped', 0)} skipped{stopped}")
-        self.refresh()
+        self.refresh(select=collection)  # what the user just added is what they will ask
 
     def _failed(self, message: str) -> None:
         self.indexing = False

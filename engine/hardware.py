@@ -134,6 +134,8 @@ def parse_cpuinfo(text: str, arch: str) -> CPUInfo:
         names = sorted({ARM_PART_NAMES.get(p, p) for p in parts if p})
         board = header.get("model") or first.get("model") or header.get("hardware", "")
         model = ", ".join(names) + (f" ({board})" if board else "")
+        if not parts or not any(parts):  # not an arm64 cpuinfo at all (qemu-user shows the host's)
+            model = "arm64 CPU (its cpuinfo names no cores)"
         big = sum(1 for p in parts if p not in ARM_LITTLE_PARTS) or logical
         physical = logical
     else:

@@ -65,3 +65,4 @@ def test_arm64_features_from_the_kernels_hwcap_words_when_cpuinfo_has_none():
     assert hwcap_flags(newer.__getitem__) == ["dotprod", "i8mm", "neon", "sve", "sve2"]
     host = parse_cpuinfo((DATA / "cpuinfo" / "amd-epyc-zen4-vm.txt").read_text(), "aarch64")
     assert host.flags == []  # an x86 cpuinfo read on arm64 gives nothing: the HWCAP fallback applies
+    assert host.model == "arm64 CPU (its cpuinfo names no cores)"  # not the x86 "model : 2" line

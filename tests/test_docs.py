@@ -61,9 +61,11 @@ def test_hostile_files_are_skipped_with_one_line_reasons(tmp_path):
     (docs / "loop").symlink_to(docs, target_is_directory=True)  # a folder link back up: not followed
     (docs / "dangling.md").symlink_to(tmp_path / "nowhere.md")
     (docs / "again.md").symlink_to(docs / "good.md")  # a second name for a file: read once
+    (tmp_path / "shortcut").symlink_to(docs, target_is_directory=True)  # a folder the user names by a link
     found = list(walk([docs, tmp_path / "missing"]))
     files = sorted(p.name for p in found if isinstance(p, Path))
     assert files == ["binary.txt", "bomb.docx", "empty.md", "good.md", "huge.pdf", "latin1.txt", "not-a-zip.docx"]
+    assert sorted(p.name for p in walk([tmp_path / "shortcut"]) if isinstance(p, Path)) == files
     skipped = {s.path.name: s.reason for s in found if isinstance(s, Skipped)}
     assert "cannot be resolved" in skipped["dangling.md"] and "does not exist" in skipped["missing"]
     reasons = {}

@@ -6,8 +6,9 @@ half-way and never allowed to take the machine's memory.
 - DOCX is a zip: its members' declared sizes and compression ratio are checked before any parser
   opens it (a zip bomb named .docx).
 - Text that is not text (NUL bytes, not UTF-8) is skipped, whatever its name says.
-- Folders are walked without following symbolic links (no loops); a linked file is read once, by its
-  real path; unreadable folders and files that vanish mid-walk are reasons, not errors.
+- Folders are walked without following symbolic links (no loops; a folder the user names may itself
+  be a link); a linked file is read once, by its real path; unreadable folders and files that
+  vanish mid-walk are reasons, not errors.
 - PDF: pypdf, page by page (citations name the page), at most MAX_PAGES pages.
 - HTML and DOCX: markitdown, into Markdown (headings kept for the chunker).
 """
@@ -64,9 +65,9 @@ def walk(roots: list[Path]) -> Iterator[Path | Skipped]:
         return real if real.is_file() else None
 
     for root in roots:
-        if root.is_dir() and not root.is_symlink():
+        if root.is_dir():  # a folder the user named, through a link or not: links inside are not followed
             problems: list[OSError] = []
-            for folder, dirs, names in os.walk(root, onerror=problems.append, followlinks=False):
+            for folder, dirs, names in os.walk(root.resolve(), onerror=problems.append, followlinks=False):
                 dirs.sort()
                 for name in sorted(names):
                     found = one(Path(folder) / name)

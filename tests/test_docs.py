@@ -183,3 +183,21 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
         assert [c["name"] for c in client.get("/autoglm/docs").json()["data"]] == ["more", "notes"]
     finally:
         scheduler.close()
+
+
+def test_vectors_are_read_once_per_change_by_every_index_of_the_process(tmp_path):
+    """The server opens an index per request: the matrix must not be read from SQLite each time,
+    and must follow a change made through another index (another request, the CLI)."""
+    index, folder, enc = _collection(tmp_path)
+    sync(index, "notes", "fake", enc, [folder])
+    ids, vectors = index.matrix("notes")
+    other = DocIndex(index.path)
+    assert other.matrix("notes")[1] is vectors  # cached, not read again
+    (folder / "new.md").write_text("# New\n\nA fourth note.", encoding="utf-8")
+    sync(other, "notes", "fake", enc)
+    assert len(index.matrix("notes")[0]) == len(ids) + 1  # the change seen through the first index
+    other.remove("notes")
+    sync(other, "notes", "fake", enc, [folder / "sub"])  # made again under the same name
+    assert len(index.matrix("notes")[0]) == 1
+    other.close()
+    index.close()

@@ -28,7 +28,8 @@ from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
-    name TEXT PRIMARY KEY, roots TEXT NOT NULL, encoder TEXT NOT NULL, created REAL NOT NULL);
+    name TEXT PRIMARY KEY, roots TEXT NOT NULL, encoder TEXT NOT NULL, created REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY, collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
     path TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL, sha256 TEXT NOT NULL,
@@ -46,6 +47,9 @@ CREATE TRIGGER IF NOT EXISTS chunks_out AFTER DELETE ON chunks BEGIN
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_QUERY_WORDS = 32
+# (index file, collection) -> (its version, chunk ids, unit vectors): read once per change, per process
+_MATRICES: dict[tuple[str, str], tuple[int, np.ndarray, np.ndarray]] = {}
+_LOCK = threading.Lock()
 # words too common to say what a question is about: matched, they would make every passage a keyword hit
 STOP_WORDS = frozenset("""a about above after again all am an and any are as at be because been before being below
 between both but by can could did do does doing down during each few for from further had has have having he her
@@ -87,8 +91,8 @@ class DocIndex:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self.db.executescript(SCHEMA)
-        self._lock = threading.Lock()
-        self._matrices: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # name -> (version, ids, vectors)
+        if "version" not in {row[1] for row in self.db.execute("PRAGMA table_info(collections)")}:
+            self.db.execute("ALTER TABLE collections ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self.db.close()
@@ -117,8 +121,10 @@ class DocIndex:
         check_name(name)
         row = self.db.execute("SELECT roots, encoder FROM collections WHERE name = ?", (name,)).fetchone()
         if row is None:
-            self.db.execute("INSERT INTO collections VALUES (?, ?, ?, ?)", (name, json.dumps(roots), encoder,
-                                                                            time.time()))
+            # versions start from the clock: a collection removed and made again under its name (by
+            # another process, say) never matches a matrix cached for the old one
+            self.db.execute("INSERT INTO collections(name, roots, encoder, created, version) VALUES (?, ?, ?, ?, ?)",
+                            (name, json.dumps(roots), encoder, time.time(), time.time_ns()))
             return
         if row[1] != encoder:
             raise InvalidArgumentError(f"collection {name!r} was indexed with {row[1]}; its vectors cannot be "
@@ -130,7 +136,8 @@ class DocIndex:
         self.collection(name)
         with self._tx():
             self.db.execute("DELETE FROM collections WHERE name = ?", (name,))
-        self._matrices.pop(name, None)
+        with _LOCK:
+            _MATRICES.pop((str(self.path), name), None)
 
     def summary(self) -> list[dict[str, object]]:
         rows = self.db.execute(
@@ -148,6 +155,7 @@ class DocIndex:
                      vectors: np.ndarray) -> None:
         """The file's chunks, all or none (one transaction)."""
         with self._tx():
+            self._changed(name)
             self.db.execute("DELETE FROM files WHERE collection = ? AND path = ?", (name, path))
             file_id = self.db.execute("INSERT INTO files(collection, path, size, mtime, sha256) VALUES (?,?,?,?,?)",
                                       (name, path, size, mtime, digest)).lastrowid
@@ -162,7 +170,12 @@ class DocIndex:
 
     def drop_file(self, name: str, path: str) -> None:
         with self._tx():
+            self._changed(name)
             self.db.execute("DELETE FROM files WHERE collection = ? AND path = ?", (name, path))
+
+    def _changed(self, name: str) -> None:
+        """Its vectors changed (inside the transaction that changes them): cached matrices are stale."""
+        self.db.execute("UPDATE collections SET version = version + 1 WHERE name = ?", (name,))
 
     # --- search ---------------------------------------------------------------------------------
     def keyword(self, name: str, query: str, k: int) -> list[int]:
@@ -180,10 +193,11 @@ class DocIndex:
 
     def matrix(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, their unit vectors as rows), read once per change of the collection."""
-        version = self.db.execute("SELECT COALESCE(MAX(k.id), 0) + COUNT(k.id) * 1000003 FROM chunks k JOIN files f "
-                                  "ON f.id = k.file WHERE f.collection = ?", (name,)).fetchone()[0]
-        with self._lock:
-            cached = self._matrices.get(name)
+        row = self.db.execute("SELECT version FROM collections WHERE name = ?", (name,)).fetchone()
+        version = row[0] if row else -1  # one row read per search, not a count over every chunk
+        key = (str(self.path), name)
+        with _LOCK:  # shared by every DocIndex of the process: the server opens one per request
+            cached = _MATRICES.get(key)
             if cached is not None and cached[0] == version:
                 return cached[1], cached[2]
             rows = self.db.execute("SELECT k.id, k.vector FROM chunks k JOIN files f ON f.id = k.file "
@@ -191,7 +205,7 @@ class DocIndex:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             vectors = (np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
                        if rows else np.zeros((0, 0), np.float32))
-            self._matrices[name] = (version, ids, vectors)
+            _MATRICES[key] = (version, ids, vectors)
             return ids, vectors
 
     def passages(self, ids: list[int]) -> dict[int, Passage]:

@@ -246,23 +246,21 @@ class EngineClient:
             yield dict(event)
 
     def ask_documents(self, question: str, collection: str, cancel: threading.Event | None = None,
-                      **params: Any) -> Iterator[str | list[str]]:
-        """First the citations (a list: "[1] path, page N"), then the answer's text pieces."""
+                      **params: Any) -> Iterator[str | dict[str, Any]]:
+        """First the sources (``citations``: "[1] path, page N"; ``passages``: the hits they name),
+        then the answer's text pieces."""
         body = {"question": question, "collection": collection, "stream": True, **params}
         for event in self.events("/v1/docs/ask", body, cancel):
             if "error" in event:
                 raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-answer"))
             if event.get("object") == "docs.citations":
-                yield list(event["citations"])
+                yield {"citations": list(event["citations"]), "passages": list(event["passages"])}
             elif event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
                 yield str(event["choices"][0]["delta"]["content"])
 
     def remove_collection(self, name: str) -> None:
         """The collection leaves the index (the files stay where they are)."""
         self.delete(f"/autoglm/docs/{_segment(name)}")
-
-    def search_documents(self, query: str, collection: str, k: int = 5) -> list[dict[str, Any]]:
-        return list(self.post("/v1/docs/search", {"query": query, "collection": collection, "k": k})["data"])
 
     def delete(self, path: str) -> Any:
         with self._request("DELETE", path) as resp:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ class BagOfWords:
         out = np.zeros((len(texts), 64), np.float32)
         for i, text in enumerate(texts):
             for word in text.lower().split():
-                out[i, hash(word.strip(".,?!")) % 64] += 1
+                out[i, zlib.crc32(word.strip(".,?!").encode()) % 64] += 1  # (not hash(): the same every run)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6), 0
 
 
@@ -170,7 +171,16 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
         streamed = client.post("/v1/docs/ask", json={**body, "stream": True}).text
         events = [jsonlib.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
         assert events[0]["object"] == "docs.citations" and events[0]["citations"] == whole["citations"]
+        assert events[0]["passages"] == whole["passages"] and whole["passages"][0]["path"].endswith("oslo.md")
         assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[1:]) == "Oslo is the capital [1]."
+        off = {**body, "question": "Quantum chromodynamics?"}  # no word in common: nothing on topic
+        said = client.post("/v1/docs/ask", json=off).json()
+        assert said["choices"][0]["message"]["content"] == NOT_FOUND and said["citations"] == []
+        streamed = client.post("/v1/docs/ask", json={**off, "stream": True}).text
+        events = [jsonlib.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+        assert events[0] == {"object": "docs.citations", "citations": [], "passages": []}
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[1:]) == NOT_FOUND
+        assert streamed.rstrip().endswith("data: [DONE]")
         missing = client.post("/v1/docs/ask", json={**body, "collection": "nope"})
         assert missing.status_code == 404 and "no document collection" in missing.json()["error"]["message"]
         bad = client.post("/v1/docs/search", json={"collection": "notes", "query": "x", "k": 10_000})

@@ -58,7 +58,7 @@ class DocumentsView(QWidget):
         self.name.setToolTip("the collection that files added now join (letters, digits, '.', '_' or '-')")
         add_btn, self.stop_btn = QPushButton("Add folder…"), QPushButton("Stop")
         add_btn.clicked.connect(self._choose)
-        self.stop_btn.clicked.connect(self.cancel.set)
+        self.stop_btn.clicked.connect(lambda: self.cancel.set())  # the current indexing's event
         self.stop_btn.setEnabled(False)
         left = QVBoxLayout()
         left.addWidget(QLabel("Collections"))
@@ -142,8 +142,6 @@ class DocumentsView(QWidget):
             return
         collection = self.name.text().strip() or DEFAULT_COLLECTION
         self.cancel = threading.Event()
-        self.stop_btn.clicked.disconnect()
-        self.stop_btn.clicked.connect(self.cancel.set)
         self.indexing = True
         self.stop_btn.setEnabled(True)
         self.progress.setRowCount(0)
@@ -197,15 +195,14 @@ class DocumentsView(QWidget):
         self.answer.setPlainText("…")
 
         def work() -> None:
-            self.passages = client.search_documents(question, collection)  # what the citations point to
             for piece in client.ask_documents(question, collection, max_tokens=400):
                 on_ui(partial(self._piece, piece))
 
         in_background(work, lambda _: self._answered(), self._ask_failed, name="docs-ask")
 
-    def _piece(self, piece: str | list[str]) -> None:
-        if isinstance(piece, list):
-            self.citations = piece
+    def _piece(self, piece: str | dict[str, Any]) -> None:
+        if isinstance(piece, dict):  # the sources come first
+            self.citations, self.passages = piece["citations"], piece["passages"]
         else:
             self.answer_text += piece
         self._show()

@@ -1,8 +1,9 @@
 """The documents routes: ``/v1/docs/search`` and ``/v1/docs/ask`` (our own, beside OpenAI's).
 
 ``ask`` answers in the shape of a chat completion (streamed or not) from the collection's
-passages, with the sources added: a ``citations`` list on the whole answer, or, streamed, one
-``{"object": "docs.citations", "citations": [...]}`` event before the first chunk. The search (an
+passages, with the sources added: ``citations`` (labels) and ``passages`` (the hits) on the whole
+answer, or, streamed, one ``{"object": "docs.citations", "citations": [...], "passages": [...]}``
+event before the first chunk. The search (an
 encoder and SQLite) runs on a worker thread, never on the event loop.
 """
 
@@ -60,24 +61,25 @@ def docs_router(serving: OpenAIServing) -> APIRouter:
     @router.post("/ask")
     async def ask(body: AskRequest, request: Request) -> Any:
         found = answers.relevant(await hits(body.collection, body.question, body.k))
-        citations = answers.citations(found)
+        # the sources: their labels, and the passages themselves (a window shows one when its citation
+        # is clicked, without searching again)
+        sources = {"citations": answers.citations(found), "passages": [h.json() for h in found]}
+        head = "data: " + json.dumps({"object": "docs.citations", **sources}) + "\n\n"
         if not found:  # nothing on topic: said without asking the model (it would answer from its own knowledge)
             said = Reply("chat", serving.runtime.model_name)
             if body.stream:
-                events = [json.dumps({"object": "docs.citations", "citations": []}), said.chunk(role=True)[6:],
-                          said.chunk(answers.NOT_FOUND)[6:], said.chunk(finish="stop")[6:]]
-                text = "".join(f"data: {e.strip()}\n\n" for e in events) + "data: [DONE]\n\n"
-                return StreamingResponse(iter([text]), media_type="text/event-stream")
+                return StreamingResponse(iter([head, said.chunk(role=True), said.chunk(answers.NOT_FOUND),
+                                               said.chunk(finish="stop"), "data: [DONE]\n\n"]),
+                                         media_type="text/event-stream")
             usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-            return said.whole(answers.NOT_FOUND, "stop", usage, []) | {"citations": []}
+            return said.whole(answers.NOT_FOUND, "stop", usage, []) | sources
         messages = [Message(role=m["role"], content=m["content"])  # type: ignore[arg-type]
                     for m in answers.messages(body.question, found)]
         chat = ChatRequest(messages=messages, **body.model_dump(exclude={"collection", "question", "k"}))
         reply = await serving.chat(chat, request)
         if isinstance(reply, dict):
-            return reply | {"citations": citations}
+            return reply | sources
         if isinstance(reply, StreamingResponse):
-            head = "data: " + json.dumps({"object": "docs.citations", "citations": citations}) + "\n\n"
             reply.body_iterator = _prepend(head, reply.body_iterator)
         return reply
 

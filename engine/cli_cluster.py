@@ -38,6 +38,8 @@ def cmd_cluster_serve(args: argparse.Namespace) -> int:
             raise
         raise InvalidArgumentError("autoglm cluster needs Ray Serve: from a Python install, "
                                    "pip install 'open-autoglm[cluster]'") from None
+    if not 1 <= args.slots <= 64:  # (ServeSettings would name its own flag, --parallel)
+        raise InvalidArgumentError(f"--slots must be 1-64, got {args.slots}")
     engine = ServeSettings.load(None, {"model": args.model, "host": args.host, "port": args.port,
                                        "api_key": args.api_key, "parallel": args.slots, "threads": args.threads,
                                        "ctx": args.ctx, "gpu_layers": args.gpu_layers, "no_manage": True})

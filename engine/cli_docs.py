@@ -84,7 +84,10 @@ def _sync(name: str, roots: list[Path] | None, encoder: str | None) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from autoglm.engine.docs.collection import check_roots
+
     check_name(args.collection)
+    check_roots(list(args.paths))
     return _sync(args.collection, list(args.paths), args.encoder)
 
 

@@ -167,3 +167,15 @@ def test_the_cluster_scales_up_and_back_routes_by_prefix_and_loses_no_request(de
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--slots", "0"], "--slots must be 1-64"),
+    (["--min-replicas", "3", "--max-replicas", "2"], "--min-replicas (3) <= --max-replicas (2)"),
+    (["--host", "0.0.0.0"], "without an API key"),
+])
+def test_cluster_mistakes_are_one_line_before_ray_starts(flags, says):
+    from tests.conftest import run_cli
+
+    out = run_cli("cluster", "serve", *flags)
+    assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

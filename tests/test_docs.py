@@ -111,6 +111,9 @@ def test_sync_embeds_only_what_changed_and_drops_what_is_gone(tmp_path):
         sync(index, "notes", "another-encoder", enc)
     with pytest.raises(InvalidArgumentError, match="collection name"):
         sync(index, "../etc", "fake", enc, [folder])
+    with pytest.raises(InvalidArgumentError, match="nothing to add: .*does not exist"):
+        sync(index, "typo", "fake", enc, [tmp_path / "Notse"])
+    assert "typo" not in index.names()
     index.remove("notes")
     with pytest.raises(ModelNotFoundError, match="no document collection"):
         index.collection("notes")
@@ -187,6 +190,8 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
         assert bad.status_code == 400
         named = client.post("/autoglm/docs/add", json={"collection": "../x", "paths": [str(folder)]})
         assert named.status_code == 400 and "collection name" in named.json()["error"]["message"]
+        typo = client.post("/autoglm/docs/add", json={"collection": "x", "paths": [str(tmp_path / "nope")]})
+        assert typo.status_code == 400 and "does not exist" in typo.json()["error"]["message"]
         added = client.post("/autoglm/docs/add", json={"collection": "more", "paths": [str(folder)]}).text
         events = [jsonlib.loads(line[6:]) for line in added.splitlines() if line.startswith("data: ")]
         assert [e["what"] for e in events[:-1]] == ["indexed: 1 chunks"] * 3 and events[-1]["done"]["indexed"] == 3

@@ -14,6 +14,7 @@ from autoglm.engine.backends.onnx.encoder import Encoder
 from autoglm.engine.docs.chunk import chunk
 from autoglm.engine.docs.files import Skipped, Unreadable, read, walk
 from autoglm.engine.docs.index import DocIndex
+from autoglm.engine.errors import InvalidArgumentError
 
 EMBED_BATCH = 64
 
@@ -35,6 +36,7 @@ def sync(index: DocIndex, name: str, encoder_name: str, encoder: Encoder, roots:
          said: Said | None = None, cancel: threading.Event | None = None) -> Report:
     """Add ``roots`` to the collection (made if new), then bring it up to date with the disk.
     ``cancel``: stop between files (what is indexed stays; files not seen yet are not dropped)."""
+    check_roots(roots or [])
     index.ensure(name, [str(r.resolve()) for r in roots or []], encoder_name)
     stored_roots, _ = index.collection(name)
     known = index.files(name)
@@ -81,6 +83,14 @@ def sync(index: DocIndex, name: str, encoder_name: str, encoder: Encoder, roots:
         report.removed.append(gone)
         tell(gone, "removed: no longer on disk (or no longer readable)")
     return report
+
+
+def check_roots(roots: list[Path]) -> None:
+    """A typo is one line, before an encoder is opened (a first one is pulled) or an empty
+    collection made: at least one of the paths given must exist."""
+    if roots and not any(r.exists() for r in roots):
+        raise InvalidArgumentError(f"nothing to add: {', '.join(str(r) for r in roots[:3])} "
+                                   f"{'does' if len(roots) == 1 else 'do'} not exist")
 
 
 def _sha256(path: Path) -> str:

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from autoglm.engine.docs import ask as answers
-from autoglm.engine.docs.collection import sync
+from autoglm.engine.docs.collection import check_roots, sync
 from autoglm.engine.docs.index import DocIndex, check_name
 from autoglm.engine.docs.search import MAX_HITS, MAX_QUERY_CHARS, Hit, search_collection
 from autoglm.engine.server.management import Send, sse_of, thread_stream
@@ -111,7 +111,8 @@ def docs_management_router(serving: OpenAIServing) -> APIRouter:
 
     @router.post("/add")
     async def add(body: AddRequest) -> StreamingResponse:
-        check_name(body.collection)  # a bad name is this request's 400, before the stream
+        check_name(body.collection)  # a bad name or no such path is this request's 400, before the stream
+        check_roots([Path(p) for p in body.paths])
 
         def work(send: Send, cancel: threading.Event) -> dict[str, Any]:
             with DocIndex() as index:

@@ -58,6 +58,8 @@ def build(settings: ClusterSettings) -> Any:
     router: Any = RequestRouterConfig
     replica: Any = serve.deployment(
         EngineReplica, name="engine", max_ongoing_requests=slots * 2,  # a little queue on each replica
+        # past this many waiting for a replica, a request is refused at once (429) rather than held
+        max_queued_requests=engine.max_queue * settings.max_replicas,
         autoscaling_config=AutoscalingConfig(
             min_replicas=settings.min_replicas, max_replicas=settings.max_replicas, target_ongoing_requests=slots,
             upscale_delay_s=settings.upscale_delay_s, downscale_delay_s=settings.downscale_delay_s,

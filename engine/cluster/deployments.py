@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from autoglm.engine.cluster.inprocess import InProcess, Part
@@ -110,6 +111,10 @@ class Gateway:
         parts: Any = self.engine.forward.remote(key, request.method, path, request.url.query, headers, bytes(body))
         try:
             head = await parts.__anext__()
+        except BackPressureError:  # every replica full and the queue too: the client retries shortly
+            return JSONResponse({"error": {"message": "the cluster is at capacity; retry shortly", "type":
+                                           "server_error", "param": None, "code": "queue_full"}},
+                                status_code=429, headers={"Retry-After": "1"})
         except Exception as exc:  # noqa: BLE001 - no replica could take it (all gone, cluster stopping)
             return _error(503, f"no replica could answer: {type(exc).__name__}: {str(exc)[:200]}", "no_replica",
                           "server_error")

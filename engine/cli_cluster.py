@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from autoglm.engine.errors import InvalidArgumentError
-from autoglm.engine.server.serve import ServeSettings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_serve(args: argparse.Namespace) -> int:
+    from autoglm.engine.server.serve import ServeSettings  # here: `autoglm --help` must not load the server
+
     try:
         from autoglm.engine.cluster.app import ClusterSettings, run
     except ImportError as exc:  # no Ray, or a bundle (they leave the cluster out)

@@ -4,7 +4,10 @@ told to answer only from them and to say so when they do not hold the answer."""
 
 from __future__ import annotations
 
-from autoglm.engine.docs.search import Hit
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (a type only: `autoglm --help` imports this module and must not load numpy)
+    from autoglm.engine.docs.search import Hit
 
 SYSTEM = ("You answer questions from the user's documents. Use only the numbered passages the user quotes, "
           "cite each passage you use by its number in square brackets, and never use outside knowledge.")

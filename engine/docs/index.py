@@ -19,12 +19,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from autoglm.engine import paths
 from autoglm.engine.docs.chunk import Chunk
 from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
+
+if TYPE_CHECKING:  # numpy is imported where vectors are handled: `autoglm --help` imports this module
+    import numpy as np
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -154,6 +156,8 @@ class DocIndex:
     def replace_file(self, name: str, path: str, size: int, mtime: float, digest: str, chunks: list[Chunk],
                      vectors: np.ndarray) -> None:
         """The file's chunks, all or none (one transaction)."""
+        import numpy as np
+
         with self._tx():
             self._changed(name)
             self.db.execute("DELETE FROM files WHERE collection = ? AND path = ?", (name, path))
@@ -193,6 +197,8 @@ class DocIndex:
 
     def matrix(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, their unit vectors as rows), read once per change of the collection."""
+        import numpy as np
+
         row = self.db.execute("SELECT version FROM collections WHERE name = ?", (name,)).fetchone()
         version = row[0] if row else -1  # one row read per search, not a count over every chunk
         key = (str(self.path), name)

@@ -173,7 +173,8 @@ class EngineClient:
         with self._request("POST", path, body) as resp:
             return json.loads(resp.read())
 
-    def events(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None) -> Iterator[Any]:
+    def events(self, path: str, body: dict[str, Any], cancel: threading.Event | None = None,
+               until_done: bool = False) -> Iterator[Any]:
         """The JSON objects of an SSE response; setting ``cancel`` closes the connection, which
         cancels the work in the engine."""
         finished = threading.Event()
@@ -188,12 +189,17 @@ class EngineClient:
 
                 threading.Thread(target=watch, daemon=True).start()
             try:
+                done = False
                 for raw in resp:
                     if cancel is not None and cancel.is_set():
                         return
                     line = raw.decode("utf-8", errors="replace").strip()
+                    done = done or line == "data: [DONE]"
                     if line.startswith("data: ") and line != "data: [DONE]":
                         yield json.loads(line[6:])
+                if until_done and not done and not (cancel is not None and cancel.is_set()):
+                    # a reply cut off without its end is not a finished reply (the window would keep it so)
+                    raise EngineError("the engine closed the connection before the reply ended")
             except (OSError, ValueError, AttributeError):
                 if cancel is None or not cancel.is_set():
                     raise EngineError("the engine closed the connection") from None
@@ -205,7 +211,7 @@ class EngineClient:
         """Text pieces of a streamed reply; an error event inside the stream (a request the engine
         found too costly, an engine stopping mid-reply) is an EngineError with the engine's words."""
         body = {"model": "default", "messages": messages, "stream": True, **params}
-        for event in self.events("/v1/chat/completions", body, cancel):
+        for event in self.events("/v1/chat/completions", body, cancel, until_done=True):
             if "error" in event:
                 raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-reply"))
             delta = event["choices"][0].get("delta", {})
@@ -224,6 +230,8 @@ class EngineClient:
             if event.get("kind") == "done":
                 return
             yield dict(event)
+        if cancel is None or not cancel.is_set():
+            raise EngineError("the engine closed the connection before the reply ended")
 
     def answer(self, call_id: str, decision: str) -> None:
         """Whether the tool call ``call_id`` of an ``agent_stream`` may run: yes, no or always."""
@@ -250,7 +258,7 @@ class EngineClient:
         """First the sources (``citations``: "[1] path, page N"; ``passages``: the hits they name),
         then the answer's text pieces."""
         body = {"question": question, "collection": collection, "stream": True, **params}
-        for event in self.events("/v1/docs/ask", body, cancel):
+        for event in self.events("/v1/docs/ask", body, cancel, until_done=True):
             if "error" in event:
                 raise EngineError(str((event["error"] or {}).get("message") or "the engine failed mid-answer"))
             if event.get("object") == "docs.citations":

@@ -291,7 +291,8 @@ def zero_shot(encoder: Encoder, enc_manifest: Manifest, labels: dict[str, str | 
     if len(names) < 2:
         raise InvalidArgumentError("zero-shot needs at least two labels, e.g. --labels sports,politics")
     prompts = [f"{n}: {d}" if d else n for n, d in labels.items()]
-    emb, _ = encoder.embed(prompts)
+    # the staged graphs' last layer: the features classify() compares them with come from the same path
+    emb = encoder.layer_features(prompts)[0][-1]
     dim = emb.shape[1]
     head = Head(weight=(emb.T / ZERO_SHOT_TEMPERATURE).astype(np.float32), bias=np.zeros(len(names), np.float32),
                 mean=np.zeros(dim, np.float32), scale=np.ones(dim, np.float32))

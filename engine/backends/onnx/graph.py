@@ -7,6 +7,15 @@ to stop or shrink the batch between layers, so each stage is its own small graph
     embed.onnx      input_ids [B,T] -> hidden [B,T,H]  (word + position + type 0, LayerNorm)
     layer_NN.onnx   hidden [B,T,H], mask [B,T] -> hidden [B,T,H], importance [B,T]
 
+Plain embedding needs neither, so a third graph serves it whole, built from onnxruntime's fused
+operators (``Attention``, ``SkipLayerNormalization``, ``BiasGelu``):
+
+    encoder.onnx    input_ids [B,T], mask [B,T] int32 -> hidden [B,T,H]
+
+On all-MiniLM-L6-v2 (2 AVX-512 cores, 600 BBC chunks) the fused FP32 graph gives the same
+vectors as the staged one; quantized whole it ran 142 chunks/s against 85 for the staged INT8
+chain: one session instead of seven, no attention-importance output, and INT8 ``QAttention``.
+
 ``importance`` is the attention each token receives, averaged over heads and real query tokens:
 the signal token pruning uses. Weight matmuls are plain ``MatMul`` + ``Add`` with initializers,
 the pattern onnxruntime's dynamic quantizer turns into INT8 kernels.
@@ -68,6 +77,19 @@ class _Builder:
         self.matmuls.append(mm)
         return self.op("Add", [mm, self.const(f"{name}.bias", bias.astype(np.float32))], f"{name}.out")
 
+    def contrib(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        """An operator of onnxruntime's ``com.microsoft`` domain (fused kernels)."""
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, domain="com.microsoft", **attrs))
+        return name
+
+    def weight_matmul(self, x: str, weight: np.ndarray, name: str) -> str:
+        """x @ W^T with the bias left to the fused operator that follows."""
+        mm = self.op("MatMul", [x, self.const(f"{name}.weight_t", weight.T.astype(np.float32))], f"{name}.matmul")
+        self.matmuls.append(mm)
+        return mm
+
     def layer_norm(self, x: str, weight: np.ndarray, bias: np.ndarray, eps: float, name: str) -> str:
         return self.op("LayerNormalization", [x, self.const(f"{name}.w", weight), self.const(f"{name}.b", bias)],
                        f"{name}.out", axis=-1, epsilon=eps)
@@ -80,20 +102,17 @@ class _Builder:
         half_x = self.op("Mul", [x, self.const(f"{name}.half", np.array(0.5, np.float32))], f"{name}.halfx")
         return self.op("Mul", [half_x, one_plus], f"{name}.out")
 
-    def model(self, inputs: list[Any], outputs: list[Any], name: str) -> Any:
+    def model(self, inputs: list[Any], outputs: list[Any], name: str, contrib: bool = False) -> Any:
         from onnx import helper
 
         graph = helper.make_graph(self.nodes, name, inputs, outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="open-autoglm")
+        opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if contrib else [])
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="open-autoglm")
         model.ir_version = 8  # readable by every onnxruntime that supports opset 17
         return model
 
 
-def embed_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[str]]:
-    from onnx import TensorProto, helper
-
-    b = _Builder()
+def _embeddings(b: _Builder, w: dict[str, np.ndarray], cfg: BertConfig) -> str:
     words = b.op("Gather", [b.const("word_embeddings", w["embeddings.word_embeddings.weight"]), "input_ids"],
                  "words", axis=0)
     length = b.op("Shape", ["input_ids"], "seq_len", start=1, end=2)  # 1-D [T]
@@ -102,7 +121,14 @@ def embed_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[st
                          b.const("axis0_1d", np.array([0], np.int64))], "pos")
     summed = b.op("Add", [words, pos], "words_pos")
     summed = b.op("Add", [summed, b.const("type0", w["embeddings.token_type_embeddings.weight"][0])], "summed")
-    out = b.layer_norm(summed, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.eps, "ln")
+    return b.layer_norm(summed, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], cfg.eps, "ln")
+
+
+def embed_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[str]]:
+    from onnx import TensorProto, helper
+
+    b = _Builder()
+    out = _embeddings(b, w, cfg)
     b.nodes.append(helper.make_node("Identity", [out], ["hidden"], name="hidden"))
     model = b.model([helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
                     [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", cfg.hidden])],
@@ -158,3 +184,42 @@ def layer_graph(w: dict[str, np.ndarray], cfg: BertConfig, i: int) -> tuple[Any,
         f"layer_{i:02d}")
     return model, b.matmuls
 
+
+
+def encoder_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[str]]:
+    """The whole encoder in one graph of fused operators, for embedding (no per-layer stops)."""
+    from onnx import TensorProto, helper
+
+    b = _Builder()
+    hidden = _embeddings(b, w, cfg)
+    for i in range(cfg.layers):
+        p, n = f"encoder.layer.{i}.", f"l{i}."
+        attention = [f"{p}attention.self.{kind}" for kind in ("query", "key", "value")]
+        qkv_weight = np.concatenate([w[f"{a}.weight"].T for a in attention], axis=1).astype(np.float32)
+        qkv_bias = np.concatenate([w[f"{a}.bias"] for a in attention]).astype(np.float32)
+        ctx = b.contrib("Attention", [hidden, b.const(f"{n}qkv.weight", qkv_weight), b.const(f"{n}qkv.bias", qkv_bias),
+                                      "mask"], f"{n}attention", num_heads=cfg.heads)
+        b.matmuls.append(ctx)
+        attn = b.weight_matmul(ctx, w[f"{p}attention.output.dense.weight"], f"{n}attn_out")
+        h1 = b.contrib("SkipLayerNormalization", [
+            attn, hidden, b.const(f"{n}ln1.w", w[f"{p}attention.output.LayerNorm.weight"]),
+            b.const(f"{n}ln1.b", w[f"{p}attention.output.LayerNorm.bias"]),
+            b.const(f"{n}attn_out.bias", w[f"{p}attention.output.dense.bias"])], f"{n}ln1", epsilon=cfg.eps)
+        mid = b.weight_matmul(h1, w[f"{p}intermediate.dense.weight"], f"{n}ffn_in")
+        mid_bias = b.const(f"{n}ffn_in.bias", w[f"{p}intermediate.dense.bias"])
+        if cfg.act.startswith("gelu"):
+            mid = b.contrib("BiasGelu", [mid, mid_bias], f"{n}gelu")
+        else:
+            mid = b.op("Relu", [b.op("Add", [mid, mid_bias], f"{n}ffn_in.out")], f"{n}relu")
+        ffn = b.weight_matmul(mid, w[f"{p}output.dense.weight"], f"{n}ffn_out")
+        hidden = b.contrib("SkipLayerNormalization", [
+            ffn, h1, b.const(f"{n}ln2.w", w[f"{p}output.LayerNorm.weight"]),
+            b.const(f"{n}ln2.b", w[f"{p}output.LayerNorm.bias"]),
+            b.const(f"{n}ffn_out.bias", w[f"{p}output.dense.bias"])], f"{n}ln2", epsilon=cfg.eps)
+    b.nodes.append(helper.make_node("Identity", [hidden], ["hidden_out"], name="hidden_out"))
+    model = b.model(
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("mask", TensorProto.INT32, ["batch", "seq"])],
+        [helper.make_tensor_value_info("hidden_out", TensorProto.FLOAT, ["batch", "seq", cfg.hidden])],
+        "encoder", contrib=True)
+    return model, b.matmuls

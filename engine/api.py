@@ -197,16 +197,18 @@ class Engine:
         """Unit-length sentence embeddings, one row per text."""
         return self._rt().embed(_texts(texts), model).vectors
 
-    def search_documents(self, query: str, collection: str, *, k: int = 5) -> list[Hit]:
+    def search_documents(self, query: str, collection: str, *, k: int = 5, rerank: str | None = None) -> list[Hit]:
         """The passages of a collection (``autoglm docs add``) that best match ``query``: keywords and
-        meaning, fused."""
-        return search_collection(collection, query, k, lambda name: self._rt().encoder(name)[1])
+        meaning, fused; ``rerank``: an embedding model that re-scores the best 20."""
+        rt = self._rt()
+        reranker = (lambda q, passages: rt.rerank(q, passages, rerank).results) if rerank else None
+        return search_collection(collection, query, k, lambda name: rt.encoder(name)[1], rerank=reranker)
 
     def ask(self, question: str, collection: str, *, k: int = 5, max_tokens: int = DEFAULT_MAX_TOKENS,
-            temperature: float = 0.0) -> Answer:
+            temperature: float = 0.0, rerank: str | None = None) -> Answer:
         """An answer grounded in the collection's passages, citing them by number; when none is on
         topic, says the documents do not answer it (without asking the model)."""
-        hits = answers.relevant(self.search_documents(question, collection, k=k))
+        hits = answers.relevant(self.search_documents(question, collection, k=k, rerank=rerank))
         if not hits:
             return Answer(answers.NOT_FOUND, [], [])
         messages = answers.messages(question, hits)

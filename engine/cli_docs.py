@@ -23,6 +23,9 @@ def open_encoder(name: str | None) -> Any:
     return opened(name)
 
 
+RERANK_HELP = "re-score the best 20 passages with this embedding model (as autoglm rerank does)"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     docs = sub.add_parser("docs", help="collections of your documents: add, list, rm, sync, search")
     commands = docs.add_subparsers(dest="docs_command", required=True)
@@ -44,12 +47,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("-k", type=int, default=5, help="passages (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per passage")
+    p.add_argument("--rerank", metavar="MODEL", help=RERANK_HELP)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("ask", help="an answer from a collection's passages, with numbered citations")
     p.add_argument("question")
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("-k", type=int, default=5, help="passages given to the model (default 5)")
+    p.add_argument("--rerank", metavar="MODEL", help=RERANK_HELP)
     p.add_argument("--model", "-m", help="chat model (default: the task router's)")
     p.add_argument("--threads", "-t", type=int)
     p.add_argument("--ctx", type=int)
@@ -115,14 +120,23 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hits(name: str, query: str, k: int) -> list[Any]:
+def _hits(name: str, query: str, k: int, rerank: str | None) -> list[Any]:
     from autoglm.engine.docs.search import search_collection
 
-    return search_collection(name, query, k, lambda encoder: open_encoder(encoder)[1])
+    reranker = None
+    if rerank:
+        from autoglm.engine.cli_tasks import _no_chat_model
+        from autoglm.engine.hardware import probe
+        from autoglm.engine.runtime import Runtime
+
+        runtime = Runtime("chat", _no_chat_model, probe(), encoders_alone=True)
+        runtime.encoder(rerank)  # a model that is not there is its one-line error before the search
+        reranker = lambda q, passages: runtime.rerank(q, passages, rerank).results  # noqa: E731
+    return search_collection(name, query, k, lambda encoder: open_encoder(encoder)[1], rerank=reranker)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    for n, hit in enumerate(_hits(args.collection, args.query, args.k), 1):
+    for n, hit in enumerate(_hits(args.collection, args.query, args.k, args.rerank), 1):
         if args.json:
             print(json.dumps(hit.json(), ensure_ascii=False))
         else:
@@ -136,7 +150,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     if not args.question.strip():
         raise InvalidArgumentError("the question is empty")
-    hits = answers.relevant(_hits(args.collection, args.question, args.k))
+    hits = answers.relevant(_hits(args.collection, args.question, args.k, args.rerank))
     if not hits:
         print(answers.NOT_FOUND)
         return 0

@@ -24,6 +24,8 @@ from autoglm.engine.errors import InvalidArgumentError, ModelNotFoundError
 class BagOfWords:
     """A fake encoder: hashed word counts, unit length; counts what it embeds."""
 
+    max_length = 10_000
+
     def __init__(self) -> None:
         self.embedded = 0
 
@@ -134,6 +136,27 @@ def test_hybrid_search_finds_by_words_and_meaning_and_takes_any_query(tmp_path):
         search(index, "notes", enc, "Oslo", k=500)
 
 
+def test_a_reranker_reorders_the_fused_candidates_and_its_scores_are_reported(tmp_path):
+    from autoglm.engine.docs.search import RERANK_CANDIDATES
+    from autoglm.engine.tasks.rerank import Ranked
+
+    index, folder, enc = _collection(tmp_path)
+    sync(index, "notes", "fake", enc, [folder])
+    plain = search(index, "notes", enc, "capital of Norway", k=3)
+    seen: list[list[str]] = []
+
+    def last_first(query: str, passages: list[str]) -> list[Ranked]:
+        """A reranker that disagrees with the fusion: the fused order, reversed."""
+        seen.append(passages)
+        return [Ranked(i, float(i), p) for i, p in reversed(list(enumerate(passages)))]
+
+    reranked = search(index, "notes", enc, "capital of Norway", k=1, rerank=last_first)
+    candidates = seen[0]
+    assert len(candidates) == min(RERANK_CANDIDATES, len(plain)) and candidates[0].startswith("Oslo\n")
+    assert len(reranked) == 1 and reranked[0].path == plain[-1].path and reranked[0].rerank_score == len(plain) - 1
+    assert reranked[0].json()["rerank_score"] == len(plain) - 1 and plain[0].json()["rerank_score"] is None
+
+
 def test_answers_quote_passages_as_material_and_off_topic_questions_ask_no_model(tmp_path):
     index, folder, enc = _collection(tmp_path)
     sync(index, "notes", "fake", enc, [folder])
@@ -167,6 +190,9 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
     try:
         found = client.post("/v1/docs/search", json={"collection": "notes", "query": "capital of Norway", "k": 2})
         assert found.status_code == 200 and found.json()["data"][0]["path"].endswith("oslo.md")
+        reranked = client.post("/v1/docs/search", json={"collection": "notes", "query": "capital of Norway", "k": 2,
+                                                       "rerank": "fake"}).json()["data"]  # the rerank use case's path
+        assert reranked[0]["path"].endswith("oslo.md") and reranked[0]["rerank_score"] > reranked[1]["rerank_score"]
         body = {"collection": "notes", "question": "What is the capital of Norway?", "max_tokens": 40}
         whole = client.post("/v1/docs/ask", json=body).json()
         assert whole["choices"][0]["message"]["content"] == "Oslo is the capital [1]."

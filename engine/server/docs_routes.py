@@ -33,6 +33,7 @@ class SearchRequest(BaseModel):
     collection: str = Field(min_length=1, max_length=64)
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=5, ge=1, le=MAX_HITS)
+    rerank: str | None = Field(default=None, min_length=1, max_length=128)  # an embedding model's name
 
 
 class AddRequest(BaseModel):
@@ -44,23 +45,26 @@ class AskRequest(Sampling):
     collection: str = Field(min_length=1, max_length=64)
     question: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(default=5, ge=1, le=MAX_HITS)
+    rerank: str | None = Field(default=None, min_length=1, max_length=128)
     temperature: float = Field(default=0.0, ge=0, le=2)
 
 
 def docs_router(serving: OpenAIServing) -> APIRouter:
     router = APIRouter(prefix="/v1/docs")
 
-    async def hits(collection: str, query: str, k: int) -> list[Hit]:
-        encoder = serving.runtime.encoder
-        return await asyncio.to_thread(search_collection, collection, query, k, lambda name: encoder(name)[1])
+    async def hits(body: SearchRequest | AskRequest, query: str) -> list[Hit]:
+        runtime, rerank = serving.runtime, body.rerank
+        reranker = (lambda q, passages: runtime.rerank(q, passages, rerank).results) if rerank else None
+        return await asyncio.to_thread(search_collection, body.collection, query, body.k,
+                                       lambda name: runtime.encoder(name)[1], None, reranker)
 
     @router.post("/search")
     async def search(body: SearchRequest) -> dict[str, Any]:
-        return {"object": "list", "data": [h.json() for h in await hits(body.collection, body.query, body.k)]}
+        return {"object": "list", "data": [h.json() for h in await hits(body, body.query)]}
 
     @router.post("/ask")
     async def ask(body: AskRequest, request: Request) -> Any:
-        found = answers.relevant(await hits(body.collection, body.question, body.k))
+        found = answers.relevant(await hits(body, body.question))
         # the sources: their labels, and the passages themselves (a window shows one when its citation
         # is clicked, without searching again)
         sources = {"citations": answers.citations(found), "passages": [h.json() for h in found]}
@@ -75,7 +79,7 @@ def docs_router(serving: OpenAIServing) -> APIRouter:
             return said.whole(answers.NOT_FOUND, "stop", usage, []) | sources
         messages = [Message(role=m["role"], content=m["content"])  # type: ignore[arg-type]
                     for m in answers.messages(body.question, found)]
-        chat = ChatRequest(messages=messages, **body.model_dump(exclude={"collection", "question", "k"}))
+        chat = ChatRequest(messages=messages, **body.model_dump(exclude={"collection", "question", "k", "rerank"}))
         reply = await serving.chat(chat, request)
         if isinstance(reply, dict):
             return reply | sources

@@ -1,5 +1,6 @@
 """Run a converted encoder stage by stage with onnxruntime, letting the caller stop or shrink
-the batch between layers (early exit, token pruning) without knowing how heads work.
+the batch between layers (early exit, token pruning) without knowing how heads work; plain
+embedding runs the fused whole-encoder graph instead, where the conversion made one.
 
 Session settings matter for chained small graphs: with onnxruntime's default spinning threads,
 per-layer sessions on 2 cores ran 4-19x slower than one session (each idle pool spins against the

@@ -1,4 +1,5 @@
-"""BERT-family encoders as ONNX graphs built from safetensors weights, one graph per stage.
+"""BERT-family encoders as ONNX graphs built from safetensors weights, one graph per stage, and one
+fused graph for plain embedding.
 
 Why by hand: the usual exporters need PyTorch at conversion time and produce one monolithic
 graph. Users convert on their own machine without PyTorch, and early exit and token pruning need

@@ -76,6 +76,22 @@ def _timed(seconds_each: float):
     return measure, lambda: now[0]
 
 
+def test_a_prefill_gain_that_costs_decode_is_not_taken():
+    """The 1.5B case: a setting with 1.39x prefill and 0.82x decode wins the geometric mean (1.07x)
+    but slows every reply's reading; a prefill-only gain with decode level is still taken."""
+    def measure(config: Config) -> Speed:
+        speed = cpu_model(config)
+        if not config.flash_attn:
+            speed = Speed(prefill=speed.prefill * 1.39, decode=speed.decode * 0.82)
+        if config.kv_type == "q8_0":
+            speed = Speed(prefill=speed.prefill * 1.2, decode=speed.decode)
+        return speed
+
+    tuned = Search(measure, budget_s=60).run(BASE, cores=4, extra_bufts_ok=True, wait_policies=True)
+    assert tuned.idle.flash_attn and tuned.idle.kv_type == "q8_0"
+    assert tuned.best.decode >= tuned.base.decode
+
+
 def test_the_budget_bounds_the_search():
     measure, clock = _timed(10.0)
     tuned = Search(measure, budget_s=25, clock=clock).run(BASE, 4, True, True)

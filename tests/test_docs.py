@@ -193,6 +193,8 @@ def test_the_server_searches_and_answers_with_citations_in_chat_completion_shape
         reranked = client.post("/v1/docs/search", json={"collection": "notes", "query": "capital of Norway", "k": 2,
                                                        "rerank": "fake"}).json()["data"]  # the rerank use case's path
         assert reranked[0]["path"].endswith("oslo.md") and reranked[0]["rerank_score"] > reranked[1]["rerank_score"]
+        blank = client.post("/v1/docs/search", json={"collection": "notes", "query": "capital", "rerank": " "})
+        assert blank.status_code == 400 and "rerank needs" in blank.json()["error"]["message"]
         body = {"collection": "notes", "question": "What is the capital of Norway?", "max_tokens": 40}
         whole = client.post("/v1/docs/ask", json=body).json()
         assert whole["choices"][0]["message"]["content"] == "Oslo is the capital [1]."

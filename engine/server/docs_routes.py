@@ -53,10 +53,13 @@ def docs_router(serving: OpenAIServing) -> APIRouter:
     router = APIRouter(prefix="/v1/docs")
 
     async def hits(body: SearchRequest | AskRequest, query: str) -> list[Hit]:
-        runtime, rerank = serving.runtime, body.rerank
-        reranker = (lambda q, passages: runtime.rerank(q, passages, rerank).results) if rerank else None
-        return await asyncio.to_thread(search_collection, body.collection, query, body.k,
-                                       lambda name: runtime.encoder(name)[1], None, reranker)
+        runtime = serving.runtime
+
+        def work() -> list[Hit]:  # opening an encoder and embedding: off the event loop
+            return search_collection(body.collection, query, body.k, lambda name: runtime.encoder(name)[1],
+                                     rerank=runtime.reranker(body.rerank))
+
+        return await asyncio.to_thread(work)
 
     @router.post("/search")
     async def search(body: SearchRequest) -> dict[str, Any]:

@@ -5,6 +5,7 @@ and a conversion made before the fused graph existed still embeds (through its s
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,29 @@ def test_a_conversion_without_the_fused_graph_embeds_through_its_stages(tmp_path
     (tmp_path / "onnx" / "fp32" / FUSED_GRAPH).unlink()
     old = Encoder(tmp_path / "onnx", "fp32", threads=1)
     assert old.fused_session is None and np.abs(old.embed(TEXTS)[0] - expected).max() < 1e-5
+
+
+def test_the_stages_load_once_when_threads_ask_for_them_together(tmp_path, monkeypatch):
+    """A server classifies on several worker threads; the first requests must not each load the
+    per-layer graphs (seven sessions apiece)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoglm.engine.backends.onnx.convert import convert_folder
+    from autoglm.engine.backends.onnx.encoder import Encoder
+
+    _tiny_bert(tmp_path / "hf", "gelu")
+    convert_folder(tmp_path / "hf", tmp_path / "onnx")
+    encoder = Encoder(tmp_path / "onnx", "fp32", threads=1)
+    loaded: list[str] = []
+    real = encoder._load
+
+    def counted(name: str):  # noqa: ANN202
+        loaded.append(name)
+        time.sleep(0.05)  # widen the window a second thread would slip through
+        return real(name)
+
+    monkeypatch.setattr(encoder, "_load", counted)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: encoder.layer_features(TEXTS)[0][-1], range(4)))
+    assert sorted(loaded) == ["embed", "layer_00", "layer_01"]
+    assert all(np.array_equal(r, results[0]) for r in results)

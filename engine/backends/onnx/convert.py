@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,17 +112,15 @@ def _quantize(src: Path, dst: Path, matmuls: list[str]) -> None:
     ffn = [m for m in matmuls if m.startswith("ffn_")]
     attention = [m for m in matmuls if m not in ffn]
     tmp = dst.with_suffix(".dynamic.onnx")
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR  # the quantizers log advice and progress on the root logger
     try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, nodes_to_quantize=attention,
-                         per_channel=True)
-        blockwise = MatMulNBitsQuantizer(onnx.load(str(tmp)), bits=8, block_size=32, is_symmetric=True,
-                                         accuracy_level=4, nodes_to_include=ffn)
-        blockwise.process()
-        onnx.save(blockwise.model.model, str(dst))
+        with _quiet():
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, nodes_to_quantize=attention,
+                             per_channel=True)
+            blockwise = MatMulNBitsQuantizer(onnx.load(str(tmp)), bits=8, block_size=32, is_symmetric=True,
+                                             accuracy_level=4, nodes_to_include=ffn)
+            blockwise.process()
+            onnx.save(blockwise.model.model, str(dst))
     finally:
-        root.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 
@@ -136,11 +136,18 @@ def _quantize_fused(src: Path, dst: Path, matmuls: list[str]) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    root = logging.getLogger()
-    level, root.level = root.level, logging.ERROR
-    try:  # DefaultTensorType: shape inference cannot type the outputs of com.microsoft operators
+    with _quiet():  # DefaultTensorType: shape inference cannot type the outputs of com.microsoft operators
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          nodes_to_quantize=matmuls, extra_options={"DefaultTensorType": TensorProto.FLOAT})
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """onnxruntime's quantizers log advice and progress on the root logger: errors only meanwhile."""
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR
+    try:
+        yield
     finally:
         root.setLevel(level)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ class Encoder:
         # first use (early exit, classification features), so an embedding-only process never holds them
         self.fused_session: Any = self._load(fused.removesuffix(".onnx")) if fused else None
         self._staged: tuple[Any, list[Any]] | None = None
+        self._staging = threading.Lock()  # a server's worker threads classify at once: load the stages once
 
     def _load(self, name: str) -> Any:
         """One graph of this precision on the planned provider; the first graph that the provider
@@ -108,10 +110,11 @@ class Encoder:
             return ort.InferenceSession(path, self._options, providers=["CPUExecutionProvider"])
 
     def _stages(self) -> tuple[Any, list[Any]]:
-        if self._staged is None:
-            embed = self._load("embed")
-            self._staged = embed, [self._load(f"layer_{i:02d}") for i in range(self.layers_count)]
-        return self._staged
+        with self._staging:
+            if self._staged is None:
+                embed = self._load("embed")
+                self._staged = embed, [self._load(f"layer_{i:02d}") for i in range(self.layers_count)]
+            return self._staged
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         encodings = self.tokenizer.encode_batch(texts)

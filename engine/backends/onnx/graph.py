@@ -186,7 +186,6 @@ def layer_graph(w: dict[str, np.ndarray], cfg: BertConfig, i: int) -> tuple[Any,
     return model, b.matmuls
 
 
-
 def encoder_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[str]]:
     """The whole encoder in one graph of fused operators, for embedding (no per-layer stops)."""
     from onnx import TensorProto, helper
@@ -200,7 +199,7 @@ def encoder_graph(w: dict[str, np.ndarray], cfg: BertConfig) -> tuple[Any, list[
         qkv_bias = np.concatenate([w[f"{a}.bias"] for a in attention]).astype(np.float32)
         ctx = b.contrib("Attention", [hidden, b.const(f"{n}qkv.weight", qkv_weight), b.const(f"{n}qkv.bias", qkv_bias),
                                       "mask"], f"{n}attention", num_heads=cfg.heads)
-        b.matmuls.append(ctx)
+        b.matmuls.append(ctx)  # its Q/K/V projection is a weight matmul too: the quantizer makes it QAttention
         attn = b.weight_matmul(ctx, w[f"{p}attention.output.dense.weight"], f"{n}attn_out")
         h1 = b.contrib("SkipLayerNormalization", [
             attn, hidden, b.const(f"{n}ln1.w", w[f"{p}attention.output.LayerNorm.weight"]),

@@ -71,6 +71,7 @@ class Slot:
     drafter: Drafter = field(default_factory=Drafter)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
+    solo: int = 0  # steps to go without drafts: after a near-tie, the tokens before it are evaluated again alone
 
     @property
     def current(self) -> Job:
@@ -101,6 +102,9 @@ class Step:
     def draft_asks(self) -> list[tuple[int, list[int], int]]:
         """What the draft model is asked, as data: (sequence, its tokens, how many to draft)."""
         return [(slot.seq, slot.cached, k) for slot, k in self.asks]
+
+
+TIE_REPLAY = 8  # tokens before a near-tie decoded again one per step (each costs a one-row step)
 
 
 class StepPlanner:
@@ -215,6 +219,9 @@ class StepPlanner:
         spare = 0 if prefilling else self.n_batch - len(step.rows)
         cost = self._split_cost(len(step.sample))
         for slot in step.sample:
+            if slot.solo:
+                slot.solo -= 1
+                continue
             if not slot.current.speculate or spare <= 0:
                 continue
             pos = len(slot.cached) - 1
@@ -356,19 +363,32 @@ class StepPlanner:
         slot.cached.append(token)
         slot.fresh = not evaluated
 
-    def verified(self, slot: Slot, predicted: list[int]) -> tuple[list[int], int]:
+    def verified(self, slot: Slot, predicted: list[int], tie: int | None = None) -> tuple[list[int], int]:
         """After a step with a draft: ``predicted`` is the greedy token after the slot's input and
         after each drafted token. Returns the tokens to emit (the accepted drafts and the model's
         own next one) and the position from which this sequence's KV cells must be dropped (the
-        rejected drafts'). The emitted text is exactly what one-token steps would have produced."""
+        rejected drafts').
+
+        ``tie``: the first of those rows whose two best tokens were too close to call (see
+        ``TIE_MARGIN`` in batch.py). A step's row count changes llama.cpp's kernels and so its
+        rounding, of the scores and of the KV cells the step writes: one-token steps, which plain
+        decoding runs, may pick the other token there. So the last TIE_REPLAY tokens before it are
+        dropped with their cells and decoded again one per step, as plain decoding does, before the
+        tie is decided (measured on the 1.5B: a 0.04 lead of "def" over "#" three tokens into a
+        reply became -0.07 with those three cells from a 64-row step, even decided alone)."""
         accepted = 0
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
             accepted += 1
-        keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         slot.drafter.observe(len(slot.draft), accepted)
         self.acceptance.observe(len(slot.draft), accepted)
         if slot.drafter.recalled:
             self.memory.observe(len(slot.draft), accepted)
+        if tie is not None and tie <= accepted:
+            kept = max(tie - TIE_REPLAY, 0)
+            slot.solo = tie - kept + 1  # the replayed tokens, then the tie itself
+            slot.fresh = kept == 0  # the input itself is evaluated again: it has no cell until then
+            return slot.draft[:kept], len(slot.cached) + kept - 1
+        keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
     def release(self, slot: Slot) -> Job | None:

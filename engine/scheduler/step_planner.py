@@ -104,7 +104,7 @@ class Step:
         return [(slot.seq, slot.cached, k) for slot, k in self.asks]
 
 
-TIE_REPLAY = 8  # tokens before a near-tie decoded again one per step (each costs a one-row step)
+TIE_REPLAY = 8  # a reply's first tokens, where a near-tie in a drafted step is decided by one-row steps
 
 
 class StepPlanner:
@@ -372,9 +372,10 @@ class StepPlanner:
         ``tie``: the first of those rows whose two best tokens were too close to call (see
         ``TIE_MARGIN`` in batch.py). A step's row count changes llama.cpp's kernels and so its
         rounding, of the scores and of the KV cells the step writes: one-token steps, which plain
-        decoding runs, may pick the other token there. So the last TIE_REPLAY tokens before it are
-        dropped with their cells and decoded again one per step, as plain decoding does, before the
-        tie is decided (measured on the 1.5B: a 0.04 lead of "def" over "#" three tokens into a
+        decoding runs, may pick the other token there. So the step's tokens before it are dropped
+        with their cells and decoded again one per step, as plain decoding does, before the tie is
+        decided; the scheduler looks for ties only in a reply's first TIE_REPLAY tokens (measured
+        on the 1.5B: a 0.04 lead of "def" over "#" three tokens into a
         reply became -0.07 with those three cells from a 64-row step, even decided alone)."""
         accepted = 0
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
@@ -383,11 +384,10 @@ class StepPlanner:
         self.acceptance.observe(len(slot.draft), accepted)
         if slot.drafter.recalled:
             self.memory.observe(len(slot.draft), accepted)
-        if tie is not None and tie <= accepted:
-            kept = max(tie - TIE_REPLAY, 0)
-            slot.solo = tie - kept + 1  # the replayed tokens, then the tie itself
-            slot.fresh = kept == 0  # the input itself is evaluated again: it has no cell until then
-            return slot.draft[:kept], len(slot.cached) + kept - 1
+        if tie is not None and tie <= accepted:  # the whole step again, one row at a time
+            slot.solo = tie + 1  # the input and the drafts before the tie, then the tie itself
+            slot.fresh = True  # the input is evaluated again: it has no cell until then
+            return [], len(slot.cached) - 1
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         return slot.draft[:accepted] + [predicted[accepted]], keep
 

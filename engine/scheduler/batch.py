@@ -361,7 +361,7 @@ class Scheduler:
         tie = self._first_tie(slot, predicted) if slot.current.owner.params.temperature <= 0 else None
         emit, keep = self.planner.verified(slot, predicted, tie)
         self.executor.trim(slot.seq, keep)
-        kept = len(emit) - (not slot.solo)  # drafts among them (after a tie all are: the last waits to be evaluated)
+        kept = max(len(emit) - 1, 0)  # accepted drafts: all but the model's own last token (none after a tie)
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += kept
         req: Generation = slot.current.owner

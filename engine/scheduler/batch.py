@@ -34,14 +34,14 @@ from autoglm.engine.scheduler import rejection
 from autoglm.engine.scheduler.cpu_load import ThreadSwitch
 from autoglm.engine.scheduler.draft_model import ModelDrafter, one_row_step
 from autoglm.engine.scheduler.speculation import StepCost
-from autoglm.engine.scheduler.step_planner import TIE_REPLAY, Job, Slot, Step, StepPlanner
+from autoglm.engine.scheduler.step_planner import Job, Slot, Step, StepPlanner
 
 log = logging.getLogger(__name__)
 
 GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thread per token, on average
 GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
-# A lead, in logits, too small to trust to a many-row step: on the 1.5B a lead of 0.04 flipped to -0.07
-# with the cells and the row of a 64-row step (llama.cpp's kernels change at 4, 8 and 64 rows)
+# A lead, in logits, too small to trust to a many-row step: one token's score moved by up to 0.16 with a 1.5B
+# step's row count (llama.cpp's kernels change at 4, 8 and 64 rows), and a lead of 0.04 flipped
 TIE_MARGIN = 0.1
 
 
@@ -153,7 +153,7 @@ class Scheduler:
                 # would draw its random numbers differently, and its seed must give the same text
                 self.planner.enqueue(Job(prompt, params.max_tokens, req,
                                          speculate=self.speculative and grammar is None,
-                                         recall=params.temperature == 0))
+                                         greedy=params.temperature == 0))
             except Exception:
                 self.executor.free_sampler(req.sampler)
                 raise
@@ -358,10 +358,10 @@ class Scheduler:
     def _emit_verified(self, slot: Slot, predicted: list[int]) -> None:
         """A drafted slot: keep the drafts the model agrees with, drop the others' KV cells, and
         emit the accepted tokens plus the model's own next one, each through the usual checks."""
-        tie = self._first_tie(slot, predicted) if slot.current.owner.params.temperature <= 0 else None
+        tie = self._first_tie(slot, predicted) if slot.current.greedy else None
         emit, keep = self.planner.verified(slot, predicted, tie)
         self.executor.trim(slot.seq, keep)
-        kept = max(len(emit) - 1, 0)  # accepted drafts: all but the model's own last token (none after a tie)
+        kept = max(len(emit) - 1, 0)  # accepted drafts: all but the last, the next step's input (none on a tie at 0)
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += kept
         req: Generation = slot.current.owner
@@ -375,16 +375,9 @@ class Scheduler:
 
     def _first_tie(self, slot: Slot, predicted: list[int]) -> int | None:
         """The first verifying row, up to the first rejected draft, whose best token leads the
-        next by less than TIE_MARGIN: there a one-token step could round the other way. Only in
-        a reply's first TIE_REPLAY tokens, where decoding them again alone makes every cell the
-        decision reads what plain decoding wrote, so the tie falls as it does there. That is
-        where a reply takes its course (write the comment line or not); later, cells from earlier
-        long steps differ anyway, and in free text a tie every few dozen tokens, each costing a
-        discarded step and TIE_REPLAY one-row steps, made drafting slower than none (0.9x)."""
+        next by less than TIE_MARGIN: there a one-row step could round the other way."""
         rows = (slot.row, *slot.draft_rows)
         for i, token in enumerate(predicted):
-            if slot.produced + i > TIE_REPLAY:
-                return None
             logits = self.executor.logits(rows[i])
             if np.count_nonzero(logits > logits[token] - TIE_MARGIN) > 1:
                 return i

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
-MAX_K = 32  # 1.5B on 2 cores: 16-33 row steps run matrix kernels, the most tokens per second when copying
-# Not longer for recalled replies either: on the AVX2 EPYC, 64-256 row steps verified a repeated 1.5B code edit at
-# 43 tok/s against 35, but from 64 rows llama.cpp's kernels round differently enough to change the 135M's greedy
-# text (tests/test_speculation.py's identity test), past what the near-tie guard in batch.py catches
+MAX_K = 62  # a step of at most 63 rows per sequence: what llama.cpp's attention computes as plain decoding does
+# From 64 query rows of one sequence, llama.cpp's CPU flash attention switches to its tiled path (GGML_FA_TILE_Q, F32
+# GEMM over F32 keys where shorter steps take F16 dot products): greedy text then changes (tests/test_speculation.py's
+# identity test fails at 63 drafts, passes at 62). Below that, longer steps are still cheaper per row on a 1.5B
+# (AVX-512 EPYC, 2 cores: see docs/serving.md), and a recalled or copied reply is verified in fewer of them.
 PROBE_K = 4  # the longest draft of a sequence none of whose drafts has been accepted yet
 PROBE_P = 0.75  # ... judged as if this many drafted tokens were accepted: a probe must be affordable to learn
 RUN_EVIDENCE = 8  # drafted tokens accepted in a row before that stretch counts as a copy of its own

@@ -52,7 +52,8 @@ class Job:
     max_tokens: int
     owner: Any = None
     speculate: bool = False  # greedy and unconstrained: drafts from its own context are verified
-    recall: bool = False  # may also draft from other requests' replies (greedy only: see Scheduler.submit)
+    greedy: bool = False  # temperature 0: may draft from other requests' replies (see Scheduler.submit), and its
+    # opening is decided by one-row steps (OPENING)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class Slot:
     drafter: Drafter = field(default_factory=Drafter)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
-    solo: int = 0  # steps to go without drafts: after a near-tie, the tokens before it are evaluated again alone
+    solo: bool = False  # the next step decodes this slot's input alone: a near-tie is decided there (``verified``)
 
     @property
     def current(self) -> Job:
@@ -104,7 +105,13 @@ class Step:
         return [(slot.seq, slot.cached, k) for slot, k in self.asks]
 
 
-TIE_REPLAY = 8  # a reply's first tokens, where a near-tie in a drafted step is decided by one-row steps
+# A greedy reply's first tokens are decided by one-row steps, as plain decoding decides them. A step's row count
+# changes llama.cpp's kernels and so its rounding, and where a reply opens a near-tie decides its course: on the
+# 1.5B, "def" led "#" by 0.04 three tokens into a code edit, and inside a many-row step the reply wrote a comment
+# line plain decoding did not. Drafting them costs little to skip: a step of 9 rows takes about what 9 one-row
+# steps take on a 1.5B on a CPU. (Before: drafted steps were checked for near-ties and discarded on one, which on
+# code edits was most of them: a 63-row step thrown away per request, about a second.)
+OPENING = 8
 
 
 class StepPlanner:
@@ -219,16 +226,14 @@ class StepPlanner:
         spare = 0 if prefilling else self.n_batch - len(step.rows)
         cost = self._split_cost(len(step.sample))
         for slot in step.sample:
-            if slot.solo:
-                slot.solo -= 1
-                continue
-            if not slot.current.speculate or spare <= 0:
+            solo, slot.solo = slot.solo, False
+            if not slot.current.speculate or spare <= 0 or solo or (slot.current.greedy and slot.produced <= OPENING):
                 continue
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
             if not self.draft_model:
                 slot.draft = slot.drafter.draft(slot.cached, limit, cost, len(step.rows),
-                                                self.memory if slot.current.recall else None)
+                                                self.memory if slot.current.greedy else None)
                 self._add_draft(step.rows, slot)
                 spare -= len(slot.draft)
                 continue
@@ -369,14 +374,11 @@ class StepPlanner:
         own next one) and the position from which this sequence's KV cells must be dropped (the
         rejected drafts').
 
-        ``tie``: the first of those rows whose two best tokens were too close to call (see
-        ``TIE_MARGIN`` in batch.py). A step's row count changes llama.cpp's kernels and so its
-        rounding, of the scores and of the KV cells the step writes: one-token steps, which plain
-        decoding runs, may pick the other token there. So the step's tokens before it are dropped
-        with their cells and decoded again one per step, as plain decoding does, before the tie is
-        decided; the scheduler looks for ties only in a reply's first TIE_REPLAY tokens (measured
-        on the 1.5B: a 0.04 lead of "def" over "#" three tokens into a
-        reply became -0.07 with those three cells from a 64-row step, even decided alone)."""
+        ``tie``: the first of those rows whose two best tokens were too close to call (``TIE_MARGIN``
+        in batch.py). A step's row count changes llama.cpp's rounding, so a one-row step, which plain
+        decoding runs, may pick the other token there (on the 1.5B: one space or two after a
+        sentence a code comment copied). The tokens before it are kept; the token the tie decides
+        is decided again by the next step, with the slot's input alone."""
         accepted = 0
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
             accepted += 1
@@ -384,10 +386,12 @@ class StepPlanner:
         self.acceptance.observe(len(slot.draft), accepted)
         if slot.drafter.recalled:
             self.memory.observe(len(slot.draft), accepted)
-        if tie is not None and tie <= accepted:  # the whole step again, one row at a time
-            slot.solo = tie + 1  # the input and the drafts before the tie, then the tie itself
-            slot.fresh = True  # the input is evaluated again: it has no cell until then
-            return [], len(slot.cached) - 1
+        if tie is not None and tie <= accepted:
+            slot.solo = True
+            if tie == 0:  # the input itself is evaluated again: it has no cell until then
+                slot.fresh = True
+                return [], len(slot.cached) - 1
+            return slot.draft[:tie], len(slot.cached) + tie - 1  # the last of them is the next step's input
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
@@ -399,7 +403,7 @@ class StepPlanner:
         if slot.fresh:
             slot.cached.pop()
         slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1
-        slot.solo = 0  # a replay after a near-tie belongs to the request that met it
+        slot.solo = False  # a near-tie's one-row step belongs to the request that met it
         return job
 
     def forget(self) -> list[Job]:

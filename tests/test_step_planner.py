@@ -59,10 +59,7 @@ class Driver:
                 if slot.produced >= slot.max_tokens:
                     self.ended.add(self.planner.release(slot).owner)
                 continue
-            # now and then a near-tie on a verifying row: the tokens before it are kept, its token decided again alone
-            tie = (len(slot.cached) // 5) % (len(slot.draft) + 1) if len(slot.cached) % 5 == 0 else None
-            emit, keep = self.planner.verified(slot, [self.fake.sample(None, r) for r in (slot.row, *slot.draft_rows)],
-                                               tie)
+            emit, keep = self.planner.verified(slot, [self.fake.sample(None, r) for r in (slot.row, *slot.draft_rows)])
             self.fake.trim(slot.seq, keep)
             for i, token in enumerate(emit):
                 self.planner.accept(slot, token, evaluated=i < len(emit) - 1)

@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 GRAMMAR_TOKEN_S = 0.05  # what one request's grammar may cost the scheduler thread per token, on average
 GRAMMAR_GRACE_S = 0.5  # on top, once: the first token's grammar work is the largest
-# A lead, in logits, too small to trust to a many-row step: one token's score moved by up to 0.16 with a 1.5B
-# step's row count (llama.cpp's kernels change at 4, 8 and 64 rows), and a lead of 0.04 flipped
-TIE_MARGIN = 0.1
 
 
 @dataclass
@@ -358,10 +355,9 @@ class Scheduler:
     def _emit_verified(self, slot: Slot, predicted: list[int]) -> None:
         """A drafted slot: keep the drafts the model agrees with, drop the others' KV cells, and
         emit the accepted tokens plus the model's own next one, each through the usual checks."""
-        tie = self._first_tie(slot, predicted) if slot.current.greedy else None
-        emit, keep = self.planner.verified(slot, predicted, tie)
+        emit, keep = self.planner.verified(slot, predicted)
         self.executor.trim(slot.seq, keep)
-        kept = max(len(emit) - 1, 0)  # accepted drafts: all but the last, the next step's input (none on a tie at 0)
+        kept = len(emit) - 1  # accepted drafts: all but the model's own last token
         self.stats["draft_tokens"] += len(slot.draft)
         self.stats["draft_accepted"] += kept
         req: Generation = slot.current.owner
@@ -372,18 +368,6 @@ class Scheduler:
             if slot.job is None:  # finished part-way (stop, length, end of text): drop the cells past it
                 self.executor.trim(slot.seq, len(slot.cached))
                 return
-
-    def _first_tie(self, slot: Slot, predicted: list[int]) -> int | None:
-        """The first verifying row, up to the first rejected draft, whose best token leads the
-        next by less than TIE_MARGIN: there a one-row step could round the other way."""
-        rows = (slot.row, *slot.draft_rows)
-        for i, token in enumerate(predicted):
-            logits = self.executor.logits(rows[i])
-            if np.count_nonzero(logits > logits[token] - TIE_MARGIN) > 1:
-                return i
-            if i >= len(slot.draft) or slot.draft[i] != token:
-                return None
-        return None
 
     def _emit_constrained(self, slot: Slot) -> None:
         """A grammar is applied to the whole vocabulary on this thread, so a schema with thousands

@@ -72,7 +72,6 @@ class Slot:
     drafter: Drafter = field(default_factory=Drafter)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
-    solo: bool = False  # the next step decodes this slot's input alone: a near-tie is decided there (``verified``)
 
     @property
     def current(self) -> Job:
@@ -226,8 +225,7 @@ class StepPlanner:
         spare = 0 if prefilling else self.n_batch - len(step.rows)
         cost = self._split_cost(len(step.sample))
         for slot in step.sample:
-            solo, slot.solo = slot.solo, False
-            if not slot.current.speculate or spare <= 0 or solo or (slot.current.greedy and slot.produced <= OPENING):
+            if not slot.current.speculate or spare <= 0 or (slot.current.greedy and slot.produced <= OPENING):
                 continue
             pos = len(slot.cached) - 1
             limit = min(spare, slot.max_tokens - slot.produced - 1, self.ctx_per_seq - pos - 2)
@@ -368,17 +366,11 @@ class StepPlanner:
         slot.cached.append(token)
         slot.fresh = not evaluated
 
-    def verified(self, slot: Slot, predicted: list[int], tie: int | None = None) -> tuple[list[int], int]:
+    def verified(self, slot: Slot, predicted: list[int]) -> tuple[list[int], int]:
         """After a step with a draft: ``predicted`` is the greedy token after the slot's input and
         after each drafted token. Returns the tokens to emit (the accepted drafts and the model's
         own next one) and the position from which this sequence's KV cells must be dropped (the
-        rejected drafts').
-
-        ``tie``: the first of those rows whose two best tokens were too close to call (``TIE_MARGIN``
-        in batch.py). A step's row count changes llama.cpp's rounding, so a one-row step, which plain
-        decoding runs, may pick the other token there (on the 1.5B: one space or two after a
-        sentence a code comment copied). The tokens before it are kept; the token the tie decides
-        is decided again by the next step, with the slot's input alone."""
+        rejected drafts')."""
         accepted = 0
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
             accepted += 1
@@ -386,12 +378,6 @@ class StepPlanner:
         self.acceptance.observe(len(slot.draft), accepted)
         if slot.drafter.recalled:
             self.memory.observe(len(slot.draft), accepted)
-        if tie is not None and tie <= accepted:
-            slot.solo = True
-            if tie == 0:  # the input itself is evaluated again: it has no cell until then
-                slot.fresh = True
-                return [], len(slot.cached) - 1
-            return slot.draft[:tie], len(slot.cached) + tie - 1  # the last of them is the next step's input
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
         return slot.draft[:accepted] + [predicted[accepted]], keep
 
@@ -403,7 +389,6 @@ class StepPlanner:
         if slot.fresh:
             slot.cached.pop()
         slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1
-        slot.solo = False  # a near-tie's one-row step belongs to the request that met it
         return job
 
     def forget(self) -> list[Job]:

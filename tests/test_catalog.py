@@ -128,7 +128,8 @@ class _Hostile:
         self.httpd.server_close()
 
 
-@pytest.mark.parametrize("mode", ["bad-json", "types", "drip"])
+# "drip" waits out the whole search deadline (10 s): the full tier
+@pytest.mark.parametrize("mode", ["bad-json", "types", pytest.param("drip", marks=pytest.mark.slow)])
 def test_a_hostile_search_endpoint_is_one_line_within_the_deadline(mode):
     from autoglm.engine.models.catalog import SEARCH_DEADLINE_S
 

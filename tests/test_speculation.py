@@ -254,21 +254,19 @@ def test_speculation_changes_steps_never_text(copy_period):
 
 
 class TornExecutor(FakeExecutor):
-    """A copying model torn between two tokens at one position: a one-row step picks the copy, a
-    many-row step the other. On the 1.5B a 0.04 lead of "def" over "#" three tokens into a code
-    edit flipped inside a 64-row step, and the reply added a comment line that plain decoding
-    did not."""
+    """A copying model torn between two tokens where its reply opens (the 4th token): a one-row
+    step picks the copy, a many-row step the other. On the 1.5B a 0.04 lead of "def" over "#"
+    three tokens into a code edit flipped inside a 64-row step, and the reply added a comment
+    line that plain decoding did not."""
 
-    def __init__(self, *args, torn_at: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.torn_at = torn_at  # cells before the torn decision: 33 is a 30-token prompt and 3 reply tokens
+    TORN_AT = 33  # cells before the torn decision: a 30-token prompt and 3 reply tokens
 
     def decode(self, rows: list) -> None:
         super().decode(rows)
         self.torn: dict[int, bool] = {}
         per_seq = {row.seq: sum(r.seq == row.seq for r in rows) for row in rows}
         for i, row in enumerate(rows):
-            if row.logits and row.pos + 1 == self.torn_at:  # this row sees torn_at cells
+            if row.logits and row.pos + 1 == self.TORN_AT:  # this row sees TORN_AT cells
                 self.torn[i] = True
                 if per_seq[row.seq] > 1:
                     self.outputs[i] = 1 + self.outputs[i] % (self.vocab - 1)
@@ -288,14 +286,14 @@ def test_a_near_tie_where_a_reply_opens_is_decided_as_one_row_steps_decide_it():
     memory.add(prompt[-MEMORY_N:] + [3, 1, 4, 1, 5] * 10)  # the reply asked for before: recalled at once, long
     texts = {}
     for speculative in (False, True):
-        s = Scheduler(TornExecutor(n_seq=1, n_batch=48, copy_period=5, torn_at=33), parallel=1,
-                      ctx_per_seq=160, speculative=speculative).start()
+        s = Scheduler(TornExecutor(n_seq=1, n_batch=48, copy_period=5), parallel=1, ctx_per_seq=160,
+                      speculative=speculative).start()
         s.planner.memory = memory
         try:
             req = s.submit(prompt, SamplingParams(max_tokens=40, temperature=0))
             texts[speculative] = "".join(e.text for e in req.stream())
             if speculative:
-                assert req.stats.accepted > 20  # the opening alone, then drafts
+                assert req.stats.accepted > 25  # the opening alone, then drafts
         finally:
             s.close()
     assert texts[True] == texts[False]

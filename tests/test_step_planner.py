@@ -15,7 +15,8 @@ from tests.fakes import FakeExecutor
 PREFIXES = [[], [5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 20, 21]]  # shared system prompts
 
 op = st.one_of(
-    st.tuples(st.just("arrive"), st.integers(0, len(PREFIXES) - 1), st.integers(1, 150), st.integers(1, 12)),
+    st.tuples(st.just("arrive"), st.integers(0, len(PREFIXES) - 1), st.integers(1, 150), st.integers(1, 12),
+              st.sampled_from([False] * 4 + [True])),  # some exact: alone and cold (classify by a tuned prompt)
     st.tuples(st.just("step")),
     st.tuples(st.just("step")),
     st.tuples(st.just("cancel"), st.integers(0, 1000)),  # a client that disconnects or cancels
@@ -34,9 +35,9 @@ class Driver:
         self.ended: set[int] = set()
         self.dropped: set[int] = set()
 
-    def arrive(self, prefix: int, length: int, max_tokens: int) -> None:
+    def arrive(self, prefix: int, length: int, max_tokens: int, exact: bool = False) -> None:
         prompt = PREFIXES[prefix] + [1 + (length * 7 + i) % 40 for i in range(length)]
-        job = Job(prompt, max_tokens, owner=len(self.enqueued), speculate=length % 2 == 0)
+        job = Job(prompt, max_tokens, owner=len(self.enqueued), speculate=length % 2 == 0 and not exact, exact=exact)
         self.planner.enqueue(job)
         self.enqueued.append(job)
 
@@ -47,8 +48,14 @@ class Driver:
         self.admitted += [s.job for s in sorted(new, key=lambda s: s.order)]  # the planner's admission order
         for seq, keep in step.trims:
             self.fake.trim(seq, keep)
+        for slot in new:
+            if slot.current.exact:
+                assert (slot.seq, 0) in step.trims, "an exact job reused cells"
         if not step.rows:
             return
+        exact = {s.seq for s in self.planner.slots if s.job is not None and s.job.exact}
+        if exact:
+            assert {row.seq for row in step.rows} == exact and len(exact) == 1, "an exact job shared its step"
         self.fake.decode(step.rows)
         for seq, keep in step.pads:
             self.fake.trim(seq, keep)
@@ -212,6 +219,32 @@ def test_a_lone_prompt_gets_the_whole_batch_whatever_the_last_streams_left_the_c
     p.enqueue(Job(list(range(6000, 6299)), 5))  # nothing shared with the cells left behind
     step = p.plan()
     assert len(step.rows) == 299  # the whole prompt in one step
+
+
+def test_an_exact_job_waits_for_the_batch_to_empty_then_runs_alone_and_cold():
+    """Nothing overtakes it, nothing joins it, and its prompt is evaluated from scratch even where
+    the same prompt's cells are still there: the rows of a step are what the same text gets each time."""
+    p = StepPlanner(3, 64, 256, min_chunk=8)
+    prompt = list(range(100, 140))
+    p.enqueue(Job(prompt, 2))
+    _step(p, 0.01)  # prefilled: one token sampled
+    p.enqueue(Job(prompt, 2, exact=True))
+    p.enqueue(Job([1, 2, 3], 2))
+    assert [s.state for s in p.slots].count(SlotState.IDLE) == 2
+    step = _step(p, 0.01)  # the first job's last token; the exact one waits, and so does the one behind it
+    assert len(step.rows) == 1 and len(p.waiting) == 2
+    for slot in p.active:
+        p.release(slot)
+    step = _step(p, 0.01)
+    (slot,) = p.active
+    assert slot.current.exact and step.trims == [(slot.seq, 0)] and len(step.rows) == len(prompt)
+    assert len(p.waiting) == 1  # admitted alone
+    while slot.state is not SlotState.IDLE:
+        step = _step(p, 0.01)
+        assert {row.seq for row in step.rows} == {slot.seq}
+        if slot.produced >= 2:
+            p.release(slot)
+    assert _step(p, 0.01).rows and not p.waiting
 
 
 def test_queue_limits_and_bad_prompts():

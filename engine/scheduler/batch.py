@@ -129,7 +129,9 @@ class Scheduler:
 
     # --- public -------------------------------------------------------------------------------
     def submit(self, prompt: list[int], params: SamplingParams, grammar: str | None = None,
-               sink: Callable[[Event], None] | None = None, streamed: bool = True) -> Generation:
+               sink: Callable[[Event], None] | None = None, streamed: bool = True, exact: bool = False) -> Generation:
+        """``exact``: the same prompt gets the same logits whatever else runs (alone, from scratch:
+        StepPlanner._admit), at the cost of batching; for answers that are compared across runs."""
         if self.thread.ident is None:
             raise RuntimeError("Scheduler.start() was not called: nothing would run this request")
         params.validate()
@@ -149,8 +151,8 @@ class Scheduler:
                 # recalled drafts (other requests' replies) only for greedy streams: a sampled one
                 # would draw its random numbers differently, and its seed must give the same text
                 self.planner.enqueue(Job(prompt, params.max_tokens, req,
-                                         speculate=self.speculative and grammar is None,
-                                         greedy=params.temperature == 0))
+                                         speculate=self.speculative and grammar is None and not exact,
+                                         greedy=params.temperature == 0, exact=exact))
             except Exception:
                 self.executor.free_sampler(req.sampler)
                 raise

@@ -34,9 +34,11 @@ class ScheduledBackend:
         return self.backend.control_texts()
 
     def generate(self, tokens: list[int], params: SamplingParams, cancel: threading.Event | None = None,
-                 stats: GenerationStats | None = None, grammar: str | None = None) -> Iterator[str]:
-        """Stream text for ``tokens``; ``stats`` is filled when the generator ends."""
-        req = self.scheduler.submit(tokens, params, grammar)
+                 stats: GenerationStats | None = None, grammar: str | None = None,
+                 exact: bool = False) -> Iterator[str]:
+        """Stream text for ``tokens``; ``stats`` is filled when the generator ends; ``exact``: see
+        Scheduler.submit."""
+        req = self.scheduler.submit(tokens, params, grammar, exact=exact)
         try:
             for event in req.stream():
                 if event.error:

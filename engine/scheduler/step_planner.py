@@ -54,6 +54,7 @@ class Job:
     speculate: bool = False  # greedy and unconstrained: drafts from its own context are verified
     greedy: bool = False  # temperature 0: may draft from other requests' replies (see Scheduler.submit), and its
     # opening is decided by one-row steps (OPENING)
+    exact: bool = False  # batch-invariant: runs alone, its prompt cold in whole-batch chunks (see _admit)
 
 
 @dataclass
@@ -166,15 +167,24 @@ class StepPlanner:
     # --- one step -------------------------------------------------------------------------
     def _admit(self) -> list[tuple[int, int]]:
         """Waiting jobs into free slots, first come first served, each to the free slot sharing the
-        longest prefix with it; returns the KV trims that admission implies."""
+        longest prefix with it; returns the KV trims that admission implies.
+
+        An ``exact`` job waits for the batch to empty and then runs alone, its prompt evaluated from
+        scratch: llama.cpp rounds a row differently with the step around it (repacked kernels take
+        rows four at a time, flash attention turns tiled at 64 rows, a reused prefix was evaluated
+        in other chunks), and a label whose two scores nearly tie then falls either way between two
+        runs of the same text. Alone and cold, the same text gets the same rows every time."""
         trims = []
         while self.waiting:
+            busy = [s for s in self.slots if s.state is not SlotState.IDLE]
+            if busy and (self.waiting[0].exact or any(s.current.exact for s in busy)):
+                break  # first come first served: nothing overtakes a waiting exact job
             free = [s for s in self.slots if s.state is SlotState.IDLE]
             if not free:
                 break
             job = self.waiting.popleft()
             slot = max(free, key=lambda s: _common(s.cached, job.prompt))
-            keep = min(_common(slot.cached, job.prompt), len(job.prompt) - 1)  # >= 1 token evaluated, for logits
+            keep = 0 if job.exact else min(_common(slot.cached, job.prompt), len(job.prompt) - 1)  # >= 1 evaluated
             trims.append((slot.seq, keep))
             slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
             slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
@@ -183,6 +193,8 @@ class StepPlanner:
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep
+            if job.exact:
+                break
         return trims
 
     def plan(self) -> Step:

@@ -142,7 +142,9 @@ class PromptRunner:
         if len(tokens) >= self.model.n_ctx - 16:
             raise InvalidArgumentError(f"a prompt is {len(tokens)} tokens; the context holds {self.model.n_ctx}")
         params = SamplingParams(max_tokens=32, temperature=0.0)
-        return "".join(self.model.generate(tokens, params, grammar=self.grammar)).strip()
+        # exact: the accuracy tuning reports is what ``classify --prompt`` gives on the same texts, and a
+        # text's label does not hang on what else the engine was running
+        return "".join(self.model.generate(tokens, params, grammar=self.grammar, exact=True)).strip()
 
     def run(self, texts: list[str], instruction: str | None = None, shots: int | None = None,
             parallel: int = 4) -> list[Any]:

@@ -43,7 +43,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         result = f"{speed.prefill:7.0f} {speed.decode:7.1f}" if speed.ok else f"  {speed.error}"
         print(f"  {config.label():<58}{result}", file=sys.stderr)
 
-    tuned = tune(prepared, args.budget, on_trial, user_layers=args.gpu_layers is not None)
+    tuned = tune(prepared, args.budget, on_trial, user_layers=args.gpu_layers is not None, workload=args.workload)
     if not tuned.base.ok:
         print(f"autoglm: error: the planned settings could not be measured: {tuned.base.error}", file=sys.stderr)
         return 1
@@ -60,9 +60,18 @@ def render(tuned) -> str:  # noqa: ANN001 - a tuning.search.Tuned
                  ("busy: measured", tuned.busy.label(), tuned.busy_best)]
     lines = [f"{'':<22}{'settings':<58}{'prefill':>9}{'decode':>9}   tok/s"]
     lines += [f"{name:<22}{label:<58}{s.prefill:>9.0f}{s.decode:>9.1f}" for name, label, s in rows]
-    lines.append(f"{len(tuned.trials)} settings measured in {tuned.seconds:.0f} s; kept for this model, device and "
-                 "llama.cpp build (`autoglm doctor` shows the plan that uses them)")
+    lines.append(f"{len(tuned.trials)} settings measured in {tuned.seconds:.0f} s, chosen for "
+                 f"{describe(tuned.workload)}; kept for this model, device and llama.cpp build (`autoglm doctor` "
+                 "shows the plan that uses them)")
     return "\n".join(lines)
+
+
+def describe(workload: str) -> str:
+    from autoglm.engine.tuning.search import WORKLOADS
+
+    ratio = WORKLOADS.get(workload)
+    return (f"{workload} ({ratio:.0f} prompt tokens per reply token: the whole request's time)" if ratio
+            else f"{workload} (reading speed first: no prompt gain that slows replies)")
 
 
 def render_variants(rows, chosen) -> str:  # noqa: ANN001 - tuning.quality Variants
@@ -79,6 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="installed model or source (default: the chat model)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds to spend measuring (default 60)")
     p.add_argument("--gpu-layers", type=int, help="tune for this many layers on the GPU (default: planned)")
+    p.add_argument("--workload", choices=["chat", "documents"], default="chat",
+                   help="what to be fastest at: chat (replies read as they stream; default) or documents (long "
+                   "prompts, short answers: questions over files, classify and extract by a tuned prompt)")
     p.add_argument("--quants", help="also these versions (e.g. Q4_0,Q8_0: an hf: model's repo files, else "
                    "re-quantized), measure speed and quality against the most precise, and run the fastest "
                    "within the quality budget from now on")

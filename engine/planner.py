@@ -267,7 +267,7 @@ def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | Non
         r["n_ubatch"] = f"{idle.n_ubatch}-token micro-batches: measured faster prefill here ({ago})"
     if idle.extra_bufts != plan.use_extra_bufts and (not idle.extra_bufts or (verdict and verdict.ok)):
         plan.use_extra_bufts = idle.extra_bufts
-        r["use_extra_bufts"] += f"; {'on' if idle.extra_bufts else 'off'}: measured faster here"
+        r["use_extra_bufts"] += f"; {'on' if idle.extra_bufts else 'off'}: measured faster here for {tuned.workload}"
     if ov.gpu_layers is None and idle.gpu_layers and idle.gpu_layers != plan.gpu_layers:
         r["gpu_layers"] = (f"{idle.gpu_layers} of the model's layers: measured faster here than the {plan.gpu_layers} "
                            f"the free memory suggested ({ago})")
@@ -276,7 +276,7 @@ def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | Non
     r["wait_policy"] = (f"{idle.wait}: measured faster here ({ago}); set when a process starts, before llama.cpp "
                         "loads (OMP_WAIT_POLICY in the environment wins)")
     plan.measured = True
-    r["measured"] = (f"{ago}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "
+    r["measured"] = (f"{ago}, for {tuned.workload}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "
                      f"(the rules' settings: {base.prefill:.0f} / {base.decode:.0f})")
     return plan
 

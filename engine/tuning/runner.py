@@ -122,10 +122,12 @@ def base_config(prepared: Prepared) -> Config:
 
 
 def tune(prepared: Prepared, budget_s: float = 60.0,
-         on_trial: Callable[[Config, Speed], None] | None = None, nice: int = 0, user_layers: bool = False) -> Tuned:
+         on_trial: Callable[[Config, Speed], None] | None = None, nice: int = 0, user_layers: bool = False,
+         workload: str = "chat") -> Tuned:
     """Measure, choose, cache; what the planner then uses for this model on this device.
     ``on_trial`` may raise to stop early (nothing is stored then). ``user_layers``: the GPU layer
-    count was set by the user, so other splits are not measured (the plan would not take them)."""
+    count was set by the user, so other splits are not measured (the plan would not take them).
+    ``workload``: what a trade of prefill against decode is judged by (search.WORKLOADS)."""
     children = Children(str(prepared.model.path), prepared.plan.gpu_layers, nice)
 
     def measure(config: Config) -> Speed:
@@ -136,11 +138,10 @@ def tune(prepared: Prepared, budget_s: float = 60.0,
 
     cores = prepared.device.cpu.big_cores or prepared.device.cpu.physical_cores or 1
     try:
-        tuned = Search(measure, budget_s).run(base_config(prepared), cores,
-                                              extra_bufts_ok=bool(prepared.verdict and prepared.verdict.ok),
-                                              wait_policies=True,
-                                              layers=[] if user_layers else
-                                              layer_choices(prepared.plan.gpu_layers, prepared.model.facts.n_layers))
+        tuned = Search(measure, budget_s, workload=workload).run(
+            base_config(prepared), cores, extra_bufts_ok=bool(prepared.verdict and prepared.verdict.ok),
+            wait_policies=True,
+            layers=[] if user_layers else layer_choices(prepared.plan.gpu_layers, prepared.model.facts.n_layers))
     finally:
         children.close()
     if tuned.base.ok:

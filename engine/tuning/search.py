@@ -19,6 +19,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 NOISE = 0.03  # a knob must win by more than this to move the choice off the planner's
+# What a request is, for the choice between knobs that trade prefill for decode (repacked weights: on a 2-core
+# AVX-512 EPYC with the 1.5B, 109 against 149 prompt tok/s and 30 against 25 reply tok/s). "chat": replies
+# are read as they stream, so decode comes first. "documents": long prompts, short answers (questions over a
+# file, classify or extract by a tuned prompt): 20 prompt tokens per reply token, and the whole request's time.
+WORKLOADS: dict[str, float | None] = {"chat": None, "documents": 20.0}
 UBATCHES = (128, 256, 512)
 CONFIRM_ROUNDS = 2
 IDLE_SHARE = 0.7  # of the budget; the rest is kept for the busy-machine measurements
@@ -73,6 +78,7 @@ class Tuned:
     trials: list[Trial] = field(default_factory=list)
     measured_at: float = field(default_factory=time.time)
     seconds: float = 0.0
+    workload: str = "chat"  # what the knobs were chosen for (WORKLOADS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,7 +93,8 @@ class Tuned:
                    busy_best=speed(data.get("busy_best")),
                    trials=[Trial(Config(**t["config"]), Speed(**t["speed"]), t["knob"])
                            for t in data.get("trials", [])],
-                   measured_at=data.get("measured_at", 0.0), seconds=data.get("seconds", 0.0))
+                   measured_at=data.get("measured_at", 0.0), seconds=data.get("seconds", 0.0),
+                   workload=data.get("workload", "chat") if data.get("workload") in WORKLOADS else "chat")
 
 
 def thread_counts(cores: int) -> list[int]:
@@ -118,18 +125,29 @@ def score(speed: Speed, ref: Speed) -> float:
     return math.sqrt(speed.prefill / ref.prefill * speed.decode / ref.decode)
 
 
-def improves(speed: Speed, ref: Speed) -> bool:
-    """Better overall by more than the noise, and not slower to read: on Qwen2.5-Coder-1.5B (2 AVX-512
-    cores) the geometric mean alone took a setting with 1.39x prefill and 0.82x decode. A reply's
-    reading speed is most of a chat's time and all of a stream's, so a prefill gain does not buy a
-    decode loss."""
-    return score(speed, ref) > 1.0 + NOISE and speed.decode >= ref.decode * (1.0 - NOISE)
+def request_time(speed: Speed, prompt_ratio: float) -> float:
+    """Seconds per reply token with its share of the prompt (``prompt_ratio`` prompt tokens each)."""
+    return prompt_ratio / speed.prefill + 1.0 / speed.decode
+
+
+def improves(speed: Speed, ref: Speed, prompt_ratio: float | None = None) -> bool:
+    """Chat (``prompt_ratio`` None): better overall by more than the noise, and not slower to read: on
+    Qwen2.5-Coder-1.5B (2 AVX-512 cores) the geometric mean alone took a setting with 1.39x prefill
+    and 0.82x decode. A reply's reading speed is most of a chat's time and all of a stream's, so a
+    prefill gain does not buy a decode loss. Documents: a request's whole time, prompt included,
+    shorter by more than the noise."""
+    if prompt_ratio is None:
+        return score(speed, ref) > 1.0 + NOISE and speed.decode >= ref.decode * (1.0 - NOISE)
+    return speed.ok and request_time(ref, prompt_ratio) > request_time(speed, prompt_ratio) * (1.0 + NOISE)
 
 
 class Search:
     def __init__(self, measure: Callable[[Config], Speed], budget_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workload: str = "chat") -> None:
+        if workload not in WORKLOADS:
+            raise ValueError(f"unknown workload {workload!r}")
         self.measure, self.budget_s, self.clock = measure, budget_s, clock
+        self.workload, self.prompt_ratio = workload, WORKLOADS[workload]
         self.started = clock()
         self.trials: list[Trial] = []
 
@@ -151,7 +169,8 @@ class Search:
         core taken."""
         base_speed = self._try(base, "base")
         if not base_speed.ok:
-            return Tuned(base, None, base_speed, base_speed, None, None, self.trials, seconds=self._elapsed())
+            return Tuned(base, None, base_speed, base_speed, None, None, self.trials, seconds=self._elapsed(),
+                         workload=self.workload)
         best, best_speed = base, base_speed
         counts = [n for n in thread_counts(cores) if n != base.threads]
         measured = {base.threads: base_speed}
@@ -186,13 +205,14 @@ class Search:
             if knob == "n_ubatch":  # the micro-batch splits prompts only: a decode step is one row
                 wins = speed.ok and speed.prefill > best_speed.prefill * (1.0 + NOISE)
             else:
-                wins = improves(speed, best_speed)
+                wins = improves(speed, best_speed, self.prompt_ratio)
             if wins:
                 best, best_speed = candidate, speed
         if best != base:
             best, base_speed, best_speed = self._confirm(base, best, base_speed, best_speed)
         busy, busy_base, busy_best = self._busy(best, cores)
-        return Tuned(best, busy, base_speed, best_speed, busy_base, busy_best, self.trials, seconds=self._elapsed())
+        return Tuned(best, busy, base_speed, best_speed, busy_base, busy_best, self.trials, seconds=self._elapsed(),
+                     workload=self.workload)
 
     def _confirm(self, base: Config, best: Config, base_speed: Speed,
                  best_speed: Speed) -> tuple[Config, Speed, Speed]:
@@ -206,7 +226,7 @@ class Search:
         if len(runs[best]) == 1:  # no time left to confirm it: an unconfirmed winner is not trusted
             return base, base_speed, base_speed
         base_speed, best_speed = _median(runs[base]), _median(runs[best])
-        if improves(best_speed, base_speed):
+        if improves(best_speed, base_speed, self.prompt_ratio):
             return best, base_speed, best_speed
         return base, base_speed, base_speed
 

@@ -100,3 +100,65 @@ def test_2p_streaming_clients_with_long_prompts_and_disconnects(default_model, p
     assert peak == parallel  # every slot was decoding at once: the batch that used to abort llama.cpp
     print(f"parallel {parallel}: {len(finished)} finished, {ends.count('disconnected')} disconnected, "
           f"peak {peak:.0f} active")
+
+
+def chat_text(url: str, content: str, max_tokens: int, hang_up_after: int | None = None) -> tuple[str, str]:
+    """One streaming temperature-0 request: (how it ended, its text)."""
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
+    body = json.dumps({"messages": [{"role": "user", "content": content}], "stream": True,
+                       "max_tokens": max_tokens, "temperature": 0})
+    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()[:300]
+    text, finish, seen = "", None, 0
+    for raw in resp:
+        line = raw.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            conn.close()
+            return f"done:{finish}", text
+        event = json.loads(line[6:])
+        assert "error" not in event, event
+        text += event["choices"][0]["delta"].get("content") or ""
+        finish = event["choices"][0]["finish_reason"] or finish
+        seen += 1
+        if hang_up_after is not None and seen >= hang_up_after:
+            conn.close()
+            return "disconnected", text
+    conn.close()
+    return "cut", text
+
+
+def test_more_clients_than_slots_through_long_recalled_steps(default_model):
+    """Six copy requests on two slots, twice: the second wave drafts whole earlier replies (steps of
+    up to 63 rows) while four clients wait in the queue, and one hangs up in the middle of them.
+    Every stream ends properly, the recalled drafts were verified, and the server is idle after."""
+    from benchmarks.speculative import DOC
+
+    texts = [DOC, DOC.replace("oranges", "pears").replace("Leith", "Perth"), DOC[:200] + " " + DOC[:150]]
+    asks = [f"Repeat the following text exactly, word for word:\n\n{t}" for t in texts] * 2
+    with server("--parallel", "2", "--ctx", "2048", "--max-queue", "16") as (url, _banner):
+        with ThreadPoolExecutor(6) as pool:
+            first = list(pool.map(lambda a: chat_text(url, a, 120), asks))
+        drafted_before = gauge(url, "autoglm_draft_accepted")
+        with ThreadPoolExecutor(6) as pool:
+            second = list(pool.map(lambda ia: chat_text(url, ia[1], 120, 20 if ia[0] == 4 else None),
+                                   enumerate(asks)))
+        recalled = gauge(url, "autoglm_draft_accepted") - drafted_before
+        deadline = time.time() + 60
+        while time.time() < deadline and (gauge(url, "autoglm_active_sequences") or gauge(url, "autoglm_queue_depth")):
+            time.sleep(0.2)
+        assert gauge(url, "autoglm_active_sequences") == 0 and gauge(url, "autoglm_queue_depth") == 0
+        assert gauge(url, "autoglm_peak_active_sequences") == 2
+        u = urlparse(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+    assert all(end in ("done:stop", "done:length") and text for end, text in first), first
+    ends = [end for end, _ in second]
+    assert ends[4] == "disconnected" and all(e in ("done:stop", "done:length") for i, e in enumerate(ends) if i != 4)
+    # the repeats were mostly drafted from the first wave's replies (5 finished, about 100 tokens each)
+    assert recalled > 200, recalled
+    print(f"second wave: {recalled:.0f} drafted tokens accepted")

@@ -45,24 +45,31 @@ def stream_one(url: str, i: int) -> str:
         conn.close()
         return "429"
     assert resp.status == 200, resp.read()[:300]
-    disconnect = i % 5 == 4
-    seen, finish = 0, None
+    return read_stream(conn, resp, 2 if i % 5 == 4 else None)[0]
+
+
+def read_stream(conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+                hang_up_after: int | None = None) -> tuple[str, str]:
+    """(how a streamed reply ended, its text): done:<finish reason>, disconnected (we hung up after
+    ``hang_up_after`` events: the server must cancel it and free the slot), or cut (no [DONE]: a failure)."""
+    text, finish, seen = "", None, 0
     for raw in resp:
         line = raw.decode().strip()
         if not line.startswith("data: "):
             continue
         if line == "data: [DONE]":
             conn.close()
-            return f"done:{finish}"
+            return f"done:{finish}", text
         event = json.loads(line[6:])
         assert "error" not in event, event
+        text += event["choices"][0]["delta"].get("content") or ""
         finish = event["choices"][0]["finish_reason"] or finish
         seen += 1
-        if disconnect and seen >= 2:
-            conn.close()  # gone mid-stream: the server must cancel it and free the slot
-            return "disconnected"
+        if hang_up_after is not None and seen >= hang_up_after:
+            conn.close()
+            return "disconnected", text
     conn.close()
-    return "cut"  # the stream ended without [DONE]: a failure
+    return "cut", text
 
 
 def gauge(url: str, name: str) -> float:
@@ -111,24 +118,7 @@ def chat_text(url: str, content: str, max_tokens: int, hang_up_after: int | None
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200, resp.read()[:300]
-    text, finish, seen = "", None, 0
-    for raw in resp:
-        line = raw.decode().strip()
-        if not line.startswith("data: "):
-            continue
-        if line == "data: [DONE]":
-            conn.close()
-            return f"done:{finish}", text
-        event = json.loads(line[6:])
-        assert "error" not in event, event
-        text += event["choices"][0]["delta"].get("content") or ""
-        finish = event["choices"][0]["finish_reason"] or finish
-        seen += 1
-        if hang_up_after is not None and seen >= hang_up_after:
-            conn.close()
-            return "disconnected", text
-    conn.close()
-    return "cut", text
+    return read_stream(conn, resp, hang_up_after)
 
 
 def test_more_clients_than_slots_through_long_recalled_steps(default_model):

@@ -7,11 +7,13 @@ its self-test can never be loaded in-process by any of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from autoglm.engine import hardware, selftest
 from autoglm.engine.backends import native
 from autoglm.engine.backends.llama_executor import LlamaExecutor
 from autoglm.engine.backends.llamacpp import LlamaBackend
+from autoglm.engine.backends.split_executor import SplitExecutor
 from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
 from autoglm.engine.models.manager import ResolvedModel, resolve
 from autoglm.engine.models.progress import Progress
@@ -144,10 +146,19 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
                            use_extra_bufts=plan.use_extra_bufts, use_mmap=plan.use_mmap)
     n_batch = max(plan.n_batch, parallel + MIN_CHUNK)
     drafter = load_draft(prepared, backend, draft, parallel, ctx_per_seq or plan.n_ctx, n_batch) if draft else None
-    executor = LlamaExecutor(backend.model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx,
-                             n_batch=n_batch, threads=plan.threads,
-                             threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
+
+    def context(model: Any) -> LlamaExecutor:
+        return LlamaExecutor(model, n_seq=parallel, ctx_per_seq=ctx_per_seq or plan.n_ctx, n_batch=n_batch,
+                             threads=plan.threads, threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                              offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type, n_ubatch=plan.n_ubatch)
+
+    executor: LlamaExecutor | SplitExecutor
+    if not plan.split_prompt:
+        executor = context(backend.model)
+    else:  # the same file again, not repacked, for prompt rows (SplitExecutor)
+        plain = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=0, use_extra_bufts=False,
+                             use_mmap=plan.use_mmap)
+        executor = SplitExecutor(context(plain.model), context(backend.model), keep=plain)
     scheduler = Scheduler(executor, parallel, ctx_per_seq or plan.n_ctx, max_queue, speculative=speculative,
                           draft=drafter)
     if plan.threads_adaptive:

@@ -80,6 +80,7 @@ class Plan:
     threads_adaptive: bool = True  # fewer threads while other processes take cores (off when the user set them)
     wait_policy: str = "spin"  # OpenMP workers between steps: "spin" (llama.cpp's default) or "passive"
     measured: bool = False  # settings from `autoglm tune` rather than rules
+    split_prompt: bool = False  # prompt rows on plain weights, one-row steps on repacked ones (SplitExecutor)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,7 +240,8 @@ def _slots(kv_tokens: int, on_gpu: bool) -> tuple[int, str]:
     return n, f"{n}: the model runs (at least partly) on the CPU, where more sequences add latency, not throughput"
 
 
-def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | None) -> Plan:
+def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | None, model: ModelFacts,
+                 device: DeviceFacts) -> Plan:
     """What `autoglm tune` measured beats the rules: each knob it moved, with the numbers; the
     user's own settings and safe mode still win."""
     if ov.safe or not tuned.best.ok:
@@ -275,10 +277,38 @@ def _apply_tuned(plan: Plan, tuned: Tuned, ov: Overrides, verdict: Verdict | Non
     plan.wait_policy = idle.wait
     r["wait_policy"] = (f"{idle.wait}: measured faster here ({ago}); set when a process starts, before llama.cpp "
                         "loads (OMP_WAIT_POLICY in the environment wins)")
+    plan.split_prompt, r["split_prompt"] = _split_prompt(plan, tuned, ov, model, device)
     plan.measured = True
     r["measured"] = (f"{ago}, for {tuned.workload}: prefill {best.prefill:.0f} tok/s, decode {best.decode:.0f} tok/s "
                      f"(the rules' settings: {base.prefill:.0f} / {base.decode:.0f})")
     return plan
+
+
+SPLIT_GAIN = 1.2  # plain weights must prefill this much faster than repacked ones to load both
+
+
+def _split_prompt(plan: Plan, tuned: Tuned, ov: Overrides, model: ModelFacts, device: DeviceFacts) -> tuple[bool, str]:
+    """Both weight layouts at once (SplitExecutor) where `tune` measured repacking faster to decode
+    but the plain weights faster to prefill, and free RAM holds a second copy of the weights and of
+    the KV cache. On the GPU and in safe mode, never."""
+    if ov.safe or plan.gpu_layers or not plan.use_extra_bufts:
+        return False, "off: " + ("safe mode" if ov.safe else "layers on the GPU" if plan.gpu_layers
+                                 else "one weight layout (no repacking)")
+    same = [t for t in tuned.trials
+            if t.speed.ok and not t.config.busy and t.config.threads_batch == plan.threads_batch]
+    packed = max((t.speed.prefill for t in same if t.config.extra_bufts), default=0.0)
+    plain = max((t.speed.prefill for t in same if not t.config.extra_bufts), default=0.0)
+    if not packed or plain < packed * SPLIT_GAIN:
+        return False, (f"off: plain weights prefilled {plain:.0f} tok/s, repacked {packed:.0f}: not {SPLIT_GAIN}x"
+                       if packed and plain else "off: `tune` measured no prefill without repacking")
+    kv = model.kv_bytes_per_token() * plan.n_ctx * plan.slots
+    need, free = 2 * (model.size + kv), device.ram_available * RAM_HEADROOM
+    if need > free:
+        return False, (f"off: plain weights prefill {plain / packed:.2f}x faster, but two copies of the weights and "
+                       f"KV cache ({_fmt_gib(need)}) exceed free RAM ({_fmt_gib(int(free))})")
+    return True, (f"on: prompt chunks and verified drafts on plain weights ({plain:.0f} tok/s), one-row steps on "
+                  f"repacked ones ({packed:.0f} tok/s prefill; faster decode), as `tune` measured; a second copy of "
+                  f"the weights and KV cache, {_fmt_gib(model.size + kv)}")
 
 
 def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = None,
@@ -319,7 +349,7 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
         flash_attn=True, use_mmap=mmap, kernels=kernels, reasons=reasons, kv_type=kv_type, kv_tokens=kv_tokens,
         slots=slots, threads_adaptive=not ov.threads,
     )
-    return _apply_tuned(plan, tuned, ov, verdict) if tuned is not None else plan
+    return _apply_tuned(plan, tuned, ov, verdict, model, device) if tuned is not None else plan
 
 
 # Best quality first; F16/F32 are left out of automatic choice (2-4x the memory traffic per token).

@@ -76,6 +76,12 @@ class FakeExecutor:
     def clear(self) -> None:
         self.kv = [[] for _ in range(self.n_seq)]
 
+    def save_seq(self, seq: int) -> list[int]:
+        return list(self.kv[seq])
+
+    def load_seq(self, seq: int, data: list[int]) -> None:
+        self.kv[seq] = list(data)
+
     def sampler(self, params: SamplingParams, grammar: str | None = None) -> object:
         if grammar == "bad":
             from autoglm.engine.errors import InvalidArgumentError

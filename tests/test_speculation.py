@@ -571,3 +571,70 @@ def test_a_copying_sequence_probes_even_after_free_text_drove_recent_acceptance_
     code = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 5, 6, 7, 8]
     probe = d.draft(code, 20, measured)
     assert probe and probe == [9, 10, 11, 12][:len(probe)]  # what followed the last 4 tokens, at most PROBE_K
+
+
+def _split_run(split: bool, copy_period: int | None) -> tuple[list[str], dict[str, int], int]:
+    """Three streams, speculating, on one fake context or on two (SplitExecutor): the fakes check that
+    every row continues its sequence's cells exactly, so a missed copy between the contexts fails."""
+    from autoglm.engine.backends.split_executor import SplitExecutor
+
+    def fake() -> FakeExecutor:
+        return FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period)
+
+    executor = SplitExecutor(fake(), fake()) if split else fake()
+    s = Scheduler(executor, parallel=3, ctx_per_seq=128, speculative=True).start()
+    try:
+        prompts = [[3, 1, 4, 1, 5] * 6, [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13], [3, 1, 4, 1, 5] * 6]
+        reqs = [s.submit(p, GREEDY_LONG) for p in prompts]  # four on three slots: one reuses a prefix
+        texts = ["".join(e.text for e in r.stream()) for r in reqs]
+        return texts, dict(s.stats), getattr(executor, "copies", 0)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("copy_period", [5, None])
+def test_prompt_rows_on_one_context_and_decode_rows_on_another_keep_the_text(copy_period):
+    """Prompt chunks and verified drafts run on the plain weights' context, one-row steps on the
+    repacked one: each sequence's cells follow it between them, and the text is what one context gives."""
+    one, one_stats, _ = _split_run(False, copy_period)
+    two, two_stats, copies = _split_run(True, copy_period)
+    assert two == one and two_stats["tokens_generated"] == one_stats["tokens_generated"]
+    assert copies >= 3  # every prompt's cells went to the decoding context at least once
+    if copy_period == 5:
+        assert two_stats["draft_accepted"] > 25
+
+
+@pytest.mark.slow
+def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text(default_model):
+    """SplitExecutor over llama.cpp itself: two contexts over the same weights (so the same rounding),
+    requests one at a time (so the same steps), speculating: prompt chunks and verified drafts on one,
+    one-row steps on the other, each sequence's cells copied across at every switch. The text must be
+    the one context's to the bit, with prefix reuse and rejected drafts' cells trimmed on the way."""
+    from autoglm.engine import loader
+    from autoglm.engine.backends.llama_executor import LlamaExecutor
+    from autoglm.engine.backends.llamacpp import LlamaBackend
+    from autoglm.engine.backends.split_executor import SplitExecutor
+    from autoglm.engine.tasks.chat import PromptBuilder
+
+    plan = loader.prepare(None, pinned()).plan
+    backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=0, use_extra_bufts=False,
+                           use_mmap=True)
+
+    def context() -> LlamaExecutor:
+        return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=256, threads=plan.threads)
+
+    builder = PromptBuilder(backend)
+    prompts = [builder.tokens([{"role": "user", "content": p}]) for p in PROMPTS]
+    prompts.append(prompts[0])  # again: prefix reuse, and the reply recalled whole
+    outputs, copies = {}, 0
+    for split in (False, True):
+        executor = SplitExecutor(context(), context()) if split else context()
+        scheduler = Scheduler(executor, parallel=2, ctx_per_seq=1024, speculative=True).start()
+        try:
+            outputs[split] = ["".join(e.text for e in scheduler.submit(p, GREEDY_LONG).stream()) for p in prompts]
+            drafted = scheduler.stats["draft_accepted"]
+        finally:
+            scheduler.close()
+        copies = getattr(executor, "copies", 0)
+    assert outputs[True] == outputs[False]
+    assert drafted > 50 and copies >= 2 * len(prompts)  # drafts verified, sequences moved both ways

@@ -110,6 +110,28 @@ def test_repacking_is_chosen_by_workload_reading_speed_for_chat_the_whole_reques
     assert not plan.use_extra_bufts and "measured faster here for documents" in plan.reasons["use_extra_bufts"]
 
 
+def test_both_weight_layouts_are_planned_where_tune_measured_the_prefill_gain_and_memory_holds_them():
+    """Repacking kept for decode (chat), but the plain weights prefilled 1.37x faster: the plan loads
+    both (SplitExecutor). Not under the 1.2x gain, not without room for a second copy, not in safe mode."""
+    def measure(gain: float):
+        def speed(config: Config) -> Speed:
+            return Speed(prefill=109.0, decode=30.2) if config.extra_bufts else Speed(prefill=109.0 * gain, decode=25.0)
+        return speed
+
+    base = replace(BASE, threads=2, threads_batch=2)
+    dev = device("epyc-2core-vm")
+    tuned = Search(measure(1.37), budget_s=60).run(base, cores=2, extra_bufts_ok=True, wait_policies=False)
+    plan = make_plan(SMOLLM2, dev, PASSED, tuned=tuned)
+    assert plan.use_extra_bufts and plan.split_prompt and plan.reasons["split_prompt"].startswith("on: ")
+    small = Search(measure(1.1), budget_s=60).run(base, cores=2, extra_bufts_ok=True, wait_policies=False)
+    assert not make_plan(SMOLLM2, dev, PASSED, tuned=small).split_prompt
+    tight = replace(dev, ram_available=int(SMOLLM2.size * 2.5))
+    plan = make_plan(SMOLLM2, tight, PASSED, tuned=tuned)
+    assert not plan.split_prompt and "exceed free RAM" in plan.reasons["split_prompt"]
+    assert not make_plan(SMOLLM2, dev, PASSED, Overrides(safe=True), tuned=tuned).split_prompt
+    assert not make_plan(SMOLLM2, dev, PASSED).split_prompt  # the rules alone never do
+
+
 def test_the_budget_bounds_the_search():
     measure, clock = _timed(10.0)
     tuned = Search(measure, budget_s=25, clock=clock).run(BASE, 4, True, True)

@@ -87,6 +87,20 @@ class LlamaExecutor:
         if rc != 0:
             raise BackendError(f"llama_decode failed ({rc})")
 
+    def save_seq(self, seq: int) -> Any:
+        """Sequence ``seq``'s cells, to ``load_seq`` into another context over the same model file."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, seq)
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx, data, size, seq) != size:
+            raise BackendError(f"llama.cpp could not save sequence {seq}'s cells")
+        return data
+
+    def load_seq(self, seq: int, data: Any) -> None:
+        """Replace sequence ``seq``'s cells by saved ones."""
+        self.trim(seq, 0)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, data, len(data), seq) != len(data):
+            raise BackendError(f"llama.cpp could not load sequence {seq}'s cells (out of KV cells?)")
+
     def clear(self) -> None:
         """Forget every sequence's cells (after a failed step their state is unknown)."""
         llama_cpp.llama_memory_clear(self.memory, True)

@@ -141,8 +141,10 @@ def compare(model: str | None, args: argparse.Namespace) -> None:
             name = prepared.model.manifest.name if prepared.model.manifest else None
             if name is None:
                 raise SystemExit("--tuned needs an installed model")
-            print(f"tuned: {prepared.model.label}; {prepared.plan.reasons.get('model', 'no measured version')}")
+            print(f"tuned: {prepared.model.label}; {prepared.plan.reasons.get('model', 'no measured version')}; "
+                  f"split prompt {prepared.plan.reasons.get('split_prompt')}")
             servers["tuned"] = stack.enter_context(ours(plan, model=name, **kw))
+            servers["tuned plain"] = stack.enter_context(ours(plan, model=name, extra=["--no-speculate"], **kw))
         if binary:
             servers["llama-server"] = stack.enter_context(llama_server(binary, plan, **kw))
             for spec in filter(None, args.llama_spec.split(",")):
@@ -188,10 +190,14 @@ def compare(model: str | None, args: argparse.Namespace) -> None:
             if binary and args.tuned:
                 row += f"{med['tuned'] / med['llama-server']:>20.2f}x"
             if best_peer:
-                row += f"  n-gram/best peer ({best_peer}) {med['n-gram'] / med[best_peer]:.2f}x"
                 # the first round alone: a request neither side has seen (both keep n-grams of earlier replies)
                 first_peer = max((n for n in names if n.startswith("ls ")), key=lambda n: rates[n][0])
-                row += f", first round {rates['n-gram'][0] / rates[first_peer][0]:.2f}x ({first_peer})"
+                for ours_ in ("n-gram", "tuned") if args.tuned else ("n-gram",):
+                    row += (f"  {ours_}/best peer ({best_peer}) {med[ours_] / med[best_peer]:.2f}x, first round "
+                            f"{rates[ours_][0] / rates[first_peer][0]:.2f}x ({first_peer})")
+            if args.tuned:
+                kept = sum(a == b for a, b in zip(texts["tuned"], texts["tuned plain"], strict=True))
+                row += f", tuned text as tuned plain {kept} of {args.rounds}"
             print(row, flush=True)
         if args.no_batch:
             return

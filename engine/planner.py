@@ -306,7 +306,7 @@ def _split_prompt(plan: Plan, tuned: Tuned, ov: Overrides, model: ModelFacts, de
     if need > free:
         return False, (f"off: plain weights prefill {plain / packed:.2f}x faster, but two copies of the weights and "
                        f"KV cache ({_fmt_gib(need)}) exceed free RAM ({_fmt_gib(int(free))})")
-    return True, (f"on: prompt chunks and verified drafts on plain weights ({plain:.0f} tok/s), one-row steps on "
+    return True, (f"on: prompt chunks and long drafts on plain weights ({plain:.0f} tok/s), decode steps on "
                   f"repacked ones ({packed:.0f} tok/s prefill; faster decode), as `tune` measured; a second copy of "
                   f"the weights and KV cache, {_fmt_gib(model.size + kv)}")
 
@@ -340,6 +340,7 @@ def make_plan(model: ModelFacts, device: DeviceFacts, verdict: Verdict | None = 
                           f"{n_batch}-token prefill chunks: large enough for matrix kernels, bounded memory")
     reasons["flash_attn"] = ("on: it skips other sequences' KV cells exactly, so batched text equals solo text "
                              "on the CPU, and it measured faster for batches (CPU and GPU)")
+    reasons["split_prompt"] = "off: `autoglm tune` measures whether plain weights prefill faster here"
     mmap = model.size < device.ram_available * RAM_HEADROOM
     reasons["use_mmap"] = ("on: the file maps into memory and loads instantly" if mmap else
                            f"off: {_fmt_gib(model.size)} model exceeds free RAM; reading it avoids page thrash")

@@ -581,7 +581,7 @@ def _split_run(split: bool, copy_period: int | None) -> tuple[list[str], dict[st
     def fake() -> FakeExecutor:
         return FakeExecutor(n_seq=3, n_batch=48, copy_period=copy_period)
 
-    executor = SplitExecutor(fake(), fake()) if split else fake()
+    executor = SplitExecutor(fake(), fake(), min_rows=2) if split else fake()
     s = Scheduler(executor, parallel=3, ctx_per_seq=128, speculative=True).start()
     try:
         prompts = [[3, 1, 4, 1, 5] * 6, [2, 7, 1, 8, 2, 8], [1, 1, 2, 3, 5, 8, 13], [3, 1, 4, 1, 5] * 6]
@@ -628,7 +628,7 @@ def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text
     prompts.append(prompts[0])  # again: prefix reuse, and the reply recalled whole
     outputs, copies = {}, 0
     for split in (False, True):
-        executor = SplitExecutor(context(), context()) if split else context()
+        executor = SplitExecutor(context(), context(), min_rows=2) if split else context()
         scheduler = Scheduler(executor, parallel=2, ctx_per_seq=1024, speculative=True).start()
         try:
             outputs[split] = ["".join(e.text for e in scheduler.submit(p, GREEDY_LONG).stream()) for p in prompts]

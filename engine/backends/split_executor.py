@@ -1,12 +1,12 @@
-"""Prompt rows on the model's plain weights, one-row decode steps on its repacked weights.
+"""Long steps (prompt chunks, long drafts) on the model's plain weights, short ones on its repacked weights.
 
 llama.cpp repacks quantized weights (its "extra buffer types") for faster matrix-vector products,
 and on some CPUs its repacked matrix-matrix kernels are slower than the plain ones. On a 2-core
 AVX-512 EPYC with Qwen2.5-Coder-1.5B Q4_K_M: repacked, prefill 104 tok/s and decode 30.3; plain,
 145 and 23.9. One weight layout per model can have one of the two. Two loads of the same file can
-have both: this executor runs every step with several rows of one sequence (prompt chunks,
-verified drafts) on a context over the plain weights and every step of one row per sequence on a
-context over the repacked ones. Each keeps its own KV cells; a sequence's cells are copied
+have both: this executor runs a sequence's rows on a context over the plain weights when a step
+has 32 or more of them (prompt chunks, long verified drafts) and on a context over the repacked
+weights otherwise (decode steps, short drafts). Each keeps its own KV cells; a sequence's cells are copied
 (``llama_state_seq_*``: about 8 ms for 10 MB, 360 tokens of the 1.5B) to the context a step runs
 on when the other one wrote newer cells. The planner turns it on only where `autoglm tune`
 measured the gain and memory holds both copies (``Plan.split_prompt``).
@@ -21,10 +21,16 @@ import numpy as np
 
 from autoglm.engine.backends.llama_executor import RowLike
 
+# Below this many rows of one sequence in a step the repacked weights are faster (the 1.5B, 2 AVX-512 cores,
+# 300 cells, best of 3: 8 rows 242 ms repacked / 332 ms plain, 16 rows 301 / 346, 24 rows 470 / 449, 32 rows
+# 492 / 485, 48 rows 741 / 644, 63 rows 1045 / 795): short drafts stay, long drafts and prompt chunks move.
+MIN_ROWS = 32
+
 
 class SplitExecutor:
-    def __init__(self, prompt: Any, decode: Any, keep: Any = None) -> None:
-        """``keep``: what must outlive the prompt context (its loaded model)."""
+    def __init__(self, prompt: Any, decode: Any, keep: Any = None, min_rows: int = MIN_ROWS) -> None:
+        """``keep``: what must outlive the prompt context (its loaded model); ``min_rows``: a sequence
+        with at least this many rows in a step runs them on the plain weights."""
         if (prompt.n_seq, prompt.n_batch) != (decode.n_seq, decode.n_batch):
             raise ValueError("the two contexts must hold the same sequences and batch")
         self.prompt, self.decoder = prompt, decode
@@ -33,7 +39,7 @@ class SplitExecutor:
         self._where: list[tuple[int, int]] = []  # by row of the last step: (0 repacked / 1 plain, its row there)
         self._logit_rows: list[int] = []
         self.copies = 0  # sequences copied between the contexts (for benchmarks and tests)
-        self.keep = keep
+        self.keep, self.min_rows = keep, min_rows
 
     def _sync(self, seq: int, target: Any) -> None:
         source = self.newer.pop(seq, None)
@@ -51,19 +57,19 @@ class SplitExecutor:
                 ex.trim(seq, keep)
 
     def decode(self, rows: Sequence[RowLike]) -> None:
-        """Rows of sequences with one row in the step on the repacked context, rows of sequences
-        with several on the plain one: a step with both (streams decoding beside a prompt chunk or
-        a verified draft) is two llama.cpp calls, so running streams never move their cells."""
+        """Rows of sequences with few rows in the step on the repacked context, rows of sequences
+        with ``min_rows`` or more on the plain one: a step with both (streams decoding beside a prompt
+        chunk or a long verified draft) is two llama.cpp calls, so running streams never move their cells."""
         count: dict[int, int] = {}
         for row in rows:
             count[row.seq] = count.get(row.seq, 0) + 1
-        parts: dict[int, list[RowLike]] = {0: [], 1: []}  # 0: repacked (one row), 1: plain (several)
+        parts: dict[int, list[RowLike]] = {0: [], 1: []}  # 0: repacked (few rows), 1: plain (min_rows or more)
         self._where = []
         self._logit_rows = [n for n, row in enumerate(rows) if row.logits]
         for row in rows:
-            part = parts[int(count[row.seq] > 1)]
-            self._where.append((int(count[row.seq] > 1), len(part)))
-            part.append(row)
+            side = int(count[row.seq] >= self.min_rows)
+            self._where.append((side, len(parts[side])))
+            parts[side].append(row)
         for side, ex in ((1, self.prompt), (0, self.decoder)):
             if not parts[side]:
                 continue

@@ -151,9 +151,15 @@ def main() -> None:
                         help="measure each row this many times, alternating which server goes first, and print "
                              "the median ratio (this machine is noisy: one pair of runs varies by +-15%%)")
     parser.add_argument("--no-prefix", action="store_true", help="skip the prefix-reuse measurement")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also our server on the model by name: what `autoglm tune` measured applies")
     args = parser.parse_args()
-    plan = loader.prepare(args.model).plan
+    plan = loader.prepare(args.model, measured=False).plan  # the file as installed: what llama-server gets too
     servers = [("ours", lambda **kw: ours(plan, **kw))]
+    if args.tuned:
+        if not args.model:
+            raise SystemExit("--tuned needs --model NAME")
+        servers.append(("ours tuned", lambda **kw: ours(plan, model=args.model, **kw)))
     binary = os.environ.get("LLAMA_SERVER")
     if binary:
         servers.append(("llama-server", lambda **kw: llama_server(binary, plan, **kw)))
@@ -162,9 +168,9 @@ def main() -> None:
           f"GPU layers {plan.gpu_layers}, flash attention {'on' if plan.flash_attn else 'off'}, "
           f"max_tokens {args.max_tokens}, temperature 0")
     print(f"{'streams':>7}  " + "".join(f"{name + ' tok/s':>18}{'TTFT p50/p99 ms':>18}" for name, _ in servers)
-          + ("   ours/llama-server" if binary else ""))
+          + "".join(f"{name + '/llama-server':>22}" for name, _ in servers[:-1] if binary))
     for streams in (int(s) for s in args.streams.split(",")):
-        ratios = []
+        ratios: dict[str, list[float]] = {name: [] for name, _ in servers[:-1]} if binary else {}
         for round_ in range(args.rounds):
             order = servers if round_ % 2 == 0 else servers[::-1]
             measured = {}
@@ -173,12 +179,13 @@ def main() -> None:
                     measured[name] = concurrency(url, streams, args.max_tokens)
             row = [measured[name] for name, _ in servers]
             cells = "".join(f"{r['tps']:>18.1f}{r['p50']:>10.0f}/{r['p99']:<7.0f}" for r in row)
-            ratio = f"{row[0]['tps'] / row[1]['tps']:>14.2f}x" if len(row) > 1 else ""
-            ratios += [row[0]["tps"] / row[1]["tps"]] if len(row) > 1 else []
-            print(f"{streams:>7}  {cells}{ratio}", flush=True)
-        if len(ratios) > 1:
-            print(f"{streams:>7}  median ours/llama-server over {len(ratios)} paired runs: "
-                  f"{statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})", flush=True)
+            for name in ratios:
+                ratios[name].append(measured[name]["tps"] / measured["llama-server"]["tps"])
+            print(f"{streams:>7}  {cells}" + "".join(f"{r[-1]:>21.2f}x" for r in ratios.values()), flush=True)
+        for name, r in ratios.items():
+            if len(r) > 1:
+                print(f"{streams:>7}  median {name}/llama-server over {len(r)} paired runs: "
+                      f"{statistics.median(r):.2f}x (range {min(r):.2f}-{max(r):.2f})", flush=True)
     if args.no_prefix:
         return
     print("\nprefix reuse (next turn after a long history), TTFT:")

@@ -80,7 +80,7 @@ class Plan:
     threads_adaptive: bool = True  # fewer threads while other processes take cores (off when the user set them)
     wait_policy: str = "spin"  # OpenMP workers between steps: "spin" (llama.cpp's default) or "passive"
     measured: bool = False  # settings from `autoglm tune` rather than rules
-    split_prompt: bool = False  # prompt rows on plain weights, one-row steps on repacked ones (SplitExecutor)
+    split_prompt: bool = False  # long steps on plain weights, short ones on repacked ones (SplitExecutor)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.docs < 2:
+        ap.error("--docs must be at least 2 (the settings alternate over two halves)")
     if args.child:
         child(args.model, args.threads, bool(args.child[0]), args.child[1], args.child[2])
         return

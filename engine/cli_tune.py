@@ -88,7 +88,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="installed model or source (default: the chat model)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds to spend measuring (default 60)")
     p.add_argument("--gpu-layers", type=int, help="tune for this many layers on the GPU (default: planned)")
-    p.add_argument("--workload", choices=["chat", "documents"], default="chat",
+    from autoglm.engine.tuning.search import WORKLOADS  # pure and light: no model code
+
+    p.add_argument("--workload", choices=list(WORKLOADS), default="chat",
                    help="what to be fastest at: chat (replies read as they stream; default) or documents (long "
                    "prompts, short answers: questions over files, classify and extract by a tuned prompt)")
     p.add_argument("--quants", help="also these versions (e.g. Q4_0,Q8_0: an hf: model's repo files, else "

@@ -247,6 +247,23 @@ def test_an_exact_job_waits_for_the_batch_to_empty_then_runs_alone_and_cold():
     assert _step(p, 0.01).rows and not p.waiting
 
 
+def test_an_exact_job_behind_a_long_stream_waits_a_bounded_time_then_runs_batched():
+    """A classify-by-prompt request must not wait out a long chat reply, nor hold everyone behind it."""
+    from autoglm.engine.scheduler.step_planner import EXACT_PATIENCE
+
+    p = StepPlanner(2, 64, 4096, min_chunk=8)
+    p.enqueue(Job([1, 2, 3], 100_000))  # a stream that will not end soon
+    _step(p, 0.01)
+    exact = Job(list(range(100, 140)), 2, exact=True)
+    p.enqueue(exact)
+    p.enqueue(Job([4, 5], 2))
+    for _ in range(EXACT_PATIENCE):
+        step = _step(p, 0.01)
+        assert len(step.rows) == 1 and len(p.waiting) == 2  # held: the exact one and the one behind it
+    step = _step(p, 0.01)
+    assert not exact.exact and exact in [s.job for s in p.active]  # batched now, beside the stream
+
+
 def test_queue_limits_and_bad_prompts():
     p = StepPlanner(1, 64, 128, max_queue=2)
     p.enqueue(Job([1], 1))

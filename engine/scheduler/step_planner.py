@@ -55,6 +55,7 @@ class Job:
     greedy: bool = False  # temperature 0: may draft from other requests' replies (see Scheduler.submit), and its
     # opening is decided by one-row steps (OPENING)
     exact: bool = False  # batch-invariant: runs alone, its prompt cold in whole-batch chunks (see _admit)
+    waited: int = 0  # steps an exact job has held the queue's head (EXACT_PATIENCE)
 
 
 @dataclass
@@ -113,6 +114,11 @@ class Step:
 # code edits was most of them: a 63-row step thrown away per request, about a second.)
 OPENING = 8
 
+# Steps an exact job holds back the queue while running streams finish (2-3 s for a 1.5B on a CPU); then it
+# runs batched like any other. Without a bound, a classify-by-prompt request behind one long chat stream
+# waited for that whole reply, and every request behind it too.
+EXACT_PATIENCE = 64
+
 
 class StepPlanner:
     def __init__(self, n_slots: int, n_batch: int, ctx_per_seq: int, max_queue: int = 64,
@@ -169,16 +175,23 @@ class StepPlanner:
         """Waiting jobs into free slots, first come first served, each to the free slot sharing the
         longest prefix with it; returns the KV trims that admission implies.
 
-        An ``exact`` job waits for the batch to empty and then runs alone, its prompt evaluated from
-        scratch: llama.cpp rounds a row differently with the step around it (repacked kernels take
-        rows four at a time, flash attention turns tiled at 64 rows, a reused prefix was evaluated
-        in other chunks), and a label whose two scores nearly tie then falls either way between two
-        runs of the same text. Alone and cold, the same text gets the same rows every time."""
+        An ``exact`` job waits for the batch to empty (at most EXACT_PATIENCE steps, then it runs
+        batched) and then runs alone, its prompt evaluated from scratch: llama.cpp rounds a row
+        differently with the step around it (its kernels change with the rows in a step, flash
+        attention turns tiled at 64 rows, a reused prefix was evaluated in other chunks), and a label
+        whose two scores nearly tie then falls either way between two runs of the same text. Alone
+        and cold, the same text gets the same rows every time."""
         trims = []
         while self.waiting:
             busy = [s for s in self.slots if s.state is not SlotState.IDLE]
-            if busy and (self.waiting[0].exact or any(s.current.exact for s in busy)):
+            head = self.waiting[0]
+            if busy and head.exact and head.waited < EXACT_PATIENCE:
+                head.waited += 1
                 break  # first come first served: nothing overtakes a waiting exact job
+            if busy and head.exact:
+                head.exact = False  # waited long enough: batched, as before exact existed
+            if busy and any(s.current.exact for s in busy):
+                break
             free = [s for s in self.slots if s.state is SlotState.IDLE]
             if not free:
                 break

@@ -638,3 +638,25 @@ def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text
         copies = getattr(executor, "copies", 0)
     assert outputs[True] == outputs[False]
     assert drafted > 50 and copies >= 2 * len(prompts)  # drafts verified, sequences moved both ways
+
+
+@pytest.mark.slow
+def test_a_plan_with_split_prompt_loads_both_layouts_and_answers(default_model):
+    """The planner's choice reaching the loader: two loads of the file, a prompt longer than
+    MIN_ROWS on the plain weights, its cells copied to the repacked context for decoding."""
+    from autoglm.engine import loader
+    from autoglm.engine.backends.split_executor import MIN_ROWS, SplitExecutor
+    from autoglm.engine.tasks.chat import PromptBuilder
+
+    prepared = loader.prepare(None, pinned())
+    prepared.plan.split_prompt = True
+    model = loader.load_scheduled(prepared, parallel=2, ctx_per_seq=1024)
+    try:
+        executor = model.scheduler.executor
+        assert isinstance(executor, SplitExecutor) and executor.keep is not None
+        tokens = PromptBuilder(model).tokens([{"role": "user", "content": PROMPTS[0]}])
+        assert len(tokens) >= MIN_ROWS
+        text = "".join(model.generate(tokens, GREEDY_LONG))
+        assert text.strip() and executor.copies >= 1
+    finally:
+        model.close()

@@ -17,7 +17,7 @@ from autoglm.engine.backends.split_executor import SplitExecutor
 from autoglm.engine.errors import InvalidModelError, ModelNotFoundError
 from autoglm.engine.models.manager import ResolvedModel, resolve
 from autoglm.engine.models.progress import Progress
-from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider
+from autoglm.engine.planner import Overrides, Plan, make_plan, onnx_provider, split_fits
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.draft_model import ModelDrafter, check_vocab
 from autoglm.engine.scheduler.session import ScheduledBackend
@@ -152,8 +152,13 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
                              threads=plan.threads, threads_batch=plan.threads_batch, flash_attn=plan.flash_attn,
                              offload_kqv=plan.gpu_layers > 0, kv_type=plan.kv_type, n_ubatch=plan.n_ubatch)
 
+    split = plan.split_prompt
+    if split:  # planned for plan.slots sequences: a server may run more (--parallel), each with its KV cells twice
+        split, why = split_fits(prepared.model.facts, prepared.device, ctx_per_seq or plan.n_ctx, parallel)
+        if not split:
+            plan.split_prompt, plan.reasons["split_prompt"] = False, f"off for {parallel} slots: {why}"
     executor: LlamaExecutor | SplitExecutor
-    if not plan.split_prompt:
+    if not split:
         executor = context(backend.model)
     else:  # the same file again, not repacked, for prompt rows (SplitExecutor)
         plain = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=0, use_extra_bufts=False,

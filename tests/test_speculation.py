@@ -4,6 +4,7 @@ drafts are accepted) and one that does not (so they are rejected and their cells
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -645,6 +646,7 @@ def test_a_plan_with_split_prompt_loads_both_layouts_and_answers(default_model):
     """The planner's choice reaching the loader: two loads of the file, a prompt longer than
     MIN_ROWS on the plain weights, its cells copied to the repacked context for decoding."""
     from autoglm.engine import loader
+    from autoglm.engine.backends.llama_executor import LlamaExecutor
     from autoglm.engine.backends.split_executor import MIN_ROWS, SplitExecutor
     from autoglm.engine.tasks.chat import PromptBuilder
 
@@ -658,5 +660,14 @@ def test_a_plan_with_split_prompt_loads_both_layouts_and_answers(default_model):
         assert len(tokens) >= MIN_ROWS
         text = "".join(model.generate(tokens, GREEDY_LONG))
         assert text.strip() and executor.copies >= 1
+    finally:
+        model.close()
+    # planned for fewer slots than the server runs: the loader checks RAM again for its --parallel
+    prepared.device = dataclasses.replace(prepared.device, ram_available=200 * 2**20)
+    model = loader.load_scheduled(prepared, parallel=2, ctx_per_seq=1024)
+    try:
+        assert isinstance(model.scheduler.executor, LlamaExecutor) and not prepared.plan.split_prompt
+        assert prepared.plan.reasons["split_prompt"].startswith("off for 2 slots: two copies")
+        assert "".join(model.generate(tokens, GREEDY_LONG)).strip()  # (other rounding: not always the same text)
     finally:
         model.close()

@@ -671,3 +671,61 @@ def test_a_plan_with_split_prompt_loads_both_layouts_and_answers(default_model):
         assert "".join(model.generate(tokens, GREEDY_LONG)).strip()  # (other rounding: not always the same text)
     finally:
         model.close()
+
+
+@pytest.mark.slow
+def test_two_real_contexts_under_load_queue_hang_ups_and_long_prompts(default_model):
+    """SplitExecutor at the limits a server reaches: five requests on two slots (so they queue and
+    batch), one prompt longer than the batch (several chunks), one client that hangs up mid-reply,
+    speculating. Every other reply ends properly, sequences move between the contexts, and then a
+    sampled request alone and cold (exact) gives what one context gives it (same weights, same steps:
+    same logits), so the contexts were left in a state that serves on correctly."""
+    from autoglm.engine import loader
+    from autoglm.engine.backends.llama_executor import LlamaExecutor
+    from autoglm.engine.backends.llamacpp import LlamaBackend
+    from autoglm.engine.backends.split_executor import SplitExecutor
+    from autoglm.engine.tasks.chat import PromptBuilder
+
+    plan = loader.prepare(None, pinned()).plan
+    backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=0, use_extra_bufts=False,
+                           use_mmap=True)
+
+    def context() -> LlamaExecutor:
+        return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=128, threads=plan.threads)
+
+    builder = PromptBuilder(backend)
+    prompts = [builder.tokens([{"role": "user", "content": p}]) for p in PROMPTS[:4]]
+    prompts.append(builder.tokens([{"role": "user", "content": f"Summarize: {DOC} {DOC} {DOC}"}]))
+    assert len(prompts[-1]) > 2 * 128  # three chunks at least
+    sampled = SamplingParams(max_tokens=40, temperature=0.8, seed=7)
+    alone = builder.tokens([{"role": "user", "content": "Name three rivers of Europe."}])
+    split = SplitExecutor(context(), context(), min_rows=8)
+    scheduler = Scheduler(split, parallel=2, ctx_per_seq=1024, speculative=True).start()
+    try:
+        reqs = [scheduler.submit(p, GREEDY_LONG) for p in prompts]
+        hung_up = reqs[1]
+        finals, texts = {}, {}
+        for n, req in enumerate(reqs):
+            parts = []
+            for i, event in enumerate(req.stream(timeout=300)):
+                parts.append(event.text)
+                if req is hung_up and i == 5:
+                    req.cancel()
+                if event.done:
+                    finals[n] = event
+            texts[n] = "".join(parts)
+        assert finals[1].finish_reason in ("cancelled", "stop", "length")
+        for n in (0, 2, 3, 4):
+            assert finals[n].error is None and finals[n].finish_reason in ("stop", "length")
+            assert texts[n].strip()
+        # what only the right cells can give: the copy, the invoice number, the long prompt's names
+        assert DOC[:60] in texts[0] and "2024-117" in texts[2] and "Northwind" in texts[4]
+        assert split.copies >= 2 * len(prompts)
+        after = "".join(e.text for e in scheduler.submit(alone, sampled, exact=True).stream(timeout=300))
+    finally:
+        scheduler.close()
+    single = Scheduler(context(), parallel=2, ctx_per_seq=1024, speculative=True).start()
+    try:
+        assert "".join(e.text for e in single.submit(alone, sampled, exact=True).stream(timeout=300)) == after
+    finally:
+        single.close()

@@ -193,6 +193,31 @@ def test_only_greedy_streams_draft_from_other_replies():
         assert len(step.rows) == 1 + len(slot.draft)
 
 
+def test_a_prompt_asked_again_drafts_what_followed_it_in_its_slot_long_from_the_first_draft():
+    """The same prompt again at temperature 0 (a regenerated answer, a repeated request): its slot
+    still holds the earlier reply after it, which is drafted at once as a sure copy, where the
+    shared memory's recall starts at its own recent acceptance. A reply that goes another way in
+    its opening drafts nothing from it."""
+    from autoglm.engine.scheduler.step_planner import OPENING, Job, StepPlanner
+
+    prompt, reply = [7, 8, 9, 10], list(range(500, 560))
+    for opening, expect in ((reply[:OPENING + 1], reply[OPENING + 1:OPENING + 1 + 30]),
+                            (list(range(900, 901 + OPENING)), [])):
+        planner = StepPlanner(n_slots=1, n_batch=64, ctx_per_seq=256)
+        planner.row_cost = _curve(QWEN_1_5B)
+        slot = planner.slots[0]
+        for tokens in (reply, opening):
+            planner.enqueue(Job(prompt, 60, speculate=True, greedy=True))
+            planner.plan()
+            for token in tokens:
+                planner.accept(slot, token)
+            if tokens is reply:
+                planner.release(slot)
+        planner.memory.next.clear()  # not from the shared memory
+        planner.plan()
+        assert slot.draft[:30] == expect and (len(slot.draft) >= 30 or not expect), slot.draft
+
+
 def test_the_shared_memory_is_bounded():
     memory = NgramMemory(n=4, capacity=100)
     for start in range(0, 1000, 50):

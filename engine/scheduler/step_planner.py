@@ -197,12 +197,15 @@ class StepPlanner:
                 break
             job = self.waiting.popleft()
             slot = max(free, key=lambda s: _common(s.cached, job.prompt))
-            keep = 0 if job.exact else min(_common(slot.cached, job.prompt), len(job.prompt) - 1)  # >= 1 evaluated
+            common = _common(slot.cached, job.prompt)
+            before = slot.cached[len(job.prompt):] if common == len(job.prompt) and job.greedy else []
+            keep = 0 if job.exact else min(common, len(job.prompt) - 1)  # >= 1 evaluated
             trims.append((slot.seq, keep))
             slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
             slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
             slot.produced, slot.fresh, slot.reused = 0, False, keep
             slot.drafter.reset(self.acceptance.prior())
+            slot.drafter.expect(before, len(job.prompt))
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep

@@ -196,26 +196,42 @@ def test_only_greedy_streams_draft_from_other_replies():
 def test_a_prompt_asked_again_drafts_what_followed_it_in_its_slot_long_from_the_first_draft():
     """The same prompt again at temperature 0 (a regenerated answer, a repeated request): its slot
     still holds the earlier reply after it, which is drafted at once as a sure copy, where the
-    shared memory's recall starts at its own recent acceptance. A reply that goes another way in
-    its opening drafts nothing from it."""
-    from autoglm.engine.scheduler.step_planner import OPENING, Job, StepPlanner
+    shared memory's recall starts at its own recent acceptance. The draft stops at a token that
+    nearly tied the first time (it may go the other way now); a reply that goes another way in its
+    opening, or a prompt asked before at a temperature, drafts nothing from it."""
+    from autoglm.engine.scheduler.step_planner import FRAGILE, OPENING, Job, StepPlanner
 
     prompt, reply = [7, 8, 9, 10], list(range(500, 560))
-    for opening, expect in ((reply[:OPENING + 1], reply[OPENING + 1:OPENING + 1 + 30]),
-                            (list(range(900, 901 + OPENING)), [])):
+    cases = [(reply[:OPENING + 1], None, True, reply[OPENING + 1:OPENING + 1 + 30]),
+             (reply[:OPENING + 1], 20, True, reply[OPENING + 1:21]),  # up to the near-tie, with it
+             (list(range(900, 901 + OPENING)), None, True, []),
+             (reply[:OPENING + 1], None, False, [])]
+    for opening, tie, greedy_before, expect in cases:
         planner = StepPlanner(n_slots=1, n_batch=64, ctx_per_seq=256)
         planner.row_cost = _curve(QWEN_1_5B)
         slot = planner.slots[0]
         for tokens in (reply, opening):
-            planner.enqueue(Job(prompt, 60, speculate=True, greedy=True))
+            planner.enqueue(Job(prompt, 60, speculate=True, greedy=greedy_before or tokens is opening))
             planner.plan()
-            for token in tokens:
-                planner.accept(slot, token)
+            for i, token in enumerate(tokens):
+                planner.accept(slot, token, margin=FRAGILE / 2 if i == tie else 2 * FRAGILE)
             if tokens is reply:
                 planner.release(slot)
         planner.memory.next.clear()  # not from the shared memory
         planner.plan()
-        assert slot.draft[:30] == expect and (len(slot.draft) >= 30 or not expect), slot.draft
+        assert slot.draft[:30] == expect, (tie, greedy_before, slot.draft)
+        assert len(slot.draft) >= 30 or tie or not expect
+
+
+def test_the_shared_memory_recalls_up_to_a_near_tie_and_on_after_it():
+    """A token that nearly tied when written is not recalled (it may fall the other way now), and
+    it forgets what an earlier reply had there; after the model decides it, the recall goes on."""
+    memory = NgramMemory(n=4)
+    reply = list(range(100, 140))
+    memory.add([9, 9, 9, 9, *[7] * 3, *reply[:20], 55, *reply[21:]])  # an earlier reply: 55 at index 20
+    memory.add([9, 9, 9, 9, *[7] * 3, *reply], fragile={4 + 3 + 20})  # then reply[20], nearly tied
+    assert memory.follow([7, 7, 7, *reply[:10]], 64) == reply[10:20]
+    assert memory.follow([7, *reply[:21]], 64) == reply[21:]
 
 
 def test_the_shared_memory_is_bounded():

@@ -342,7 +342,7 @@ class Scheduler:
             elif slot.draft:
                 self._emit_verified(slot, tokens[id(slot)])
             else:
-                self._emit(slot, tokens[id(slot)][0])
+                self._emit(slot, tokens[id(slot)][0], margin=self._margin(slot, slot.row))
 
     def _draw_verified(self, slot: Slot) -> list[int]:
         """A sampled stream's draft, verified by the rejection rule: its text is distributed exactly
@@ -365,8 +365,9 @@ class Scheduler:
         req: Generation = slot.current.owner
         req.stats.drafted += len(slot.draft)
         req.stats.accepted += kept
-        for i, token in enumerate(emit):
-            self._emit(slot, token, evaluated=i < len(emit) - 1)  # the last has no cell: the next step's input
+        rows = (slot.row, *slot.draft_rows)
+        for i, token in enumerate(emit):  # the last has no cell: the next step's input
+            self._emit(slot, token, evaluated=i < len(emit) - 1, margin=self._margin(slot, rows[i]))
             if slot.job is None:  # finished part-way (stop, length, end of text): drop the cells past it
                 self.executor.trim(slot.seq, len(slot.cached))
                 return
@@ -399,14 +400,24 @@ class Scheduler:
             "the model gave no usable scores for this prompt (NaN or infinite logits): its weights may be "
             "damaged; `autoglm models verify` checks them"))
 
-    def _emit(self, slot: Slot, token: int, evaluated: bool = False) -> None:
+    def _margin(self, slot: Slot, row: int) -> float | None:
+        """A greedy speculating stream's token lead over the runner-up (what a repeat of its prompt
+        drafts by: StepPlanner.accept); two maxima over the row, about 0.03 ms."""
+        if not (slot.current.greedy and slot.current.speculate):
+            return None
+        logits = self.executor.logits(row)
+        best = int(logits.argmax())
+        second = max(logits[:best].max(initial=-np.inf), logits[best + 1:].max(initial=-np.inf))
+        return float(logits[best] - second)
+
+    def _emit(self, slot: Slot, token: int, evaluated: bool = False, margin: float | None = None) -> None:
         req: Generation = slot.current.owner
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
             req.stats.prefill_s = req.first_token_at - req.submitted
         if self.executor.is_eog(token) and not req.params.ignore_eos:
             return self._finish(slot, "stop")
-        self.planner.accept(slot, token, evaluated)
+        self.planner.accept(slot, token, evaluated, margin)
         req.stats.completion_tokens = slot.produced
         self.stats["tokens_generated"] += 1
         req.text += req.decoder.decode(self.executor.piece(token))

@@ -9,7 +9,7 @@ unchanged. Kept per slot: an index of n-grams -> where they last continued, grow
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 NGRAMS = (4, 3)  # longest match first; a 2-gram ("of the") predicts too little to pay
@@ -132,8 +132,11 @@ class Drafter:
     probe_wait: int = 0  # tokens to go before an unproven sequence may probe again
     run: int = 0  # drafted tokens accepted since the last rejection: how long the current copy has held
     recalled: bool = False  # this step's draft came from the shared memory of earlier replies
+    copied: bool = False  # ... or from ``ahead``
     ahead: list[int] = field(default_factory=list)  # what followed this very prompt last time (see ``expect``)
     ahead_from: int = 0  # where in the sequence ``ahead`` starts (the prompt's length)
+    ahead_fragile: list[int] = field(default_factory=list)  # indices in ``ahead`` of near-tied tokens
+    strayed: bool = False  # the reply left ``ahead``: recalls of earlier replies are no surer than its own drafts
 
     def reset(self, prior: tuple[float, float] | None = None) -> None:
         self.index.clear()
@@ -142,16 +145,18 @@ class Drafter:
         self.accepted_w, self.rejected_w = self.prior
         self.proven = False
         self.misses, self.probe_wait, self.run = 0, 0, 0
-        self.ahead, self.ahead_from = [], 0
+        self.ahead, self.ahead_from, self.ahead_fragile, self.strayed = [], 0, [], False
 
-    def expect(self, continuation: list[int], start: int) -> None:
+    def expect(self, continuation: list[int], start: int, fragile: Sequence[int] = ()) -> None:
         """The sequence's whole prompt was the start of what its slot held before: the tokens that
         followed it then are what a temperature-0 reply writes again (a regenerated answer, a
         request repeated). The slot's agreement is the whole prompt, so they are drafted as a copy
         of sure standing from the first draft on, not from the shared memory's 16-token keys at
         its own recent acceptance: on the 1.5B the first repeat of a code edit drafted 8, then 12,
-        before 52."""
-        self.ahead, self.ahead_from = list(continuation), start
+        before 52. ``fragile``: the tokens of the earlier reply that nearly tied, where the new one
+        may go another way: a draft stops at the next of them (a 63-token draft of a regenerated
+        story was rejected after 10, costing a second)."""
+        self.ahead, self.ahead_from, self.ahead_fragile = list(continuation), start, sorted(fragile)
 
     @property
     def p(self) -> float:
@@ -223,18 +228,24 @@ class Drafter:
         text find no match, and the draft length costs more to work out."""
         self._tick()
         self._grow(tokens)
-        self.recalled = False
+        self.recalled = self.copied = False
         if self.ahead:
             done = len(tokens) - self.ahead_from
             if tokens[self.ahead_from:] == self.ahead[:done] and done < len(self.ahead):
-                want = self._best(limit, row_cost, rows, MATCH_CAP)
+                until = next((f + 1 for f in self.ahead_fragile if f >= done), len(self.ahead))
+                want = self._best(min(limit, until - done), row_cost, rows, MATCH_CAP)
+                self.copied = want > 0
                 return self.ahead[done:done + want] if want > 0 else []
-            self.ahead = []  # the reply went another way: the other sources from here on
+            # the reply went another way: the other sources from here on. The shared memory holds the
+            # earlier reply too, and its 16-token keys recur in the new one without what came before
+            # them: a regenerated story recalled 45 tokens there and the first was rejected
+            self.ahead, self.strayed = [], True
         if memory is not None and (recalled := memory.follow(tokens, min(limit, MAX_K))):
             # judged by how often recalled drafts were accepted lately: a reply asked for again at
             # temperature 0 is recalled whole, and only drafts as long as llama.cpp's 48-64 keep up
             self.recalled = True
-            return recalled[:self._best(limit, row_cost, rows, memory.n, memory.p)]
+            sure = (0, 0.0) if self.strayed else (memory.n, memory.p)
+            return recalled[:self._best(limit, row_cost, rows, *sure)]
         found = self._match(tokens)
         if found is None:
             return []
@@ -243,7 +254,13 @@ class Drafter:
         return tokens[start:start + want] if want > 0 else []
 
     def observe(self, drafted: int, accepted: int) -> None:
+        """A verified draft of this sequence's own lookup. Recalled and copied drafts are judged by
+        evidence of their own (the memory's rate, the earlier reply's near-ties) and do not count:
+        after a regenerated explanation's copied drafts were all accepted, its estimate of 0.96 sent
+        a 35-token draft of its own lookup, and none was accepted."""
         self.idle = 0
+        if self.recalled or self.copied:
+            return
         self.misses = self.misses + 1 if accepted == 0 else 0
         if self.misses and not self.proven:
             # free text repeats four tokens now and then without copying: a sequence whose probes keep
@@ -289,11 +306,19 @@ class NgramMemory:
         self.accepted_w = Acceptance.DECAY * self.accepted_w + accepted
         self.rejected_w = Acceptance.DECAY * self.rejected_w + (accepted < drafted)
 
-    def add(self, tokens: list[int]) -> None:
+    def add(self, tokens: list[int], fragile: Collection[int] = ()) -> None:
+        """``fragile``: indices of tokens that nearly tied when written (StepPlanner.accept). They are
+        not kept (and forget what followed the same n-gram before), so a recall stops before each
+        and the model decides it again: a regenerated story's recall of 45 tokens went another way
+        at its first, a near-tie of the earlier reply."""
         if len(self.next) + len(tokens) > self.capacity:
             self.next.clear()
         for end in range(self.n, len(tokens)):
-            self.next[hash(tuple(tokens[end - self.n:end]))] = tokens[end]
+            key = hash(tuple(tokens[end - self.n:end]))
+            if end in fragile:
+                self.next.pop(key, None)
+            else:
+                self.next[key] = tokens[end]
 
     def follow(self, tokens: list[int], limit: int) -> list[int]:
         if len(tokens) < self.n or not self.next:

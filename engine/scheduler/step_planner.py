@@ -74,6 +74,8 @@ class Slot:
     drafter: Drafter = field(default_factory=Drafter)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
+    reply_from: int = -1  # where the last greedy reply in ``cached`` starts (-1: none, or a sampled one)
+    fragile: list[int] = field(default_factory=list)  # positions of that reply's near-tied tokens (FRAGILE)
 
     @property
     def current(self) -> Job:
@@ -113,6 +115,16 @@ class Step:
 # steps take on a 1.5B on a CPU. (Before: drafted steps were checked for near-ties and discarded on one, which on
 # code edits was most of them: a 63-row step thrown away per request, about a second.)
 OPENING = 8
+
+# A greedy token that led the runner-up by less than this (logits) may fall the other way when asked again: a
+# regenerated reply starts from a prompt whose last token is evaluated in another step than the first time, and
+# llama.cpp rounds a row differently with the rows around it. Measured on the 1.5B, plain decoding, the same prompt
+# cold then from the cache: a story went another way at its 14th token (its lead 0.024 the first time, 0.070 the
+# second), a code edit at its 4th (0.058 -> 0.091); leads of 0.10 and more held in all 4 replies, and an
+# explanation with 12 leads under 0.3 came out the same. The earlier reply is drafted up to such a token and not
+# past it (see Drafter.expect), so each one costs a step: at 0.25 a repeated code edit's copy stopped at 3-5 tokens
+# that held (18 steps instead of 12), at 0.1 at 1-2.
+FRAGILE = 0.1
 
 # Steps an exact job holds back the queue while running streams finish (2-3 s for a 1.5B on a CPU); then it
 # runs batched like any other. Without a bound, a classify-by-prompt request behind one long chat stream
@@ -197,15 +209,18 @@ class StepPlanner:
                 break
             job = self.waiting.popleft()
             slot = max(free, key=lambda s: _common(s.cached, job.prompt))
-            common = _common(slot.cached, job.prompt)
-            before = slot.cached[len(job.prompt):] if common == len(job.prompt) and job.greedy else []
+            common, n = _common(slot.cached, job.prompt), len(job.prompt)
+            again = job.greedy and slot.reply_from == n and common == n  # the same prompt: its reply is still there
+            before = slot.cached[n:] if again else []
+            fragile = [p - n for p in slot.fragile if p >= n] if again else []
             keep = 0 if job.exact else min(common, len(job.prompt) - 1)  # >= 1 evaluated
             trims.append((slot.seq, keep))
             slot.state, slot.job, slot.order = SlotState.PREFILL, job, next(self._order)
             slot.cached, slot.pending = slot.cached[:keep], job.prompt[keep:]
             slot.produced, slot.fresh, slot.reused = 0, False, keep
             slot.drafter.reset(self.acceptance.prior())
-            slot.drafter.expect(before, len(job.prompt))
+            slot.drafter.expect(before, n, fragile)
+            slot.reply_from, slot.fragile = (n if job.greedy else -1), []
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep
@@ -386,9 +401,12 @@ class StepPlanner:
         else:
             self.chunk = min(self.max_chunk, self.chunk + self.min_chunk)
 
-    def accept(self, slot: Slot, token: int, evaluated: bool = False) -> None:
+    def accept(self, slot: Slot, token: int, evaluated: bool = False, margin: float | None = None) -> None:
         """The token sampled for ``slot``: it becomes the slot's next input (no KV cell yet), or,
-        for an accepted draft (``evaluated``), a token whose cell the verifying step wrote."""
+        for an accepted draft (``evaluated``), a token whose cell the verifying step wrote.
+        ``margin``: a greedy token's lead over the runner-up, kept where it nearly tied."""
+        if margin is not None and margin < FRAGILE:
+            slot.fragile.append(len(slot.cached))
         slot.state = SlotState.DECODE
         slot.produced += 1
         slot.cached.append(token)
@@ -403,7 +421,8 @@ class StepPlanner:
         while accepted < len(slot.draft) and predicted[accepted] == slot.draft[accepted]:
             accepted += 1
         slot.drafter.observe(len(slot.draft), accepted)
-        self.acceptance.observe(len(slot.draft), accepted)
+        if not slot.drafter.copied:  # (an earlier reply's copy says nothing of how new text copies)
+            self.acceptance.observe(len(slot.draft), accepted)
         if slot.drafter.recalled:
             self.memory.observe(len(slot.draft), accepted)
         keep = len(slot.cached) + accepted  # the input (now with a cell) and the accepted drafts
@@ -413,7 +432,8 @@ class StepPlanner:
         """The slot's request ended (finished, cancelled, failed); its evaluated cells stay for reuse."""
         job = slot.job
         if job is not None and slot.produced:  # the reply, after enough of the prompt to recall it by
-            self.memory.add(slot.cached[max(len(slot.cached) - slot.produced - self.memory.n, 0):])
+            start = max(len(slot.cached) - slot.produced - self.memory.n, 0)
+            self.memory.add(slot.cached[start:], {p - start for p in slot.fragile if p >= start})
         if slot.fresh:
             slot.cached.pop()
         slot.state, slot.job, slot.pending, slot.fresh, slot.row = SlotState.IDLE, None, [], False, -1

@@ -234,6 +234,30 @@ def test_the_shared_memory_recalls_up_to_a_near_tie_and_on_after_it():
     assert memory.follow([7, *reply[:21]], 64) == reply[21:]
 
 
+def test_a_reply_that_left_its_earlier_one_trusts_recalls_no_more_than_its_own_drafts():
+    """A regenerated reply that went another way than the first time: the shared memory holds the
+    first one too, and its keys recur in the new reply without what came before them. Its recalls
+    are then probes, not sure copies; and copied drafts, however well accepted, leave the
+    sequence's own estimate (which its lookup drafts go by) where it was."""
+    memory = NgramMemory()
+    earlier = list(range(1000, 1100))
+    memory.add([5] * MEMORY_N + earlier)
+    for _ in range(30):
+        memory.observe(40, 40)
+    prompt = [1, 2, 3]
+    cost = _curve(QWEN_1_5B)
+    d = Drafter()
+    d.expect(list(range(2000, 2100)), len(prompt))
+    assert d.draft(prompt + list(range(2000, 2010)), 64, cost, memory=memory) and d.copied
+    p = d.p
+    d.observe(20, 20)
+    assert d.p == p and not d.proven  # a copy's acceptance is the earlier reply's, not this text's
+    strayed = d.draft(prompt + list(range(2000, 2010)) + earlier[:MEMORY_N], 64, cost, memory=memory)
+    assert d.strayed and d.recalled and 0 < len(strayed) <= 4  # a probe's length
+    fresh = Drafter().draft(prompt + earlier[:MEMORY_N], 64, cost, memory=memory)
+    assert len(fresh) > 30  # the same recall in a reply that never strayed: long
+
+
 def test_the_shared_memory_is_bounded():
     memory = NgramMemory(n=4, capacity=100)
     for start in range(0, 1000, 50):

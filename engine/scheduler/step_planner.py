@@ -74,7 +74,7 @@ class Slot:
     drafter: Drafter = field(default_factory=Drafter)
     draft: list[int] = field(default_factory=list)  # this step's drafted tokens, after ``row``
     draft_rows: list[int] = field(default_factory=list)  # their batch rows (each with logits)
-    reply_from: int = -1  # where the last greedy reply in ``cached`` starts (-1: none, or a sampled one)
+    reply_from: int = -1  # where the last greedy speculating reply in ``cached`` starts (-1: none, or another kind)
     fragile: list[int] = field(default_factory=list)  # positions of that reply's near-tied tokens (FRAGILE)
 
     @property
@@ -220,7 +220,7 @@ class StepPlanner:
             slot.produced, slot.fresh, slot.reused = 0, False, keep
             slot.drafter.reset(self.acceptance.prior())
             slot.drafter.expect(before, n, fragile)
-            slot.reply_from, slot.fragile = (n if job.greedy else -1), []
+            slot.reply_from, slot.fragile = (n if job.greedy and job.speculate else -1), []  # (margins kept)
             slot.max_tokens = min(job.max_tokens, self.ctx_per_seq - len(job.prompt))
             self.prompt_tokens += len(job.prompt)
             self.prompt_reused += keep

@@ -238,7 +238,8 @@ def test_a_reply_that_left_its_earlier_one_trusts_recalls_no_more_than_its_own_d
     """A regenerated reply that went another way than the first time: the shared memory holds the
     first one too, and its keys recur in the new reply without what came before them. Its recalls
     are then probes, not sure copies; and copied drafts, however well accepted, leave the
-    sequence's own estimate (which its lookup drafts go by) where it was."""
+    sequence's own estimate (which its lookup drafts go by) where it was. A recall accepted whole
+    means the reply is back on the earlier text: sure again."""
     memory = NgramMemory()
     earlier = list(range(1000, 1100))
     memory.add([5] * MEMORY_N + earlier)
@@ -256,6 +257,8 @@ def test_a_reply_that_left_its_earlier_one_trusts_recalls_no_more_than_its_own_d
     assert d.strayed and d.recalled and 0 < len(strayed) <= 4  # a probe's length
     fresh = Drafter().draft(prompt + earlier[:MEMORY_N], 64, cost, memory=memory)
     assert len(fresh) > 30  # the same recall in a reply that never strayed: long
+    d.observe(len(strayed), len(strayed))  # the probe held: back on the earlier reply's text
+    assert not d.strayed
 
 
 def test_the_shared_memory_is_bounded():

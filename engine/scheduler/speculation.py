@@ -136,7 +136,7 @@ class Drafter:
     ahead: list[int] = field(default_factory=list)  # what followed this very prompt last time (see ``expect``)
     ahead_from: int = 0  # where in the sequence ``ahead`` starts (the prompt's length)
     ahead_fragile: list[int] = field(default_factory=list)  # indices in ``ahead`` of near-tied tokens
-    strayed: bool = False  # the reply left ``ahead``: recalls of earlier replies are no surer than its own drafts
+    strayed: bool = False  # the reply left ``ahead``: recalls are probes until one is accepted whole
 
     def reset(self, prior: tuple[float, float] | None = None) -> None:
         self.index.clear()
@@ -259,6 +259,8 @@ class Drafter:
         after a regenerated explanation's copied drafts were all accepted, its estimate of 0.96 sent
         a 35-token draft of its own lookup, and none was accepted."""
         self.idle = 0
+        if self.recalled and accepted == drafted:
+            self.strayed = False  # back on an earlier reply's text: its recalls are sure again
         if self.recalled or self.copied:
             return
         self.misses = self.misses + 1 if accepted == 0 else 0

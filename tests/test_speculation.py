@@ -673,16 +673,12 @@ def test_prompt_rows_on_one_context_and_decode_rows_on_another_keep_the_text(cop
         assert two_stats["draft_accepted"] > 25
 
 
-@pytest.mark.slow
-def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text(default_model):
-    """SplitExecutor over llama.cpp itself: two contexts over the same weights (so the same rounding),
-    requests one at a time (so the same steps), speculating: prompt chunks and verified drafts on one,
-    one-row steps on the other, each sequence's cells copied across at every switch. The text must be
-    the one context's to the bit, with prefix reuse and rejected drafts' cells trimmed on the way."""
+def _contexts_over_plain_weights(n_batch: int):
+    """A maker of two-sequence contexts over one load of the embedded model's plain weights (so
+    every context rounds alike), and the chat prompt builder for it."""
     from autoglm.engine import loader
     from autoglm.engine.backends.llama_executor import LlamaExecutor
     from autoglm.engine.backends.llamacpp import LlamaBackend
-    from autoglm.engine.backends.split_executor import SplitExecutor
     from autoglm.engine.tasks.chat import PromptBuilder
 
     plan = loader.prepare(None, pinned()).plan
@@ -690,9 +686,21 @@ def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text
                            use_mmap=True)
 
     def context() -> LlamaExecutor:
-        return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=256, threads=plan.threads)
+        return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=n_batch, threads=plan.threads)
 
-    builder = PromptBuilder(backend)
+    context.backend = backend  # type: ignore[attr-defined]  # kept alive with the maker
+    return context, PromptBuilder(backend)
+
+
+@pytest.mark.slow
+def test_two_real_contexts_hand_each_sequence_between_them_without_changing_text(default_model):
+    """SplitExecutor over llama.cpp itself: two contexts over the same weights (so the same rounding),
+    requests one at a time (so the same steps), speculating: prompt chunks and verified drafts on one,
+    one-row steps on the other, each sequence's cells copied across at every switch. The text must be
+    the one context's to the bit, with prefix reuse and rejected drafts' cells trimmed on the way."""
+    from autoglm.engine.backends.split_executor import SplitExecutor
+
+    context, builder = _contexts_over_plain_weights(n_batch=256)
     prompts = [builder.tokens([{"role": "user", "content": p}]) for p in PROMPTS]
     prompts.append(prompts[0])  # again: prefix reuse, and the reply recalled whole
     outputs, copies = {}, 0
@@ -748,20 +756,9 @@ def test_two_real_contexts_under_load_queue_hang_ups_and_long_prompts(default_mo
     speculating. Every other reply ends properly, sequences move between the contexts, and then a
     sampled request alone and cold (exact) gives what one context gives it (same weights, same steps:
     same logits), so the contexts were left in a state that serves on correctly."""
-    from autoglm.engine import loader
-    from autoglm.engine.backends.llama_executor import LlamaExecutor
-    from autoglm.engine.backends.llamacpp import LlamaBackend
     from autoglm.engine.backends.split_executor import SplitExecutor
-    from autoglm.engine.tasks.chat import PromptBuilder
 
-    plan = loader.prepare(None, pinned()).plan
-    backend = LlamaBackend(plan.model_path, threads=plan.threads, gpu_layers=0, use_extra_bufts=False,
-                           use_mmap=True)
-
-    def context() -> LlamaExecutor:
-        return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=128, threads=plan.threads)
-
-    builder = PromptBuilder(backend)
+    context, builder = _contexts_over_plain_weights(n_batch=128)
     prompts = [builder.tokens([{"role": "user", "content": p}]) for p in PROMPTS[:4]]
     prompts.append(builder.tokens([{"role": "user", "content": f"Summarize: {DOC} {DOC} {DOC}"}]))
     assert len(prompts[-1]) > 2 * 128  # three chunks at least

@@ -136,6 +136,7 @@ class Drafter:
     ahead: list[int] = field(default_factory=list)  # what followed this very prompt last time (see ``expect``)
     ahead_from: int = 0  # where in the sequence ``ahead`` starts (the prompt's length)
     ahead_fragile: list[int] = field(default_factory=list)  # indices in ``ahead`` of near-tied tokens
+    ahead_held: int = 0  # how many of ``ahead``'s tokens the reply has been checked to repeat
     strayed: bool = False  # the reply left ``ahead``: recalls are probes until one is accepted whole
 
     def reset(self, prior: tuple[float, float] | None = None) -> None:
@@ -153,10 +154,11 @@ class Drafter:
         request repeated). The slot's agreement is the whole prompt, so they are drafted as a copy
         of sure standing from the first draft on, not from the shared memory's 16-token keys at
         its own recent acceptance: on the 1.5B the first repeat of a code edit drafted 8, then 12,
-        before 52. ``fragile``: the tokens of the earlier reply that nearly tied, where the new one
+        before 63 at a time. ``fragile``: the tokens of the earlier reply that nearly tied, where the new one
         may go another way: a draft stops at the next of them (a 63-token draft of a regenerated
         story was rejected after 10, costing a second)."""
         self.ahead, self.ahead_from, self.ahead_fragile = list(continuation), start, sorted(fragile)
+        self.ahead_held = 0
 
     @property
     def p(self) -> float:
@@ -230,8 +232,9 @@ class Drafter:
         self._grow(tokens)
         self.recalled = self.copied = False
         if self.ahead:
-            done = len(tokens) - self.ahead_from
-            if tokens[self.ahead_from:] == self.ahead[:done] and done < len(self.ahead):
+            done, held = len(tokens) - self.ahead_from, self.ahead_held  # (only the new tokens compared)
+            if tokens[self.ahead_from + held:] == self.ahead[held:done] and done < len(self.ahead):
+                self.ahead_held = done
                 until = next((f + 1 for f in self.ahead_fragile if f >= done), len(self.ahead))
                 want = self._best(min(limit, until - done), row_cost, rows, MATCH_CAP)
                 self.copied = want > 0

@@ -154,7 +154,8 @@ def load_scheduled(prepared: Prepared, parallel: int = 1, ctx_per_seq: int | Non
 
     split = plan.split_prompt
     if split:  # planned for plan.slots sequences: a server may run more (--parallel), each with its KV cells twice
-        split, why = split_fits(prepared.model.facts, prepared.device, ctx_per_seq or plan.n_ctx, parallel)
+        split, why = split_fits(prepared.model.facts, prepared.device, ctx_per_seq or plan.n_ctx, parallel,
+                                plan.kv_type)
         if not split:
             plan.split_prompt, plan.reasons["split_prompt"] = False, f"off for {parallel} slots: {why}"
     executor: LlamaExecutor | SplitExecutor

@@ -301,18 +301,19 @@ def _split_prompt(plan: Plan, tuned: Tuned, ov: Overrides, model: ModelFacts, de
     if not packed or plain < packed * SPLIT_GAIN:
         return False, (f"off: plain weights prefilled {plain:.0f} tok/s, repacked {packed:.0f}: not {SPLIT_GAIN}x"
                        if packed and plain else "off: `tune` measured no prefill without repacking")
-    fits, why = split_fits(model, device, plan.n_ctx, plan.slots)
+    fits, why = split_fits(model, device, plan.n_ctx, plan.slots, plan.kv_type)
     if not fits:
         return False, f"off: plain weights prefill {plain / packed:.2f}x faster, but {why}"
     return True, (f"on: prompt chunks and long drafts on plain weights ({plain:.0f} tok/s), decode steps on "
                   f"repacked ones ({packed:.0f} tok/s prefill; faster decode), as `tune` measured; {why}")
 
 
-def split_fits(model: ModelFacts, device: DeviceFacts, ctx_per_seq: int, slots: int) -> tuple[bool, str]:
+def split_fits(model: ModelFacts, device: DeviceFacts, ctx_per_seq: int, slots: int,
+               kv_type: str = "f16") -> tuple[bool, str]:
     """Whether free RAM holds two copies of the weights and of the KV cache for ``slots`` sequences.
     The plan asks with its own slots; the loader asks again with the server's ``--parallel``, which
     may be more than planned."""
-    kv = model.kv_bytes_per_token() * ctx_per_seq * slots
+    kv = int(model.kv_bytes_per_token() * ctx_per_seq * slots * (KV_Q8_RATIO if kv_type == "q8_0" else 1))
     need, free = 2 * (model.size + kv), device.ram_available * RAM_HEADROOM
     if need > free:
         return False, (f"two copies of the weights and KV cache for {slots} x {ctx_per_seq} tokens "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from autoglm.engine.planner import Overrides, make_plan
+from autoglm.engine.planner import RAM_HEADROOM, Overrides, make_plan, split_fits
 from autoglm.engine.sampling import SamplingParams
 from autoglm.engine.scheduler.batch import Scheduler
 from autoglm.engine.scheduler.cpu_load import ThreadSwitch
@@ -130,6 +130,10 @@ def test_both_weight_layouts_are_planned_where_tune_measured_the_prefill_gain_an
     assert not plan.split_prompt and "exceed free RAM" in plan.reasons["split_prompt"]
     assert not make_plan(SMOLLM2, dev, PASSED, Overrides(safe=True), tuned=tuned).split_prompt
     assert not make_plan(SMOLLM2, dev, PASSED).split_prompt  # the rules alone never do
+    # a q8_0 KV cache is counted at its size (34 bytes per 32 values), not as f16
+    kv16 = SMOLLM2.kv_bytes_per_token() * 2048 * 8
+    edge = replace(dev, ram_available=int((2 * (SMOLLM2.size + kv16 * 0.6)) / RAM_HEADROOM))
+    assert not split_fits(SMOLLM2, edge, 2048, 8)[0] and split_fits(SMOLLM2, edge, 2048, 8, "q8_0")[0]
 
 
 def test_the_budget_bounds_the_search():

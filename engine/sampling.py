@@ -51,8 +51,8 @@ class GenerationStats:
 
     def summary(self) -> str:
         """The line `run` and `chat` print after a reply (stderr), with speculation's share if any."""
-        line = (f"{self.completion_tokens} tokens, {self.decode_tps:.1f} tok/s, "
-                f"first token {self.prefill_s * 1000:.0f} ms, "
+        rate = f"{self.decode_tps:.1f} tok/s, " if self.completion_tokens > 1 else ""  # (one token: no decode rate)
+        line = (f"{self.completion_tokens} tokens, {rate}first token {self.prefill_s * 1000:.0f} ms, "
                 f"{self.prompt_evaluated}/{self.prompt_tokens} prompt tokens evaluated")
         if self.drafted:
             line += f", {self.accepted}/{self.drafted} drafted tokens accepted"

@@ -79,6 +79,14 @@ def test_stop_split_holds_back_a_partial_stop_string():
     assert stop_split("plain", ["zzz"]) == ("plain", None)
 
 
+def test_the_stats_line_gives_a_decode_rate_only_where_there_is_one():
+    """A one-word answer (the README's first command) has no decode steps: no "0.0 tok/s"."""
+    one = GenerationStats(prompt_tokens=41, prompt_evaluated=41, completion_tokens=1, prefill_s=0.5)
+    assert one.summary() == "[1 tokens, first token 500 ms, 41/41 prompt tokens evaluated]"
+    more = GenerationStats(prompt_tokens=41, prompt_evaluated=41, completion_tokens=11, prefill_s=0.5, decode_s=0.5)
+    assert "11 tokens, 20.0 tok/s, first token 500 ms" in more.summary()
+
+
 @pytest.mark.slow
 def test_prompt_longer_than_context_is_a_clear_error(backend):
     tokens = backend.tokenize("word " * (backend.n_ctx + 10))

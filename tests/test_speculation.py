@@ -688,8 +688,7 @@ def _contexts_over_plain_weights(n_batch: int):
     def context() -> LlamaExecutor:
         return LlamaExecutor(backend.model, n_seq=2, ctx_per_seq=1024, n_batch=n_batch, threads=plan.threads)
 
-    context.backend = backend  # type: ignore[attr-defined]  # kept alive with the maker
-    return context, PromptBuilder(backend)
+    return context, PromptBuilder(backend)  # (the closure keeps the loaded weights alive)
 
 
 @pytest.mark.slow
